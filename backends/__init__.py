@@ -1,0 +1,1 @@
+"""Model loaders behind one generation interface (see :mod:`backends.base`)."""

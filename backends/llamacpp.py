@@ -1,0 +1,225 @@
+"""llama.cpp loader (llama-cpp-python) for GGUF files.
+
+Generation drives ``Llama.generate`` token by token instead of
+``create_completion``: that keeps detokenizing incremental (O(1) per token),
+lets us poll the cancel flag between tokens and count tokens exactly.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.base import (
+    CancelToken,
+    Chunk,
+    GenerationError,
+    Loader,
+    LoadSettings,
+    Model,
+    ModelInfo,
+    ModelLoadError,
+    SamplingParams,
+    StopMatcher,
+    Stopwatch,
+)
+from backends.gguf_file import read_header
+from backends.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LlamaCppSettings(LoadSettings):
+    n_gpu_layers: int = 0
+    n_batch: int = 512
+    use_mmap: bool = True
+    use_mlock: bool = False
+    flash_attn: bool = False
+
+
+class LlamaCppModel(Model):
+    def __init__(self, llm, info: ModelInfo) -> None:  # llm: llama_cpp.Llama
+        import llama_cpp
+
+        self._llm = llm
+        self._lib = llama_cpp
+        self.info = info
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def _is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._llm._model.vocab, token))
+
+    def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
+        if self._llm is None:
+            raise GenerationError("the model was unloaded")
+        watch = Stopwatch()
+        prompt_tokens = self.tokenize(prompt)
+        n_ctx = self._llm.n_ctx()
+        if len(prompt_tokens) >= n_ctx:
+            raise GenerationError(
+                f"the prompt is {len(prompt_tokens)} tokens but the context holds {n_ctx}; "
+                "shorten it or load the model with a larger context length"
+            )
+        budget = min(params.max_new_tokens, n_ctx - len(prompt_tokens))
+        seed = params.seed if params.seed >= 0 else random.randrange(2**31)
+        self._llm.set_seed(seed)
+        grammar = None
+        if params.grammar:
+            try:
+                grammar = self._lib.LlamaGrammar.from_string(params.grammar, verbose=False)
+            except Exception as exc:
+                raise GenerationError(f"the grammar does not parse: {exc}") from exc
+        logits_processor = None
+        if params.ban_eos_token:
+            eos = self._llm.token_eos()
+
+            def ban_eos(_ids, logits):
+                logits[eos] = -float("inf")
+                return logits
+
+            logits_processor = self._lib.LogitsProcessorList([ban_eos])
+        stops = StopMatcher(params.stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        n = 0
+        finish = "length"
+        tokens = self._llm.generate(
+            prompt_tokens,
+            temp=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            typical_p=params.typical_p,
+            repeat_penalty=params.repetition_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            mirostat_mode=params.mirostat_mode,
+            mirostat_tau=params.mirostat_tau,
+            mirostat_eta=params.mirostat_eta,
+            grammar=grammar,
+            logits_processor=logits_processor,
+        )
+        try:
+            for token in tokens:
+                if cancel.cancelled:
+                    finish = "cancelled"
+                    break
+                if self._is_eog(token) and not params.ban_eos_token:
+                    finish = "stop"
+                    break
+                n += 1
+                watch.mark_token()
+                text = stops.feed(decoder.decode(self._llm.detokenize([token])))
+                if text:
+                    yield Chunk(text)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if n >= budget:
+                    break
+        finally:
+            tokens.close()
+        if not stops.stopped:
+            tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+            if tail:
+                yield Chunk(tail)
+        yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_tokens), n))
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+
+class LlamaCppLoader(Loader):
+    name = "llama.cpp"
+    description = "GGUF files through llama-cpp-python (CPU, or GPU with n_gpu_layers)"
+    settings_type = LlamaCppSettings
+    supported_params = frozenset(
+        {
+            "temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
+            "presence_penalty", "frequency_penalty", "seed", "mirostat_mode", "mirostat_tau",
+            "mirostat_eta", "grammar", "ban_eos_token",
+        }
+    )  # fmt: skip
+    install_hint = "pip install llama-cpp-python"
+
+    def available(self) -> str | None:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as exc:
+            return f"llama-cpp-python is not installed ({exc}); {self.install_hint}"
+        return None
+
+    def can_load(self, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() == ".gguf"
+
+    def check(self, path: Path) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"{path} is not a file")
+        read_header(path)
+
+    def load(self, path: Path, settings: LoadSettings) -> Model:
+        if not isinstance(settings, LlamaCppSettings):
+            settings = LlamaCppSettings(n_ctx=settings.n_ctx, threads=settings.threads)
+        if not path.is_file():
+            raise ModelLoadError(f"{path} is not a file")
+        header = read_header(path)
+        missing = self.available()
+        if missing:
+            raise ModelLoadError(missing)
+        import llama_cpp
+
+        threads = settings.threads or max(1, (os.cpu_count() or 2))
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=settings.n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=settings.n_gpu_layers,
+                n_batch=settings.n_batch,
+                use_mmap=settings.use_mmap,
+                use_mlock=settings.use_mlock,
+                flash_attn=settings.flash_attn,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
+        vocab = llm._model.vocab
+        info = ModelInfo(
+            name=path.stem,
+            loader=self.name,
+            path=str(path),
+            architecture=header.architecture,
+            parameter_count=header.parameter_count,
+            quantization=header.quantization,
+            context_length=llm.n_ctx(),
+            chat_template=header.chat_template,
+            file_size=path.stat().st_size,
+            bos_token=_piece(llm, llama_cpp.llama_vocab_bos(vocab)),
+            eos_token=_piece(llm, llama_cpp.llama_vocab_eos(vocab)),
+            metadata={k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
+        )
+        return LlamaCppModel(llm, info)
+
+
+def _piece(llm, token: int) -> str:
+    if token < 0:
+        return ""
+    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+
+@hookimpl
+def register_loaders(register) -> None:
+    register(LlamaCppLoader())

@@ -1,0 +1,51 @@
+"""The application object: settings, loaders and engine, built once and passed around.
+
+There is no module-level mutable state in Inglenook: the CLI builds one
+:class:`App` and hands it to the server, the UI and the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from backends.base import LoadSettings, ModelInfo
+from backends.registry import LoaderRegistry
+from webui.engine import Engine
+from webui.models import resolve_model
+from webui.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    registry: LoaderRegistry
+    engine: Engine
+
+    @classmethod
+    def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
+        registry = registry or LoaderRegistry()
+        return cls(settings, registry, Engine(registry))
+
+    def load_settings_for(self, loader_name: str) -> LoadSettings:
+        """The chosen loader's settings, filled from the command line's --n-ctx and --threads."""
+        settings_type = self.registry.get(loader_name).settings_type
+        return settings_type(n_ctx=self.settings.n_ctx, threads=self.settings.threads)
+
+    def load_model(self, spec: str | None = None, loader: str | None = None) -> ModelInfo:
+        """Load a model by path, by name in the models folder, or the embedded default.
+
+        Raises ModelLoadError with a one-line message; the previous model stays loaded.
+        """
+        path = resolve_model(spec, self.settings.models_dir)
+        chosen = self.registry.pick(path, loader or self.settings.loader)
+        return self.engine.load(path, chosen.name, self.load_settings_for(chosen.name))
+
+    def start(self) -> ModelInfo:
+        """Load the model named in the settings, or the embedded default."""
+        return self.load_model(self.settings.model, self.settings.loader)
+
+    def close(self) -> None:
+        self.engine.unload()

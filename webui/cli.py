@@ -1,0 +1,259 @@
+"""The ``inglenook`` command: serve the UI, run a model in the terminal, benchmark.
+
+This is where the one :class:`~webui.app.App` of a process is built from the
+command line and handed to whatever the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from backends.base import CancelToken, ModelLoadError, SamplingParams
+from webui import __version__
+from webui.app import App
+from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
+from webui.paths import UnsafeName
+from webui.settings import Settings
+
+SUBCOMMANDS = ("serve", "run", "bench")
+
+
+def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="folder of GGUF files and model folders (default: ./models)",
+    )
+    if with_model:
+        p.add_argument(
+            "--model",
+            default=None,
+            help="model to load at start: a path, a name in the models folder, or 'default' (the embedded Gemma 3 270M)",
+        )
+    p.add_argument(
+        "--loader",
+        default=None,
+        help="loader to use (default: the first that recognises the model, e.g. llama.cpp for .gguf)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for generation (default: all cores)")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port for the web UI (default: 7860)")
+    p.add_argument(
+        "--user-data", type=Path, default=Path("user_data"), help="folder for chats and settings (default: ./user_data)"
+    )
+    _model_options(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inglenook",
+        description="Inglenook: chat with local LLMs in your browser. With no command, 'serve' runs "
+        "(the options below are serve's).",
+    )
+    parser.add_argument("--version", action="version", version=f"inglenook {__version__}")
+    _serve_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench}")
+
+    serve = sub.add_parser("serve", help="start the web UI (the default command)")
+    _serve_options(serve)
+
+    run = sub.add_parser(
+        "run",
+        help="one-shot completion, or an interactive chat when no prompt is given",
+        description="MODEL is a path, a name in the models folder, or 'default'. With PROMPT: print its "
+        "completion as it streams (raw text continuation; --chat wraps it in the model's chat format). "
+        "Without PROMPT: an interactive chat (/bye or Ctrl-D to quit, Ctrl-C stops a reply).",
+    )
+    run.add_argument("model", nargs="?", default="default", help="model (default: the embedded default)")
+    run.add_argument("prompt", nargs="?", default=None, help="text to complete; omit for an interactive chat")
+    _model_options(run, with_model=False)
+    run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
+    run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
+    run.add_argument("--system", default="", help="system prompt for chat")
+    run.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
+    run.add_argument("--top-p", type=float, default=None)
+    run.add_argument("--top-k", type=int, default=None)
+    run.add_argument("--min-p", type=float, default=None)
+    run.add_argument("--repetition-penalty", type=float, default=None)
+    run.add_argument("--max-tokens", type=int, default=None, help="maximum new tokens (default: 512)")
+    run.add_argument("--seed", type=int, default=None, help="random seed for reproducible output (-1 = random)")
+    run.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure streaming overhead: raw llama-cpp-python vs our engine vs our UI stream",
+        description="On the same model and prompt, greedy: raw llama-cpp-python streaming, our engine, and our "
+        "UI's stream through gradio_client against a running server. Prints tok/s, TTFT and ratios to raw.",
+    )
+    _model_options(bench, with_model=False)
+    bench.add_argument("model", nargs="?", default="default")
+    bench.add_argument("--tokens", type=int, default=128, help="tokens per run (default: 128)")
+    bench.add_argument("--runs", type=int, default=5, help="runs per contender; the median is reported (default: 5)")
+    bench.add_argument("--prompt", default="The history of the city of Rome begins", help="prompt to continue")
+    bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["serve", *argv]
+    return build_parser().parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        host=getattr(args, "host", "127.0.0.1"),
+        port=getattr(args, "port", 7860),
+        models_dir=args.models_dir,
+        user_data=getattr(args, "user_data", Path("user_data")),
+        model=getattr(args, "model", None),
+        loader=args.loader,
+        threads=args.threads,
+        n_ctx=args.n_ctx,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "bench":
+            from webui.bench import cmd_bench
+
+            return cmd_bench(args)
+        return cmd_serve(args)
+    except (ModelLoadError, UnsafeName, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webui.server import serve
+
+    app = App.create(settings_from(args))
+    return serve(app)
+
+
+def _run_params(args: argparse.Namespace) -> SamplingParams:
+    params = default_params()
+    overrides = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
+    params = replace(params, **{k: v for k, v in overrides.items() if v is not None}, stop=list(args.stop))
+    params.validate()
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = _run_params(args)
+    app = App.create(settings_from(args))
+    info = app.load_model(args.model, args.loader)
+    try:
+        if args.prompt is None:
+            return _interactive(app, params, args.system)
+        if args.chat:
+            messages = [{"role": "system", "content": args.system}] if args.system else []
+            replies = stream_chat(app.engine, [*messages, {"role": "user", "content": args.prompt}], params)
+        else:
+            replies = stream_completion(app.engine, args.prompt, params)
+        final = _print_stream(replies, echo=not args.json)
+        if args.json:
+            print(json.dumps(_run_result(info.name, info.loader, final), ensure_ascii=False))
+        elif final.usage:
+            print(f"\n[{format_stats(final.usage, final.finish_reason)}]", file=sys.stderr)
+        if final.ignored_params:
+            print(f"note: {info.loader} ignores {', '.join(final.ignored_params)}", file=sys.stderr)
+        if final.error:
+            print(f"error: {final.error}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        app.close()
+
+
+def _run_result(model: str, loader: str, final: Reply) -> dict:
+    return {
+        "model": model,
+        "loader": loader,
+        "text": final.text,
+        "finish_reason": final.finish_reason,
+        "error": final.error,
+        "ignored_params": final.ignored_params,
+        "usage": final.usage.as_dict() if final.usage else None,
+    }
+
+
+def _print_stream(replies, echo: bool) -> Reply:
+    shown = 0
+    final = Reply(done=True)
+    for reply in replies:
+        if echo and len(reply.text) > shown:
+            sys.stdout.write(reply.text[shown:])
+            sys.stdout.flush()
+            shown = len(reply.text)
+        final = reply
+    return final
+
+
+def _interactive(app: App, params: SamplingParams, system: str) -> int:
+    info = app.engine.info
+    print(f"Chatting with {info.name} ({info.loader}). /bye or Ctrl-D to quit, /clear to forget, Ctrl-C stops a reply.")
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return 0
+        if text == "/clear":
+            messages = messages[:1] if system else []
+            print("(conversation cleared)")
+            continue
+        messages.append({"role": "user", "content": text})
+        cancel = CancelToken()
+        replies = stream_chat(app.engine, messages, params, cancel)
+        final = Reply(done=True)
+        try:
+            final = _print_stream(replies, echo=True)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            for final in replies:  # drain: the engine finishes the cancelled turn
+                pass
+        print()
+        if final.error:
+            print(f"error: {final.error}", file=sys.stderr)
+            messages.pop()
+            continue
+        messages.append({"role": "assistant", "content": final.text})
+        print(f"[{format_stats(final.usage, final.finish_reason)}]", file=sys.stderr)

@@ -1,0 +1,52 @@
+"""One HTTP server for the UI (and, later, the API) on one port."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from webui.app import App
+from webui.ui.app import CSS, build_ui
+
+log = logging.getLogger(__name__)
+
+
+def build_server(app: App) -> FastAPI:
+    """The FastAPI app serving the Gradio UI at ``/``."""
+    api = FastAPI(title="Inglenook", docs_url=None, redoc_url=None)
+
+    @api.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        info = app.engine.info
+        return {"status": "ok", "model": info.name if info else None}
+
+    blocks = build_ui(app)
+    return gr.mount_gradio_app(
+        api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port, css=CSS,
+        footer_links=[], ssr_mode=False,
+    )  # fmt: skip
+
+
+def serve(app: App) -> int:
+    """Load the start-up model, then serve until interrupted."""
+    settings = app.settings
+    if not settings.loopback:
+        print(
+            f"WARNING: listening on {settings.host}: anyone who can reach this machine can use Inglenook. "
+            "Nothing is protected yet (no API key, no login).",
+            file=sys.stderr,
+        )
+    info = app.start()
+    log.info("model ready: %s (%s)", info.name, info.loader)
+    server = build_server(app)
+    url_host = settings.host if settings.loopback or settings.host != "0.0.0.0" else "127.0.0.1"
+    print(f"Inglenook is running at http://{url_host}:{settings.port}", flush=True)
+    try:
+        uvicorn.run(server, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        app.close()
+    return 0
