@@ -210,6 +210,7 @@ class Loader(ABC):
 
     def check(self, path: Path) -> None:
         """Cheap validation before anything is unloaded; raise ModelLoadError if ``path`` is unusable."""
+        return None
 
     @abstractmethod
     def load(self, path: Path, settings: LoadSettings) -> Model: ...

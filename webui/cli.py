@@ -34,7 +34,7 @@ def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         p.add_argument(
             "--model",
             default=None,
-            help="model to load at start: a path, a name in the models folder, or 'default' (the embedded Gemma 3 270M)",
+            help="model to load: a path, a name in the models folder, or 'default' (the embedded Gemma 3 270M)",
         )
     p.add_argument(
         "--loader",
@@ -246,10 +246,9 @@ def _interactive(app: App, params: SamplingParams, system: str) -> int:
         final = Reply(done=True)
         try:
             final = _print_stream(replies, echo=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the generator is closed, which ends the turn and frees the engine
             cancel.cancel()
-            for final in replies:  # drain: the engine finishes the cancelled turn
-                pass
+            final = Reply(done=True, error="stopped")
         print()
         if final.error:
             print(f"error: {final.error}", file=sys.stderr)

@@ -1,0 +1,136 @@
+"""Shared fixtures: the real embedded model, apps built on it, and a real server process."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.base import CancelToken, Chunk, SamplingParams
+from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
+from webui.app import App
+from webui.models import ensure_default_model
+from webui.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+INGLENOOK = [sys.executable, "-m", "webui"]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A models folder holding the embedded default GGUF (assembled once per test session)."""
+    folder = tmp_path_factory.mktemp("models")
+    ensure_default_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gemma_path(models_dir: Path) -> Path:
+    return ensure_default_model(models_dir)
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path: Path):
+    """The embedded model loaded once through the llama.cpp loader (do not close it in a test)."""
+    model = LlamaCppLoader().load(gemma_path, LlamaCppSettings(n_ctx=2048))
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def make_app(models_dir: Path, tmp_path: Path):
+    """Build an App on the shared models folder; everything it loaded is closed after the test."""
+    apps: list[App] = []
+
+    def make(**overrides) -> App:
+        settings = Settings(models_dir=models_dir, user_data=tmp_path / "user_data", n_ctx=2048, **overrides)
+        app = App.create(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def collect(chunks: Iterator[Chunk]) -> tuple[str, Chunk]:
+    """All text of a stream and its final chunk."""
+    text, last = "", Chunk()
+    for chunk in chunks:
+        text += chunk.text
+        if chunk.finish_reason:
+            last = chunk
+    return text, last
+
+
+def greedy(max_new_tokens: int = 24, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0, max_new_tokens=max_new_tokens, **kw)
+
+
+def generate(model, prompt: str, params: SamplingParams, cancel: CancelToken | None = None) -> tuple[str, Chunk]:
+    return collect(model.generate(prompt, params, cancel or CancelToken()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, timeout: float = 300, input: str | None = None, cwd: Path | None = None):
+    """Run the real ``inglenook`` command line in a subprocess."""
+    return subprocess.run(
+        [*INGLENOOK, *args], capture_output=True, text=True, timeout=timeout, input=input, cwd=cwd or REPO
+    )
+
+
+@contextlib.contextmanager
+def running_server(*args: str, port: int | None = None, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``inglenook serve`` as its own process; yield its base URL once /healthz answers."""
+    port = port or free_port()
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen(
+        [*INGLENOOK, "serve", "--port", str(port), *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    proc.output = lambda: (log.seek(0), log.read())[1]  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not answer in time")
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def copy_default(models_dir: Path, into: Path) -> Path:
+    """A models folder of its own that holds (a link to) the default model, for tests that change the folder."""
+    into.mkdir(parents=True, exist_ok=True)
+    source = ensure_default_model(models_dir)
+    target = into / source.name
+    try:
+        target.symlink_to(source)
+    except OSError:
+        shutil.copy(source, target)
+    return target
