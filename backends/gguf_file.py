@@ -156,7 +156,7 @@ class _Reader:
     def skip_string(self) -> None:
         n = self.unpack("<Q")
         if n > MAX_STRING or self.f.tell() + n > self.size:
-            raise self.fail(f"a string claims {n} bytes")
+            raise self.fail(f"a string claims {n} bytes, more than the file holds (truncated or corrupt)")
         self.f.seek(n, 1)
 
     def value(self, vtype: int) -> object:
@@ -172,7 +172,7 @@ class _Reader:
             if itype not in _SCALARS and itype != _STRING:
                 raise self.fail(f"unknown array item type {itype}")
             if count * item_size > self.size - self.f.tell():
-                raise self.fail(f"an array claims {count} items")
+                raise self.fail(f"an array claims {count} items, more than the file holds (truncated or corrupt)")
             if count <= KEEP_ARRAY_ITEMS:
                 return [self.value(itype) for _ in range(count)]
             if itype == _STRING:

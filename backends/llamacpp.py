@@ -50,6 +50,7 @@ class LlamaCppModel(Model):
         self._llm = llm
         self._lib = llama_cpp
         self.info = info
+        self._cached_prompt: list[int] = []
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
@@ -74,12 +75,13 @@ class LlamaCppModel(Model):
         budget = min(params.max_new_tokens, n_ctx - len(prompt_tokens))
         seed = params.seed if params.seed >= 0 else random.randrange(2**31)
         self._llm.set_seed(seed)
-        grammar = None
-        if params.grammar:
-            try:
-                grammar = self._lib.LlamaGrammar.from_string(params.grammar, verbose=False)
-            except Exception as exc:
-                raise GenerationError(f"the grammar does not parse: {exc}") from exc
+        # llama-cpp-python reuses any common prefix of the KV cache. Reusing only a short stray prefix
+        # (e.g. just BOS) changed seeded samples here, so reuse only when this prompt extends the last one
+        # (the chat case: previous prompt + reply + new turn); otherwise start clean.
+        if prompt_tokens[: len(self._cached_prompt)] != self._cached_prompt:
+            self._llm.reset()
+        self._cached_prompt = prompt_tokens
+        grammar = self._grammar(params.grammar) if params.grammar else None
         logits_processor = None
         if params.ban_eos_token:
             eos = self._llm.token_eos()
@@ -134,6 +136,15 @@ class LlamaCppModel(Model):
             if tail:
                 yield Chunk(tail)
         yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_tokens), n))
+
+    def _grammar(self, text: str):
+        """A LlamaGrammar, parsed once here first: llama.cpp crashes on a grammar it cannot parse."""
+        lib = self._lib
+        probe = lib.llama_sampler_init_grammar(self._llm._model.vocab, text.encode("utf-8"), b"root")
+        if not probe:
+            raise GenerationError("the grammar does not parse (GBNF syntax error, or no 'root' rule)")
+        lib.llama_sampler_free(probe)
+        return lib.LlamaGrammar.from_string(text, verbose=False)
 
     def close(self) -> None:
         if self._llm is not None:
