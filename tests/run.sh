@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine, in one command: `bash tests/run.sh` (extra args go to pytest).
+# Creates .venv if needed, installs Inglenook with its test extras (pip's wheel cache keeps the
+# llama-cpp-python build from repeating), installs Debian's Chromium for the browser tests, runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! [ -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -q && apt-get install -y -q --no-install-recommends chromium
+    elif command -v sudo >/dev/null; then
+        sudo apt-get update -q && sudo apt-get install -y -q --no-install-recommends chromium
+    else
+        echo "note: /usr/bin/chromium is missing and cannot be installed; browser tests will be skipped" >&2
+    fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q -e ".[test]"
+exec .venv/bin/python -m pytest "$@"

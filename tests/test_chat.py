@@ -1,0 +1,118 @@
+"""The chat path shared by UI and CLI: prompt format, streaming replies, throttled updates, stats."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import greedy
+
+from backends.base import ModelInfo, Usage
+from webui.chat import Reply, format_stats, stream_chat, stream_completion, throttle
+from webui.templates import build_chat_prompt
+from webui.ui.chat_tab import display_messages
+
+GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")
+OTHER = ModelInfo(name="x", loader="llama.cpp", path="x.gguf", architecture="llama")
+
+
+def test_gemma_turn_format_folds_the_system_prompt_into_the_first_user_turn():
+    prompt = build_chat_prompt(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Name a colour."},
+        ],
+        GEMMA,
+    )
+    assert prompt.text == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nName a colour.<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert "<end_of_turn>" in prompt.stop
+    assert prompt.template == "gemma"
+
+
+def test_other_architectures_get_a_plain_fallback_that_stops_at_the_next_user_turn():
+    prompt = build_chat_prompt([{"role": "user", "content": "Hi"}], OTHER)
+    assert prompt.text == "User: Hi\nAssistant:"
+    assert prompt.stop == ["\nUser:"]
+
+
+def test_unknown_roles_are_refused():
+    with pytest.raises(ValueError, match="role"):
+        build_chat_prompt([{"role": "wizard", "content": "x"}], GEMMA)
+
+
+def test_a_chat_reply_streams_and_ends_with_stats(make_app):
+    app = make_app()
+    app.start()
+    replies = list(stream_chat(app.engine, [{"role": "user", "content": "Say hello."}], greedy(12)))
+    assert len(replies) >= 2
+    final = replies[-1]
+    assert final.done and final.error is None
+    assert all(r.text.startswith(prev.text) for prev, r in zip(replies, replies[1:], strict=False))  # cumulative
+    assert "<end_of_turn>" not in final.text and "<start_of_turn>" not in final.text
+    assert final.usage.completion_tokens >= 1
+    assert final.usage.prompt_tokens > 5
+
+
+def test_completion_errors_become_a_final_reply_not_an_exception(make_app):
+    app = make_app()
+    [reply] = list(stream_completion(app.engine, "hi", greedy(3)))  # nothing loaded yet
+    assert reply.done and reply.error == "no model is loaded"
+    app.start()
+    [reply] = list(stream_chat(app.engine, [{"role": "user", "content": "x" * 1_000_001}], greedy(3)))
+    assert "longer than" in reply.error
+    final = list(stream_completion(app.engine, "word " * 5000, greedy(3)))[-1]
+    assert "context holds" in final.error
+
+
+def test_throttle_coalesces_a_fast_stream_and_always_delivers_the_last_update():
+    """A 1000 tok/s stream reaches the page at most ~20 times a second, with nothing lost."""
+
+    def fast():
+        text = ""
+        for _ in range(600):
+            text += "x"
+            time.sleep(0.001)
+            yield Reply(text=text)
+        yield Reply(text=text, done=True)
+
+    start = time.perf_counter()
+    sent = list(throttle(fast(), 0.05))
+    elapsed = time.perf_counter() - start
+    assert sent[-1].done and sent[-1].text == "x" * 600
+    assert len(sent) <= elapsed / 0.05 + 2
+    assert len(sent) < 601 / 4  # far fewer updates than tokens
+
+
+def test_throttle_passes_a_slow_stream_through():
+    def slow():
+        for i in range(3):
+            time.sleep(0.06)
+            yield Reply(text="x" * (i + 1))
+
+    assert [r.text for r in throttle(slow(), 0.05)] == ["x", "xx", "xxx"]
+
+
+def test_stats_line_reads_like_the_seed_table():
+    usage = Usage(prompt_tokens=5, completion_tokens=128, ttft_s=0.045, total_s=1.545)
+    assert format_stats(usage) == "time to first token 45 ms | 128 tokens | 84.7 tok/s"
+    assert format_stats(usage, "cancelled").endswith("| stopped")
+    assert format_stats(usage, "length").endswith("| hit the token limit")
+    assert format_stats(None) == ""
+
+
+def test_the_chat_shows_each_reply_with_its_stats_line_and_the_reply_in_flight():
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello", "stats": "time to first token 5 ms | 2 tokens | 9.0 tok/s"},
+    ]
+    shown = display_messages(history, Reply(text="partial"))
+    assert shown[0] == {"role": "user", "content": "Hi"}
+    assert shown[1]["content"].startswith("Hello\n\n<span class='inglenook-stats'>time to first token")
+    assert shown[2] == {"role": "assistant", "content": "partial"}
