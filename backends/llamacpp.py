@@ -121,7 +121,8 @@ class LlamaCppModel(Model):
                     break
                 n += 1
                 watch.mark_token()
-                text = stops.feed(decoder.decode(self._llm.detokenize([token])))
+                # special=True renders control tokens (e.g. <start_of_turn>) so stop strings can match them
+                text = stops.feed(decoder.decode(self._llm.detokenize([token], special=True)))
                 if text:
                     yield Chunk(text)
                 if stops.stopped:

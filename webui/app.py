@@ -34,12 +34,14 @@ class App:
         settings_type = self.registry.get(loader_name).settings_type
         return settings_type(n_ctx=self.settings.n_ctx, threads=self.settings.threads)
 
-    def load_model(self, spec: str | None = None, loader: str | None = None) -> ModelInfo:
+    def load_model(self, spec: str | None = None, loader: str | None = None, allow_paths: bool = True) -> ModelInfo:
         """Load a model by path, by name in the models folder, or the embedded default.
 
+        ``allow_paths=False`` (the UI when it listens beyond this machine) accepts only names inside the
+        models folder, so a remote user cannot probe or load arbitrary files.
         Raises ModelLoadError with a one-line message; the previous model stays loaded.
         """
-        path = resolve_model(spec, self.settings.models_dir)
+        path = resolve_model(spec, self.settings.models_dir, allow_paths=allow_paths)
         chosen = self.registry.pick(path, loader or self.settings.loader)
         return self.engine.load(path, chosen.name, self.load_settings_for(chosen.name))
 

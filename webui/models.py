@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 
@@ -63,14 +64,47 @@ def ensure_default_model(models_dir: Path) -> Path:
 
 
 def default_model_license() -> str:
-    """The Gemma terms and notice that ship with the default model package, as plain text."""
-    data = resources.files(DEFAULT_PACKAGE).joinpath("data")
-    notice = data.joinpath("NOTICE.md").read_text(encoding="utf-8")
-    return notice.strip()
+    """The Gemma Terms of Use that ship with the default model package, as plain text."""
+    page = resources.files(DEFAULT_PACKAGE).joinpath("data", "GEMMA_TERMS.html").read_text(encoding="utf-8")
+    text = _html_text(page)
+    start = max(text.find("Gemma Terms of Use"), 0)
+    end = text.find("Send feedback", start)  # where the web page's own footer begins
+    return text[start : end if end > 0 else None].strip()
 
 
-def default_model_terms_html() -> str:
-    return resources.files(DEFAULT_PACKAGE).joinpath("data", "GEMMA_TERMS.html").read_text(encoding="utf-8")
+class _TextOfHTML(HTMLParser):
+    """Visible text of a page: block elements become paragraphs; scripts, styles and navigation are dropped."""
+
+    BLOCKS = {"p", "div", "section", "article", "li", "br", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
+    HIDDEN = {"script", "style", "head", "nav", "footer", "header", "noscript", "svg"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.HIDDEN:
+            self.hidden += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag):
+        if tag in self.HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data):
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def _html_text(page: str) -> str:
+    parser = _TextOfHTML()
+    parser.feed(page)
+    paragraphs = (" ".join(p.split()) for p in "".join(parser.parts).split("\n\n"))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def is_default_model(path: Path) -> bool:
@@ -100,7 +134,7 @@ def list_models(models_dir: Path) -> list[ModelEntry]:
     return found
 
 
-def resolve_model(spec: str | None, models_dir: Path) -> Path:
+def resolve_model(spec: str | None, models_dir: Path, allow_paths: bool = True) -> Path:
     """Turn what the user typed into a model path, or raise ModelLoadError saying why not.
 
     ``None``/``"default"`` is the embedded default; an existing path is used as
@@ -111,13 +145,16 @@ def resolve_model(spec: str | None, models_dir: Path) -> Path:
     if spec in DEFAULT_ALIASES:
         return ensure_default_model(models_dir)
     given = Path(spec).expanduser()
+    is_path = "/" in spec or os.sep in spec or given.is_absolute()
+    if is_path and not allow_paths:
+        raise ModelLoadError(f"only names of models in the models folder are accepted here, not paths ({spec!r})")
     if given.exists():
         return _check_model_path(given)
-    if "/" in spec or os.sep in spec or given.is_absolute():
+    if is_path:
         raise ModelLoadError(f"model not found: {spec} does not exist")
     for candidate in (spec, f"{spec}.gguf"):
         try:
-            path = inside(models_dir, candidate, "model name")
+            path = inside(models_dir, candidate, "model name", follow_links=True)
         except UnsafeName as exc:
             raise ModelLoadError(str(exc)) from None
         if path.exists():

@@ -34,9 +34,13 @@ def safe_name(name: str, what: str = "name") -> str:
     return name
 
 
-def inside(folder: Path, name: str, what: str = "name") -> Path:
-    """``folder / name`` after validating ``name``; guaranteed to stay inside ``folder``."""
+def inside(folder: Path, name: str, what: str = "name", follow_links: bool = False) -> Path:
+    """``folder / name`` after validating ``name``; guaranteed to stay inside ``folder``.
+
+    By default a symlink that leads out of ``folder`` is refused too (for files we write). The models
+    folder passes ``follow_links=True``: linking a big model file in from another disk is the user's choice.
+    """
     path = folder / safe_name(name, what)
-    if not path.resolve().is_relative_to(folder.resolve()):
+    if not follow_links and not path.resolve().is_relative_to(folder.resolve()):
         raise UnsafeName(f"{what} {name!r} points outside {folder}")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 
 import gradio as gr
@@ -31,6 +32,19 @@ def build_server(app: App) -> FastAPI:
     )  # fmt: skip
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading a model if ``host:port`` cannot be bound (another server holds it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server? try another --port)"
+            ) from None
+
+
 def serve(app: App) -> int:
     """Load the start-up model, then serve until interrupted."""
     settings = app.settings
@@ -40,6 +54,7 @@ def serve(app: App) -> int:
             "Nothing is protected yet (no API key, no login).",
             file=sys.stderr,
         )
+    _check_port_free(settings.host, settings.port)
     info = app.start()
     log.info("model ready: %s (%s)", info.name, info.loader)
     server = build_server(app)

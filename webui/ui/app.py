@@ -28,14 +28,14 @@ def describe(info: ModelInfo | None) -> str:
 
 
 def build_ui(app: App) -> gr.Blocks:
-    with gr.Blocks(title="Inglenook") as blocks:
+    with gr.Blocks(title="Inglenook", analytics_enabled=False) as blocks:  # nothing leaves the machine
         gr.Markdown("# Inglenook")
         header = gr.Markdown(describe(app.engine.info), elem_id="model-header")
         default_note = gr.Markdown(DEFAULT_NOTE, visible=_is_default(app), elem_id="default-note")
         with gr.Accordion(
             "Licence of the embedded default model (Gemma terms)", open=False, visible=_is_default(app)
         ) as lic:
-            gr.Markdown(_licence_text())
+            gr.Textbox(_licence_text(), show_label=False, interactive=False, lines=12, max_lines=12)
         with gr.Row():
             model_choice = gr.Dropdown(
                 choices=_model_names(app), value=_current_name(app), label="Model", allow_custom_value=True,
@@ -48,14 +48,14 @@ def build_ui(app: App) -> gr.Blocks:
 
         def load_model(name: str):
             try:
-                app.load_model(name or None)
+                app.load_model(name or None, allow_paths=app.settings.loopback)
                 message = f"Loaded {app.engine.info.name}."
             except (ModelLoadError, UnsafeName) as exc:
                 message = f"⚠️ {exc}"
             default = _is_default(app)
             return (
                 describe(app.engine.info), gr.update(visible=default), gr.update(visible=default),
-                gr.update(choices=_model_names(app)), message,
+                gr.update(choices=_model_names(app), value=_current_name(app)), message,
             )  # fmt: skip
 
         load.click(load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model")

@@ -93,3 +93,4 @@ def build_chat_tab(app: App) -> None:
     send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
     clear.click(new_chat, None, [history, chatbot, error], api_name=False)
+    chatbot.clear(new_chat, None, [history, chatbot, error], api_name=False)  # the chatbot's own bin icon

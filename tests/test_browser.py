@@ -1,0 +1,243 @@
+"""The web UI as a user sees it: a real server on the embedded Gemma, driven in headless Chromium.
+
+One server and one browser serve the whole module; each test opens its own page (its own Gradio session).
+Screenshots of the key moments land in /tmp/shots/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+pytestmark = pytest.mark.browser
+
+SHOTS = Path("/tmp/shots")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+TOKENS = re.compile(r"(\d+) tokens")
+
+# The text of the newest assistant message, with its stats line (if any) reported apart.
+LAST_REPLY_JS = """() => {
+    const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+    const last = bots[bots.length - 1];
+    if (!last) return null;
+    const stats = last.querySelector('.inglenook-stats');
+    const text = stats ? last.innerText.replace(stats.innerText, '') : last.innerText;
+    return {text: text.trim(), stats: stats ? stats.innerText : null};
+}"""
+
+# Records every state of the newest assistant message as the page changes it (no polling gaps).
+WATCH_REPLY_JS = (
+    """() => {
+    const read = """
+    + LAST_REPLY_JS
+    + """;
+    window.__replies = [];
+    new MutationObserver(() => { const r = read(); if (r) window.__replies.push(r); })
+        .observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
+}"""
+)
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path, tmp_path_factory) -> str:
+    user_data = tmp_path_factory.mktemp("user_data")
+    with running_server("--models-dir", str(models_dir), "--user-data", str(user_data)) as (url, _proc):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server: str):
+    """A fresh tab on the UI; any request that would leave this machine is blocked and remembered."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    outside: list[str] = []
+
+    def only_local(route):
+        if urlparse(route.request.url).hostname in LOCAL_HOSTS or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.requests_outside = outside
+    page.goto(server)
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    yield page
+    context.close()
+
+
+def markdown(page, elem_id: str):
+    """The text part of a Markdown component (without Gradio's progress timer that shares its box)."""
+    return page.locator(f'{elem_id} [data-testid="markdown"]')
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def set_max_tokens(page, n: int) -> None:
+    """Open 'Generation settings' (if closed) and type ``n`` into 'Max new tokens'."""
+    box = page.get_by_label("number input for Max new tokens")
+    if not box.is_visible():
+        page.get_by_text("Generation settings").click()
+    slider = page.get_by_label("range slider for Max new tokens")
+    for _ in range(10):  # a freshly opened accordion may mount its inputs after the first keystrokes land
+        box.fill(str(n))
+        box.press("Tab")
+        try:
+            sync_api.expect(slider).to_have_value(str(n), timeout=1_000)
+            return
+        except AssertionError:
+            continue
+    sync_api.expect(slider).to_have_value(str(n))
+
+
+def send(page, text: str, enter: bool = True) -> None:
+    page.fill("#chat-input textarea", text)
+    if enter:
+        page.press("#chat-input textarea", "Enter")
+    else:
+        page.click("#send")
+
+
+def wait_for_reply_text(page, timeout_s: float = 60) -> None:
+    """Wait until the assistant's reply shows some text (more than the '…' placeholder)."""
+    page.wait_for_function(
+        f"(() => {{ const r = ({LAST_REPLY_JS})(); return r !== null && r.text.length > 3; }})()",
+        timeout=timeout_s * 1000,
+    )
+
+
+def wait_for_stats(page, count: int = 1, timeout_s: float = 120) -> str:
+    """Wait until ``count`` replies carry their stats line; return the newest one."""
+    stats = page.locator("#chatbot .inglenook-stats")
+    sync_api.expect(stats).to_have_count(count, timeout=timeout_s * 1000)
+    return stats.nth(count - 1).inner_text()
+
+
+def user_messages(page) -> list[str]:
+    return [m.strip() for m in page.locator('#chatbot [data-testid="user"]').all_inner_texts()]
+
+
+def test_a_message_sent_with_enter_streams_a_reply_then_its_stats(page):
+    header = markdown(page, "#model-header").inner_text()
+    assert "gemma-3-270m" in header and "llama.cpp" in header
+    assert "small base model" in markdown(page, "#default-note").inner_text()
+    shot(page, "1-start")
+
+    set_max_tokens(page, 64)
+    page.evaluate(WATCH_REPLY_JS)
+    send(page, "Once upon a time")
+    wait_for_reply_text(page)
+    shot(page, "1-streaming")
+    stats = wait_for_stats(page)
+    shot(page, "1-reply")
+
+    assert user_messages(page) == ["Once upon a time"]
+    assert page.locator("#chat-input textarea").input_value() == "", "the box is emptied once the message is sent"
+    while_streaming = [r["text"] for r in page.evaluate("window.__replies") if r["stats"] is None]
+    growing = [t for i, t in enumerate(while_streaming) if t not in ("", "…") and t not in while_streaming[:i]]
+    assert len(growing) >= 2, f"the reply should appear bit by bit before its stats line, saw {growing}"
+    assert len(growing[-1]) > len(growing[0])
+    final = page.evaluate(LAST_REPLY_JS)
+    assert final["text"] and final["stats"] == stats
+    for part in ("time to first token", "tokens", "tok/s"):
+        assert part in stats
+    assert 0 < int(TOKENS.search(stats).group(1)) <= 64
+    assert markdown(page, "#chat-error").inner_text().strip() == ""
+    assert page.requests_outside == [], "the page loads nothing from outside this machine"
+
+
+def test_stop_ends_a_long_reply_early_and_the_chat_goes_on(page):
+    set_max_tokens(page, 2000)
+    send(page, "Write a long essay about the sea.", enter=False)
+    wait_for_reply_text(page)
+    page.click("#stop")
+    stats = wait_for_stats(page, timeout_s=15)  # 2000 tokens would take minutes: the stop must end it
+    shot(page, "2-stopped")
+    assert "stopped" in stats
+    assert int(TOKENS.search(stats).group(1)) < 200, f"far fewer than the 2000 allowed: {stats}"
+    assert markdown(page, "#chat-error").inner_text().strip() == ""
+
+    set_max_tokens(page, 16)
+    send(page, "Tell me about the moon.")
+    stats = wait_for_stats(page, count=2)
+    shot(page, "2-after-stop")
+    assert "stopped" not in stats
+    assert user_messages(page) == ["Write a long essay about the sea.", "Tell me about the moon."]
+    assert page.evaluate(LAST_REPLY_JS)["text"]
+
+
+def load_model_named(page, name: str) -> str:
+    """Type ``name`` into the model picker, press Load, and return the one-line status it shows."""
+    picker = page.locator("#model-choice input")
+    picker.fill(name)
+    page.click("#load-model")
+    status = markdown(page, "#model-status")
+    sync_api.expect(status).not_to_have_text(re.compile(r"^\s*$"), timeout=60_000)
+    return status.inner_text().strip()
+
+
+def test_loading_a_model_that_does_not_exist_shows_an_error_and_keeps_the_current_one(page):
+    header_before = markdown(page, "#model-header").inner_text()
+    status = load_model_named(page, "no-such-model")
+    shot(page, "3-load-error")
+    assert status.startswith("⚠️")
+    assert "no-such-model" in status and "not found" in status
+    assert "\n" not in status, "the error fits on one line"
+    assert markdown(page, "#model-header").inner_text() == header_before
+    assert "gemma-3-270m" in header_before
+    assert page.locator("#default-note").is_visible()
+
+    set_max_tokens(page, 12)
+    send(page, "Hello")
+    stats = wait_for_stats(page)
+    assert "tokens" in stats and page.evaluate(LAST_REPLY_JS)["text"]
+    shot(page, "3-chat-after-error")
+
+
+def test_after_a_failed_load_the_picker_shows_the_model_still_loaded(page, gemma_path: Path):
+    """The picker must not keep naming a model that was never loaded."""
+    load_model_named(page, "no-such-model")
+    sync_api.expect(page.locator("#model-choice input")).to_have_value(gemma_path.name, timeout=10_000)
+
+
+def test_the_chat_clear_button_starts_a_fresh_conversation(page):
+    """The bin icon on the chat empties it for good: the old turns neither come back nor reach the model."""
+    set_max_tokens(page, 8)
+    send(page, "My name is Ada.")
+    wait_for_stats(page)
+    page.locator("#chatbot button[aria-label='Clear']").click()
+    sync_api.expect(page.locator('#chatbot [data-testid="user"]')).to_have_count(0)
+
+    send(page, "What is my name?")
+    sync_api.expect(page.locator('#chatbot [data-testid="user"]').last).to_have_text("What is my name?")
+    wait_for_stats(page)
+    shot(page, "5-after-clear")
+    assert user_messages(page) == ["What is my name?"]
