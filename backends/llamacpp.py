@@ -182,8 +182,6 @@ class LlamaCppLoader(Loader):
         read_header(path)
 
     def load(self, path: Path, settings: LoadSettings) -> Model:
-        if not isinstance(settings, LlamaCppSettings):
-            settings = LlamaCppSettings(n_ctx=settings.n_ctx, threads=settings.threads)
         if not path.is_file():
             raise ModelLoadError(f"{path} is not a file")
         header = read_header(path)
@@ -192,20 +190,8 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError(missing)
         import llama_cpp
 
-        threads = settings.threads or max(1, (os.cpu_count() or 2))
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=settings.n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=settings.n_gpu_layers,
-                n_batch=settings.n_batch,
-                use_mmap=settings.use_mmap,
-                use_mlock=settings.use_mlock,
-                flash_attn=settings.flash_attn,
-                verbose=False,
-            )
+            llm = llama_cpp.Llama(**llama_kwargs(path, settings))
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
         vocab = llm._model.vocab
@@ -224,6 +210,25 @@ class LlamaCppLoader(Loader):
             metadata={k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
         )
         return LlamaCppModel(llm, info)
+
+
+def llama_kwargs(path: Path, settings: LoadSettings) -> dict:
+    """The ``llama_cpp.Llama`` arguments for ``settings`` (also used by ``inglenook bench`` for its raw baseline)."""
+    if not isinstance(settings, LlamaCppSettings):
+        settings = LlamaCppSettings(n_ctx=settings.n_ctx, threads=settings.threads)
+    threads = settings.threads or max(1, (os.cpu_count() or 2))
+    return {
+        "model_path": str(path),
+        "n_ctx": settings.n_ctx,
+        "n_threads": threads,
+        "n_threads_batch": threads,
+        "n_gpu_layers": settings.n_gpu_layers,
+        "n_batch": settings.n_batch,
+        "use_mmap": settings.use_mmap,
+        "use_mlock": settings.use_mlock,
+        "flash_attn": settings.flash_attn,
+        "verbose": False,
+    }
 
 
 def _piece(llm, token: int) -> str:

@@ -1,0 +1,27 @@
+"""The HTTP server in-process: health, the UI mounted at /, and a quiet Gradio queue."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from webui.server import PROGRESS_POLL_S, QUEUE_POLL_S, build_server
+
+
+def test_health_names_the_loaded_model_and_the_page_is_served(make_app):
+    app = make_app()
+    client = TestClient(build_server(app))
+    assert client.get("/healthz").json() == {"status": "ok", "model": None}
+    app.start()
+    assert client.get("/healthz").json()["model"] == "gemma-3-270m-q4_k_m"
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "<title>Inglenook</title>" in page.text or "Inglenook" in page.text
+
+
+def test_gradio_queue_polls_gently_and_sends_no_analytics(make_app):
+    """Gradio's 1 ms idle poll would steal time from the decode threads; analytics would leave the machine."""
+    server = build_server(make_app())
+    blocks = next(r.app.get_blocks() for r in server.routes if hasattr(getattr(r, "app", None), "get_blocks"))
+    assert blocks._queue.sleep_when_free == QUEUE_POLL_S
+    assert blocks._queue.progress_update_sleep_when_free == PROGRESS_POLL_S
+    assert blocks.analytics_enabled is False
