@@ -175,13 +175,17 @@ def test_a_message_sent_with_enter_streams_a_reply_then_its_stats(page):
 
 
 def test_stop_ends_a_long_reply_early_and_the_chat_goes_on(page):
+    sync_api.expect(page.locator("#stop")).to_be_disabled()  # nothing to stop yet
     set_max_tokens(page, 2000)
     send(page, "Write a long essay about the sea.", enter=False)
     wait_for_reply_text(page)
+    sync_api.expect(page.locator("#send")).to_be_disabled()  # while a reply streams, only Stop can act
     page.click("#stop")
     stats = wait_for_stats(page, timeout_s=15)  # 2000 tokens would take minutes: the stop must end it
     shot(page, "2-stopped")
     assert "stopped" in stats
+    sync_api.expect(page.locator("#stop")).to_be_disabled()
+    sync_api.expect(page.locator("#send")).to_be_enabled()
     assert int(TOKENS.search(stats).group(1)) < 200, f"far fewer than the 2000 allowed: {stats}"
     assert markdown(page, "#chat-error").inner_text().strip() == ""
 

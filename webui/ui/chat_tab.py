@@ -22,6 +22,11 @@ def display_messages(history: list[dict], pending: Reply | None = None) -> list[
     return shown
 
 
+# (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
+BUSY = (gr.update(interactive=False), gr.update(interactive=True))
+IDLE = (gr.update(interactive=True), gr.update(interactive=False))
+
+
 def build_chat_tab(app: App) -> None:
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
     defaults = default_params()
@@ -34,7 +39,7 @@ def build_chat_tab(app: App) -> None:
             placeholder="Type a message and press Enter", show_label=False, scale=8, elem_id="chat-input", lines=1
         )
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
     clear = gr.Button("New chat", size="sm", elem_id="new-chat")
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
@@ -51,7 +56,7 @@ def build_chat_tab(app: App) -> None:
     def respond(text, hist, system_text, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
         text = (text or "").strip()
         if not text:
-            yield gr.skip(), hist, display_messages(hist), "Type a message first."
+            yield gr.skip(), hist, display_messages(hist), "Type a message first.", gr.skip(), gr.skip()
             return
         params = SamplingParams(
             max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
@@ -62,22 +67,22 @@ def build_chat_tab(app: App) -> None:
             {"role": m["role"], "content": m["content"]} for m in hist
         ]
         cancel = cancels[request.session_hash] = CancelToken()
-        yield "", hist, display_messages(hist, Reply()), ""
+        yield "", hist, display_messages(hist, Reply()), "", *BUSY
         final = Reply(done=True)
         for reply in throttle(stream_chat(app.engine, messages, params, cancel), app.settings.stream_interval_s):
             final = reply
             if not reply.done:
-                yield gr.skip(), hist, display_messages(hist, reply), gr.skip()
+                yield gr.skip(), hist, display_messages(hist, reply), gr.skip(), gr.skip(), gr.skip()
         cancels.pop(request.session_hash, None)
         if final.error and not final.text:
-            yield text, hist[:-1], display_messages(hist[:-1]), f"⚠️ {final.error}"
+            yield text, hist[:-1], display_messages(hist[:-1]), f"⚠️ {final.error}", *IDLE
             return
         hist = [
             *hist,
             {"role": "assistant", "content": final.text, "stats": format_stats(final.usage, final.finish_reason)},
         ]
         note = f"⚠️ {final.error}" if final.error else ""
-        yield gr.skip(), hist, display_messages(hist), note
+        yield gr.skip(), hist, display_messages(hist), note, *IDLE
 
     def stop_generation(request: gr.Request):
         token = cancels.get(request.session_hash)
@@ -88,7 +93,7 @@ def build_chat_tab(app: App) -> None:
         return [], [], ""
 
     inputs = [message, history, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed]
-    outputs = [message, history, chatbot, error]
+    outputs = [message, history, chatbot, error, send, stop]
     message.submit(respond, inputs, outputs, api_name="chat", concurrency_limit=None)
     send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
