@@ -7,6 +7,7 @@ Screenshots of the key moments land in /tmp/shots/.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -245,3 +246,32 @@ def test_the_chat_clear_button_starts_a_fresh_conversation(page):
     wait_for_stats(page)
     shot(page, "5-after-clear")
     assert user_messages(page) == ["What is my name?"]
+
+
+def test_a_second_message_while_a_reply_streams_waits_in_the_box_and_nothing_is_lost(page):
+    set_max_tokens(page, 300)
+    send(page, "Count to one hundred.")
+    wait_for_reply_text(page)
+    send(page, "And now something else.")  # Enter while the first reply still streams: not sent
+    page.wait_for_timeout(500)
+    page.click("#stop")
+    wait_for_stats(page, timeout_s=15)
+    assert user_messages(page) == ["Count to one hundred."]
+    assert page.locator("#chat-input textarea").input_value() == "And now something else."  # kept to send later
+
+
+def test_an_api_client_sending_twice_in_one_session_gets_a_clear_refusal(server):
+    """The page blocks a second send while streaming; a script using the same session is told why."""
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    args = ("", 300, 0, 1, 0, 0, 1, 0)  # system, max tokens, temperature, top_p, top_k, min_p, rep. penalty, seed
+    first = client.submit("Count to one hundred.", *args, api_name="/chat")
+    deadline = time.monotonic() + 60
+    while len(first.outputs()) < 2 and time.monotonic() < deadline:  # until the first reply streams
+        time.sleep(0.05)
+    second = client.submit("Something else.", *args, api_name="/chat").result(timeout=60)
+    assert "still streaming" in second[2]
+    client.predict(api_name="/stop")
+    final = first.result(timeout=60)
+    assert "stopped" in str(final[1])

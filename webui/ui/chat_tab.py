@@ -55,6 +55,9 @@ def build_chat_tab(app: App) -> None:
 
     def respond(text, hist, system_text, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
         text = (text or "").strip()
+        if request.session_hash in cancels:  # Enter pressed again while this tab's reply still streams
+            yield gr.skip(), gr.skip(), gr.skip(), "A reply is still streaming: wait for it or press Stop.", *BUSY
+            return
         if not text:
             yield gr.skip(), hist, display_messages(hist), "Type a message first.", gr.skip(), gr.skip()
             return
@@ -67,13 +70,18 @@ def build_chat_tab(app: App) -> None:
             {"role": m["role"], "content": m["content"]} for m in hist
         ]
         cancel = cancels[request.session_hash] = CancelToken()
-        yield "", hist, display_messages(hist, Reply()), "", *BUSY
         final = Reply(done=True)
-        for reply in throttle(stream_chat(app.engine, messages, params, cancel), app.settings.stream_interval_s):
-            final = reply
-            if not reply.done:
-                yield gr.skip(), hist, display_messages(hist, reply), gr.skip(), gr.skip(), gr.skip()
-        cancels.pop(request.session_hash, None)
+        try:
+            yield "", hist, display_messages(hist, Reply()), "", *BUSY
+            replies = stream_chat(app.engine, messages, params, cancel)
+            for reply in throttle(replies, app.settings.stream_interval_s):
+                final = reply
+                if not reply.done:
+                    yield gr.skip(), hist, display_messages(hist, reply), gr.skip(), gr.skip(), gr.skip()
+        finally:  # also when the page goes away mid-reply: stop generating for nobody
+            cancels.pop(request.session_hash, None)
+            if not final.done:
+                cancel.cancel()
         if final.error and not final.text:
             yield text, hist[:-1], display_messages(hist[:-1]), f"⚠️ {final.error}", *IDLE
             return
