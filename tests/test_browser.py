@@ -6,6 +6,7 @@ Screenshots of the key moments land in /tmp/shots/.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -86,10 +87,17 @@ def page(browser, server: str):
     context.route("**/*", only_local)
     page = context.new_page()
     page.requests_outside = outside
-    page.goto(server)
-    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    open_page(page, server)
+    page.click("#new-chat")  # the page reopens the newest saved conversation; each test starts its own
+    sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
     yield page
     context.close()
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    sync_api.expect(page.locator("#conversation-choice")).to_be_visible()
 
 
 def markdown(page, elem_id: str):
@@ -265,13 +273,50 @@ def test_an_api_client_sending_twice_in_one_session_gets_a_clear_refusal(server)
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    args = ("", 300, 0, 1, 0, 0, 1, 0)  # system, max tokens, temperature, top_p, top_k, min_p, rep. penalty, seed
+    args = ("", "", 300, 0, 1, 0, 0, 1, 0)  # conversation id, system, max tokens, temperature, top_p, top_k, ...
     first = client.submit("Count to one hundred.", *args, api_name="/chat")
     deadline = time.monotonic() + 60
     while len(first.outputs()) < 2 and time.monotonic() < deadline:  # until the first reply streams
         time.sleep(0.05)
     second = client.submit("Something else.", *args, api_name="/chat").result(timeout=60)
-    assert "still streaming" in second[2]
+    assert "still streaming" in second[3]
     client.predict(api_name="/stop")
     final = first.result(timeout=60)
-    assert "stopped" in str(final[1])
+    assert "stopped" in str(final[2])
+
+
+def test_a_refreshed_page_shows_its_conversation_again(page, server):
+    set_max_tokens(page, 8)
+    send(page, "Remember the word lighthouse.")
+    wait_for_stats(page)
+    page.reload()
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    sync_api.expect(page.locator("#chatbot [data-testid='user']").first).to_have_text("Remember the word lighthouse.")
+    assert page.locator("#chatbot .inglenook-stats").count() == 1  # the reply and its stats line came back
+    picker = page.locator("#conversation-choice input")
+    assert picker.input_value().startswith("Remember the word")  # titled after its first message
+
+
+def test_a_server_restart_with_the_page_open_loses_nothing(browser, models_dir, tmp_path):
+    """Stop the server under an open page, start it again: the next message continues the same chat."""
+    from conftest import free_port
+
+    port, user_data = free_port(), tmp_path / "user_data"
+    args = ("--models-dir", str(models_dir), "--user-data", str(user_data))
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    with running_server(*args, port=port) as (url, _proc):
+        open_page(page, url)
+        set_max_tokens(page, 8)
+        send(page, "First message.")
+        wait_for_stats(page)
+    with running_server(*args, port=port):  # the page stayed open while the server was down
+        send(page, "Second message.")
+        wait_for_stats(page, count=2)
+        assert user_messages(page) == ["First message.", "Second message."]
+        page.reload()
+        page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(2)
+    [chat_file] = (user_data / "chats" / "instruct").glob("*.json")
+    saved = [m["content"] for m in json.loads(chat_file.read_text())["messages"] if m["role"] == "user"]
+    assert saved == ["First message.", "Second message."]
+    page.context.close()

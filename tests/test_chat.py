@@ -8,7 +8,7 @@ import pytest
 from conftest import greedy
 
 from backends.base import ModelInfo, Usage
-from webui.chat import Reply, format_stats, stream_chat, stream_completion, throttle
+from webui.chat import Reply, chat_turn, format_stats, stream_chat, stream_completion, throttle
 from webui.templates import build_chat_prompt
 from webui.ui.chat_tab import display_messages
 
@@ -116,3 +116,46 @@ def test_the_chat_shows_each_reply_with_its_stats_line_and_the_reply_in_flight()
     assert shown[0] == {"role": "user", "content": "Hi"}
     assert shown[1]["content"].startswith("Hello\n\n<span class='inglenook-stats'>time to first token")
     assert shown[2] == {"role": "assistant", "content": "partial"}
+
+
+def test_a_chat_turn_saves_the_message_before_generating_and_the_reply_with_its_stats(make_app):
+    app = make_app()
+    app.start()
+    conv = app.history.new("instruct")
+    turn = chat_turn(app.engine, app.history, conv, "Hello there.", greedy(6))
+    first = next(turn)  # the reply has begun: the user's message is already on disk
+    assert not first.done
+    on_disk = app.history.load("instruct", conv.id)
+    assert [m.content for m in on_disk.messages] == ["Hello there."]
+    final = list(turn)[-1]
+    saved = app.history.load("instruct", conv.id).ui_history()
+    assert [m["role"] for m in saved] == ["user", "assistant"]
+    assert saved[1]["content"] == final.text
+    assert saved[1]["stats"].startswith("time to first token")
+
+
+def test_a_turn_that_fails_before_any_text_takes_its_message_back_out(make_app):
+    app = make_app()
+    app.start()
+    conv = app.history.new("instruct")
+    final = list(chat_turn(app.engine, app.history, conv, "word " * 5000, greedy(3)))[-1]
+    assert "context holds" in final.error
+    assert app.history.load("instruct", conv.id).messages == []
+    assert list(chat_turn(app.engine, app.history, conv, "   ", greedy(3)))[-1].error  # empty: refused
+
+
+def test_a_turn_stopped_mid_reply_keeps_what_was_said(make_app):
+    from backends.base import CancelToken
+
+    app = make_app()
+    app.start()
+    conv = app.history.new("instruct")
+    cancel = CancelToken()
+    for reply in chat_turn(
+        app.engine, app.history, conv, "Tell a long story.", greedy(500, ban_eos_token=True), cancel=cancel
+    ):
+        if len(reply.text) > 10:
+            cancel.cancel()
+    saved = app.history.load("instruct", conv.id).ui_history()
+    assert saved[-1]["role"] == "assistant" and len(saved[-1]["content"]) > 10
+    assert saved[-1]["stats"].endswith("stopped")

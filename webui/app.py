@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from backends.base import LoadSettings, ModelInfo
 from backends.registry import LoaderRegistry
 from webui.engine import Engine
+from webui.history import HistoryStore
 from webui.models import resolve_model
 from webui.settings import Settings
 
@@ -23,11 +24,12 @@ class App:
     settings: Settings
     registry: LoaderRegistry
     engine: Engine
+    history: HistoryStore
 
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
-        return cls(settings, registry, Engine(registry))
+        return cls(settings, registry, Engine(registry), HistoryStore(settings.user_data))
 
     def load_settings_for(self, loader_name: str) -> LoadSettings:
         """The chosen loader's settings, filled from the command line's --n-ctx and --threads."""

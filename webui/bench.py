@@ -71,6 +71,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -321,6 +322,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CHATBOT, ERROR = 2, 3  # positions in /chat's outputs: message, conversation id, chatbot, error, ...
 _STATS = re.compile(r"\n\n<span class='inglenook-stats'>(?P<stats>.*?)</span>\s*$", re.S)
 _TOKENS = re.compile(r"(\d+) tokens")
 _REPORTED_TTFT = re.compile(r"time to first token (\d+) ms")
@@ -401,20 +403,21 @@ class UIContender(Contender):
         start = time.perf_counter()
         try:
             job = self.client.submit(
-                self.prompt, "", self.tokens, 0, 1, 0, 0, 1, 0, api_name="/chat"
-            )  # message, system, max tokens, temperature, top_p, top_k, min_p, repetition penalty, seed
+                self.prompt, "", "", self.tokens, 0, 1, 0, 0, 1, 0, api_name="/chat"
+            )  # message, conversation id ("" = a new one), system, max tokens, temperature, top_p, top_k,
+            # min_p, repetition penalty, seed
             for outputs in job:
                 last = time.perf_counter()
-                if first is None and _assistant_text(outputs[1]) not in ("", PLACEHOLDER):
+                if first is None and _assistant_text(outputs[CHATBOT]) not in ("", PLACEHOLDER):
                     first = last
         except Exception as exc:
             raise BenchError(f"the UI stream failed: {type(exc).__name__}: {exc}") from exc
         if outputs is None:
             raise BenchError("the UI stream sent nothing")
-        error = outputs[2] if isinstance(outputs[2], str) else ""
+        error = outputs[ERROR] if isinstance(outputs[ERROR], str) else ""
         if error:
             raise BenchError(f"the UI reported an error: {error}")
-        text, tokens, finish, reported = _parse_final(_assistant_text(outputs[1]))
+        text, tokens, finish, reported = _parse_final(_assistant_text(outputs[CHATBOT]))
         first = first if first is not None else last
         return Sample(first - start, last - first, tokens, finish, text, reported)
 
@@ -557,7 +560,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
 
     port = free_port() if not args.no_ui else 0
-    settings = settings_from(args)
+    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")  # the UI's runs save chats: not the user's
+    settings = replace(settings_from(args), user_data=Path(scratch.name))
     if port:
         settings = replace(settings, host="127.0.0.1", port=port)
     app = App.create(settings)

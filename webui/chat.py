@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from backends.base import CancelToken, GenerationError, ModelLoadError, SamplingParams, Usage
 from webui.engine import Engine
+from webui.history import Conversation, HistoryError, HistoryStore
 from webui.templates import build_chat_prompt
 
 MAX_MESSAGE_CHARS = 1_000_000
@@ -55,6 +56,40 @@ def stream_chat(
         return
     params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
     yield from stream_completion(engine, prompt.text, params, cancel)
+
+
+def chat_turn(
+    engine: Engine,
+    store: HistoryStore,
+    conversation: Conversation,
+    text: str,
+    params: SamplingParams,
+    system: str = "",
+    cancel: CancelToken | None = None,
+) -> Iterator[Reply]:
+    """One exchange of a saved conversation: the user's message is saved before generation starts,
+    the reply (with its stats line) as soon as it ends, stopped or not. A crash loses at most the reply
+    in flight. A reply that failed before producing any text takes its message back out.
+    """
+    try:
+        conversation.append("user", text)
+    except HistoryError as exc:
+        yield Reply(done=True, error=str(exc))
+        return
+    store.save(conversation)
+    messages = ([{"role": "system", "content": system}] if system.strip() else []) + conversation.chat_messages()
+    final = Reply(done=True)
+    for reply in stream_chat(engine, messages, params, cancel):
+        final = reply
+        if not reply.done:
+            yield reply
+    if final.text.strip():
+        conversation.append("assistant", final.text, format_stats(final.usage, final.finish_reason))
+    else:
+        conversation.remove_last()
+        final.error = final.error or "the model produced no text"
+    store.save(conversation)
+    yield final
 
 
 def stream_completion(

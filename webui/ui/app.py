@@ -44,7 +44,9 @@ def build_ui(app: App) -> gr.Blocks:
             load = gr.Button("Load", scale=1, elem_id="load-model")
         status = gr.Markdown("", elem_id="model-status")
         with gr.Tab("Chat"):
-            build_chat_tab(app)
+            restore_chat, conversation_id, chat_outputs = build_chat_tab(app)
+        # a refreshed page (or one reopened after a restart) shows its conversation again
+        blocks.load(restore_chat, conversation_id, chat_outputs, api_name=False)
 
         def load_model(name: str):
             try:

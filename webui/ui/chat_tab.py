@@ -6,7 +6,8 @@ import gradio as gr
 
 from backends.base import CancelToken, SamplingParams
 from webui.app import App
-from webui.chat import Reply, default_params, format_stats, stream_chat, throttle
+from webui.chat import Reply, chat_turn, default_params, throttle
+from webui.history import INSTRUCT_OWNER, Conversation, HistoryError
 
 
 def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
@@ -27,11 +28,46 @@ BUSY = (gr.update(interactive=False), gr.update(interactive=True))
 IDLE = (gr.update(interactive=True), gr.update(interactive=False))
 
 
-def build_chat_tab(app: App) -> None:
+OWNER = INSTRUCT_OWNER  # conversations without a character (characters arrive later)
+
+
+def conversation_choices(app: App) -> list[tuple[str, str]]:
+    """(title, id) pairs for the conversation picker, newest first."""
+    listing = app.history.list(OWNER)
+    return [(c.title or "(empty)", c.id) for c in listing.conversations]
+
+
+def open_conversation(app: App, conversation_id: str) -> Conversation:
+    """The conversation ``conversation_id`` if it can be read, else the newest one, else a new one."""
+    if conversation_id:
+        try:
+            return app.history.load(OWNER, conversation_id)
+        except HistoryError:
+            pass
+    return app.history.latest(OWNER) or app.history.new(OWNER)
+
+
+def continue_conversation(app: App, conversation_id: str) -> Conversation:
+    """The conversation a message goes to: ``conversation_id`` if it still exists, else a new one
+    (never another conversation: a message must not land in a chat the user is not looking at)."""
+    if conversation_id:
+        try:
+            return app.history.load(OWNER, conversation_id)
+        except HistoryError:
+            pass
+    return app.history.new(OWNER)
+
+
+def build_chat_tab(app: App) -> tuple:
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
     defaults = default_params()
 
-    history = gr.State([])
+    with gr.Row():
+        picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
+        new = gr.Button("New chat", scale=1, elem_id="new-chat")
+        delete = gr.Button("Delete", scale=1, variant="secondary", elem_id="delete-chat")
+    # The id lives in the page, not in server memory, so a restarted server continues the same file.
+    conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
     chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chatbot", buttons=["copy"], feedback_options=None)
     error = gr.Markdown("", elem_id="chat-error")
     with gr.Row():
@@ -40,7 +76,6 @@ def build_chat_tab(app: App) -> None:
         )
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
-    clear = gr.Button("New chat", size="sm", elem_id="new-chat")
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
@@ -53,44 +88,57 @@ def build_chat_tab(app: App) -> None:
             rep = gr.Slider(1, 1.5, value=defaults.repetition_penalty, step=0.01, label="Repetition penalty")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
 
-    def respond(text, hist, system_text, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
+    def show(conv: Conversation, note: str = ""):
+        """Picker, id, chatbot and note for ``conv``."""
+        choices = conversation_choices(app)
+        value = conv.id if any(cid == conv.id for _, cid in choices) else None
+        return gr.update(choices=choices, value=value), conv.id, display_messages(conv.ui_history()), note
+
+    def restore(conversation_id: str):
+        problems = app.history.list(OWNER).problems
+        note = "⚠️ " + "; ".join(str(p) for p in problems) if problems else ""
+        return show(open_conversation(app, conversation_id), note)
+
+    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
         text = (text or "").strip()
         if request.session_hash in cancels:  # Enter pressed again while this tab's reply still streams
-            yield gr.skip(), gr.skip(), gr.skip(), "A reply is still streaming: wait for it or press Stop.", *BUSY
+            note = "A reply is still streaming: wait for it or press Stop."
+            yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, gr.skip()
             return
         if not text:
-            yield gr.skip(), hist, display_messages(hist), "Type a message first.", gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), "Type a message first.", gr.skip(), gr.skip(), gr.skip()
             return
         params = SamplingParams(
             max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
             repetition_penalty=rp, seed=int(sd if sd is not None else -1),
         )  # fmt: skip
-        hist = [*hist, {"role": "user", "content": text}]
-        messages = ([{"role": "system", "content": system_text}] if (system_text or "").strip() else []) + [
-            {"role": m["role"], "content": m["content"]} for m in hist
-        ]
+        conv = continue_conversation(app, conv_id)
         cancel = cancels[request.session_hash] = CancelToken()
         final = Reply(done=True)
         try:
-            yield "", hist, display_messages(hist, Reply()), "", *BUSY
-            replies = stream_chat(app.engine, messages, params, cancel)
-            for reply in throttle(replies, app.settings.stream_interval_s):
+            turn = chat_turn(app.engine, app.history, conv, text, params, system_text or "", cancel)
+            pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
+            yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, gr.skip()
+            for reply in throttle(turn, app.settings.stream_interval_s):
                 final = reply
                 if not reply.done:
-                    yield gr.skip(), hist, display_messages(hist, reply), gr.skip(), gr.skip(), gr.skip()
+                    yield (
+                        gr.skip(),
+                        gr.skip(),
+                        display_messages(conv.ui_history(), reply),
+                        gr.skip(),
+                        gr.skip(),
+                        gr.skip(),
+                        gr.skip(),
+                    )
         finally:  # also when the page goes away mid-reply: stop generating for nobody
             cancels.pop(request.session_hash, None)
             if not final.done:
                 cancel.cancel()
-        if final.error and not final.text:
-            yield text, hist[:-1], display_messages(hist[:-1]), f"⚠️ {final.error}", *IDLE
-            return
-        hist = [
-            *hist,
-            {"role": "assistant", "content": final.text, "stats": format_stats(final.usage, final.finish_reason)},
-        ]
+        picker_update, cid, shown, _ = show(conv)
         note = f"⚠️ {final.error}" if final.error else ""
-        yield gr.skip(), hist, display_messages(hist), note, *IDLE
+        keep = text if final.error and not final.text else gr.skip()  # a failed message goes back to the box
+        yield keep, cid, shown, note, *IDLE, picker_update
 
     def stop_generation(request: gr.Request):
         token = cancels.get(request.session_hash)
@@ -98,12 +146,24 @@ def build_chat_tab(app: App) -> None:
             token.cancel()
 
     def new_chat():
-        return [], [], ""
+        return show(app.history.new(OWNER))
 
-    inputs = [message, history, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed]
-    outputs = [message, history, chatbot, error, send, stop]
+    def pick(conversation_id: str):
+        return show(open_conversation(app, conversation_id or ""))
+
+    def delete_chat(conversation_id: str):
+        if conversation_id and app.history.exists(OWNER, conversation_id):
+            app.history.delete(OWNER, conversation_id)
+        return show(open_conversation(app, ""), "Deleted (moved to the trash folder).")
+
+    shown = [picker, conversation_id, chatbot, error]
+    inputs = [message, conversation_id, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed]
+    outputs = [message, conversation_id, chatbot, error, send, stop, picker]
     message.submit(respond, inputs, outputs, api_name="chat", concurrency_limit=None)
     send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
-    clear.click(new_chat, None, [history, chatbot, error], api_name=False)
-    chatbot.clear(new_chat, None, [history, chatbot, error], api_name=False)  # the chatbot's own bin icon
+    new.click(new_chat, None, shown, api_name=False)
+    chatbot.clear(new_chat, None, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
+    picker.input(pick, picker, shown, api_name=False)
+    delete.click(delete_chat, conversation_id, shown, api_name=False)
+    return restore, conversation_id, shown  # the page's load event restores the conversation
