@@ -13,14 +13,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from backends.base import CancelToken, ModelLoadError, SamplingParams
+from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
 from webui import __version__
 from webui.app import App
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
 from webui.settings import Settings
+from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench")
+SUBCOMMANDS = ("serve", "run", "bench", "templates")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"inglenook {__version__}")
     _serve_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates}")
 
     serve = sub.add_parser("serve", help="start the web UI (the default command)")
     _serve_options(serve)
@@ -102,6 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default="The history of the city of Rome begins", help="prompt to continue")
     bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    templates = sub.add_parser("templates", help="list prompt templates, or print the exact prompt one produces")
+    tsub = templates.add_subparsers(dest="templates_command", metavar="{list,render}", required=True)
+    tlist = tsub.add_parser("list", help="the templates in presets/templates/ and where each comes from")
+    tlist.add_argument("--json", action="store_true", help="print a JSON list of {name, source}")
+    render = tsub.add_parser(
+        "render",
+        help="print the exact prompt for a conversation",
+        description="TEMPLATE_OR_MODEL is a template name (see 'templates list') or a model (a path, a name in the "
+        "models folder, or 'default'): a model gets the template the selection chooses for it, read from its file "
+        "without loading weights. The prompt goes to stdout unchanged; the template, the rule that chose it and "
+        "the stop strings go to stderr.",
+    )
+    render.add_argument("target", metavar="TEMPLATE_OR_MODEL")
+    render.add_argument(
+        "--messages", required=True, type=Path, help='JSON file: [{"role": ..., "content": ...}, ...] ("-" = stdin)'
+    )
+    render.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
+    render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
     return parser
 
 
@@ -132,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "templates":
+            return cmd_templates(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
 
             return cmd_bench(args)
         return cmd_serve(args)
-    except (ModelLoadError, UnsafeName, ValueError) as exc:
+    except (ModelLoadError, UnsafeName, ValueError) as exc:  # TemplateError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -149,6 +171,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = App.create(settings_from(args))
     return serve(app)
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from webui.template_library import get_template, list_templates, template_names
+
+    if args.templates_command == "list":
+        found = [{"name": t.name, "source": t.source} for t in list_templates()]
+        if args.json:
+            print(json.dumps(found, ensure_ascii=False, indent=2))
+        else:
+            width = max((len(t["name"]) for t in found), default=0)
+            print("\n".join(f"{t['name']:<{width}}  {t['source']}" for t in found))
+        return 0
+    messages = _read_messages(args.messages)
+    if args.target.lower() in (n.lower() for n in template_names()):
+        info, choice = ModelInfo(name=get_template(args.target).name, loader="", path=""), args.target
+    else:
+        info, choice = _template_info(args.target, args.models_dir), None
+    prompt = build_chat_prompt(messages, info, not args.no_generation_prompt, choice=choice)
+    sys.stdout.write(prompt.text)
+    sys.stdout.flush()
+    print(
+        f"\n[template {prompt.template} ({prompt.chosen_by}); stop strings {json.dumps(prompt.stop)}]", file=sys.stderr
+    )
+    return 0
+
+
+def _read_messages(path: Path) -> list[dict]:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read messages from {path}: {exc}") from None
+    data = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise ValueError(f'{path} must hold a JSON list of {{"role": ..., "content": ...}} objects')
+    return data
+
+
+def _template_info(spec: str, models_dir: Path) -> ModelInfo:
+    from webui.models import resolve_model
+    from webui.template_library import model_template_info
+
+    return model_template_info(resolve_model(spec, models_dir))
 
 
 def _run_params(args: argparse.Namespace) -> SamplingParams:
