@@ -8,6 +8,7 @@ import pytest
 from conftest import cli, greedy
 
 from backends.base import ModelInfo
+from webui.characters import Character, CharacterStore
 from webui.chat import chat_turn
 from webui.chat_modes import (
     CHARACTER_PREFIX,
@@ -16,7 +17,6 @@ from webui.chat_modes import (
     owner_for,
     start_conversation,
 )
-from webui.characters import Character, CharacterStore
 from webui.history import INSTRUCT_OWNER, HistoryStore
 from webui.paths import UnsafeName
 
