@@ -421,3 +421,33 @@ def load_file(path: Path) -> Character:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
         raise CharacterError(f"{path.name}: cannot be read ({str(exc).splitlines()[0]})") from None
     return from_dict(data, path.name)
+
+
+EDITABLE = ("name", "user_name", "greeting", "context", "scenario", "example_dialogue", "description",
+            "personality", "system_prompt", "creator_notes")  # fmt: skip
+
+
+def save_edit(store: CharacterStore, selected: str | None, key: str, values: dict[str, Any]) -> str:
+    """Save what the Characters tab edits: ``values`` over the selected character (the fields it does not
+    show, such as a lorebook, stay as they were); a changed file name renames the character first.
+    Returns the key it was saved under. Everything is checked before anything is written."""
+    valid_name(key)
+    base = store.load(selected) if selected and store.exists(selected) else Character()
+    unknown = set(values) - set(EDITABLE) - {"tags"}
+    if unknown:
+        raise CharacterError(f"cannot edit {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        if name == "tags":
+            value = [t.strip() for t in (value or "").split(",") if t.strip()] if isinstance(value, str) else value
+        setattr(base, name, value if value is not None else "")
+    check(base, key)
+    if selected and key != selected and store.exists(selected):
+        if store.is_shipped(selected):
+            raise CharacterError(f"{selected!r} ships with Inglenook and cannot be renamed; duplicate it instead")
+        if store.exists(key):
+            raise CharacterError(f"a character named {key!r} already exists")
+        store.rename(selected, key)
+    elif not selected and store.exists(key):
+        raise CharacterError(f"a character named {key!r} already exists")
+    store.save(key, base)
+    return key

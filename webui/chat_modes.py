@@ -97,3 +97,10 @@ def transcript(character: Character, dialogue: list[dict]) -> str:
     names = {"user": character.user, "assistant": character.name}
     lines = [f"{names.get(m['role'], m['role'])}: {m['content'].strip()}" for m in dialogue]
     return "\n\n".join(part for part in (character.persona(), "\n".join(lines)) if part)
+
+
+def move_conversations(history: HistoryStore, old_key: str, new_key: str) -> None:
+    """A renamed character keeps its conversations: its owner folder moves with it (never over another)."""
+    source, target = history.folder(owner_for(CHAT, old_key)), history.folder(owner_for(CHAT, new_key))
+    if source.is_dir() and not target.exists():
+        source.rename(target)
