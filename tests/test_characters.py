@@ -204,3 +204,21 @@ def test_wrong_types_in_a_character_file_name_the_field(tmp_path):
     path.write_text("just a string")
     with pytest.raises(CharacterError, match="expected a mapping"):
         load_file(path)
+
+
+def test_an_edit_from_the_characters_tab_keeps_the_fields_it_does_not_show_and_can_rename(store):
+    from webui.characters import save_edit
+
+    store.save("Ann", Character(name="Ann", character_book={"entries": [1]}, extensions={"x": 1}, tags=["a"]))
+    key = save_edit(store, "Ann", "Anna", {"name": "Anna", "greeting": "Hi {{user}}", "tags": "b, c"})
+    assert key == "Anna" and not store.exists("Ann")
+    c = store.load("Anna")
+    assert (c.name, c.greeting, c.tags) == ("Anna", "Hi {{user}}", ["b", "c"])
+    assert c.character_book == {"entries": [1]} and c.extensions == {"x": 1}
+    with pytest.raises(CharacterError, match="already exists"):
+        save_edit(store, None, "Anna", {"name": "Other"})  # a new character may not overwrite one
+    with pytest.raises(UnsafeName):
+        save_edit(store, "Anna", "../Anna", {"name": "Anna"})
+    with pytest.raises(CharacterError, match="cannot be renamed"):
+        save_edit(store, "Wren", "Robin", {"name": "Robin"})
+    assert store.load("Anna") == c and store.is_shipped("Wren")

@@ -125,3 +125,36 @@ def test_the_characters_command_lists_imports_and_exports(tmp_path: Path):
     broken.write_bytes(out.read_bytes()[:500])
     failed = cli("characters", "--user-data", str(user_data), "import", str(broken))
     assert failed.returncode == 1 and "truncated" in failed.stderr
+
+
+def test_a_renamed_character_keeps_its_conversations(tmp_path):
+    from webui.chat_modes import move_conversations
+
+    history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
+    characters.save("Wren", WREN)
+    conv = start_conversation(history, characters, "chat", "Wren")
+    move_conversations(history, "Wren", "Robin")
+    assert history.load("character-Robin", conv.id).chat_messages() == conv.chat_messages()
+
+
+def test_the_chat_tab_picks_the_owner_from_mode_and_character(make_app):
+    from webui.ui.chat_tab import chat_owner, open_conversation
+
+    app = make_app()
+    assert chat_owner(app, "chat", "Wren") == chat_owner(app, "chat-instruct", "Wren") == "character-Wren"
+    assert chat_owner(app, "instruct", "Wren") == INSTRUCT_OWNER
+    assert chat_owner(app, "chat", "No such one") == chat_owner(app, "chat", "../x") == INSTRUCT_OWNER
+    conv = open_conversation(app, "", "character-Wren")  # nothing saved yet: a new chat, greeting first
+    assert conv.chat_messages()[0]["role"] == "assistant" and "Traveller" in conv.chat_messages()[0]["content"]
+    assert open_conversation(app, conv.id, "character-Wren").id == conv.id
+
+
+def test_a_chat_instruct_reply_on_the_real_model_has_no_leading_space_and_is_stored(make_app):
+    app = make_app()
+    app.start()
+    conv = start_conversation(app.history, app.characters, "chat-instruct", "Wren")
+    assert conv.mode == "chat-instruct"
+    replies = list(chat_turn(app.engine, app.history, conv, "Hello!", greedy(8), character=app.characters.load("Wren")))
+    final = replies[-1]
+    assert final.done and final.error is None and final.text == final.text.lstrip()
+    assert app.history.load("character-Wren", conv.id).chat_messages()[-1]["content"] == final.text
