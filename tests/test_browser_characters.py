@@ -82,6 +82,7 @@ def test_a_card_imported_in_the_characters_tab_becomes_a_character_to_chat_with(
     sync_api.expect(page.locator("#characters-greeting textarea")).to_have_value("Ahoy, {{user}}!")
     assert (user_data / "characters" / "Captain Bo.yaml").is_file()
     assert (user_data / "characters" / "Captain Bo.png").is_file()
+    sync_api.expect(page.locator("#characters-picture img")).to_be_visible()  # the card's image is its picture
     shot(page, "characters-tab")
 
     page.get_by_role("tab", name="Chat").click()

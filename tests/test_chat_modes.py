@@ -158,3 +158,12 @@ def test_a_chat_instruct_reply_on_the_real_model_has_no_leading_space_and_is_sto
     final = replies[-1]
     assert final.done and final.error is None and final.text == final.text.lstrip()
     assert app.history.load("character-Wren", conv.id).chat_messages()[-1]["content"] == final.text
+
+
+def test_a_damaged_character_file_falls_back_to_instruct_instead_of_failing(make_app):
+    from webui.ui.chat_tab import chat_owner
+
+    app = make_app()
+    app.characters.folder.mkdir(parents=True)
+    (app.characters.folder / "Broken.yaml").write_text("name: [unclosed")
+    assert chat_owner(app, "chat", "Broken") == INSTRUCT_OWNER

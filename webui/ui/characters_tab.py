@@ -9,10 +9,11 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from webui.app import App
 from webui.character_cards import export_character, import_character
-from webui.characters import EDITABLE, Character, CharacterError, save_edit
+from webui.characters import EDITABLE, Character, CharacterError, open_picture, save_edit
 from webui.chat_modes import move_conversations
 from webui.paths import UnsafeName
 
@@ -43,9 +44,7 @@ def build_characters_tab(app: App) -> None:
             tags = gr.Textbox(label="Tags (comma separated)", elem_id="characters-tags")
             save = gr.Button("Save", variant="primary", elem_id="characters-save")
         with gr.Column(scale=2):
-            picture = gr.Image(
-                label="Picture", type="filepath", interactive=False, height=320, elem_id="characters-picture"
-            )
+            picture = gr.Image(label="Picture", type="pil", interactive=False, height=320, elem_id="characters-picture")
             upload = gr.File(
                 label="Upload a picture", file_types=["image"], type="filepath", elem_id="characters-upload"
             )
@@ -72,7 +71,7 @@ def build_characters_tab(app: App) -> None:
         return (
             gr.update(choices=choices, value=selected if selected in choices else None),
             selected or "", *(getattr(c, f) for f in EDITABLE), ", ".join(c.tags),
-            str(pic) if pic else None,
+            _show_picture(pic),
             note or (f"Editing **{selected}**{shipped}." if selected else "A new character."),
         )  # fmt: skip
 
@@ -122,7 +121,7 @@ def build_characters_tab(app: App) -> None:
             saved = store.set_picture(selected, Path(path).read_bytes())
         except (CharacterError, UnsafeName, OSError) as exc:
             return gr.skip(), f"⚠️ {exc}"
-        return str(saved), "Picture saved (resized; thumbnail made)."
+        return _show_picture(saved), "Picture saved (resized; thumbnail made)."
 
     def on_import(path):
         if not path:
@@ -153,3 +152,13 @@ def build_characters_tab(app: App) -> None:
     card.upload(on_import, card, outputs, api_name=False)
     export.click(on_export, pick, [exported, status], api_name=False)
     return fill
+
+
+def _show_picture(path: Path | None) -> Image.Image | None:
+    """The picture as an image object: Gradio then serves its own copy, wherever the characters folder is."""
+    if path is None:
+        return None
+    try:
+        return open_picture(path.read_bytes(), path.name)
+    except (CharacterError, OSError):
+        return None

@@ -72,6 +72,7 @@ def chat_owner(app: App, mode: str, character: str | None) -> str:
     """The history owner for the mode and character picked in the chat tab (instruct if it is unusable)."""
     try:
         if mode in MODES and character and app.characters.exists(character):
+            app.characters.load(character)  # a damaged character file: chat without it rather than fail
             return owner_for(mode, character)
     except (UnsafeName, CharacterError):
         pass
