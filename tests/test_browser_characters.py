@@ -13,6 +13,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from test_browser import CHROMIUM_ARGS, open_page, send, set_max_tokens, shot, wait_for_stats
 
+from webui.character_cards import read_card_png
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytestmark = pytest.mark.browser
 
@@ -84,6 +86,20 @@ def test_a_card_imported_in_the_characters_tab_becomes_a_character_to_chat_with(
     assert (user_data / "characters" / "Captain Bo.png").is_file()
     sync_api.expect(page.locator("#characters-picture img")).to_be_visible()  # the card's image is its picture
     shot(page, "characters-tab")
+
+    picture = tmp_path / "new-picture.png"
+    Image.new("RGB", (2000, 1000), (200, 150, 20)).save(picture)
+    page.locator("#characters-upload input[type=file]").set_input_files(str(picture))
+    sync_api.expect(page.locator("#characters-status")).to_contain_text("Picture saved", timeout=30_000)
+    with Image.open(user_data / "characters" / "Captain Bo.png") as stored:
+        assert stored.size == (1024, 512) and stored.getpixel((10, 10))[:3] == (200, 150, 20)
+
+    page.click("#characters-export")
+    sync_api.expect(page.locator("#characters-status")).to_contain_text("Exported Captain Bo", timeout=30_000)
+    link = page.locator("#characters-exported a").first
+    sync_api.expect(link).to_be_visible()
+    downloaded = page.request.get(link.get_attribute("href")).body()
+    assert read_card_png(downloaded).name == "Captain Bo"  # the download is a card that imports back
 
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-mode").get_by_text("chat", exact=True).click()
