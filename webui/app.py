@@ -7,10 +7,11 @@ There is no module-level mutable state in Inglenook: the CLI builds one
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backends.base import LoadSettings, ModelInfo
 from backends.registry import LoaderRegistry
+from webui.characters import CharacterStore
 from webui.engine import Engine
 from webui.history import HistoryStore
 from webui.models import resolve_model
@@ -25,6 +26,10 @@ class App:
     registry: LoaderRegistry
     engine: Engine
     history: HistoryStore
+    characters: CharacterStore = field(init=False)  # <user_data>/characters, then the shipped characters/
+
+    def __post_init__(self) -> None:
+        self.characters = CharacterStore(self.settings.user_data / "characters")
 
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:

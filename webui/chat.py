@@ -13,9 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from backends.base import CancelToken, GenerationError, ModelLoadError, SamplingParams, Usage
+from webui.characters import Character
+from webui.chat_modes import CHAT_INSTRUCT, INSTRUCT, build_prompt
 from webui.engine import Engine
 from webui.history import Conversation, HistoryError, HistoryStore
-from webui.templates import build_chat_prompt
 
 MAX_MESSAGE_CHARS = 1_000_000
 
@@ -38,9 +39,15 @@ def default_params() -> SamplingParams:
 
 
 def stream_chat(
-    engine: Engine, messages: list[dict], params: SamplingParams, cancel: CancelToken | None = None
+    engine: Engine,
+    messages: list[dict],
+    params: SamplingParams,
+    cancel: CancelToken | None = None,
+    mode: str = INSTRUCT,
+    character: Character | None = None,
 ) -> Iterator[Reply]:
-    """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's)."""
+    """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's),
+    in a chat mode (:mod:`webui.chat_modes`; instruct unless told)."""
     info = engine.info
     if info is None:
         yield Reply(done=True, error="no model is loaded")
@@ -50,12 +57,15 @@ def stream_chat(
             yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
             return
     try:
-        prompt = build_chat_prompt(messages, info)
+        prompt = build_prompt(messages, info, mode, character)
     except ValueError as exc:
         yield Reply(done=True, error=str(exc))
         return
     params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
-    yield from stream_completion(engine, prompt.text, params, cancel)
+    replies = stream_completion(engine, prompt.text, params, cancel)
+    if mode == CHAT_INSTRUCT and character is not None:  # the prompt ends with "Name:"; the reply follows a space
+        replies = (replace(r, text=r.text.lstrip()) for r in replies)
+    yield from replies
 
 
 def chat_turn(
@@ -66,8 +76,10 @@ def chat_turn(
     params: SamplingParams,
     system: str = "",
     cancel: CancelToken | None = None,
+    character: Character | None = None,
 ) -> Iterator[Reply]:
-    """One exchange of a saved conversation: the user's message is saved before generation starts,
+    """One exchange of a saved conversation (in its ``mode``, spoken by ``character`` if one is given):
+    the user's message is saved before generation starts,
     the reply (with its stats line) as soon as it ends, stopped or not. A crash loses at most the reply
     in flight. A reply that failed before producing any text takes its message back out.
     """
@@ -79,7 +91,7 @@ def chat_turn(
     store.save(conversation)
     messages = ([{"role": "system", "content": system}] if system.strip() else []) + conversation.chat_messages()
     final = Reply(done=True)
-    for reply in stream_chat(engine, messages, params, cancel):
+    for reply in stream_chat(engine, messages, params, cancel, conversation.mode, character):
         final = reply
         if not reply.done:
             yield reply

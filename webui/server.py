@@ -31,7 +31,7 @@ def build_server(app: App) -> FastAPI:
     blocks = build_ui(app)
     server = gr.mount_gradio_app(
         api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port, css=CSS,
-        footer_links=[], ssr_mode=False,
+        footer_links=[], ssr_mode=False, allowed_paths=[str(app.characters.thumbs)],
     )  # fmt: skip
     _quiet_queue(blocks)
     return server

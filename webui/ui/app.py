@@ -10,6 +10,7 @@ from backends.base import ModelInfo, ModelLoadError
 from webui.app import App
 from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, list_models
 from webui.paths import UnsafeName
+from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
 
 CSS = """
@@ -45,6 +46,8 @@ def build_ui(app: App) -> gr.Blocks:
         status = gr.Markdown("", elem_id="model-status")
         with gr.Tab("Chat"):
             restore_chat, conversation_id, chat_outputs = build_chat_tab(app)
+        with gr.Tab("Characters"):
+            build_characters_tab(app)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(restore_chat, conversation_id, chat_outputs, api_name=False)
 

@@ -6,8 +6,11 @@ import gradio as gr
 
 from backends.base import CancelToken, SamplingParams
 from webui.app import App
+from webui.characters import CharacterError
 from webui.chat import Reply, chat_turn, default_params, throttle
-from webui.history import INSTRUCT_OWNER, Conversation, HistoryError
+from webui.chat_modes import INSTRUCT, character_of, owner_for, start_conversation
+from webui.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
+from webui.paths import UnsafeName
 
 
 def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
@@ -31,37 +34,64 @@ IDLE = (gr.update(interactive=True), gr.update(interactive=False))
 OWNER = INSTRUCT_OWNER  # conversations without a character (characters arrive later)
 
 
-def conversation_choices(app: App) -> list[tuple[str, str]]:
+def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
     """(title, id) pairs for the conversation picker, newest first."""
-    listing = app.history.list(OWNER)
+    listing = app.history.list(owner)
     return [(c.title or "(empty)", c.id) for c in listing.conversations]
 
 
-def open_conversation(app: App, conversation_id: str) -> Conversation:
-    """The conversation ``conversation_id`` if it can be read, else the newest one, else a new one."""
+def open_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Conversation:
+    """The conversation ``conversation_id`` if it can be read, else the newest one, else a new one
+    (a character's new one opens with its greeting)."""
     if conversation_id:
         try:
-            return app.history.load(OWNER, conversation_id)
+            return app.history.load(owner, conversation_id)
         except HistoryError:
             pass
-    return app.history.latest(OWNER) or app.history.new(OWNER)
+    return app.history.latest(owner) or start_conversation(app.history, app.characters, *mode_of(owner))
 
 
-def continue_conversation(app: App, conversation_id: str) -> Conversation:
+def continue_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Conversation:
     """The conversation a message goes to: ``conversation_id`` if it still exists, else a new one
     (never another conversation: a message must not land in a chat the user is not looking at)."""
     if conversation_id:
         try:
-            return app.history.load(OWNER, conversation_id)
+            return app.history.load(owner, conversation_id)
         except HistoryError:
             pass
-    return app.history.new(OWNER)
+    return start_conversation(app.history, app.characters, *mode_of(owner))
+
+
+def mode_of(owner: str) -> tuple[str, str | None]:
+    """(mode, character) a new conversation of ``owner`` gets: chat for a character, else instruct."""
+    key = character_of(owner)
+    return ("chat", key) if key else (INSTRUCT, None)
+
+
+def chat_owner(app: App, mode: str, character: str | None) -> str:
+    """The history owner for the mode and character picked in the chat tab (instruct if it is unusable)."""
+    try:
+        if mode in MODES and character and app.characters.exists(character):
+            app.characters.load(character)  # a damaged character file: chat without it rather than fail
+            return owner_for(mode, character)
+    except (UnsafeName, CharacterError):
+        pass
+    return INSTRUCT_OWNER
 
 
 def build_chat_tab(app: App) -> tuple:
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
     defaults = default_params()
 
+    characters = app.characters.keys()
+    with gr.Row():
+        mode = gr.Radio(
+            ["chat", "chat-instruct", "instruct"], value=INSTRUCT, label="Mode", scale=3, elem_id="chat-mode"
+        )
+        character = gr.Dropdown(
+            choices=characters, value="Assistant" if "Assistant" in characters else None, label="Character",
+            scale=3, elem_id="chat-character",
+        )  # fmt: skip
     with gr.Row():
         picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
         new = gr.Button("New chat", scale=1, elem_id="new-chat")
@@ -88,18 +118,34 @@ def build_chat_tab(app: App) -> tuple:
             rep = gr.Slider(1, 1.5, value=defaults.repetition_penalty, step=0.01, label="Repetition penalty")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
 
-    def show(conv: Conversation, note: str = ""):
-        """Picker, id, chatbot and note for ``conv``."""
-        choices = conversation_choices(app)
+    def show(conv: Conversation, note: str = "", chosen_mode: str | None = None):
+        """Picker, id, chatbot (with the character's picture), note, mode and character for ``conv``."""
+        choices = conversation_choices(app, conv.owner)
         value = conv.id if any(cid == conv.id for _, cid in choices) else None
-        return gr.update(choices=choices, value=value), conv.id, display_messages(conv.ui_history()), note
+        key = character_of(conv.owner)
+        thumb = app.characters.thumbnail(key) if key and app.characters.exists(key) else None
+        shown = gr.update(
+            value=display_messages(conv.ui_history()), avatar_images=(None, str(thumb) if thumb else None)
+        )
+        keys = app.characters.keys()
+        return (
+            gr.update(choices=choices, value=value), conv.id, shown, note, chosen_mode or conv.mode,
+            gr.update(choices=keys, value=key) if key else gr.update(choices=keys),
+        )  # fmt: skip
 
     def restore(conversation_id: str):
-        problems = app.history.list(OWNER).problems
+        owner = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), OWNER)
+        problems = app.history.list(owner).problems
         note = "⚠️ " + "; ".join(str(p) for p in problems) if problems else ""
-        return show(open_conversation(app, conversation_id), note)
+        return show(open_conversation(app, conversation_id, owner), note)
 
-    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
+    def _exists(owner: str, conversation_id: str) -> bool:
+        try:
+            return app.history.exists(owner, conversation_id)
+        except UnsafeName:
+            return False
+
+    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request):
         text = (text or "").strip()
         if request.session_hash in cancels:  # Enter pressed again while this tab's reply still streams
             note = "A reply is still streaming: wait for it or press Stop."
@@ -112,11 +158,15 @@ def build_chat_tab(app: App) -> tuple:
             max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
             repetition_penalty=rp, seed=int(sd if sd is not None else -1),
         )  # fmt: skip
-        conv = continue_conversation(app, conv_id)
+        owner = chat_owner(app, chosen_mode, key)
+        conv = continue_conversation(app, conv_id, owner)
+        speaker = None
+        if owner != INSTRUCT_OWNER:
+            conv.mode, speaker = chosen_mode, app.characters.load(key)
         cancel = cancels[request.session_hash] = CancelToken()
         final = Reply(done=True)
         try:
-            turn = chat_turn(app.engine, app.history, conv, text, params, system_text or "", cancel)
+            turn = chat_turn(app.engine, app.history, conv, text, params, system_text or "", cancel, speaker)
             pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
             yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, gr.skip()
             for reply in throttle(turn, app.settings.stream_interval_s):
@@ -135,7 +185,7 @@ def build_chat_tab(app: App) -> tuple:
             cancels.pop(request.session_hash, None)
             if not final.done:
                 cancel.cancel()
-        picker_update, cid, shown, _ = show(conv)
+        picker_update, cid, shown, *_ = show(conv)
         note = f"⚠️ {final.error}" if final.error else ""
         keep = text if final.error and not final.text else gr.skip()  # a failed message goes back to the box
         yield keep, cid, shown, note, *IDLE, picker_update
@@ -145,25 +195,35 @@ def build_chat_tab(app: App) -> tuple:
         if token is not None:
             token.cancel()
 
-    def new_chat():
-        return show(app.history.new(OWNER))
+    def new_chat(chosen_mode: str = INSTRUCT, key: str | None = None):
+        owner = chat_owner(app, chosen_mode, key)
+        return show(start_conversation(app.history, app.characters, *mode_of(owner)), "", chosen_mode)
 
-    def pick(conversation_id: str):
-        return show(open_conversation(app, conversation_id or ""))
+    def pick(conversation_id: str, chosen_mode: str = INSTRUCT, key: str | None = None):
+        return show(open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key)), "", chosen_mode)
 
-    def delete_chat(conversation_id: str):
-        if conversation_id and app.history.exists(OWNER, conversation_id):
-            app.history.delete(OWNER, conversation_id)
-        return show(open_conversation(app, ""), "Deleted (moved to the trash folder).")
+    def switch(chosen_mode: str, key: str | None):
+        """Another mode or character: its newest conversation (a new one, greeting first, if it has none)."""
+        return show(open_conversation(app, "", chat_owner(app, chosen_mode, key)), "", chosen_mode)
 
-    shown = [picker, conversation_id, chatbot, error]
-    inputs = [message, conversation_id, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed]
+    def delete_chat(conversation_id: str, chosen_mode: str = INSTRUCT, key: str | None = None):
+        owner = chat_owner(app, chosen_mode, key)
+        if conversation_id and app.history.exists(owner, conversation_id):
+            app.history.delete(owner, conversation_id)
+        return show(open_conversation(app, "", owner), "Deleted (moved to the trash folder).", chosen_mode)
+
+    shown = [picker, conversation_id, chatbot, error, mode, character]
+    who = [mode, character]
+    inputs = [message, conversation_id, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed, *who]
     outputs = [message, conversation_id, chatbot, error, send, stop, picker]
     message.submit(respond, inputs, outputs, api_name="chat", concurrency_limit=None)
     send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
-    new.click(new_chat, None, shown, api_name=False)
-    chatbot.clear(new_chat, None, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
-    picker.input(pick, picker, shown, api_name=False)
-    delete.click(delete_chat, conversation_id, shown, api_name=False)
+    new.click(new_chat, who, shown, api_name=False)
+    chatbot.clear(new_chat, who, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
+    picker.input(pick, [picker, *who], shown, api_name=False)
+    delete.click(delete_chat, [conversation_id, *who], shown, api_name=False)
+    mode.input(switch, who, shown, api_name=False)
+    character.input(switch, who, shown, api_name=False)
+    character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
     return restore, conversation_id, shown  # the page's load event restores the conversation

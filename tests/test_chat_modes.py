@@ -1,0 +1,169 @@
+"""Chat modes: the exact prompt each mode sends, per-character conversations, and a real chat as a character."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cli, greedy
+
+from backends.base import ModelInfo
+from webui.characters import Character, CharacterStore
+from webui.chat import chat_turn
+from webui.chat_modes import (
+    CHARACTER_PREFIX,
+    build_prompt,
+    character_of,
+    owner_for,
+    start_conversation,
+)
+from webui.history import INSTRUCT_OWNER, HistoryStore
+from webui.paths import UnsafeName
+
+GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")
+WREN = Character(
+    name="Wren", greeting="Evening, {{user}}.", context="{{char}} keeps an inn; {{user}} is a guest.",
+    scenario="A rainy night.", user_name="Ann",
+)  # fmt: skip
+CHAT = [
+    {"role": "system", "content": "Reply in one sentence."},
+    {"role": "assistant", "content": "Evening, Ann."},
+    {"role": "user", "content": "Is there tea?"},
+]
+
+
+def test_instruct_mode_is_the_templates_format_with_no_character():
+    prompt = build_prompt(CHAT, GEMMA, "instruct", WREN)
+    assert prompt.text == (
+        "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
+        "<start_of_turn>user\nReply in one sentence.\n\nIs there tea?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert prompt.stop == ["<end_of_turn>", "<start_of_turn>"]
+
+
+def test_chat_mode_puts_the_persona_after_the_system_prompt_and_stops_at_the_users_name():
+    prompt = build_prompt(CHAT, GEMMA, "chat", WREN)
+    assert prompt.text == (
+        "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
+        "<start_of_turn>user\nReply in one sentence.\n\nWren keeps an inn; Ann is a guest.\n\n"
+        "Scenario: A rainy night.\n\nIs there tea?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert prompt.stop == ["<end_of_turn>", "<start_of_turn>", "\nAnn:"]  # the template's stops still apply
+
+
+def test_chat_instruct_wraps_the_transcript_in_an_instruction_and_opens_the_characters_line():
+    prompt = build_prompt(CHAT, GEMMA, "chat-instruct", WREN)
+    assert prompt.text == (
+        "<start_of_turn>user\nReply in one sentence.\n\n"
+        'Continue the chat dialogue below. Write a single reply for the character "Wren".\n\n'
+        "Wren keeps an inn; Ann is a guest.\n\nScenario: A rainy night.\n\n"
+        "Wren: Evening, Ann.\nAnn: Is there tea?<end_of_turn>\n"
+        "<start_of_turn>model\nWren:"
+    )
+    assert prompt.stop == ["<end_of_turn>", "<start_of_turn>", "\nAnn:"]
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown chat mode"):
+        build_prompt(CHAT, GEMMA, "roleplay", WREN)
+
+
+def test_conversations_are_stored_per_character_and_a_character_called_instruct_cannot_meet_instruct_chats():
+    assert owner_for("instruct", "Wren") == INSTRUCT_OWNER
+    assert owner_for("chat", "Wren") == owner_for("chat-instruct", "Wren") == CHARACTER_PREFIX + "Wren"
+    assert owner_for("chat", INSTRUCT_OWNER) != INSTRUCT_OWNER
+    assert character_of(owner_for("chat", INSTRUCT_OWNER)) == INSTRUCT_OWNER and character_of(INSTRUCT_OWNER) is None
+    for bad in ("../x", "/etc", "a/b"):
+        with pytest.raises(UnsafeName):
+            owner_for("chat", bad)
+
+
+def test_a_new_chat_with_a_character_opens_with_its_greeting(tmp_path):
+    history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
+    characters.save("Wren", WREN)
+    conv = start_conversation(history, characters, "chat", "Wren")
+    assert conv.owner == "character-Wren" and conv.mode == "chat"
+    assert conv.chat_messages() == [{"role": "assistant", "content": "Evening, Ann."}]
+    assert history.load(conv.owner, conv.id).chat_messages() == conv.chat_messages()  # saved at once
+    assert start_conversation(history, characters, "instruct", "Wren").messages == []
+
+
+def test_a_chat_as_a_character_streams_on_the_real_model_and_is_stored_under_that_character(make_app):
+    app = make_app()
+    app.start()
+    wren = app.characters.load("Wren")  # shipped
+    conv = start_conversation(app.history, app.characters, "chat", "Wren")
+    replies = list(chat_turn(app.engine, app.history, conv, "Is the causeway safe?", greedy(16), character=wren))
+    final = replies[-1]
+    assert final.done and final.error is None and final.text.strip()
+    assert len(replies) > 2  # it streamed: several updates before the last
+    saved = app.history.load("character-Wren", conv.id)
+    assert [m["role"] for m in saved.chat_messages()] == ["assistant", "user", "assistant"]
+    assert saved.chat_messages()[0]["content"].startswith("*Wren looks up")
+    assert "Traveller" in saved.chat_messages()[0]["content"]  # {{user}} became Wren's user name
+    assert saved.chat_messages()[2]["content"] == final.text
+    assert "\nTraveller:" not in final.text
+    assert app.history.list(INSTRUCT_OWNER).conversations == []
+
+
+def test_the_characters_command_lists_imports_and_exports(tmp_path: Path):
+    user_data = tmp_path / "ud"
+    listed = cli("characters", "--user-data", str(user_data), "list")
+    assert listed.returncode == 0 and "Wren" in listed.stdout and "(shipped)" in listed.stdout
+    out = tmp_path / "wren.png"
+    exported = cli("characters", "--user-data", str(user_data), "export", "Wren", str(out))
+    assert exported.returncode == 0, exported.stderr
+    imported = cli("characters", "--user-data", str(user_data), "import", str(out))
+    assert imported.returncode == 0 and "'Wren (2)'" in imported.stdout
+    store = CharacterStore(user_data / "characters")
+    assert store.load("Wren (2)") == store.load("Wren")
+    bad = cli("characters", "--user-data", str(user_data), "export", "../Wren", str(out))
+    assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(out.read_bytes()[:500])
+    failed = cli("characters", "--user-data", str(user_data), "import", str(broken))
+    assert failed.returncode == 1 and "truncated" in failed.stderr
+
+
+def test_a_renamed_character_keeps_its_conversations(tmp_path):
+    from webui.chat_modes import move_conversations
+
+    history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
+    characters.save("Wren", WREN)
+    conv = start_conversation(history, characters, "chat", "Wren")
+    move_conversations(history, "Wren", "Robin")
+    assert history.load("character-Robin", conv.id).chat_messages() == conv.chat_messages()
+
+
+def test_the_chat_tab_picks_the_owner_from_mode_and_character(make_app):
+    from webui.ui.chat_tab import chat_owner, open_conversation
+
+    app = make_app()
+    assert chat_owner(app, "chat", "Wren") == chat_owner(app, "chat-instruct", "Wren") == "character-Wren"
+    assert chat_owner(app, "instruct", "Wren") == INSTRUCT_OWNER
+    assert chat_owner(app, "chat", "No such one") == chat_owner(app, "chat", "../x") == INSTRUCT_OWNER
+    conv = open_conversation(app, "", "character-Wren")  # nothing saved yet: a new chat, greeting first
+    assert conv.chat_messages()[0]["role"] == "assistant" and "Traveller" in conv.chat_messages()[0]["content"]
+    assert open_conversation(app, conv.id, "character-Wren").id == conv.id
+
+
+def test_a_chat_instruct_reply_on_the_real_model_has_no_leading_space_and_is_stored(make_app):
+    app = make_app()
+    app.start()
+    conv = start_conversation(app.history, app.characters, "chat-instruct", "Wren")
+    assert conv.mode == "chat-instruct"
+    replies = list(chat_turn(app.engine, app.history, conv, "Hello!", greedy(8), character=app.characters.load("Wren")))
+    final = replies[-1]
+    assert final.done and final.error is None and final.text == final.text.lstrip()
+    assert app.history.load("character-Wren", conv.id).chat_messages()[-1]["content"] == final.text
+
+
+def test_a_damaged_character_file_falls_back_to_instruct_instead_of_failing(make_app):
+    from webui.ui.chat_tab import chat_owner
+
+    app = make_app()
+    app.characters.folder.mkdir(parents=True)
+    (app.characters.folder / "Broken.yaml").write_text("name: [unclosed")
+    assert chat_owner(app, "chat", "Broken") == INSTRUCT_OWNER
