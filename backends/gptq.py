@@ -8,8 +8,10 @@ quantized module, generation is the transformers loader's token loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,11 @@ def gptq_config(folder: Path) -> dict:
     return qc
 
 
+def quiet_stdout():
+    """Send what GPTQModel prints to stderr, so `--json` output on stdout stays parseable."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 class GptqLoader(Loader):
     name = "gptq"
     description = "GPTQ checkpoints through GPTQModel (CUDA kernels on a GPU, a torch kernel on CPU)"
@@ -79,7 +86,8 @@ class GptqLoader(Loader):
     def available(self) -> str | None:
         cpu_workers_default()
         try:
-            import gptqmodel  # noqa: F401
+            with quiet_stdout():  # GPTQModel prints a banner and logs on stdout; stdout belongs to our output
+                import gptqmodel  # noqa: F401
             import torch  # noqa: F401
         except ImportError as exc:
             return f"GPTQModel is not importable ({exc}); {self.install_hint}"
@@ -103,13 +111,15 @@ class GptqLoader(Loader):
         backend = getattr(settings, "backend", "auto")
         trust = bool(getattr(settings, "trust_remote_code", False))
         apply_threads(settings.threads)
-        from gptqmodel import BACKEND, GPTQModel
+        with quiet_stdout():
+            from gptqmodel import BACKEND, GPTQModel
         from transformers import AutoTokenizer
 
         try:
-            wrapper = GPTQModel.load(
-                str(path), device=device, backend=BACKEND(backend.lower()), trust_remote_code=trust
-            )
+            with quiet_stdout():
+                wrapper = GPTQModel.load(
+                    str(path), device=device, backend=BACKEND(backend.lower()), trust_remote_code=trust
+                )
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
         except ValueError as exc:
             raise ModelLoadError(f"GPTQModel could not load {path.name}: {exc}") from exc
