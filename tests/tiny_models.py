@@ -9,6 +9,7 @@ weights make nonsense text, but real nonsense: every loader code path runs.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 CALIBRATION = [
@@ -60,6 +61,12 @@ def quantize_gptq(source: Path, dest: Path) -> Path:
     from gptqmodel import GPTQModel, QuantizeConfig
 
     model = GPTQModel.load(str(source), QuantizeConfig(bits=4, group_size=32), device="cpu")
-    model.quantize(CALIBRATION, batch_size=1)
-    model.save(str(dest))
+    here = os.getcwd()
+    os.chdir(dest)  # GPTQModel writes its quantization logs to ./logs: keep them out of the repository
+    try:
+        model.quantize(CALIBRATION, batch_size=1)
+        model.save(str(dest))
+    finally:
+        os.chdir(here)
+    shutil.rmtree(dest / "logs", ignore_errors=True)
     return dest
