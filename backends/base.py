@@ -200,6 +200,7 @@ class Loader(ABC):
     settings_type: ClassVar[type[LoadSettings]] = LoadSettings
     supported_params: ClassVar[frozenset[str]] = frozenset()
     install_hint: ClassVar[str] = ""
+    loads: ClassVar[str] = ""  # what it can load, in words (shown by `inglenook loaders`)
 
     def available(self) -> str | None:
         """None if the loader's dependencies import; otherwise why not and how to fix it."""
@@ -208,7 +209,7 @@ class Loader(ABC):
     @abstractmethod
     def can_load(self, path: Path) -> bool: ...
 
-    def check(self, path: Path) -> None:
+    def check(self, path: Path, settings: LoadSettings | None = None) -> None:
         """Cheap validation before anything is unloaded; raise ModelLoadError if ``path`` is unusable."""
         return None
 

@@ -165,6 +165,7 @@ class LlamaCppLoader(Loader):
         }
     )  # fmt: skip
     install_hint = "pip install llama-cpp-python"
+    loads = ".gguf files"
 
     def available(self) -> str | None:
         try:
@@ -176,7 +177,7 @@ class LlamaCppLoader(Loader):
     def can_load(self, path: Path) -> bool:
         return path.is_file() and path.suffix.lower() == ".gguf"
 
-    def check(self, path: Path) -> None:
+    def check(self, path: Path, settings: LoadSettings | None = None) -> None:
         if not path.is_file():
             raise ModelLoadError(f"{path} is not a file")
         read_header(path)

@@ -18,7 +18,8 @@ from backends.base import Loader, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODULES = ("backends.llamacpp",)
+# Registration order is pick order: .gguf -> llama.cpp; a GPTQ folder -> gptq; any other HF folder -> transformers.
+BUILTIN_MODULES = ("backends.llamacpp", "backends.gptq", "backends.transformers")
 
 
 @dataclass

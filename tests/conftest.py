@@ -134,3 +134,28 @@ def copy_default(models_dir: Path, into: Path) -> Path:
     except OSError:
         shutil.copy(source, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, gemma_path: Path) -> Path:
+    """A random-weight 2-layer Llama folder (config.json + safetensors) with the Gemma tokenizer, built once."""
+    from tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), gemma_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gptq(tmp_path_factory, tiny_llama: Path) -> Path:
+    """``tiny_llama`` quantized to 4-bit GPTQ (group 32) on the CPU with GPTQModel, built once."""
+    from tiny_models import quantize_gptq
+
+    return quantize_gptq(tiny_llama, tmp_path_factory.mktemp("tiny-llama-gptq"))
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

@@ -7,7 +7,7 @@ There is no module-level mutable state in Inglenook: the CLI builds one
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from backends.base import LoadSettings, ModelInfo
 from backends.registry import LoaderRegistry
@@ -37,9 +37,19 @@ class App:
         return cls(settings, registry, Engine(registry), HistoryStore(settings.user_data))
 
     def load_settings_for(self, loader_name: str) -> LoadSettings:
-        """The chosen loader's settings, filled from the command line's --n-ctx and --threads."""
+        """The chosen loader's settings, filled from the command line (--n-ctx, --threads, --allow-pickle, ...).
+
+        Only the fields the loader's settings type declares are passed, so every loader gets what it knows.
+        """
         settings_type = self.registry.get(loader_name).settings_type
-        return settings_type(n_ctx=self.settings.n_ctx, threads=self.settings.threads)
+        given = {
+            "n_ctx": self.settings.n_ctx,
+            "threads": self.settings.threads,
+            "allow_pickle": self.settings.allow_pickle,
+            "trust_remote_code": self.settings.trust_remote_code,
+        }
+        known = {f.name for f in fields(settings_type)}
+        return settings_type(**{k: v for k, v in given.items() if k in known})
 
     def load_model(self, spec: str | None = None, loader: str | None = None, allow_paths: bool = True) -> ModelInfo:
         """Load a model by path, by name in the models folder, or the embedded default.

@@ -14,14 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__, cli_characters
+from webui import __version__, cli_characters, cli_loaders
 from webui.app import App
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
 from webui.settings import Settings
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters")
+SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -44,6 +44,16 @@ def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for generation (default: all cores)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let the transformers loader read pickle weights (*.bin, *.pt); they can run code: trusted sources only",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped inside a model folder (transformers/gptq): trusted sources only",
+    )
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -63,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"inglenook {__version__}")
     _serve_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates,characters}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
     serve = sub.add_parser("serve", help="start the web UI (the default command)")
     _serve_options(serve)
@@ -123,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
     render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
     cli_characters.add_parser(sub)
+    cli_loaders.add_parser(sub)
     return parser
 
 
@@ -142,6 +153,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         loader=args.loader,
         threads=args.threads,
         n_ctx=args.n_ctx,
+        allow_pickle=getattr(args, "allow_pickle", False),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
     )
 
 
@@ -157,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_templates(args)
         if args.command == "characters":
             return cli_characters.run(args)
+        if args.command == "loaders":
+            return cli_loaders.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
 

@@ -118,7 +118,7 @@ class Engine:
         if missing:
             raise ModelLoadError(f"loader {chosen.name} is unavailable: {missing}")
         settings = settings if settings is not None else chosen.settings_type()
-        chosen.check(path)  # cheap validation while the current model still works
+        chosen.check(path, settings)  # cheap validation while the current model still works
         with self._admin:
             self._take_turn()
             try:

@@ -19,6 +19,8 @@ class Settings:
     loader: str | None = None  # None = the first loader that recognises the model
     threads: int = 0  # 0 = all cores
     n_ctx: int = 4096
+    allow_pickle: bool = False  # pickle weights (*.bin, *.pt) can run code when loaded: refused unless asked
+    trust_remote_code: bool = False  # Python code shipped inside a model folder never runs unless asked
     stream_interval_s: float = 0.05  # the UI pushes at most 20 updates a second
 
     @property

@@ -1,0 +1,63 @@
+"""``inglenook loaders``: every registered loader, whether it can run here, what it loads, which samplers it honours.
+
+A loader whose optional dependency is missing is listed as unavailable with
+the reason and the install hint; it never hides the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from backends.base import SamplingParams
+from backends.registry import LoaderRegistry
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "loaders",
+        help="list the loaders, whether their dependencies import, what they load and which samplers they honour",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list of loaders")
+
+
+def describe(registry: LoaderRegistry) -> list[dict]:
+    """One dict per registered loader (available or not), then one per plugin that failed to register."""
+    every = [f.name for f in fields(SamplingParams) if f.name not in ("max_new_tokens", "stop")]
+    found = []
+    for name in registry.names():
+        loader = registry.get(name)
+        problem = loader.available()
+        found.append(
+            {
+                "name": name,
+                "available": problem is None,
+                "problem": problem,
+                "install_hint": loader.install_hint,
+                "description": loader.description,
+                "loads": loader.loads,
+                "settings": [f.name for f in fields(loader.settings_type)],
+                "samplers": [p for p in every if p in loader.supported_params],
+                "ignores": [p for p in every if p not in loader.supported_params],
+            }
+        )
+    for err in registry.errors:
+        found.append({"name": err.source, "available": False, "problem": err.error, "install_hint": ""})
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    found = describe(LoaderRegistry())
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    for item in found:
+        state = "available" if item["available"] else f"UNAVAILABLE: {item['problem']}"
+        print(f"{item['name']}  ({state})")
+        if item.get("loads"):
+            print(f"  loads:    {item['loads']}")
+        if "samplers" in item:
+            print(f"  samplers: {', '.join(item['samplers']) or '-'}")
+            print(f"  ignores:  {', '.join(item['ignores']) or '-'}")
+    return 0
