@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from backends.base import CancelToken, GenerationError, ModelLoadError, SamplingParams, Usage
+from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, SamplingParams, Usage
 from webui.engine import Engine
 from webui.history import Conversation, HistoryError, HistoryStore
 from webui.templates import build_chat_prompt
@@ -38,10 +39,17 @@ def default_params() -> SamplingParams:
 
 
 def stream_chat(
-    engine: Engine, messages: list[dict], params: SamplingParams, cancel: CancelToken | None = None
+    engine: Engine,
+    messages: list[dict],
+    params: SamplingParams,
+    cancel: CancelToken | None = None,
+    model: ModelInfo | None = None,
 ) -> Iterator[Reply]:
-    """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's)."""
-    info = engine.info
+    """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's).
+
+    ``model``: the model to answer with (the API's ``model`` field); default the active one.
+    """
+    info = model or engine.info
     if info is None:
         yield Reply(done=True, error="no model is loaded")
         return
@@ -55,7 +63,7 @@ def stream_chat(
         yield Reply(done=True, error=str(exc))
         return
     params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
-    yield from stream_completion(engine, prompt.text, params, cancel)
+    yield from stream_completion(engine, prompt.text, params, cancel, info if model else None)
 
 
 def chat_turn(
@@ -93,12 +101,16 @@ def chat_turn(
 
 
 def stream_completion(
-    engine: Engine, prompt: str, params: SamplingParams, cancel: CancelToken | None = None
+    engine: Engine,
+    prompt: str,
+    params: SamplingParams,
+    cancel: CancelToken | None = None,
+    model: ModelInfo | None = None,
 ) -> Iterator[Reply]:
-    """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``)."""
+    """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``, the API)."""
     reply = Reply(ignored_params=engine.ignored_params(params))
     try:
-        for chunk in engine.generate(prompt, params, cancel):
+        for chunk in engine.generate(prompt, params, cancel, Path(model.path) if model else None):
             if chunk.text:
                 reply.text += chunk.text
                 yield reply

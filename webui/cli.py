@@ -15,6 +15,7 @@ from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
 from webui import __version__
+from webui.api_auth import add_serve_options, serve_settings
 from webui.app import App
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
@@ -53,6 +54,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         "--user-data", type=Path, default=Path("user_data"), help="folder for chats and settings (default: ./user_data)"
     )
     _model_options(p)
+    add_serve_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +143,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         loader=args.loader,
         threads=args.threads,
         n_ctx=args.n_ctx,
+        **serve_settings(args),
     )
 
 
