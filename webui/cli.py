@@ -134,7 +134,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(
+    settings = Settings(
         host=getattr(args, "host", "127.0.0.1"),
         port=getattr(args, "port", 7860),
         models_dir=args.models_dir,
@@ -143,8 +143,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         loader=args.loader,
         threads=args.threads,
         n_ctx=args.n_ctx,
-        **serve_settings(args),
     )
+    return replace(settings, **serve_settings(args))  # the API and access flags (webui/api_auth.py)
 
 
 def main(argv: list[str] | None = None) -> int:
