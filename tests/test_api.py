@@ -137,6 +137,25 @@ def test_json_mode_output_parses(client):
     assert isinstance(json.loads(r.choices[0].message.content)["sunny"], bool)
 
 
+def test_logprobs_for_each_token_with_the_likeliest_alternatives(client):
+    r = client.chat.completions.create(
+        model=GEMMA, messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    tokens = r.choices[0].logprobs.content
+    assert "".join(t.token for t in tokens) == r.choices[0].message.content
+    for t in tokens:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+        assert t.token == t.top_logprobs[0].token  # greedy picks the likeliest
+        assert abs(t.logprob - t.top_logprobs[0].logprob) < 1e-6
+    stream = client.completions.create(model=GEMMA, prompt="Once", max_tokens=4, temperature=0, logprobs=1, stream=True)
+    pieces = [c.choices[0] for c in stream if c.choices and c.choices[0].text]
+    assert all(len(p.logprobs.tokens) == len(p.logprobs.token_logprobs) >= 1 for p in pieces)
+    assert "".join(tok for p in pieces for tok in p.logprobs.tokens) == "".join(p.text for p in pieces)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=GEMMA, messages=CHAT, max_tokens=1, top_logprobs=2)
+
+
 def test_chat_uses_the_models_prompt_template_like_the_ui(client, served):
     """The API's chat path is webui.chat.stream_chat: same prompt as the UI, so the same prompt token count."""
     from webui.templates import build_chat_prompt

@@ -105,16 +105,18 @@ class Pump:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def _run(self) -> None:
-        sent = 0
+        sent = sent_logprobs = 0
         final = Reply(done=True, error="the generation ended without a result")
         try:
             for reply in self._replies:
                 delta = reply.text[sent:]
                 sent = len(reply.text)
                 if delta:
-                    self._put(delta)
+                    self._put((delta, reply.logprobs[sent_logprobs:]))
+                    sent_logprobs = len(reply.logprobs)
                 if reply.done:
-                    final = Reply(reply.text, True, reply.finish_reason, reply.usage, reply.error, reply.ignored_params)
+                    final = Reply(reply.text, True, reply.finish_reason, reply.usage, reply.error, reply.ignored_params,
+                                  list(reply.logprobs))  # fmt: skip
         except Exception as exc:  # a bug, not a user error: reported to the client, the server keeps serving
             final = Reply(done=True, error=f"internal error: {type(exc).__name__}: {exc}")
         finally:
@@ -125,8 +127,8 @@ class Pump:
             with contextlib.suppress(RuntimeError):  # the loop is closed at shutdown
                 self._put(final)
 
-    async def next(self) -> str | Reply:
-        """The next text delta, or the final Reply."""
+    async def next(self) -> tuple[str, list[dict]] | Reply:
+        """The next (text delta, its tokens' log-probabilities), or the final Reply."""
         return await self._queue.get()
 
     def stop(self) -> None:
@@ -197,22 +199,43 @@ class Shape:
     include_usage: bool
     ignored: list[str]
     echo: str = ""
+    logprobs: bool = False
 
-    def choice(self, text: str | None, finish: str | None, delta: bool) -> dict:
+    def choice(self, text: str | None, finish: str | None, delta: bool, logprobs: list[dict] | None = None) -> dict:
+        lp = self._logprobs(logprobs or []) if self.logprobs and text is not None else None
         if not self.chat:
-            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
         if delta:
             return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish,
-                    "logprobs": None}  # fmt: skip
+                    "logprobs": lp}  # fmt: skip
         message = {"role": "assistant", "content": text or ""}
-        return {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "message": message, "finish_reason": finish, "logprobs": lp}
+
+    def _logprobs(self, entries: list[dict]) -> dict:
+        """OpenAI's shapes: chat's ``content`` list, or the legacy completions' parallel lists."""
+        if self.chat:
+            content = [{"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"],
+                        "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": t["bytes"]}
+                                         for t in e["top"]]} for e in entries]  # fmt: skip
+            return {"content": content, "refusal": None}
+        offsets, at = [], len(self.echo)
+        for e in entries:
+            offsets.append(at)
+            at += len(e["token"])
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"]} for e in entries],
+            "text_offset": offsets,
+        }
 
     def envelope(self, choices: list[dict], streaming: bool) -> dict:
         kind = ("chat.completion.chunk" if streaming else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
     def whole(self, final: Reply) -> dict:
-        body = self.envelope([self.choice(self.echo + final.text, _finish(final.finish_reason), False)], False)
+        choice = self.choice(self.echo + final.text, _finish(final.finish_reason), False, final.logprobs)
+        body = self.envelope([choice], False)
         body["usage"] = usage_body(final.usage)
         body["timings"] = timings_body(final.usage, final.finish_reason)
         return self._notes(body, final)
@@ -247,8 +270,8 @@ async def _respond(request: Request, pump: Pump, shape: Shape, stream: bool, rec
         watcher = asyncio.create_task(_watch_disconnect(request, pump))
         try:
             text, final = "", first
-            while isinstance(final, str):
-                text += final
+            while isinstance(final, tuple):
+                text += final[0]
                 final = await pump.next()
         finally:
             watcher.cancel()
@@ -265,7 +288,7 @@ async def _respond(request: Request, pump: Pump, shape: Shape, stream: bool, rec
     )
 
 
-async def _stream(pump: Pump, shape: Shape, first: str | Reply, record: Callable) -> AsyncIterator[bytes]:
+async def _stream(pump: Pump, shape: Shape, first: tuple | Reply, record: Callable) -> AsyncIterator[bytes]:
     final: Reply | None = None
     try:
         if shape.chat:
@@ -274,8 +297,8 @@ async def _stream(pump: Pump, shape: Shape, first: str | Reply, record: Callable
         elif shape.echo:
             yield _sse(shape.envelope([shape.choice(shape.echo, None, True)], True))
         item = first
-        while isinstance(item, str):
-            yield _sse(shape.envelope([shape.choice(item, None, True)], True))
+        while isinstance(item, tuple):
+            yield _sse(shape.envelope([shape.choice(item[0], None, True, item[1])], True))
             item = await pump.next()
         final = item
         if final.error:
@@ -416,8 +439,9 @@ def install_api(server: FastAPI, app: App) -> None:
         params, ignored = sampling_params(body, default_max)
         if body.response_format is not None and body.response_format.type != "text":
             params.grammar = _grammar(app, body.response_format)
-        if getattr(body, "logprobs", None) or getattr(body, "top_logprobs", None):
-            raise ApiError(400, f"logprobs are not available from the {info.loader} loader yet", param="logprobs")
+        params.logprobs = _logprobs_wanted(body)
+        if params.logprobs >= 0 and "logprobs" not in app.registry.get(info.loader).supported_params:
+            raise ApiError(400, f"logprobs are not available from the {info.loader} loader", param="logprobs")
         cancel = CancelToken()
         gen_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if chat:
@@ -428,7 +452,7 @@ def install_api(server: FastAPI, app: App) -> None:
             replies = stream_completion(app.engine, prompt, params, cancel, info)
             echo = prompt if body.echo else ""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        shape = Shape(chat, gen_id, info.name, int(time.time()), include_usage, ignored, echo)
+        shape = Shape(chat, gen_id, info.name, int(time.time()), include_usage, ignored, echo, params.logprobs >= 0)
         pump = Pump(replies, cancel)
 
         def done(final: Reply, p: Pump) -> None:
@@ -533,6 +557,15 @@ def _one_prompt(prompt: str | list[str]) -> str:
             raise ApiError(400, "prompt must be one string (batches of prompts are not supported)", param="prompt")
         return prompt[0]
     return prompt
+
+
+def _logprobs_wanted(body) -> int:
+    """SamplingParams.logprobs for the request: -1 none, else how many alternatives per token."""
+    if isinstance(body, ChatRequest):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return (body.top_logprobs or 0) if body.logprobs else -1
+    return body.logprobs if body.logprobs is not None else -1
 
 
 def persona_fields(body) -> None:

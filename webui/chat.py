@@ -31,6 +31,7 @@ class Reply:
     usage: Usage | None = None
     error: str | None = None
     ignored_params: list[str] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)  # per token, when SamplingParams.logprobs >= 0
 
 
 def default_params() -> SamplingParams:
@@ -113,6 +114,8 @@ def stream_completion(
         for chunk in engine.generate(prompt, params, cancel, Path(model.path) if model else None):
             if chunk.text:
                 reply.text += chunk.text
+                if chunk.logprobs:
+                    reply.logprobs += chunk.logprobs
                 yield reply
             if chunk.finish_reason:
                 reply.finish_reason, reply.usage = chunk.finish_reason, chunk.usage
