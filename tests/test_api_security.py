@@ -133,3 +133,19 @@ def test_a_real_server_process_with_a_key_from_a_file(models, tmp_path):
         r = client.chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
         assert r.usage.completion_tokens >= 1
         assert httpx.get(f"{url}/v1/models").status_code == 401
+
+
+def test_ui_login_and_an_api_only_port(models, tmp_path):
+    from conftest import free_port
+
+    api_port = free_port()
+    args = ("--models-dir", str(models), "--model", GEMMA, "--auth", "ann:secret", "--api-port", str(api_port))
+    with running_server(*args) as (url, _):
+        assert httpx.get(f"{url}/config").status_code == 401  # the UI wants a login
+        with httpx.Client(base_url=url) as browser:
+            assert browser.post("/login", data={"username": "ann", "password": "wrong"}).status_code >= 400
+            assert browser.post("/login", data={"username": "ann", "password": "secret"}).status_code == 200
+            assert browser.get("/config").status_code == 200
+        api = f"http://127.0.0.1:{api_port}"
+        assert GEMMA in [m["id"] for m in httpx.get(f"{api}/v1/models").json()["data"]]
+        assert httpx.get(f"{api}/config").status_code == 404  # the API port serves no UI

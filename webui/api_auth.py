@@ -90,12 +90,25 @@ def _parse_logins(text: str, flag: str) -> list[tuple[str, str]]:
     return logins
 
 
+def _missing_protection(settings: Settings) -> list[str]:
+    return [what for what, ok in (("an API key (--api-key)", settings.api_key), ("a UI login (--auth)",
+            settings.ui_auth)) if not ok]  # fmt: skip
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """What to print when --insecure-no-auth let an unprotected server listen beyond this machine."""
+    missing = _missing_protection(settings)
+    if settings.loopback or not missing:
+        return None
+    return (f"WARNING: listening on {settings.host} without {' and '.join(missing)} (--insecure-no-auth): anyone who "
+            "can reach this machine can use Inglenook.")  # fmt: skip
+
+
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond this machine without an API key and a UI login (unless told to)."""
     if settings.loopback or settings.insecure_no_auth:
         return
-    missing = [what for what, ok in (("an API key (--api-key)", settings.api_key), ("a UI login (--auth)",
-               settings.ui_auth)) if not ok]  # fmt: skip
+    missing = _missing_protection(settings)
     if missing:
         raise ValueError(
             f"refusing to listen on {settings.host} without {' and '.join(missing)}: anyone on the network could "

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
 from webui.api import install_api
-from webui.api_auth import check_exposure, protect
+from webui.api_auth import check_exposure, exposure_warning, protect
 from webui.app import App
 from webui.ui.app import CSS, build_ui
 
@@ -79,6 +80,8 @@ def serve(app: App) -> int:
     """Load the start-up model, then serve until interrupted."""
     settings = app.settings
     check_exposure(settings)
+    if warning := exposure_warning(settings):
+        print(warning, file=sys.stderr, flush=True)
     _check_port_free(settings.host, settings.port)
     if settings.api_port:
         _check_port_free(settings.host, settings.api_port)
