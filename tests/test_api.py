@@ -243,6 +243,21 @@ def test_a_client_that_disconnects_has_its_generation_cancelled_and_the_next_sta
     assert r.usage.completion_tokens == 2
 
 
+def test_a_client_that_gives_up_on_a_whole_reply_has_it_cancelled_too(served):
+    def disconnected() -> int:
+        found = httpx.get(f"{served.url}/v1/internal/generations").json()["data"]
+        return sum(1 for g in found if g["disconnected"] and g["finish_reason"] == "cancelled")
+
+    before = disconnected()
+    body = {"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting and closes the connection
+        httpx.post(f"{served.url}/v1/completions", json=body, timeout=httpx.Timeout(300, read=1.0))
+    deadline = time.monotonic() + 120
+    while disconnected() == before:
+        assert time.monotonic() < deadline, "the abandoned generation was never cancelled"
+        time.sleep(0.05)
+
+
 def test_stop_generation_endpoint_ends_a_running_reply(served):
     result = {}
 
@@ -305,7 +320,6 @@ def test_internal_load_takes_loader_settings_but_never_unsafe_ones(served):
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n must be 1"),
         ({"messages": [{"role": "user", "content": "x"}], "preset": "Creative"}, 400, "preset"),
-        ({"messages": [{"role": "user", "content": "x"}], "character": "Alice"}, 400, "character"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "nope"}, 404, "not found"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "../../etc/passwd"}, 400, "path separators"),
         ({"messages": [{"role": "user", "content": "x" * 20000}], "max_tokens": 2}, 400, "context"),
@@ -320,6 +334,22 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(served, bod
     assert words.lower() in error["message"].lower()
     assert set(error) == {"message", "type", "param", "code"}
     assert httpx.get(f"{served.url}/v1/models").status_code == 200
+
+
+def test_mode_and_character_go_to_the_chat_modes_or_are_refused_clearly(served):
+    msg = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    try:
+        import webui.chat_modes  # noqa: F401
+    except ImportError:  # a build without chat modes says so instead of ignoring the fields
+        for field in ("mode", "character"):
+            r = post(served, "/v1/chat/completions", json={**msg, field: "x"})
+            assert r.status_code == 400 and "not available yet" in r.json()["error"]["message"]
+        return
+    r = post(served, "/v1/chat/completions", json={**msg, "character": "No Such Person"})
+    assert r.status_code == 404 and "no character" in r.json()["error"]["message"]
+    r = post(served, "/v1/chat/completions", json={**msg, "mode": "sideways"})
+    assert r.status_code == 400 and "mode" in r.json()["error"]["message"]
+    assert post(served, "/v1/chat/completions", json={**msg, "mode": "instruct"}).status_code == 200
 
 
 def test_a_ten_megabyte_prompt_is_refused_with_413(served):

@@ -433,7 +433,7 @@ def install_api(server: FastAPI, app: App) -> None:
 
     # -- generation --
     async def start(body, request: Request, chat: bool) -> object:
-        persona_fields(body)
+        options = chat_options(app, body)
         info = await use_model(body.model, request)
         default_max = max(1, info.context_length) if chat else COMPLETION_DEFAULT_MAX_TOKENS
         params, ignored = sampling_params(body, default_max)
@@ -445,11 +445,11 @@ def install_api(server: FastAPI, app: App) -> None:
         cancel = CancelToken()
         gen_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if chat:
-            replies = stream_chat(app.engine, chat_messages(body), params, cancel, info)
+            replies = stream_chat(app.engine, chat_messages(body), params, cancel, model=info, **options)
             echo = ""
         else:
             prompt = _one_prompt(body.prompt)
-            replies = stream_completion(app.engine, prompt, params, cancel, info)
+            replies = stream_completion(app.engine, prompt, params, cancel, model=info)
             echo = prompt if body.echo else ""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         shape = Shape(chat, gen_id, info.name, int(time.time()), include_usage, ignored, echo, params.logprobs >= 0)
@@ -568,11 +568,37 @@ def _logprobs_wanted(body) -> int:
     return body.logprobs if body.logprobs is not None else -1
 
 
-def persona_fields(body) -> None:
-    """``preset``, ``mode`` and ``character`` name features of the chat path; refuse them until they exist."""
-    for name in ("preset", "mode", "character"):
-        if getattr(body, name) is not None:
-            raise ApiError(400, f"{name} is not available yet in this version of Inglenook", param=name)
+def chat_options(app: App, body) -> dict:
+    """``mode`` and ``character`` as keyword arguments for :func:`stream_chat` (the UI's chat modes);
+    ``preset`` likewise. A feature this build does not have yet is a clear 400, never silently ignored."""
+    if body.preset is not None:
+        raise ApiError(400, "preset is not available yet in this version of Inglenook", param="preset")
+    if body.mode is None and body.character is None:
+        return {}
+    if not isinstance(body, ChatRequest):
+        raise ApiError(400, "mode and character apply to chat completions only", param="mode")
+    try:
+        from webui.chat_modes import CHAT, INSTRUCT, check_mode
+    except ImportError:
+        name = "mode" if body.mode is not None else "character"
+        raise ApiError(400, f"{name} is not available yet in this version of Inglenook", param=name) from None
+    mode = body.mode or (CHAT if body.character else INSTRUCT)
+    try:
+        check_mode(mode)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="mode") from None
+    character = None
+    if body.character:
+        try:
+            character = app.characters.load(body.character)
+        except UnsafeName as exc:
+            raise ApiError(400, str(exc), param="character") from None
+        except ValueError as exc:  # CharacterError: missing or damaged
+            status = 404 if str(exc).startswith("no character") else 400
+            raise ApiError(status, str(exc), "character_not_found" if status == 404 else None, "character") from None
+    if mode != INSTRUCT and character is None:
+        raise ApiError(400, f"mode {mode!r} needs a character", param="character")
+    return {"mode": mode, "character": character}
 
 
 def _grammar(app: App, response_format: ResponseFormat) -> str:
