@@ -338,9 +338,7 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(served, bod
 
 def test_mode_and_character_go_to_the_chat_modes_or_are_refused_clearly(served):
     msg = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
-    try:
-        import webui.chat_modes  # noqa: F401
-    except ImportError:  # a build without chat modes says so instead of ignoring the fields
+    if not hasattr(served.app, "characters"):  # a build without chat modes says so instead of ignoring the fields
         for field in ("mode", "character"):
             r = post(served, "/v1/chat/completions", json={**msg, field: "x"})
             assert r.status_code == 400 and "not available yet" in r.json()["error"]["message"]

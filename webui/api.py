@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -247,8 +248,6 @@ class Shape:
 
 
 def _sse(obj: dict | str) -> bytes:
-    import json
-
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
@@ -577,11 +576,12 @@ def chat_options(app: App, body) -> dict:
         return {}
     if not isinstance(body, ChatRequest):
         raise ApiError(400, "mode and character apply to chat completions only", param="mode")
-    try:
-        from webui.chat_modes import CHAT, INSTRUCT, check_mode
-    except ImportError:
+    store = getattr(app, "characters", None)  # the App has a character store once chat modes exist
+    if store is None:
         name = "mode" if body.mode is not None else "character"
-        raise ApiError(400, f"{name} is not available yet in this version of Inglenook", param=name) from None
+        raise ApiError(400, f"{name} is not available yet in this version of Inglenook", param=name)
+    from webui.chat_modes import CHAT, INSTRUCT, check_mode
+
     mode = body.mode or (CHAT if body.character else INSTRUCT)
     try:
         check_mode(mode)
@@ -590,7 +590,7 @@ def chat_options(app: App, body) -> dict:
     character = None
     if body.character:
         try:
-            character = app.characters.load(body.character)
+            character = store.load(body.character)
         except UnsafeName as exc:
             raise ApiError(400, str(exc), param="character") from None
         except ValueError as exc:  # CharacterError: missing or damaged

@@ -70,7 +70,7 @@ def add_options(bench: argparse.ArgumentParser) -> None:
 
 def _stream_sample(client, model: str, prompt: str, tokens: int) -> Sample:
     """One timed streamed completion through an openai client."""
-    text, finish, count, pieces = "", "length", 0, 0
+    text, finish, count, pieces, reported = "", "length", 0, 0, None
     first = last = None
     start = time.perf_counter()
     stream = client.completions.create(
@@ -87,11 +87,14 @@ def _stream_sample(client, model: str, prompt: str, tokens: int) -> Sample:
                 pieces += 1
             if choice.finish_reason:
                 finish = choice.finish_reason
+                timings = (chunk.model_extra or {}).get("timings")  # ours: the server's own measurement
+                if timings:
+                    reported = {"ttft_ms": timings["ttft_ms"], "tokens_per_s": timings["predicted_per_second"]}
         if chunk.usage:
             count = chunk.usage.completion_tokens
     end = time.perf_counter()
     first = first if first is not None else end
-    return Sample(first - start, (last or end) - first, count or pieces, finish, text)  # pieces: no usage sent
+    return Sample(first - start, (last or end) - first, count or pieces, finish, text, reported)  # pieces: no usage
 
 
 def _client(url: str, key: str = "bench"):
