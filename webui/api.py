@@ -45,7 +45,8 @@ from webui.paths import UnsafeName, safe_name
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 RECENT = 32  # finished generations kept for /v1/internal/generations
 DISCONNECT_POLL_S = 0.02
-NOT_SETTABLE = ("trust_remote_code", "pickle", "unsafe", "path", "dir", "file")  # load settings the API may not set
+# load settings the API may never set (trust_remote_code, allow_pickle, file locations, ...)
+NOT_SETTABLE = ("remote_code", "pickle", "safetensors", "unsafe", "path", "dir", "file")
 
 
 class _Text(BaseModel):
