@@ -63,6 +63,7 @@ class SamplingParams:
     mirostat_eta: float = 0.1
     grammar: str = ""
     ban_eos_token: bool = False
+    logprobs: int = -1  # -1 = none; 0 = each token's own log-probability; N = and the N likeliest alternatives
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
@@ -75,6 +76,7 @@ class SamplingParams:
             ("typical_p", 0 < self.typical_p <= 1),
             ("repetition_penalty", self.repetition_penalty > 0),
             ("mirostat_mode", self.mirostat_mode in (0, 1, 2)),
+            ("logprobs", -1 <= self.logprobs <= 20),
         ]
         for name, ok in checks:
             if not ok:
@@ -138,6 +140,9 @@ class Chunk:
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    # with SamplingParams.logprobs >= 0: one {"token", "logprob", "bytes", "top": [{"token", "logprob", "bytes"}]}
+    # per token whose text this chunk carries
+    logprobs: list[dict] | None = None
 
 
 @dataclass

@@ -95,6 +95,7 @@ class LlamaCppModel(Model):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         n = 0
         finish = "length"
+        pending: list[dict] = []  # log-probabilities of tokens whose text the stop matcher still holds
         tokens = self._llm.generate(
             prompt_tokens,
             temp=params.temperature,
@@ -122,9 +123,13 @@ class LlamaCppModel(Model):
                 n += 1
                 watch.mark_token()
                 # special=True renders control tokens (e.g. <start_of_turn>) so stop strings can match them
-                text = stops.feed(decoder.decode(self._llm.detokenize([token], special=True)))
+                piece = self._llm.detokenize([token], special=True)
+                if params.logprobs >= 0:
+                    pending.append(self._logprobs(token, piece, params.logprobs))
+                text = stops.feed(decoder.decode(piece))
                 if text:
-                    yield Chunk(text)
+                    yield Chunk(text, logprobs=pending or None)
+                    pending = []
                 if stops.stopped:
                     finish = "stop"
                     break
@@ -135,8 +140,26 @@ class LlamaCppModel(Model):
         if not stops.stopped:
             tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
             if tail:
-                yield Chunk(tail)
+                yield Chunk(tail, logprobs=pending or None)
         yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_tokens), n))
+
+    def _logprobs(self, token: int, piece: bytes, top: int) -> dict:
+        """Log-probabilities from the logits that chose ``token`` (still in the context until the next eval)."""
+        import numpy as np
+
+        n_vocab = self._llm.n_vocab()
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(n_vocab,))
+        peak = float(logits.max())
+        logprobs = logits - (peak + float(np.log(np.exp(logits - peak).sum())))
+        entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logprobs[token]),
+                 "bytes": list(piece), "top": []}  # fmt: skip
+        if top > 0:
+            best = np.argpartition(-logprobs, top)[:top]
+            for t in sorted(best.tolist(), key=lambda t: -logprobs[t]):
+                alt = self._llm.detokenize([t], special=True)
+                entry["top"].append({"token": alt.decode("utf-8", errors="replace"), "logprob": float(logprobs[t]),
+                                     "bytes": list(alt)})  # fmt: skip
+        return entry
 
     def _grammar(self, text: str):
         """A LlamaGrammar, parsed once here first: llama.cpp crashes on a grammar it cannot parse."""
@@ -161,7 +184,7 @@ class LlamaCppLoader(Loader):
         {
             "temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
             "presence_penalty", "frequency_penalty", "seed", "mirostat_mode", "mirostat_tau",
-            "mirostat_eta", "grammar", "ban_eos_token",
+            "mirostat_eta", "grammar", "ban_eos_token", "logprobs",
         }
     )  # fmt: skip
     install_hint = "pip install llama-cpp-python"

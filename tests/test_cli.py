@@ -263,9 +263,10 @@ def test_serve_does_not_send_usage_analytics_to_gradio(server):
 
 
 def test_serve_on_all_interfaces_warns_that_nothing_is_protected(models_dir: Path, tmp_path: Path):
-    """Binding 0.0.0.0 prints the warning first thing; no request is ever sent to the server."""
+    """Binding 0.0.0.0 unprotected (it takes --insecure-no-auth) prints the warning first thing; no request is
+    ever sent to the server. Without that flag it refuses to start (tests/test_api_security.py)."""
     proc = subprocess.Popen(
-        [*INGLENOOK, "serve", "--host", "0.0.0.0", "--port", str(free_port()),
+        [*INGLENOOK, "serve", "--host", "0.0.0.0", "--insecure-no-auth", "--port", str(free_port()),
          "--models-dir", str(models_dir), "--user-data", str(tmp_path / "user_data")],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -286,4 +287,4 @@ def test_serve_on_all_interfaces_warns_that_nothing_is_protected(models_dir: Pat
         proc.stderr.close()
     warning = next((line for line in seen.splitlines() if "WARNING" in line), "")
     assert "0.0.0.0" in warning, seen
-    assert "anyone" in warning and "Nothing is protected" in warning
+    assert "anyone" in warning and "--insecure-no-auth" in warning

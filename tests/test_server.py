@@ -9,7 +9,7 @@ from webui.server import PROGRESS_POLL_S, QUEUE_POLL_S, build_server
 
 def test_health_names_the_loaded_model_and_the_page_is_served(make_app):
     app = make_app()
-    client = TestClient(build_server(app))
+    client = TestClient(build_server(app), base_url="http://127.0.0.1")  # the Host check accepts loopback names
     assert client.get("/healthz").json() == {"status": "ok", "model": None}
     app.start()
     assert client.get("/healthz").json()["model"] == "gemma-3-270m-q4_k_m"

@@ -34,7 +34,7 @@ class App:
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
-        return cls(settings, registry, Engine(registry), HistoryStore(settings.user_data))
+        return cls(settings, registry, Engine(registry, settings.max_loaded_models), HistoryStore(settings.user_data))
 
     def load_settings_for(self, loader_name: str) -> LoadSettings:
         """The chosen loader's settings, filled from the command line (--n-ctx, --threads, --allow-pickle, ...).

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from backends.base import CancelToken, GenerationError, ModelLoadError, SamplingParams, Usage
+from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, SamplingParams, Usage
 from webui.characters import Character
 from webui.chat_modes import CHAT_INSTRUCT, INSTRUCT, build_prompt
 from webui.engine import Engine
@@ -31,6 +32,7 @@ class Reply:
     usage: Usage | None = None
     error: str | None = None
     ignored_params: list[str] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)  # per token, when SamplingParams.logprobs >= 0
 
 
 def default_params() -> SamplingParams:
@@ -45,10 +47,14 @@ def stream_chat(
     cancel: CancelToken | None = None,
     mode: str = INSTRUCT,
     character: Character | None = None,
+    model: ModelInfo | None = None,
 ) -> Iterator[Reply]:
     """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's),
-    in a chat mode (:mod:`webui.chat_modes`; instruct unless told)."""
-    info = engine.info
+    in a chat mode (:mod:`webui.chat_modes`; instruct unless told).
+
+    ``model``: the model to answer with (the API's ``model`` field); default the active one.
+    """
+    info = model or engine.info
     if info is None:
         yield Reply(done=True, error="no model is loaded")
         return
@@ -62,7 +68,7 @@ def stream_chat(
         yield Reply(done=True, error=str(exc))
         return
     params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
-    replies = stream_completion(engine, prompt.text, params, cancel)
+    replies = stream_completion(engine, prompt.text, params, cancel, info if model else None)
     if mode == CHAT_INSTRUCT and character is not None:  # the prompt ends with "Name:"; the reply follows a space
         replies = (replace(r, text=r.text.lstrip()) for r in replies)
     yield from replies
@@ -105,14 +111,20 @@ def chat_turn(
 
 
 def stream_completion(
-    engine: Engine, prompt: str, params: SamplingParams, cancel: CancelToken | None = None
+    engine: Engine,
+    prompt: str,
+    params: SamplingParams,
+    cancel: CancelToken | None = None,
+    model: ModelInfo | None = None,
 ) -> Iterator[Reply]:
-    """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``)."""
+    """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``, the API)."""
     reply = Reply(ignored_params=engine.ignored_params(params))
     try:
-        for chunk in engine.generate(prompt, params, cancel):
+        for chunk in engine.generate(prompt, params, cancel, Path(model.path) if model else None):
             if chunk.text:
                 reply.text += chunk.text
+                if chunk.logprobs:
+                    reply.logprobs += chunk.logprobs
                 yield reply
             if chunk.finish_reason:
                 reply.finish_reason, reply.usage = chunk.finish_reason, chunk.usage

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
 from webui import __version__, cli_characters, cli_loaders
+from webui.api_auth import add_serve_options, serve_settings
 from webui.app import App
+from webui.bench_api import add_options as add_bench_api_options
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
 from webui.settings import Settings
@@ -63,11 +65,13 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         "--user-data", type=Path, default=Path("user_data"), help="folder for chats and settings (default: ./user_data)"
     )
     _model_options(p)
+    add_serve_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inglenook",
+        allow_abbrev=False,  # else "bench --api" is read as an abbreviation of the top level's --api-key
         description="Inglenook: chat with local LLMs in your browser. With no command, 'serve' runs "
         "(the options below are serve's).",
     )
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default="The history of the city of Rome begins", help="prompt to continue")
     bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_bench_api_options(bench)
 
     templates = sub.add_parser("templates", help="list prompt templates, or print the exact prompt one produces")
     tsub = templates.add_subparsers(dest="templates_command", metavar="{list,render}", required=True)
@@ -144,7 +149,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(
+    settings = Settings(
         host=getattr(args, "host", "127.0.0.1"),
         port=getattr(args, "port", 7860),
         models_dir=args.models_dir,
@@ -156,6 +161,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_pickle=getattr(args, "allow_pickle", False),
         trust_remote_code=getattr(args, "trust_remote_code", False),
     )
+    return replace(settings, **serve_settings(args))  # the API and access flags (webui/api_auth.py)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             return cli_loaders.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
+            from webui.bench_api import cmd_bench_api
 
-            return cmd_bench(args)
+            return cmd_bench_api(args) if args.api else cmd_bench(args)
         return cmd_serve(args)
     except (ModelLoadError, UnsafeName, ValueError) as exc:  # TemplateError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

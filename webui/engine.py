@@ -1,8 +1,10 @@
-"""The engine: the one place that owns the loaded model.
+"""The engine: the one place that owns the loaded model(s).
 
 It loads, unloads and switches models, runs one generation at a time in
 first-come-first-served order (others wait in a fair queue), cancels, and
 measures what the user sees: time to first token and tokens per second.
+One model is *active* (the one generations run on); with ``max_loaded > 1``
+up to that many stay resident, so switching back to one is instant.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,11 +86,17 @@ class Loaded:
     model: Model
     load_s: float
 
+    def matches(self, path: Path, loader: Loader, settings: LoadSettings) -> bool:
+        return self.path == path and self.loader.name == loader.name and self.settings == settings
+
 
 class Engine:
-    def __init__(self, registry: LoaderRegistry) -> None:
+    def __init__(self, registry: LoaderRegistry, max_loaded: int = 1) -> None:
         self.registry = registry
+        self.max_loaded = max(1, max_loaded)
         self._loaded: Loaded | None = None
+        self._spare: OrderedDict[Path, Loaded] = OrderedDict()  # resident but not active; oldest first
+        self._recipes: dict[Path, tuple[Loader, LoadSettings]] = {}  # how each model was last loaded
         self._queue = FairQueue()
         self._admin = threading.Lock()  # one load/unload at a time
         self._active: CancelToken | None = None
@@ -102,45 +111,107 @@ class Engine:
     def info(self) -> ModelInfo | None:
         return self._loaded.model.info if self._loaded else None
 
+    @property
+    def resident(self) -> list[Loaded]:
+        """Every model in memory, the active one first."""
+        return ([self._loaded] if self._loaded else []) + list(reversed(self._spare.values()))
+
+    def resident_info(self, path: Path) -> ModelInfo | None:
+        """The info of ``path`` if it is in memory (active or spare), else None."""
+        found = next((m for m in self.resident if m.path == path), None)
+        return found.model.info if found else None
+
     def ignored_params(self, params: SamplingParams) -> list[str]:
         return self._loaded.loader.ignored_params(params) if self._loaded else []
 
     # -- load / unload ----------------------------------------------------------------
-    def load(self, path: Path, loader: str | None = None, settings: LoadSettings | None = None) -> ModelInfo:
-        """Load ``path``, replacing the current model.
+    def load(
+        self,
+        path: Path,
+        loader: str | None = None,
+        settings: LoadSettings | None = None,
+        preempt: bool = True,
+        reuse: bool = False,
+    ) -> ModelInfo:
+        """Make ``path`` the active model.
 
-        A generation in progress is cancelled and finishes before the switch;
-        queued generations run on the new model. If the new model fails to
-        load, the previous one is loaded again and the error says so.
+        ``preempt`` (the UI's Load button): a generation in progress is cancelled and finishes before the
+        switch. Without it (the API's ``model`` field) the switch waits its turn in the queue like a
+        generation. Queued generations run on the new model. ``reuse``: a model already in memory is used
+        with whatever settings it was loaded with. If the new model fails to load, the previous one is
+        loaded again and the error says so.
         """
         chosen = self.registry.pick(path, loader)
         missing = chosen.available()
         if missing:
             raise ModelLoadError(f"loader {chosen.name} is unavailable: {missing}")
         settings = settings if settings is not None else chosen.settings_type()
-        chosen.check(path, settings)  # cheap validation while the current model still works
+        if not (reuse and self.resident_info(path)):
+            chosen.check(path, settings)  # cheap validation while the current model still works
         with self._admin:
-            self._take_turn()
+            if preempt:
+                self._take_turn()
+            else:
+                self._queue.enter()
             try:
-                previous = self._loaded
-                self._close()
-                try:
-                    self._loaded = self._load(path, chosen, settings)
-                except Exception as exc:
-                    message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-                    if previous is not None:
-                        self._loaded = self._load(previous.path, previous.loader, previous.settings)
-                        message += f" ({previous.path.name} is still loaded)"
-                    raise ModelLoadError(message) from exc
+                self._activate(path, chosen, settings, reuse)
             finally:
                 self._queue.leave()
         return self._loaded.model.info
 
-    def unload(self) -> None:
+    def _activate(self, path: Path, loader: Loader, settings: LoadSettings, reuse: bool = False) -> None:
+        """Make ``path`` active; the caller holds the turn."""
+        current = self._loaded
+        if current is not None and current.path == path and (reuse or current.matches(path, loader, settings)):
+            return
+        spare = self._spare.pop(path, None)
+        if spare is not None and (reuse or spare.matches(path, loader, settings)):
+            self._park(current)
+            self._loaded = spare
+            return
+        if spare is not None:
+            self._close_one(spare)
+        if current is not None and current.path == path:  # same model, other settings: reload it
+            self._close_one(current)
+            current = None
+        self._park(current)
+        self._loaded = None
+        while len(self._spare) > self.max_loaded - 1:  # room for the one we load now
+            self._close_one(self._spare.popitem(last=False)[1])
+        try:
+            self._loaded = self._load(path, loader, settings)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            if current is not None:
+                kept = self._spare.pop(current.path, None)
+                self._loaded = kept or self._load(current.path, current.loader, current.settings)
+                message += f" ({current.path.name} is still loaded)"
+            raise ModelLoadError(message) from exc
+        self._recipes[path] = (loader, settings)
+
+    def _park(self, loaded: Loaded | None) -> None:
+        """Keep ``loaded`` resident as a spare if there is room for more than one model, else close it."""
+        if loaded is None:
+            return
+        if self.max_loaded > 1:
+            self._spare[loaded.path] = loaded
+        else:
+            self._close_one(loaded)
+
+    def unload(self, path: Path | None = None) -> None:
+        """Unload ``path`` (active or spare), or every model when None."""
         with self._admin:
             self._take_turn()
             try:
-                self._close()
+                if path is None:
+                    self._close()
+                    for spare in list(self._spare.values()):
+                        self._close_one(spare)
+                    self._spare.clear()
+                elif self._loaded is not None and self._loaded.path == path:
+                    self._close()
+                elif path in self._spare:
+                    self._close_one(self._spare.pop(path))
             finally:
                 self._queue.leave()
 
@@ -160,13 +231,22 @@ class Engine:
 
     def _close(self) -> None:
         if self._loaded is not None:
-            self._loaded.model.close()
+            self._close_one(self._loaded)
             self._loaded = None
-            gc.collect()
+
+    @staticmethod
+    def _close_one(loaded: Loaded) -> None:
+        loaded.model.close()
+        gc.collect()
 
     # -- generation -------------------------------------------------------------------
-    def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken | None = None) -> Iterator[Chunk]:
+    def generate(
+        self, prompt: str, params: SamplingParams, cancel: CancelToken | None = None, model: Path | None = None
+    ) -> Iterator[Chunk]:
         """Stream a completion of ``prompt``, waiting for our turn first.
+
+        ``model``: the model the prompt was made for (the API names one per request). If another request
+        switched models while this one waited, that model is made active again before generating.
 
         The last chunk carries ``usage`` with the engine's own timings (TTFT is
         measured to the first visible text, from the moment our turn starts;
@@ -181,6 +261,8 @@ class Engine:
             return
         try:
             queued_s = time.perf_counter() - queued
+            if model is not None and (self._loaded is None or self._loaded.path != model):
+                self._switch_back(model)
             if self._loaded is None:
                 raise GenerationError("no model is loaded")
             self._active = cancel
@@ -199,6 +281,17 @@ class Engine:
         finally:
             self._active = None
             self._queue.leave()
+
+    def _switch_back(self, path: Path) -> None:
+        """Activate ``path`` again (from the spares, or reloaded as it was last loaded); the caller holds the turn."""
+        recipe = self._recipes.get(path)
+        if path not in self._spare and recipe is None:
+            raise GenerationError(f"model {path.name} is not loaded")
+        loader, settings = recipe if recipe else (self._spare[path].loader, self._spare[path].settings)
+        try:
+            self._activate(path, loader, settings, reuse=True)
+        except ModelLoadError as exc:
+            raise GenerationError(str(exc)) from exc
 
     def _on_decode_thread(
         self, model: Model, prompt: str, params: SamplingParams, cancel: CancelToken

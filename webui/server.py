@@ -1,7 +1,8 @@
-"""One HTTP server for the UI (and, later, the API) on one port."""
+"""One HTTP server for the UI and the OpenAI-compatible API on one port (and, optionally, the API alone on another)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import sys
@@ -10,6 +11,8 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+from webui.api import install_api
+from webui.api_auth import check_exposure, exposure_warning, protect
 from webui.app import App
 from webui.ui.app import CSS, build_ui
 
@@ -19,21 +22,30 @@ QUEUE_POLL_S = 0.005
 PROGRESS_POLL_S = 0.1
 
 
-def build_server(app: App) -> FastAPI:
-    """The FastAPI app serving the Gradio UI at ``/``."""
-    api = FastAPI(title="Inglenook", docs_url=None, redoc_url=None)
+def build_api_server(app: App) -> FastAPI:
+    """The FastAPI app with /healthz and the /v1 API (the UI is mounted on it by :func:`build_server`)."""
+    api = FastAPI(title="Inglenook", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
         info = app.engine.info
         return {"status": "ok", "model": info.name if info else None}
 
+    install_api(api, app)  # before the UI's mount at "/", so /v1 routes match first
+    return api
+
+
+def build_server(app: App) -> FastAPI:
+    """The FastAPI app serving the API at ``/v1`` and the Gradio UI at ``/``."""
+    api = build_api_server(app)
     blocks = build_ui(app)
     server = gr.mount_gradio_app(
         api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port, css=CSS,
         footer_links=[], ssr_mode=False, allowed_paths=[str(app.characters.thumbs)],
+        auth=app.settings.ui_auth or None,
     )  # fmt: skip
     _quiet_queue(blocks)
+    protect(server, app.settings)
     return server
 
 
@@ -68,20 +80,35 @@ def _check_port_free(host: str, port: int) -> None:
 def serve(app: App) -> int:
     """Load the start-up model, then serve until interrupted."""
     settings = app.settings
-    if not settings.loopback:
-        print(
-            f"WARNING: listening on {settings.host}: anyone who can reach this machine can use Inglenook. "
-            "Nothing is protected yet (no API key, no login).",
-            file=sys.stderr,
-        )
+    check_exposure(settings)
+    if warning := exposure_warning(settings):
+        print(warning, file=sys.stderr, flush=True)
     _check_port_free(settings.host, settings.port)
+    if settings.api_port:
+        _check_port_free(settings.host, settings.api_port)
     info = app.start()
     log.info("model ready: %s (%s)", info.name, info.loader)
     server = build_server(app)
     url_host = settings.host if settings.loopback or settings.host != "0.0.0.0" else "127.0.0.1"
     print(f"Inglenook is running at http://{url_host}:{settings.port}", flush=True)
+    servers = [uvicorn.Server(uvicorn.Config(server, host=settings.host, port=settings.port, log_level="warning"))]
+    if settings.api_port:
+        api_only = build_api_server(app)
+        protect(api_only, settings)
+        config = uvicorn.Config(api_only, host=settings.host, port=settings.api_port, log_level="warning")
+        servers.append(uvicorn.Server(config))
+        print(f"The API alone is also at http://{url_host}:{settings.api_port}/v1", flush=True)
     try:
-        uvicorn.run(server, host=settings.host, port=settings.port, log_level="warning")
+        asyncio.run(_serve_all(servers))
     finally:
         app.close()
     return 0
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    """Run every server until one stops (Ctrl-C stops them all: uvicorn handles the signal in each)."""
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)

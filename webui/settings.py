@@ -22,6 +22,16 @@ class Settings:
     allow_pickle: bool = False  # pickle weights (*.bin, *.pt) can run code when loaded: refused unless asked
     trust_remote_code: bool = False  # Python code shipped inside a model folder never runs unless asked
     stream_interval_s: float = 0.05  # the UI pushes at most 20 updates a second
+    # serving and the OpenAI-compatible API (webui/api_auth.py checks and explains these)
+    api_key: str | None = None  # Bearer key for /v1/*; None = open (loopback only, unless --insecure-no-auth)
+    admin_key: str | None = None  # when set, loading/unloading models through the API needs this key
+    ui_auth: list[tuple[str, str]] = field(default_factory=list)  # Gradio login (user, password) pairs
+    insecure_no_auth: bool = False  # allow a non-loopback bind without an API key and a login
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call /v1/*; none by default
+    allowed_hosts: list[str] = field(default_factory=list)  # extra Host header names accepted (DNS rebinding)
+    api_port: int | None = None  # also serve the API alone on this port
+    max_loaded_models: int = 1  # models kept in memory at once (API model switching)
+    api_max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
 
     @property
     def loopback(self) -> bool:

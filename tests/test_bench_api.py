@@ -1,0 +1,30 @@
+"""``inglenook bench --api`` end to end on the embedded model: the shape of its report, never its timings."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import cli
+
+
+def test_bench_api_compares_raw_with_our_api_stream_and_runs_a_bounded_load_test(models_dir):
+    result = cli(
+        "bench", "--api", "--runs", "1", "--tokens", "6", "--clients", "2", "--duration", "3", "--json",
+        "--models-dir", str(models_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = report["contenders"]
+    assert list(rows)[:2] == ["raw", "api"]
+    assert set(rows) - {"raw", "api"} <= {"llama-cpp-server"}
+    assert ("llama-cpp-server" in rows) != ("llama-cpp-server" in report["skipped"])
+    assert rows["raw"]["tokens"] == rows["api"]["tokens"] == 6
+    assert rows["api"]["goal_tokens_per_s"] in ("PASS", "MISS") and rows["api"]["goal_ttft"] in ("PASS", "MISS")
+    assert report["api_text_matches_raw"] is True  # greedy, same prompt, same model: same tokens
+    load = report["load_test"]
+    assert load["clients"] == 2 and load["errors"] == 0 and load["completed"] >= 1
+
+
+def test_bench_api_refuses_a_load_test_over_a_minute(models_dir):
+    result = cli("bench", "--api", "--clients", "2", "--duration", "120", "--models-dir", str(models_dir))
+    assert result.returncode == 2 and "--duration" in result.stderr

@@ -1,0 +1,177 @@
+"""The OpenAI request bodies we accept, and how their fields become :class:`SamplingParams`.
+
+Unknown body fields are allowed (clients send many); any whose name is a SamplingParams field
+(``min_p``, ``top_k``, ``repetition_penalty``, ``mirostat_mode`` ... and whatever field is added there
+later) is applied generically, type-checked against the field's default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends.base import SamplingParams
+
+MAX_STOP_STRINGS = 4  # as OpenAI
+
+
+class ApiError(Exception):
+    """A request we refuse; rendered as OpenAI's error JSON with ``status``."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class _Common(BaseModel):
+    """Fields shared by chat and text completions."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # our own features, same names as in the UI
+    preset: str | None = None
+    mode: str | None = None
+    character: str | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[dict] | None = None
+    tool_choice: Any = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    response_format: ResponseFormat | None = None
+
+
+# -- fields → SamplingParams -----------------------------------------------------------------------
+
+_SAMPLING_FIELDS = {f.name: f for f in fields(SamplingParams)}
+_NOT_FROM_EXTRA = {"grammar"}  # set through response_format, where the grammar is built for the model
+
+
+def sampling_params(body: _Common, default_max_tokens: int) -> tuple[SamplingParams, list[str]]:
+    """The request's SamplingParams (neutral defaults, like OpenAI's) and the extra fields it ignored."""
+    unsupported(body)
+    values: dict[str, Any] = {"max_new_tokens": default_max_tokens}
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if max_tokens is not None:
+        values["max_new_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
+        if getattr(body, name) is not None:
+            values[name] = getattr(body, name)
+    if body.stop is not None:
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
+            raise ApiError(400, f"stop takes up to {MAX_STOP_STRINGS} non-empty strings", param="stop")
+        values["stop"] = stops
+    ignored = []
+    for name, value in (body.model_extra or {}).items():
+        field = _SAMPLING_FIELDS.get(name)
+        if field is None or name in _NOT_FROM_EXTRA or name in values:
+            ignored.append(name)
+            continue
+        values[name] = _coerce(name, value, getattr(SamplingParams(), name))
+    params = replace(SamplingParams(), **values)
+    try:
+        params.validate()
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return params, sorted(ignored)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of the field's default (bool, int, float, str, list of str)."""
+    ok = False
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ApiError(400, f"{name} must be a {type(default).__name__}, got {json.dumps(value)[:50]}", param=name)
+    return value
+
+
+def unsupported(body: _Common) -> None:
+    """Refuse, clearly, what we cannot do rather than ignoring it."""
+    if body.n != 1:
+        raise ApiError(400, "n must be 1: one choice per request is supported", param="n")
+    if body.logit_bias:
+        raise ApiError(400, "logit_bias is not supported", param="logit_bias")
+    if isinstance(body, ChatRequest):
+        if body.tools or body.tool_choice not in (None, "none", "auto"):
+            raise ApiError(400, "tools / function calling are not supported", param="tools")
+    if isinstance(body, CompletionRequest):
+        if body.suffix:
+            raise ApiError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
+        if body.best_of not in (None, 1):
+            raise ApiError(400, "best_of must be 1", param="best_of")
+
+
+def chat_messages(body: ChatRequest) -> list[dict]:
+    """Plain ``{"role", "content"}`` dicts for the chat path; text parts joined, images refused."""
+    out = []
+    for i, m in enumerate(body.messages):
+        if isinstance(m.content, list):
+            if any(p.type != "text" for p in m.content):
+                raise ApiError(400, f"messages[{i}]: only text content parts are supported", param="messages")
+            content = "".join(p.text or "" for p in m.content)
+        else:
+            content = m.content or ""
+        role = "system" if m.role == "developer" else m.role
+        out.append({"role": role, "content": content})
+    return out
