@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from backends.base import CancelToken, GenerationError, ModelLoadError, SamplingParams, Usage
 from webui.engine import Engine
 from webui.history import Conversation, HistoryError, HistoryStore
-from webui.templates import build_chat_prompt
+from webui.prompting import PromptPlan, plan_prompt
 
 MAX_MESSAGE_CHARS = 1_000_000
 
@@ -30,32 +30,72 @@ class Reply:
     usage: Usage | None = None
     error: str | None = None
     ignored_params: list[str] = field(default_factory=list)
+    prompt: PromptPlan | None = None  # what was sent (chat replies): its size, format, and turns left out
 
 
-def default_params() -> SamplingParams:
-    """Sensible chat defaults until presets arrive: mild temperature, min-p, a light repetition penalty."""
-    return SamplingParams(max_new_tokens=512, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1)
+def default_params(settings: dict | None = None) -> SamplingParams:
+    """Sensible chat defaults until presets arrive: mild temperature, min-p, a light repetition penalty.
+
+    ``settings`` (a ``presets/models.yaml`` rule's defaults for the loaded model) override them; names
+    that are not sampling parameters are left out (:func:`unknown_settings` names them).
+    """
+    params = SamplingParams(
+        max_new_tokens=512, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1
+    )
+    known = {f.name for f in fields(SamplingParams)}
+    return replace(params, **{k: v for k, v in (settings or {}).items() if k in known})
+
+
+def unknown_settings(settings: dict | None) -> list[str]:
+    """Names in a models.yaml rule's ``settings:`` that are not sampling parameters (a typo, usually)."""
+    known = {f.name for f in fields(SamplingParams)}
+    return sorted(k for k in (settings or {}) if k not in known)
+
+
+def prompt_messages(conversation: Conversation, system: str = "", upto: int | None = None) -> list[dict]:
+    """The messages the model sees: the system prompt, then the conversation (its first ``upto`` messages).
+
+    The one place a prompt's messages are assembled; chat modes and characters plug in here.
+    """
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    return head + conversation.chat_messages()[:upto]
 
 
 def stream_chat(
-    engine: Engine, messages: list[dict], params: SamplingParams, cancel: CancelToken | None = None
+    engine: Engine,
+    messages: list[dict],
+    params: SamplingParams,
+    cancel: CancelToken | None = None,
+    *,
+    template: str | None = None,
+    prefix: str = "",
+    impersonate: bool = False,
 ) -> Iterator[Reply]:
-    """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's)."""
+    """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's).
+
+    ``template`` is the user's choice of prompt template (None: chosen for the model). A ``prefix`` is
+    text the reply starts with (kept in ``Reply.text``); ``impersonate`` makes the model write the user's
+    next message instead. The oldest turns are left out when the conversation outgrows the context.
+    """
     info = engine.info
     if info is None:
         yield Reply(done=True, error="no model is loaded")
         return
-    for m in messages:
+    for m in [*messages, {"content": prefix}]:
         if len(m.get("content", "")) > MAX_MESSAGE_CHARS:
             yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
             return
     try:
-        prompt = build_chat_prompt(messages, info)
+        plan = plan_prompt(
+            engine, messages, choice=template, prefix=prefix, impersonate=impersonate, reserve=params.max_new_tokens
+        )
     except ValueError as exc:
         yield Reply(done=True, error=str(exc))
         return
-    params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
-    yield from stream_completion(engine, prompt.text, params, cancel)
+    params = replace(params, stop=[*params.stop, *(s for s in plan.stop if s not in params.stop)])
+    for reply in stream_completion(engine, plan.text, params, cancel):
+        text = prefix + reply.text if reply.text or not reply.error else reply.text
+        yield replace(reply, text=text, prompt=plan, ignored_params=list(reply.ignored_params))
 
 
 def chat_turn(
@@ -66,10 +106,14 @@ def chat_turn(
     params: SamplingParams,
     system: str = "",
     cancel: CancelToken | None = None,
+    *,
+    template: str | None = None,
+    start_with: str = "",
 ) -> Iterator[Reply]:
     """One exchange of a saved conversation: the user's message is saved before generation starts,
     the reply (with its stats line) as soon as it ends, stopped or not. A crash loses at most the reply
     in flight. A reply that failed before producing any text takes its message back out.
+    ``start_with`` is text the reply must begin with; it is kept in the saved reply.
     """
     try:
         conversation.append("user", text)
@@ -77,9 +121,9 @@ def chat_turn(
         yield Reply(done=True, error=str(exc))
         return
     store.save(conversation)
-    messages = ([{"role": "system", "content": system}] if system.strip() else []) + conversation.chat_messages()
+    messages = prompt_messages(conversation, system)
     final = Reply(done=True)
-    for reply in stream_chat(engine, messages, params, cancel):
+    for reply in stream_chat(engine, messages, params, cancel, template=template, prefix=start_with):
         final = reply
         if not reply.done:
             yield reply
