@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.chat import Reply, default_params, format_stats, prompt_messages, stream_chat, unknown_settings
 from webui.engine import Engine
 from webui.history import Conversation, HistoryError, HistoryStore, Message
+from webui.paths import UnsafeName
 from webui.prompting import PromptPlan, plan_prompt
+from webui.template_library import PRESETS_DIR
 from webui.templates import TemplateError, select_template
 
 
@@ -157,12 +160,12 @@ class TemplateStatus:
         return f"{line}. {self.note}" if self.note else line
 
 
-def template_status(info: ModelInfo | None, choice: str | None = None) -> TemplateStatus:
+def template_status(info: ModelInfo | None, choice: str | None = None, presets: Path = PRESETS_DIR) -> TemplateStatus:
     """Which template ``info``'s model gets with ``choice`` (None: automatic), and the defaults to start from."""
     if info is None:
         return TemplateStatus("none", "no model is loaded", default_params())
     try:
-        selection = select_template(info, choice)
+        selection = select_template(info, choice, presets)
     except TemplateError as exc:
         return TemplateStatus("?", "error", default_params(), f"⚠️ {exc}")
     note = ""
@@ -209,3 +212,27 @@ def prompt_summary(engine: Engine, conversation: Conversation, system: str = "",
     if plan is None:
         return f"prompt 0 / {engine.info.context_length:,} tokens"
     return plan.summary()
+
+
+# --------------------------------------------------------------------------- conversations as files
+
+
+def export_conversation(store: HistoryStore, owner: str, conversation_id: str, folder: Path) -> Path:
+    """Write the conversation's JSON into ``folder`` (for a download) and return the file."""
+    path = folder / f"{store.path(owner, conversation_id).stem}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(store.export(owner, conversation_id), encoding="utf-8")
+    return path
+
+
+def import_conversation(store: HistoryStore, owner: str, upload: Path) -> Conversation:
+    """Import an uploaded file (our export or a text-generation-webui history). Raises HistoryError saying
+    what is wrong with it; nothing is written then."""
+    try:
+        data = Path(upload).read_bytes()
+    except OSError as exc:
+        raise HistoryError(f"cannot read the uploaded file: {exc}") from None
+    try:
+        return store.import_text(data, owner)
+    except UnsafeName as exc:
+        raise HistoryError(str(exc)) from None

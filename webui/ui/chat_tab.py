@@ -8,6 +8,7 @@ from backends.base import CancelToken, SamplingParams
 from webui.app import App
 from webui.chat import Reply, chat_turn, default_params, throttle
 from webui.history import INSTRUCT_OWNER, Conversation, HistoryError
+from webui.paths import UnsafeName
 
 
 def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
@@ -42,7 +43,7 @@ def open_conversation(app: App, conversation_id: str) -> Conversation:
     if conversation_id:
         try:
             return app.history.load(OWNER, conversation_id)
-        except HistoryError:
+        except (HistoryError, UnsafeName):  # gone, damaged, or not a name we would ever have made
             pass
     return app.history.latest(OWNER) or app.history.new(OWNER)
 
@@ -53,7 +54,7 @@ def continue_conversation(app: App, conversation_id: str) -> Conversation:
     if conversation_id:
         try:
             return app.history.load(OWNER, conversation_id)
-        except HistoryError:
+        except (HistoryError, UnsafeName):  # gone, damaged, or not a name we would ever have made
             pass
     return app.history.new(OWNER)
 
