@@ -273,7 +273,7 @@ def test_an_api_client_sending_twice_in_one_session_gets_a_clear_refusal(server)
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    args = ("", "", 300, 0, 1, 0, 0, 1, 0)  # conversation id, system, max tokens, temperature, top_p, top_k, ...
+    args = ("", "", 300, 0, 1, 0, 0, 1, 0, "")  # conversation id, system, max tokens, temperature, ..., start with
     first = client.submit("Count to one hundred.", *args, api_name="/chat")
     deadline = time.monotonic() + 60
     while len(first.outputs()) < 2 and time.monotonic() < deadline:  # until the first reply streams
@@ -320,3 +320,59 @@ def test_a_server_restart_with_the_page_open_loses_nothing(browser, models_dir, 
     saved = [m["content"] for m in json.loads(chat_file.read_text())["messages"] if m["role"] == "user"]
     assert saved == ["First message.", "Second message."]
     page.context.close()
+
+
+def test_regenerate_keeps_the_old_reply_and_the_arrows_page_between_versions(page):
+    set_max_tokens(page, 12)
+    send(page, "Name a fruit.")
+    wait_for_stats(page)
+    first = page.evaluate(LAST_REPLY_JS)["text"]
+    label = markdown(page, "#version-label")
+    assert label.inner_text().strip() == "", "one version: no pager label"
+
+    page.click("#regenerate")
+    sync_api.expect(label).to_have_text("2/2", timeout=120_000)
+    second = page.evaluate(LAST_REPLY_JS)["text"]
+    shot(page, "6-regenerated")
+    assert user_messages(page) == ["Name a fruit."], "a new version of the reply, not a new exchange"
+    assert page.locator("#chatbot .inglenook-stats").count() == 1
+
+    page.click("#version-prev")
+    sync_api.expect(label).to_have_text("1/2")
+    assert page.evaluate(LAST_REPLY_JS)["text"] == first
+    page.click("#version-next")
+    sync_api.expect(label).to_have_text("2/2")
+    assert page.evaluate(LAST_REPLY_JS)["text"] == second
+
+    page.click("#version-prev")
+    sync_api.expect(label).to_have_text("1/2")
+    page.reload()  # the choice of version was saved
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    sync_api.expect(markdown(page, "#version-label")).to_have_text("1/2")
+    assert page.evaluate(LAST_REPLY_JS)["text"] == first
+    assert re.search(r"prompt [\d,]+ / [\d,]+ tokens", markdown(page, "#prompt-tokens").inner_text())
+
+
+def test_the_notebook_continues_its_text_stops_and_keeps_it(page):
+    set_max_tokens(page, 2000)  # the notebook generates with the chat tab's sampling settings
+    page.get_by_role("tab", name="Notebook").click()
+    box = page.locator("#notebook-text textarea")
+    box.fill("Once upon a time, in a village by the sea,")
+    sync_api.expect(page.locator("#notebook-stop")).to_be_disabled()
+    page.click("#notebook-generate")
+    page.wait_for_function("() => document.querySelector('#notebook-text textarea').value.length > 80", timeout=60_000)
+    sync_api.expect(page.locator("#notebook-generate")).to_be_disabled()
+    page.click("#notebook-stop")
+    stats = markdown(page, "#notebook-stats")
+    sync_api.expect(stats).to_contain_text("stopped", timeout=15_000)
+    shot(page, "7-notebook")
+    text = box.input_value()
+    assert text.startswith("Once upon a time, in a village by the sea,") and len(text) > 80
+    assert int(TOKENS.search(stats.inner_text()).group(1)) < 500, "the stop ended it long before 2000 tokens"
+    assert re.fullmatch(r"[\d,]+ / [\d,]+ tokens", markdown(page, "#notebook-tokens").inner_text().strip())
+    sync_api.expect(page.locator("#notebook-generate")).to_be_enabled()
+
+    page.reload()  # the notebook's text was saved
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    page.get_by_role("tab", name="Notebook").click()
+    sync_api.expect(page.locator("#notebook-text textarea")).to_have_value(text)
