@@ -376,3 +376,59 @@ def test_the_notebook_continues_its_text_stops_and_keeps_it(page):
     page.wait_for_selector("#chat-input textarea", timeout=60_000)
     page.get_by_role("tab", name="Notebook").click()
     sync_api.expect(page.locator("#notebook-text textarea")).to_have_value(text)
+
+
+def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_changes_nothing(page, tmp_path):
+    set_max_tokens(page, 8)
+    send(page, "Remember the colour teal.")
+    wait_for_stats(page)
+    page.get_by_role("button", name=re.compile(r"^Conversation")).click()
+    page.fill("#rename-title textarea", "Teal chat")
+    page.click("#rename-chat")
+    sync_api.expect(page.locator("#conversation-choice input")).to_have_value("Teal chat")
+
+    page.click("#export-chat")
+    link = page.locator("#export-file a").first
+    sync_api.expect(link).to_be_visible(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    exported = tmp_path / "exported.json"
+    download.value.save_as(exported)
+    data = json.loads(exported.read_text())
+    assert data["title"] == "Teal chat" and data["messages"][0]["content"] == "Remember the colour teal."
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("this is not JSON")
+    with page.expect_file_chooser() as chooser:
+        page.click("#import-chat")
+    chooser.value.set_files(str(bad))
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Import failed, nothing was saved", timeout=30_000)
+    assert "not valid JSON" in markdown(page, "#chat-error").inner_text()
+    assert user_messages(page) == ["Remember the colour teal."], "the chat on screen stays"
+    shot(page, "8-bad-import")
+
+    with page.expect_file_chooser() as chooser:
+        page.click("#import-chat")
+    chooser.value.set_files(str(exported))
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Imported", timeout=30_000)
+    assert user_messages(page) == ["Remember the colour teal."]
+    sync_api.expect(page.locator("#conversation-choice input")).to_have_value("Teal chat")
+
+
+def test_editing_an_earlier_message_in_the_chat_replies_again_from_there(page):
+    set_max_tokens(page, 8)
+    send(page, "My cat is called Tom.")
+    wait_for_stats(page)
+    send(page, "What is my cat called?")
+    wait_for_stats(page, count=2)
+
+    page.locator('#chatbot [data-testid="user"]').first.hover()
+    page.locator("#chatbot button[aria-label='Edit']").first.click()
+    box = page.locator("#chatbot textarea.edit-textarea").first
+    box.fill("My cat is called Max.")
+    page.locator("#chatbot button[aria-label='Submit']").first.click()
+    sync_api.expect(page.locator('#chatbot [data-testid="user"]')).to_have_count(1, timeout=30_000)
+    wait_for_stats(page, count=1)
+    shot(page, "9-edited")
+    assert user_messages(page) == ["My cat is called Max."], "what followed the edited message is gone"
+    assert page.evaluate(LAST_REPLY_JS)["text"], "and it has a new reply"

@@ -36,7 +36,7 @@ from webui.paths import UnsafeName
 from webui.prompting import plan_prompt, render_prompt
 from webui.settings import Settings
 from webui.template_prefs import TemplatePrefs
-from webui.ui.chat_tab import continue_conversation, open_conversation
+from webui.ui.chat_tab import continue_conversation, open_conversation, startup_problems
 
 N_CTX = 1024
 OWNER = "instruct"
@@ -319,6 +319,7 @@ def test_a_models_yaml_rule_brings_its_default_settings(tmp_path):
     status = template_status(ModelInfo("open-hermes-7b", "llama.cpp", "x.gguf", "llama"), presets=presets)
     assert status.name == "chatml" and status.chosen_by.startswith("presets/models.yaml rule")
     assert (status.defaults.temperature, status.defaults.top_k) == (0.3, 7)
+    assert status.settings == {"temperature": 0.3, "top_k": 7}, "the settings the page sets after loading"
     assert status.defaults.max_new_tokens == default_params().max_new_tokens, "the rest stay as they were"
     assert "colour" in status.note and "ignored" in status.note
 
@@ -395,3 +396,12 @@ def test_an_empty_notebook_is_refused(app, tmp_path):
     final = last(generate(app.engine, NotebookStore(tmp_path), "   ", greedy(3)))
     assert "write something" in final.error
     assert NotebookStore(tmp_path).load() == ""
+
+
+def test_damaged_history_files_found_at_start_are_reported_for_the_page(store):
+    good = said(store, ("Hi", "Hello"))
+    (store.root / OWNER / "broken.json").write_text('{"schema_version": 1, "messages": [')
+    app = App(Settings(), None, None, store)
+    [notice] = startup_problems(app)
+    assert notice.startswith("instruct/broken.json:") and "moved to broken.json.corrupt-" in notice
+    assert [c.id for c in store.list(OWNER).conversations] == [good.id], "the others still list"

@@ -9,7 +9,7 @@ The UI, and any other front end, only calls these.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
@@ -154,6 +154,7 @@ class TemplateStatus:
     chosen_by: str
     defaults: SamplingParams
     note: str = ""
+    settings: dict = field(default_factory=dict)  # the rule's own sampling settings (the ones it changes)
 
     def describe(self) -> str:
         line = f"Prompt template **{self.name}** (chosen by: {self.chosen_by})"
@@ -175,7 +176,9 @@ def template_status(info: ModelInfo | None, choice: str | None = None, presets: 
         unknown = unknown_settings(selection.settings)
         if unknown:
             note += f" ⚠️ Not sampling settings, ignored: {', '.join(unknown)}."
-    return TemplateStatus(selection.name, selection.chosen_by, default_params(selection.settings), note)
+    known = {f.name for f in fields(SamplingParams)}
+    own = {k: v for k, v in selection.settings.items() if k in known}
+    return TemplateStatus(selection.name, selection.chosen_by, default_params(own), note, own)
 
 
 def preview_prompt(

@@ -204,19 +204,27 @@ def build_chat_tab(app: App) -> ChatTab:
         messages = display_messages(conv.ui_history())
         return gr.update(choices=choices, value=value), conv.id, messages, note, version_label(conv), count
 
-    def template_view():
-        """Template dropdown, where it came from, and the sampling defaults its rule brings."""
+    slider_names = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+    def template_view(only_rule: bool = False):
+        """Template dropdown, where it came from, and the sampling defaults for the model.
+
+        After a page load (``only_rule``) just the settings a models.yaml rule brings are set, so a slider
+        the user moved while the page was still loading is not reset.
+        """
         choice = chosen_template()
         status = template_status(app.engine.info, choice)
-        d = status.defaults
-        values = (d.max_new_tokens, d.temperature, d.top_p, d.top_k, d.min_p, d.repetition_penalty)
+        values = [
+            getattr(status.defaults, name) if not only_rule or name in status.settings else gr.skip()
+            for name in slider_names
+        ]
         return (gr.update(value=choice or AUTO), status.describe(), *values)
 
     def restore(conversation_id: str, system_text: str):
         problems = app.history.list(OWNER).problems
         lines = [*(f"moved aside at start: {p}" for p in notices), *(str(p) for p in problems)]
         note = "⚠️ Damaged history files: " + "; ".join(lines) if lines else ""
-        return (*show(open_conversation(app, conversation_id), note, system_text), *template_view())
+        return (*show(open_conversation(app, conversation_id), note, system_text), *template_view(only_rule=True))
 
     def busy(request: gr.Request) -> bool:
         return request.session_hash in cancels
@@ -414,12 +422,13 @@ def build_chat_tab(app: App) -> ChatTab:
             return gr.update(visible=False), f"⚠️ {exc}"
         return gr.update(value=str(path), visible=True), ""
 
-    def import_chat(file, system_text, prefix, n):
+    def import_chat(file, conv_id, system_text, prefix, n):
         path = file if isinstance(file, str) else getattr(file, "name", "")
         try:
             conv = import_conversation(app.history, OWNER, Path(path))
-        except HistoryError as exc:
-            return show(continue_conversation(app, ""), f"⚠️ Import failed, nothing was saved: {exc}")
+        except HistoryError as exc:  # stay on the conversation the user was looking at
+            note = f"⚠️ Import failed, nothing was saved: {exc}"
+            return show(continue_conversation(app, conv_id), note, system_text, prefix, n)
         return show(conv, f"Imported “{conv.title or conv.id}”.", system_text, prefix, n)
 
     def choose_template(choice):
@@ -476,7 +485,7 @@ def build_chat_tab(app: App) -> ChatTab:
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
     chatbot.select(select_message, None, branch_at, api_name=False)
     export.click(export_chat, conversation_id, [download, error], api_name=False)
-    upload.upload(import_chat, [upload, *ctx], shown, api_name=False)
+    upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
     template.input(choose_template, template, [template, template_info], api_name=False)
     show_prompt.click(show_the_prompt, [message, conversation_id, *ctx], [preview, tokens], api_name=False)
 
