@@ -432,3 +432,37 @@ def test_editing_an_earlier_message_in_the_chat_replies_again_from_there(page):
     shot(page, "9-edited")
     assert user_messages(page) == ["My cat is called Max."], "what followed the edited message is gone"
     assert page.evaluate(LAST_REPLY_JS)["text"], "and it has a new reply"
+
+
+def choose_template(page, name: str) -> None:
+    if not page.locator("#template-choice input").is_visible():
+        page.get_by_role("button", name=re.compile(r"^Prompt template")).click()
+    page.locator("#template-choice input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def test_the_template_choice_is_shown_can_be_changed_and_show_prompt_prints_the_exact_text(page):
+    page.get_by_role("button", name=re.compile(r"^Prompt template")).click()
+    source = markdown(page, "#template-source")
+    sync_api.expect(source).to_contain_text("gemma")
+    assert "known for architecture gemma3" in source.inner_text()
+    page.get_by_role("button", name=re.compile(r"^Show prompt")).click()
+    page.fill("#chat-input textarea", "Hi there")
+    page.click("#show-prompt")
+    preview = page.locator("#prompt-preview textarea")
+    sync_api.expect(preview).to_have_value("<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n")
+    assert re.fullmatch(r"prompt \d+ / 4,096 tokens", markdown(page, "#prompt-tokens").inner_text().strip())
+
+    try:
+        choose_template(page, "chatml")
+        sync_api.expect(source).to_contain_text("user choice")
+        page.click("#show-prompt")
+        sync_api.expect(preview).to_have_value(re.compile(r"<\|im_start\|>user\nHi there<\|im_end\|>"))
+        shot(page, "10-template")
+        page.reload()  # remembered for the model
+        page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        page.get_by_role("button", name=re.compile(r"^Prompt template")).click()
+        sync_api.expect(page.locator("#template-choice input")).to_have_value("chatml")
+    finally:
+        choose_template(page, "auto")  # the server is shared by this module's tests
+        sync_api.expect(markdown(page, "#template-source")).to_contain_text("known for architecture")
