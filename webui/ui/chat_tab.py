@@ -206,25 +206,22 @@ def build_chat_tab(app: App) -> ChatTab:
 
     slider_names = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
-    def template_view(only_rule: bool = False):
-        """Template dropdown, where it came from, and the sampling defaults for the model.
+    def template_view():
+        """Template dropdown, where it came from, and the settings a models.yaml rule brings for the model.
 
-        After a page load (``only_rule``) just the settings a models.yaml rule brings are set, so a slider
-        the user moved while the page was still loading is not reset.
+        Only the rule's own settings are set: a slider the user moved (while the page loaded, or before a
+        model load, failed or not) is left as it is.
         """
         choice = chosen_template()
         status = template_status(app.engine.info, choice)
-        values = [
-            getattr(status.defaults, name) if not only_rule or name in status.settings else gr.skip()
-            for name in slider_names
-        ]
+        values = [getattr(status.defaults, name) if name in status.settings else gr.skip() for name in slider_names]
         return (gr.update(value=choice or AUTO), status.describe(), *values)
 
     def restore(conversation_id: str, system_text: str):
         problems = app.history.list(OWNER).problems
         lines = [*(f"moved aside at start: {p}" for p in notices), *(str(p) for p in problems)]
         note = "⚠️ Damaged history files: " + "; ".join(lines) if lines else ""
-        return (*show(open_conversation(app, conversation_id), note, system_text), *template_view(only_rule=True))
+        return (*show(open_conversation(app, conversation_id), note, system_text), *template_view())
 
     def busy(request: gr.Request) -> bool:
         return request.session_hash in cancels
