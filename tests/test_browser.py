@@ -98,6 +98,9 @@ def open_page(page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector("#chat-input textarea", timeout=60_000)
     sync_api.expect(page.locator("#conversation-choice")).to_be_visible()
+    # the page's load event has restored its conversation (it shows the prompt's size last): a click on
+    # "New chat" before that would be overtaken by the restore
+    sync_api.expect(markdown(page, "#prompt-tokens")).to_contain_text("tokens", timeout=60_000)
 
 
 def markdown(page, elem_id: str):
