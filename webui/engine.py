@@ -102,6 +102,16 @@ class Engine:
     def info(self) -> ModelInfo | None:
         return self._loaded.model.info if self._loaded else None
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is as a prompt (BOS included), counted by the loaded model's own tokenizer.
+
+        Waits while a model loads, so it never touches a model being closed.
+        """
+        with self._admin:
+            if self._loaded is None:
+                raise GenerationError("no model is loaded")
+            return len(self._loaded.model.tokenize(text, add_special=True))
+
     def ignored_params(self, params: SamplingParams) -> list[str]:
         return self._loaded.loader.ignored_params(params) if self._loaded else []
 
