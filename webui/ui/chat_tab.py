@@ -306,8 +306,9 @@ def build_chat_tab(app: App) -> ChatTab:
             cancels.pop(request.session_hash, None)
             if not final.done:
                 cancel.cancel()
-        picker_update, cid, shown, _, label, count, *_ = show(conv, "", *ctx)
+        picker_update, cid, _, _, label, count, *_ = show(conv, "", *ctx)
         note = f"⚠️ {final.error}" if final.error else ""
+        shown = display_messages(conv.ui_history())  # a plain value: API clients read the chat from it
         yield gr.skip(), cid, shown, note, *IDLE, picker_update, label, count
 
     def generation(action, request, conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key):
