@@ -98,6 +98,9 @@ def open_page(page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector("#chat-input textarea", timeout=60_000)
     sync_api.expect(page.locator("#conversation-choice")).to_be_visible()
+    # the page's load event has restored its conversation (it shows the prompt's size last): a click on
+    # "New chat" before that would be overtaken by the restore
+    sync_api.expect(markdown(page, "#prompt-tokens")).to_contain_text("tokens", timeout=60_000)
 
 
 def markdown(page, elem_id: str):
@@ -273,7 +276,7 @@ def test_an_api_client_sending_twice_in_one_session_gets_a_clear_refusal(server)
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    args = ("", "", 300, 0, 1, 0, 0, 1, 0)  # conversation id, system, max tokens, temperature, top_p, top_k, ...
+    args = ("", "", 300, 0, 1, 0, 0, 1, 0, "", "instruct", None)  # conversation id, ..., start with, mode, character
     first = client.submit("Count to one hundred.", *args, api_name="/chat")
     deadline = time.monotonic() + 60
     while len(first.outputs()) < 2 and time.monotonic() < deadline:  # until the first reply streams
@@ -320,3 +323,149 @@ def test_a_server_restart_with_the_page_open_loses_nothing(browser, models_dir, 
     saved = [m["content"] for m in json.loads(chat_file.read_text())["messages"] if m["role"] == "user"]
     assert saved == ["First message.", "Second message."]
     page.context.close()
+
+
+def test_regenerate_keeps_the_old_reply_and_the_arrows_page_between_versions(page):
+    set_max_tokens(page, 12)
+    send(page, "Name a fruit.")
+    wait_for_stats(page)
+    first = page.evaluate(LAST_REPLY_JS)["text"]
+    label = markdown(page, "#version-label")
+    assert label.inner_text().strip() == "", "one version: no pager label"
+
+    page.click("#regenerate")
+    sync_api.expect(label).to_have_text("2/2", timeout=120_000)
+    second = page.evaluate(LAST_REPLY_JS)["text"]
+    shot(page, "6-regenerated")
+    assert user_messages(page) == ["Name a fruit."], "a new version of the reply, not a new exchange"
+    assert page.locator("#chatbot .inglenook-stats").count() == 1
+
+    page.click("#version-prev")
+    sync_api.expect(label).to_have_text("1/2")
+    assert page.evaluate(LAST_REPLY_JS)["text"] == first
+    page.click("#version-next")
+    sync_api.expect(label).to_have_text("2/2")
+    assert page.evaluate(LAST_REPLY_JS)["text"] == second
+
+    page.click("#version-prev")
+    sync_api.expect(label).to_have_text("1/2")
+    page.reload()  # the choice of version was saved
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    sync_api.expect(markdown(page, "#version-label")).to_have_text("1/2")
+    assert page.evaluate(LAST_REPLY_JS)["text"] == first
+    assert re.search(r"prompt [\d,]+ / [\d,]+ tokens", markdown(page, "#prompt-tokens").inner_text())
+
+
+def test_the_notebook_continues_its_text_stops_and_keeps_it(page):
+    set_max_tokens(page, 2000)  # the notebook generates with the chat tab's sampling settings
+    page.get_by_role("tab", name="Notebook").click()
+    box = page.locator("#notebook-text textarea")
+    box.fill("Once upon a time, in a village by the sea,")
+    sync_api.expect(page.locator("#notebook-stop")).to_be_disabled()
+    page.click("#notebook-generate")
+    page.wait_for_function("() => document.querySelector('#notebook-text textarea').value.length > 80", timeout=60_000)
+    sync_api.expect(page.locator("#notebook-generate")).to_be_disabled()
+    page.click("#notebook-stop")
+    stats = markdown(page, "#notebook-stats")
+    sync_api.expect(stats).to_contain_text("stopped", timeout=15_000)
+    shot(page, "7-notebook")
+    text = box.input_value()
+    assert text.startswith("Once upon a time, in a village by the sea,") and len(text) > 80
+    assert int(TOKENS.search(stats.inner_text()).group(1)) < 500, "the stop ended it long before 2000 tokens"
+    assert re.fullmatch(r"[\d,]+ / [\d,]+ tokens", markdown(page, "#notebook-tokens").inner_text().strip())
+    sync_api.expect(page.locator("#notebook-generate")).to_be_enabled()
+
+    page.reload()  # the notebook's text was saved
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    page.get_by_role("tab", name="Notebook").click()
+    sync_api.expect(page.locator("#notebook-text textarea")).to_have_value(text)
+
+
+def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_changes_nothing(page, tmp_path):
+    set_max_tokens(page, 8)
+    send(page, "Remember the colour teal.")
+    wait_for_stats(page)
+    page.get_by_role("button", name=re.compile(r"^Conversation")).click()
+    page.fill("#rename-title textarea", "Teal chat")
+    page.click("#rename-chat")
+    sync_api.expect(page.locator("#conversation-choice input")).to_have_value("Teal chat")
+
+    page.click("#export-chat")
+    link = page.locator("#export-file a").first
+    sync_api.expect(link).to_be_visible(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    exported = tmp_path / "exported.json"
+    download.value.save_as(exported)
+    data = json.loads(exported.read_text())
+    assert data["title"] == "Teal chat" and data["messages"][0]["content"] == "Remember the colour teal."
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("this is not JSON")
+    with page.expect_file_chooser() as chooser:
+        page.click("#import-chat")
+    chooser.value.set_files(str(bad))
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Import failed, nothing was saved", timeout=30_000)
+    assert "not valid JSON" in markdown(page, "#chat-error").inner_text()
+    assert user_messages(page) == ["Remember the colour teal."], "the chat on screen stays"
+    shot(page, "8-bad-import")
+
+    with page.expect_file_chooser() as chooser:
+        page.click("#import-chat")
+    chooser.value.set_files(str(exported))
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Imported", timeout=30_000)
+    assert user_messages(page) == ["Remember the colour teal."]
+    sync_api.expect(page.locator("#conversation-choice input")).to_have_value("Teal chat")
+
+
+def test_editing_an_earlier_message_in_the_chat_replies_again_from_there(page):
+    set_max_tokens(page, 8)
+    send(page, "My cat is called Tom.")
+    wait_for_stats(page)
+    send(page, "What is my cat called?")
+    wait_for_stats(page, count=2)
+
+    page.locator('#chatbot [data-testid="user"]').first.hover()
+    page.locator("#chatbot button[aria-label='Edit']").first.click()
+    box = page.locator("#chatbot textarea.edit-textarea").first
+    box.fill("My cat is called Max.")
+    page.locator("#chatbot button[aria-label='Submit']").first.click()
+    sync_api.expect(page.locator('#chatbot [data-testid="user"]')).to_have_count(1, timeout=30_000)
+    wait_for_stats(page, count=1)
+    shot(page, "9-edited")
+    assert user_messages(page) == ["My cat is called Max."], "what followed the edited message is gone"
+    assert page.evaluate(LAST_REPLY_JS)["text"], "and it has a new reply"
+
+
+def choose_template(page, name: str) -> None:
+    if not page.locator("#template-choice input").is_visible():
+        page.get_by_role("button", name=re.compile(r"^Prompt template")).click()
+    page.locator("#template-choice input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def test_the_template_choice_is_shown_can_be_changed_and_show_prompt_prints_the_exact_text(page):
+    page.get_by_role("button", name=re.compile(r"^Prompt template")).click()
+    source = markdown(page, "#template-source")
+    sync_api.expect(source).to_contain_text("gemma")
+    assert "known for architecture gemma3" in source.inner_text()
+    page.get_by_role("button", name=re.compile(r"^Show prompt")).click()
+    page.fill("#chat-input textarea", "Hi there")
+    page.click("#show-prompt")
+    preview = page.locator("#prompt-preview textarea")
+    sync_api.expect(preview).to_have_value("<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n")
+    assert re.fullmatch(r"prompt \d+ / 4,096 tokens", markdown(page, "#prompt-tokens").inner_text().strip())
+
+    try:
+        choose_template(page, "chatml")
+        sync_api.expect(source).to_contain_text("user choice")
+        page.click("#show-prompt")
+        sync_api.expect(preview).to_have_value(re.compile(r"<\|im_start\|>user\nHi there<\|im_end\|>"))
+        shot(page, "10-template")
+        page.reload()  # remembered for the model
+        page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        page.get_by_role("button", name=re.compile(r"^Prompt template")).click()
+        sync_api.expect(page.locator("#template-choice input")).to_have_value("chatml")
+    finally:
+        choose_template(page, "auto")  # the server is shared by this module's tests
+        sync_api.expect(markdown(page, "#template-source")).to_contain_text("known for architecture")

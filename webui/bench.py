@@ -403,9 +403,9 @@ class UIContender(Contender):
         start = time.perf_counter()
         try:
             job = self.client.submit(
-                self.prompt, "", "", self.tokens, 0, 1, 0, 0, 1, 0, api_name="/chat"
+                self.prompt, "", "", self.tokens, 0, 1, 0, 0, 1, 0, "", "instruct", None, api_name="/chat"
             )  # message, conversation id ("" = a new one), system, max tokens, temperature, top_p, top_k,
-            # min_p, repetition penalty, seed
+            # min_p, repetition penalty, seed, start reply with, mode, character
             for outputs in job:
                 last = time.perf_counter()
                 if first is None and _assistant_text(outputs[CHATBOT]) not in ("", PLACEHOLDER):

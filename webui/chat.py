@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, SamplingParams, Usage
 from webui.characters import Character
-from webui.chat_modes import CHAT_INSTRUCT, INSTRUCT, build_prompt
+from webui.chat_modes import CHAT_INSTRUCT, INSTRUCT
 from webui.engine import Engine
 from webui.history import Conversation, HistoryError, HistoryStore
+from webui.prompting import PromptPlan, plan_prompt
 
 MAX_MESSAGE_CHARS = 1_000_000
 
@@ -33,11 +34,35 @@ class Reply:
     error: str | None = None
     ignored_params: list[str] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)  # per token, when SamplingParams.logprobs >= 0
+    prompt: PromptPlan | None = None  # what was sent (chat replies): its size, format, and turns left out
 
 
-def default_params() -> SamplingParams:
-    """Sensible chat defaults until presets arrive: mild temperature, min-p, a light repetition penalty."""
-    return SamplingParams(max_new_tokens=512, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1)
+def default_params(settings: dict | None = None) -> SamplingParams:
+    """Sensible chat defaults until presets arrive: mild temperature, min-p, a light repetition penalty.
+
+    ``settings`` (a ``presets/models.yaml`` rule's defaults for the loaded model) override them; names
+    that are not sampling parameters are left out (:func:`unknown_settings` names them).
+    """
+    params = SamplingParams(
+        max_new_tokens=512, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1
+    )
+    known = {f.name for f in fields(SamplingParams)}
+    return replace(params, **{k: v for k, v in (settings or {}).items() if k in known})
+
+
+def unknown_settings(settings: dict | None) -> list[str]:
+    """Names in a models.yaml rule's ``settings:`` that are not sampling parameters (a typo, usually)."""
+    known = {f.name for f in fields(SamplingParams)}
+    return sorted(k for k in (settings or {}) if k not in known)
+
+
+def prompt_messages(conversation: Conversation, system: str = "", upto: int | None = None) -> list[dict]:
+    """The messages the model sees: the system prompt, then the conversation (its first ``upto`` messages).
+
+    The one place a prompt's messages are assembled; chat modes and characters plug in here.
+    """
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    return head + conversation.chat_messages()[:upto]
 
 
 def stream_chat(
@@ -45,33 +70,45 @@ def stream_chat(
     messages: list[dict],
     params: SamplingParams,
     cancel: CancelToken | None = None,
+    *,
+    template: str | None = None,
+    prefix: str = "",
+    impersonate: bool = False,
     mode: str = INSTRUCT,
     character: Character | None = None,
     model: ModelInfo | None = None,
 ) -> Iterator[Reply]:
     """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's),
-    in a chat mode (:mod:`webui.chat_modes`; instruct unless told).
+    in a chat mode (:mod:`webui.chat_modes`; instruct unless told, spoken by ``character``).
 
+    ``template`` is the user's choice of prompt template (None: chosen for the model). A ``prefix`` is
+    text the reply starts with (kept in ``Reply.text``); ``impersonate`` makes the model write the user's
+    next message instead. The oldest turns are left out when the conversation outgrows the context.
     ``model``: the model to answer with (the API's ``model`` field); default the active one.
     """
     info = model or engine.info
     if info is None:
         yield Reply(done=True, error="no model is loaded")
         return
-    for m in messages:
+    for m in [*messages, {"content": prefix}]:
         if len(m.get("content", "")) > MAX_MESSAGE_CHARS:
             yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
             return
     try:
-        prompt = build_prompt(messages, info, mode, character)
+        plan = plan_prompt(
+            engine, messages, choice=template, prefix=prefix, impersonate=impersonate, reserve=params.max_new_tokens,
+            mode=mode, character=character, info=info,
+        )  # fmt: skip
     except ValueError as exc:
         yield Reply(done=True, error=str(exc))
         return
-    params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
-    replies = stream_completion(engine, prompt.text, params, cancel, info if model else None)
-    if mode == CHAT_INSTRUCT and character is not None:  # the prompt ends with "Name:"; the reply follows a space
-        replies = (replace(r, text=r.text.lstrip()) for r in replies)
-    yield from replies
+    params = replace(params, stop=[*params.stop, *(s for s in plan.stop if s not in params.stop)])
+    replies = stream_completion(engine, plan.text, params, cancel, info if model else None)
+    if mode == CHAT_INSTRUCT and character is not None and not prefix and not impersonate:
+        replies = (replace(r, text=r.text.lstrip()) for r in replies)  # the prompt ends "Name:"; a space follows
+    for reply in replies:
+        text = prefix + reply.text if reply.text or not reply.error else reply.text
+        yield replace(reply, text=text, prompt=plan, ignored_params=list(reply.ignored_params))
 
 
 def chat_turn(
@@ -83,11 +120,15 @@ def chat_turn(
     system: str = "",
     cancel: CancelToken | None = None,
     character: Character | None = None,
+    *,
+    template: str | None = None,
+    start_with: str = "",
 ) -> Iterator[Reply]:
     """One exchange of a saved conversation (in its ``mode``, spoken by ``character`` if one is given):
     the user's message is saved before generation starts,
     the reply (with its stats line) as soon as it ends, stopped or not. A crash loses at most the reply
     in flight. A reply that failed before producing any text takes its message back out.
+    ``start_with`` is text the reply must begin with; it is kept in the saved reply.
     """
     try:
         conversation.append("user", text)
@@ -95,9 +136,12 @@ def chat_turn(
         yield Reply(done=True, error=str(exc))
         return
     store.save(conversation)
-    messages = ([{"role": "system", "content": system}] if system.strip() else []) + conversation.chat_messages()
+    messages = prompt_messages(conversation, system)
     final = Reply(done=True)
-    for reply in stream_chat(engine, messages, params, cancel, conversation.mode, character):
+    for reply in stream_chat(
+        engine, messages, params, cancel, template=template, prefix=start_with, mode=conversation.mode,
+        character=character,
+    ):  # fmt: skip
         final = reply
         if not reply.done:
             yield reply

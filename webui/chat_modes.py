@@ -73,22 +73,42 @@ def build_prompt(
     check_mode(mode)
     if mode == INSTRUCT or character is None:
         return build_chat_prompt(messages, info, choice=choice)
-    user = character.user
-    system = "\n\n".join(m["content"].strip() for m in messages if m.get("role") == "system" and m["content"].strip())
-    dialogue = [m for m in messages if m.get("role") != "system"]
     if mode == CHAT:
-        context = "\n\n".join(part for part in (system, character.persona()) if part)
-        prompt = build_chat_prompt(([{"role": "system", "content": context}] if context else []) + dialogue, info,
-                                   choice=choice)  # fmt: skip
+        prompt = build_chat_prompt(chat_messages(messages, character), info, choice=choice)
     else:
-        command = CHAT_INSTRUCT_COMMAND.replace("<|character|>", character.name)
-        command = command.replace("<|prompt|>", transcript(character, dialogue))
-        outer = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": command}]
-        prompt = build_chat_prompt(outer, info, choice=choice)
+        prompt = build_chat_prompt(chat_instruct_messages(messages, character), info, choice=choice)
         prompt.text += f"{character.name}:"
-    user_turn = f"\n{user}:"
-    if user_turn not in prompt.stop:
-        prompt.stop.append(user_turn)
+    return add_stop(prompt, f"\n{character.user}:")
+
+
+def chat_messages(messages: list[dict], character: Character) -> list[dict]:
+    """Chat mode's messages: the user's system text then the character's persona as one system message,
+    then the dialogue as it is."""
+    system = user_system(messages)
+    dialogue = [m for m in messages if m.get("role") != "system"]
+    context = "\n\n".join(part for part in (system, character.persona()) if part)
+    return ([{"role": "system", "content": context}] if context else []) + dialogue
+
+
+def chat_instruct_messages(messages: list[dict], character: Character) -> list[dict]:
+    """Chat-instruct's messages: the user's system text, then one user turn holding the command with the
+    transcript. The reply is opened with ``Name:`` after rendering."""
+    system = user_system(messages)
+    dialogue = [m for m in messages if m.get("role") != "system"]
+    command = CHAT_INSTRUCT_COMMAND.replace("<|character|>", character.name)
+    command = command.replace("<|prompt|>", transcript(character, dialogue))
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": command}]
+
+
+def user_system(messages: list[dict]) -> str:
+    """The user's system prompt: the system messages' text, joined."""
+    return "\n\n".join(m["content"].strip() for m in messages if m.get("role") == "system" and m["content"].strip())
+
+
+def add_stop(prompt: Prompt, stop: str) -> Prompt:
+    """``prompt`` with ``stop`` among its stop strings (once)."""
+    if stop not in prompt.stop:
+        prompt.stop.append(stop)
     return prompt
 
 

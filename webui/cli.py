@@ -21,6 +21,7 @@ from webui.bench_api import add_options as add_bench_api_options
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
 from webui.settings import Settings
+from webui.template_prefs import TemplatePrefs
 from webui.templates import build_chat_prompt
 
 SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders")
@@ -267,7 +268,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _interactive(app, params, args.system)
         if args.chat:
             messages = [{"role": "system", "content": args.system}] if args.system else []
-            replies = stream_chat(app.engine, [*messages, {"role": "user", "content": args.prompt}], params)
+            chosen = TemplatePrefs(app.settings.user_data).get(info.name)  # the template picked in the UI
+            replies = stream_chat(
+                app.engine, [*messages, {"role": "user", "content": args.prompt}], params, template=chosen
+            )
         else:
             replies = stream_completion(app.engine, args.prompt, params)
         final = _print_stream(replies, echo=not args.json)
@@ -333,7 +337,8 @@ def _interactive(app: App, params: SamplingParams, system: str) -> int:
             continue
         messages.append({"role": "user", "content": text})
         cancel = CancelToken()
-        replies = stream_chat(app.engine, messages, params, cancel)
+        chosen = TemplatePrefs(app.settings.user_data).get(info.name)  # the template picked in the UI
+        replies = stream_chat(app.engine, messages, params, cancel, template=chosen)
         final = Reply(done=True)
         try:
             final = _print_stream(replies, echo=True)

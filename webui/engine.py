@@ -121,6 +121,16 @@ class Engine:
         found = next((m for m in self.resident if m.path == path), None)
         return found.model.info if found else None
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is as a prompt (BOS included), counted by the loaded model's own tokenizer.
+
+        Waits while a model loads, so it never touches a model being closed.
+        """
+        with self._admin:
+            if self._loaded is None:
+                raise GenerationError("no model is loaded")
+            return len(self._loaded.model.tokenize(text, add_special=True))
+
     def ignored_params(self, params: SamplingParams) -> list[str]:
         return self._loaded.loader.ignored_params(params) if self._loaded else []
 

@@ -198,13 +198,21 @@ def derive_stops(text: str, name: str = "template", bos_token: str = "", eos_tok
         {"role": "assistant", "content": _SENTINEL_A},
         {"role": "user", "content": _SENTINEL_U},
     ]
-    stops: list[str] = []
     try:
         rendered = render(text, turns, name=name, add_generation_prompt=False, bos_token=bos_token, eos_token=eos_token)
         start, end = rendered.index(_SENTINEL_A) + len(_SENTINEL_A), rendered.index(_SENTINEL_U)
         between = rendered[start:end] if start <= end else ""
     except ValueError:  # a template that refuses this shape: only the eos token is known
         between = ""
+    return stops_between(between, bos_token, eos_token)
+
+
+def stops_between(between: str, bos_token: str = "", eos_token: str = "") -> list[str]:
+    """Stop strings in the text that closes one turn and opens the next (see :func:`derive_stops`).
+
+    Also used to end an impersonated user message where the template would close the user's turn.
+    """
+    stops: list[str] = []
     markers = [m for m in _MARKER.findall(between) if m != bos_token]
     stops.extend(markers)
     rest = _MARKER.split(between)[-1]  # the text after the last marker: a speaker label such as "User:"

@@ -12,6 +12,7 @@ from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, 
 from webui.paths import UnsafeName
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
+from webui.ui.notebook_tab import build_notebook_tab
 
 CSS = """
 .inglenook-stats { font-size: 0.8em; opacity: 0.7; }
@@ -45,11 +46,13 @@ def build_ui(app: App) -> gr.Blocks:
             load = gr.Button("Load", scale=1, elem_id="load-model")
         status = gr.Markdown("", elem_id="model-status")
         with gr.Tab("Chat"):
-            restore_chat, conversation_id, chat_outputs = build_chat_tab(app)
+            chat = build_chat_tab(app)
         with gr.Tab("Characters"):
             build_characters_tab(app)
+        with gr.Tab("Notebook"):
+            build_notebook_tab(app, chat.sampling)
         # a refreshed page (or one reopened after a restart) shows its conversation again
-        blocks.load(restore_chat, conversation_id, chat_outputs, api_name=False)
+        blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
 
         def load_model(name: str):
             try:
@@ -63,7 +66,9 @@ def build_ui(app: App) -> gr.Blocks:
                 gr.update(choices=_model_names(app), value=_current_name(app)), message,
             )  # fmt: skip
 
-        load.click(load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model")
+        load.click(
+            load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model"
+        ).then(chat.model_changed, None, chat.model_outputs, api_name=False)  # its template and rule defaults
     return blocks
 
 

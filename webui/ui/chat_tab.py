@@ -1,16 +1,41 @@
-"""The Chat tab: widgets wired to :mod:`webui.chat`. No logic a test would want lives here."""
+"""The Chat tab: widgets wired to :mod:`webui.chat` and :mod:`webui.chat_actions`. No logic a test would want
+lives here."""
 
 from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from backends.base import CancelToken, SamplingParams
 from webui.app import App
-from webui.characters import CharacterError
+from webui.characters import Character, CharacterError
 from webui.chat import Reply, chat_turn, default_params, throttle
+from webui.chat_actions import (
+    continue_reply,
+    edit_message,
+    export_conversation,
+    impersonate,
+    import_conversation,
+    page_version,
+    preview_prompt,
+    prompt_summary,
+    regenerate,
+    remove_last,
+    template_status,
+    version_label,
+)
 from webui.chat_modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.paths import UnsafeName
+from webui.template_library import template_names
+from webui.template_prefs import AUTO, TemplatePrefs
+
+STATS_SPAN = re.compile(r"\s*<span class='inglenook-stats'>.*?</span>\s*$", re.DOTALL)
 
 
 def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
@@ -26,12 +51,19 @@ def display_messages(history: list[dict], pending: Reply | None = None) -> list[
     return shown
 
 
+def without_stats(content: object) -> str:
+    """A message as the user edited it in the chatbot, without the stats line the chatbot showed under it."""
+    if isinstance(content, list):  # Gradio may hand back [{"type": "text", "text": ...}]
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return STATS_SPAN.sub("", str(content or ""))
+
+
 # (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
 BUSY = (gr.update(interactive=False), gr.update(interactive=True))
 IDLE = (gr.update(interactive=True), gr.update(interactive=False))
 
 
-OWNER = INSTRUCT_OWNER  # conversations without a character (characters arrive later)
+OWNER = INSTRUCT_OWNER  # conversations without a character
 
 
 def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
@@ -46,7 +78,7 @@ def open_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Con
     if conversation_id:
         try:
             return app.history.load(owner, conversation_id)
-        except HistoryError:
+        except (HistoryError, UnsafeName):  # gone, damaged, or not a name we would ever have made
             pass
     return app.history.latest(owner) or start_conversation(app.history, app.characters, *mode_of(owner))
 
@@ -57,7 +89,7 @@ def continue_conversation(app: App, conversation_id: str, owner: str = OWNER) ->
     if conversation_id:
         try:
             return app.history.load(owner, conversation_id)
-        except HistoryError:
+        except (HistoryError, UnsafeName):  # gone, damaged, or not a name we would ever have made
             pass
     return start_conversation(app.history, app.characters, *mode_of(owner))
 
@@ -79,9 +111,32 @@ def chat_owner(app: App, mode: str, character: str | None) -> str:
     return INSTRUCT_OWNER
 
 
-def build_chat_tab(app: App) -> tuple:
+def startup_problems(app: App) -> list[str]:
+    """History files found damaged (and moved aside) when the UI was built: shown as a notice on the page."""
+    found = []
+    for owner in app.history.owners():
+        found += [f"{owner}/{p}" for p in app.history.list(owner).problems]
+    return found
+
+
+@dataclass
+class ChatTab:
+    """What the page wires to the chat tab: restore on load, refresh after a model load, shared sampling."""
+
+    restore: Callable
+    restore_inputs: list
+    restore_outputs: list
+    model_changed: Callable
+    model_outputs: list
+    sampling: list  # max tokens, temperature, top_p, top_k, min_p, repetition penalty, seed
+
+
+def build_chat_tab(app: App) -> ChatTab:
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
     defaults = default_params()
+    prefs = TemplatePrefs(app.settings.user_data)
+    notices = startup_problems(app)
+    exports = Path(tempfile.mkdtemp(prefix="inglenook-exports-"))
 
     characters = app.characters.keys()
     with gr.Row():
@@ -98,7 +153,14 @@ def build_chat_tab(app: App) -> tuple:
         delete = gr.Button("Delete", scale=1, variant="secondary", elem_id="delete-chat")
     # The id lives in the page, not in server memory, so a restarted server continues the same file.
     conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
-    chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chatbot", buttons=["copy"], feedback_options=None)
+    chatbot = gr.Chatbot(
+        label="Chat", height=520, elem_id="chatbot", buttons=["copy"], feedback_options=None, editable="all"
+    )
+    with gr.Row(equal_height=True):
+        prev_version = gr.Button("‹", size="sm", scale=0, min_width=40, elem_id="version-prev")
+        versions = gr.Markdown("", elem_id="version-label")
+        next_version = gr.Button("›", size="sm", scale=0, min_width=40, elem_id="version-next")
+        tokens = gr.Markdown("", elem_id="prompt-tokens")
     error = gr.Markdown("", elem_id="chat-error")
     with gr.Row():
         message = gr.Textbox(
@@ -106,6 +168,35 @@ def build_chat_tab(app: App) -> tuple:
         )
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
+    with gr.Row():
+        regen = gr.Button("Regenerate", size="sm", elem_id="regenerate")
+        cont = gr.Button("Continue", size="sm", elem_id="continue")
+        imper = gr.Button("Impersonate", size="sm", elem_id="impersonate")
+        remove = gr.Button("Remove last", size="sm", elem_id="remove-last")
+        start_with = gr.Textbox(
+            placeholder="Start reply with…", show_label=False, scale=3, elem_id="start-reply-with", lines=1
+        )
+    with gr.Accordion("Prompt template", open=False):
+        with gr.Row():
+            template = gr.Dropdown(
+                choices=[AUTO, *template_names()], value=AUTO, label="Template for this model", scale=2,
+                elem_id="template-choice",
+            )  # fmt: skip
+            template_info = gr.Markdown("", elem_id="template-source")
+        with gr.Accordion("Show prompt", open=False):
+            show_prompt = gr.Button("Show the prompt the next message sends", size="sm", elem_id="show-prompt")
+            preview = gr.Textbox(show_label=False, lines=12, max_lines=30, interactive=False, elem_id="prompt-preview")
+    with gr.Accordion("Conversation", open=False):
+        with gr.Row():
+            title = gr.Textbox(label="Title", scale=4, elem_id="rename-title")
+            rename = gr.Button("Rename", scale=1, elem_id="rename-chat")
+        with gr.Row():
+            branch_at = gr.Number(label="Branch from message # (click a message)", precision=0, value=None, scale=4)
+            branch = gr.Button("Branch", scale=1, elem_id="branch-chat")
+        with gr.Row():
+            export = gr.Button("Export JSON", scale=1, elem_id="export-chat")
+            upload = gr.UploadButton("Import JSON", file_types=[".json"], scale=1, elem_id="import-chat")
+        download = gr.File(label="Exported conversation", visible=False, interactive=False, elem_id="export-file")
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
@@ -117,27 +208,74 @@ def build_chat_tab(app: App) -> tuple:
             min_p = gr.Slider(0, 1, value=defaults.min_p, step=0.01, label="min_p")
             rep = gr.Slider(1, 1.5, value=defaults.repetition_penalty, step=0.01, label="Repetition penalty")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+    sampling = [max_tokens, temperature, top_p, top_k, min_p, rep, seed]
 
-    def show(conv: Conversation, note: str = "", chosen_mode: str | None = None):
-        """Picker, id, chatbot (with the character's picture), note, mode and character for ``conv``."""
+    # ------------------------------------------------------------------ helpers
+
+    def chosen_template() -> str | None:
+        info = app.engine.info
+        return prefs.get(info.name) if info else None
+
+    def params_from(n, temp, tp, tk, mp, rp, sd) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
+            repetition_penalty=rp, seed=int(sd if sd is not None else -1),
+        )  # fmt: skip
+
+    def speaker_for(conv: Conversation, chosen_mode: str | None = None) -> Character | None:
+        """The character speaking in ``conv`` (None in instruct); ``conv`` takes the picked character mode."""
+        key = character_of(conv.owner)
+        if not key:
+            return None
+        try:
+            speaker = app.characters.load(key)
+        except (CharacterError, UnsafeName):  # a damaged or vanished character: its chat goes on without it
+            return None
+        if chosen_mode in MODES and chosen_mode != INSTRUCT:
+            conv.mode = chosen_mode
+        return speaker
+
+    def locate(conv_id: str, chosen_mode: str, key: str | None) -> tuple[Conversation, Character | None]:
+        """The conversation an action acts on (of the picked mode and character) and who speaks in it."""
+        conv = continue_conversation(app, conv_id or "", chat_owner(app, chosen_mode, key))
+        return conv, speaker_for(conv, chosen_mode)
+
+    def show(
+        conv: Conversation, note: str = "", system_text: str = "", prefix: str = "", n: float = 0,
+        chosen_mode: str | None = None, _key: str | None = None,
+    ):  # fmt: skip
+        """Picker, id, chatbot (with the character's picture), note, version label, token count, mode and
+        character for ``conv``."""
         choices = conversation_choices(app, conv.owner)
         value = conv.id if any(cid == conv.id for _, cid in choices) else None
         key = character_of(conv.owner)
-        thumb = app.characters.thumbnail(key) if key and app.characters.exists(key) else None
+        speaker = speaker_for(conv, chosen_mode)
+        count = prompt_summary(
+            app.engine, conv, system_text or "", template=chosen_template(), start_with=prefix or "",
+            max_new_tokens=int(n or 0), character=speaker,
+        )  # fmt: skip
+        thumb = app.characters.thumbnail(key) if speaker is not None else None
         shown = gr.update(
             value=display_messages(conv.ui_history()), avatar_images=(None, str(thumb) if thumb else None)
         )
         keys = app.characters.keys()
         return (
-            gr.update(choices=choices, value=value), conv.id, shown, note, chosen_mode or conv.mode,
-            gr.update(choices=keys, value=key) if key else gr.update(choices=keys),
+            gr.update(choices=choices, value=value), conv.id, shown, note, version_label(conv), count,
+            chosen_mode or conv.mode, gr.update(choices=keys, value=key) if key else gr.update(choices=keys),
         )  # fmt: skip
 
-    def restore(conversation_id: str):
-        owner = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), OWNER)
-        problems = app.history.list(owner).problems
-        note = "⚠️ " + "; ".join(str(p) for p in problems) if problems else ""
-        return show(open_conversation(app, conversation_id, owner), note)
+    slider_names = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+    def template_view():
+        """Template dropdown, where it came from, and the settings a models.yaml rule brings for the model.
+
+        Only the rule's own settings are set: a slider the user moved (while the page loaded, or before a
+        model load, failed or not) is left as it is.
+        """
+        choice = chosen_template()
+        status = template_status(app.engine.info, choice)
+        values = [getattr(status.defaults, name) if name in status.settings else gr.skip() for name in slider_names]
+        return (gr.update(value=choice or AUTO), status.describe(), *values)
 
     def _exists(owner: str, conversation_id: str) -> bool:
         try:
@@ -145,85 +283,305 @@ def build_chat_tab(app: App) -> tuple:
         except UnsafeName:
             return False
 
-    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request):
-        text = (text or "").strip()
-        if request.session_hash in cancels:  # Enter pressed again while this tab's reply still streams
-            note = "A reply is still streaming: wait for it or press Stop."
-            yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, gr.skip()
-            return
-        if not text:
-            yield gr.skip(), gr.skip(), gr.skip(), "Type a message first.", gr.skip(), gr.skip(), gr.skip()
-            return
-        params = SamplingParams(
-            max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
-            repetition_penalty=rp, seed=int(sd if sd is not None else -1),
-        )  # fmt: skip
-        owner = chat_owner(app, chosen_mode, key)
-        conv = continue_conversation(app, conv_id, owner)
-        speaker = None
-        if owner != INSTRUCT_OWNER:
-            conv.mode, speaker = chosen_mode, app.characters.load(key)
-        cancel = cancels[request.session_hash] = CancelToken()
+    def restore(conversation_id: str, system_text: str):
+        owner = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), OWNER)
+        problems = app.history.list(owner).problems
+        lines = [*(f"moved aside at start: {p}" for p in notices), *(str(p) for p in problems)]
+        note = "⚠️ Damaged history files: " + "; ".join(lines) if lines else ""
+        return (*show(open_conversation(app, conversation_id, owner), note, system_text), *template_view())
+
+    def busy(request: gr.Request) -> bool:
+        return request.session_hash in cancels
+
+    def stream(request, conv: Conversation, turn: Iterator[Reply], cancel: CancelToken, keep: int | None, ctx):
+        """Drive a reply into the chatbot (``keep``: how many saved messages to show above it) and end idle."""
         final = Reply(done=True)
         try:
-            turn = chat_turn(app.engine, app.history, conv, text, params, system_text or "", cancel, speaker)
-            pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
-            yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, gr.skip()
             for reply in throttle(turn, app.settings.stream_interval_s):
                 final = reply
                 if not reply.done:
-                    yield (
-                        gr.skip(),
-                        gr.skip(),
-                        display_messages(conv.ui_history(), reply),
-                        gr.skip(),
-                        gr.skip(),
-                        gr.skip(),
-                        gr.skip(),
-                    )
+                    shown = display_messages(conv.ui_history()[:keep], reply)
+                    yield gr.skip(), gr.skip(), shown, gr.skip(), *BUSY, gr.skip(), gr.skip(), gr.skip()
         finally:  # also when the page goes away mid-reply: stop generating for nobody
             cancels.pop(request.session_hash, None)
             if not final.done:
                 cancel.cancel()
-        picker_update, cid, shown, *_ = show(conv)
+        picker_update, cid, _, _, label, count, *_ = show(conv, "", *ctx)
         note = f"⚠️ {final.error}" if final.error else ""
-        keep = text if final.error and not final.text else gr.skip()  # a failed message goes back to the box
-        yield keep, cid, shown, note, *IDLE, picker_update
+        shown = display_messages(conv.ui_history())  # a plain value: API clients read the chat from it
+        yield gr.skip(), cid, shown, note, *IDLE, picker_update, label, count
+
+    def generation(action, request, conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key):
+        """Regenerate or continue the conversation ``conv_id`` (streaming)."""
+        if busy(request):
+            note = "A reply is still streaming: wait for it or press Stop."
+            yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, *(gr.skip(),) * 3
+            return
+        conv, speaker = locate(conv_id, chosen_mode, key)
+        cancel = cancels[request.session_hash] = CancelToken()
+        params = params_from(n, temp, tp, tk, mp, rp, sd)
+        replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
+        if action == "continue":
+            turn = continue_reply(
+                app.engine, app.history, conv, params, system_text or "", cancel, template=chosen_template(),
+                character=speaker,
+            )  # fmt: skip
+        else:
+            turn = regenerate(
+                app.engine, app.history, conv, params, system_text or "", cancel, template=chosen_template(),
+                start_with=prefix or "", character=speaker,
+            )  # fmt: skip
+        keep = -1 if replacing else None
+        yield gr.skip(), conv.id, display_messages(conv.ui_history()[:keep], Reply()), "", *BUSY, *(gr.skip(),) * 3
+        yield from stream(request, conv, turn, cancel, keep, (system_text, prefix, n, chosen_mode, key))
+
+    # ------------------------------------------------------------------ handlers
+
+    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, prefix, chosen_mode, key, request: gr.Request):
+        text = (text or "").strip()
+        if busy(request):  # Enter pressed again while this tab's reply still streams
+            note = "A reply is still streaming: wait for it or press Stop."
+            yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, *(gr.skip(),) * 3
+            return
+        if not text:
+            yield gr.skip(), gr.skip(), gr.skip(), "Type a message first.", *(gr.skip(),) * 5
+            return
+        params = params_from(n, temp, tp, tk, mp, rp, sd)
+        conv, speaker = locate(conv_id, chosen_mode, key)
+        cancel = cancels[request.session_hash] = CancelToken()
+        turn = chat_turn(
+            app.engine, app.history, conv, text, params, system_text or "", cancel, speaker,
+            template=chosen_template(), start_with=prefix or "",
+        )  # fmt: skip
+        pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
+        yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, *(gr.skip(),) * 3
+        before = len(conv.messages)
+        held = None
+        for outputs in stream(request, conv, turn, cancel, None, (system_text, prefix, n, chosen_mode, key)):
+            if held is not None:
+                yield held
+            held = outputs
+        if held is not None and len(conv.messages) <= before:  # no reply: the message goes back to the box
+            held = (text, *held[1:])
+        yield held
+
+    # (Gradio fills in ``request``/``data`` only for named parameters, so the knobs are spelled out.)
+    def regenerate_reply(
+        conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request
+    ):
+        knobs = (n, temp, tp, tk, mp, rp, sd)
+        yield from generation("regenerate", request, conv_id, system_text, prefix, *knobs, chosen_mode, key)
+
+    def continue_last(conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request):
+        knobs = (n, temp, tp, tk, mp, rp, sd)
+        yield from generation("continue", request, conv_id, system_text, prefix, *knobs, chosen_mode, key)
+
+    def impersonate_user(
+        draft, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request
+    ):
+        if busy(request):
+            yield gr.skip(), "A reply is still streaming: wait for it or press Stop.", *BUSY
+            return
+        conv, speaker = locate(conv_id, chosen_mode, key)
+        cancel = cancels[request.session_hash] = CancelToken()
+        params = params_from(n, temp, tp, tk, mp, rp, sd)
+        turn = impersonate(
+            app.engine, conv, params, system_text or "", cancel, template=chosen_template(), draft=draft or "",
+            character=speaker,
+        )  # fmt: skip
+        final = Reply(done=True)
+        try:
+            yield gr.skip(), "", *BUSY
+            for reply in throttle(turn, app.settings.stream_interval_s):
+                final = reply
+                yield reply.text if reply.text else gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        finally:
+            cancels.pop(request.session_hash, None)
+            if not final.done:
+                cancel.cancel()
+        note = f"⚠️ {final.error}" if final.error else ""
+        yield final.text or gr.skip(), note, *IDLE  # the whole text again: API clients read only the last update
+
+    def remove_exchange(conv_id, system_text, prefix, n, chosen_mode, key, request: gr.Request):
+        ctx = (system_text, prefix, n, chosen_mode, key)
+        conv, _ = locate(conv_id, chosen_mode, key)
+        if busy(request):
+            return gr.skip(), *show(conv, "Wait for the reply or press Stop.", *ctx)
+        try:
+            removed = remove_last(app.history, conv)
+        except HistoryError as exc:
+            return gr.skip(), *show(conv, f"⚠️ {exc}", *ctx)
+        back = next((m.content for m in removed if m.role == "user"), None)
+        return (back if back is not None else gr.skip()), *show(conv, "", *ctx)
+
+    def page(step: int):
+        def handler(conv_id, *ctx):
+            conv, _ = locate(conv_id, *ctx[3:])
+            try:
+                page_version(app.history, conv, step)
+            except HistoryError as exc:
+                return show(conv, f"⚠️ {exc}", *ctx)
+            return show(conv, "", *ctx)
+
+        return handler
+
+    def on_edit(
+        conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, data: gr.EditData,
+        request: gr.Request,
+    ):  # fmt: skip
+        knobs = (n, temp, tp, tk, mp, rp, sd)
+        ctx = (system_text, prefix, n, chosen_mode, key)
+        conv, _ = locate(conv_id, chosen_mode, key)
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        try:
+            edited = edit_message(app.history, conv, index, without_stats(data.value))
+        except (HistoryError, IndexError) as exc:
+            picker_update, cid, shown, note, label, count, *_ = show(conv, f"⚠️ {exc}", *ctx)
+            yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
+            return
+        if edited.role != "user":  # an edited reply is a new version of it: nothing to generate
+            picker_update, cid, shown, note, label, count, *_ = show(conv, "", *ctx)
+            yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
+            return
+        yield from generation("regenerate", request, conv_id, system_text, prefix, *knobs, chosen_mode, key)
 
     def stop_generation(request: gr.Request):
         token = cancels.get(request.session_hash)
         if token is not None:
             token.cancel()
 
-    def new_chat(chosen_mode: str = INSTRUCT, key: str | None = None):
+    def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
-        return show(start_conversation(app.history, app.characters, *mode_of(owner)), "", chosen_mode)
+        conv = start_conversation(app.history, app.characters, *mode_of(owner))
+        return show(conv, "", system_text, prefix, n, chosen_mode)
 
-    def pick(conversation_id: str, chosen_mode: str = INSTRUCT, key: str | None = None):
-        return show(open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key)), "", chosen_mode)
+    def pick(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+        conv = open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key))
+        return show(conv, "", system_text, prefix, n, chosen_mode)
 
-    def switch(chosen_mode: str, key: str | None):
+    def switch(system_text, prefix, n, chosen_mode, key):
         """Another mode or character: its newest conversation (a new one, greeting first, if it has none)."""
-        return show(open_conversation(app, "", chat_owner(app, chosen_mode, key)), "", chosen_mode)
+        return pick("", system_text, prefix, n, chosen_mode, key)
 
-    def delete_chat(conversation_id: str, chosen_mode: str = INSTRUCT, key: str | None = None):
+    def delete_chat(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
-        if conversation_id and app.history.exists(owner, conversation_id):
-            app.history.delete(owner, conversation_id)
-        return show(open_conversation(app, "", owner), "Deleted (moved to the trash folder).", chosen_mode)
+        ctx = (system_text, prefix, n, chosen_mode)
+        try:
+            if conversation_id and app.history.exists(owner, conversation_id):
+                app.history.delete(owner, conversation_id)
+        except (HistoryError, UnsafeName) as exc:
+            return show(open_conversation(app, "", owner), f"⚠️ {exc}", *ctx)
+        return show(open_conversation(app, "", owner), "Deleted (moved to the trash folder).", *ctx)
 
-    shown = [picker, conversation_id, chatbot, error, mode, character]
+    def rename_chat(conv_id, new_title, *ctx):
+        conv, _ = locate(conv_id, *ctx[3:])
+        try:
+            conv.title = app.history.rename(conv.owner, conv.id, new_title).title if conv.messages else conv.title
+        except (HistoryError, UnsafeName) as exc:
+            return show(conv, f"⚠️ {exc}", *ctx)
+        note = "" if conv.messages else "Say something first: an empty chat is not saved yet."
+        return show(conv, note or f"Renamed to “{conv.title}”.", *ctx)
+
+    def branch_chat(conv_id, number, *ctx):
+        conv, _ = locate(conv_id, *ctx[3:])
+        try:
+            upto = int(number) - 1 if number else len(conv.messages) - 1
+            if upto < 0:
+                raise HistoryError("message numbers start at 1")
+            twin = app.history.branch(conv, upto)
+        except (HistoryError, UnsafeName) as exc:
+            return show(conv, f"⚠️ {exc}", *ctx)
+        return show(twin, f"Branched at message {upto + 1}: this is the copy.", *ctx)
+
+    def select_message(data: gr.SelectData):
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        return index + 1
+
+    def export_chat(conv_id, chosen_mode, key):
+        try:
+            path = export_conversation(app.history, chat_owner(app, chosen_mode, key), conv_id, exports)
+        except (HistoryError, UnsafeName) as exc:
+            return gr.update(visible=False), f"⚠️ {exc}"
+        return gr.update(value=str(path), visible=True), ""
+
+    def import_chat(file, conv_id, *ctx):
+        path = file if isinstance(file, str) else getattr(file, "name", "")
+        try:
+            conv = import_conversation(app.history, chat_owner(app, *ctx[3:]), Path(path))
+        except HistoryError as exc:  # stay on the conversation the user was looking at
+            note = f"⚠️ Import failed, nothing was saved: {exc}"
+            return show(locate(conv_id, *ctx[3:])[0], note, *ctx)
+        return show(conv, f"Imported “{conv.title or conv.id}”.", *ctx)
+
+    def choose_template(choice):
+        info = app.engine.info
+        if info is None:
+            return gr.update(value=AUTO), "No model is loaded."
+        try:
+            prefs.set(info.name, choice)
+        except ValueError as exc:
+            return gr.update(value=chosen_template() or AUTO), f"⚠️ {exc}"
+        return gr.update(), template_status(info, chosen_template()).describe()
+
+    def show_the_prompt(draft, conv_id, system_text, prefix, n, chosen_mode, key):
+        conv, speaker = locate(conv_id, chosen_mode, key)
+        try:
+            plan = preview_prompt(
+                app.engine, conv, system_text or "", draft or "", template=chosen_template(),
+                start_with=prefix or "", max_new_tokens=int(n or 0), character=speaker,
+            )  # fmt: skip
+        except ValueError as exc:
+            return f"⚠️ {exc}", gr.skip()
+        if plan is None:
+            return "(nothing to send yet: type a message)", gr.skip()
+        return plan.text, plan.summary()
+
+    # ------------------------------------------------------------------ wiring
+
     who = [mode, character]
-    inputs = [message, conversation_id, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed, *who]
-    outputs = [message, conversation_id, chatbot, error, send, stop, picker]
-    message.submit(respond, inputs, outputs, api_name="chat", concurrency_limit=None)
-    send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None)
+    ctx = [system, start_with, max_tokens, *who]
+    shown = [picker, conversation_id, chatbot, error, versions, tokens, *who]
+    stream_outputs = [message, conversation_id, chatbot, error, send, stop, picker, versions, tokens]
+    # /chat's inputs: message, conversation id, system, the sampling knobs, start reply with, mode, character
+    inputs = [message, conversation_id, system, *sampling, start_with, *who]
+    message.submit(respond, inputs, stream_outputs, api_name="chat", concurrency_limit=None)
+    send.click(respond, inputs, stream_outputs, api_name=False, concurrency_limit=None)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
-    new.click(new_chat, who, shown, api_name=False)
-    chatbot.clear(new_chat, who, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
-    picker.input(pick, [picker, *who], shown, api_name=False)
-    delete.click(delete_chat, [conversation_id, *who], shown, api_name=False)
-    mode.input(switch, who, shown, api_name=False)
-    character.input(switch, who, shown, api_name=False)
+    gen_inputs = [conversation_id, system, start_with, *sampling, *who]
+    regen.click(regenerate_reply, gen_inputs, stream_outputs, api_name="regenerate", concurrency_limit=None)
+    chatbot.retry(regenerate_reply, gen_inputs, stream_outputs, api_name=False, concurrency_limit=None)
+    cont.click(continue_last, gen_inputs, stream_outputs, api_name="continue", concurrency_limit=None)
+    chatbot.edit(on_edit, gen_inputs, stream_outputs, api_name=False, concurrency_limit=None)
+    imper.click(
+        impersonate_user, [message, conversation_id, system, *sampling, *who], [message, error, send, stop],
+        api_name="impersonate", concurrency_limit=None,
+    )  # fmt: skip
+    remove_inputs = [conversation_id, *ctx]
+    remove.click(remove_exchange, remove_inputs, [message, *shown], api_name=False)
+    chatbot.undo(remove_exchange, remove_inputs, [message, *shown], api_name=False)
+    prev_version.click(page(-1), [conversation_id, *ctx], shown, api_name=False)
+    next_version.click(page(+1), [conversation_id, *ctx], shown, api_name=False)
+    new.click(new_chat, ctx, shown, api_name=False)
+    chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
+    picker.input(pick, [picker, *ctx], shown, api_name=False)
+    delete.click(delete_chat, [conversation_id, *ctx], shown, api_name=False)
+    mode.input(switch, ctx, shown, api_name=False)
+    character.input(switch, ctx, shown, api_name=False)
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
-    return restore, conversation_id, shown  # the page's load event restores the conversation
+    rename.click(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
+    branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
+    chatbot.select(select_message, None, branch_at, api_name=False)
+    export.click(export_chat, [conversation_id, *who], [download, error], api_name=False)
+    upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
+    template.input(choose_template, template, [template, template_info], api_name=False)
+    show_prompt.click(show_the_prompt, [message, conversation_id, *ctx], [preview, tokens], api_name=False)
+
+    template_outputs = [template, template_info, *sampling[:6]]
+    return ChatTab(
+        restore=restore,
+        restore_inputs=[conversation_id, system],
+        restore_outputs=[*shown, *template_outputs],
+        model_changed=template_view,
+        model_outputs=template_outputs,
+        sampling=sampling,
+    )

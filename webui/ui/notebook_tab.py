@@ -1,0 +1,69 @@
+"""The Notebook tab: a big text box a (base) model continues raw. Widgets wired to :mod:`webui.notebook`."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from backends.base import CancelToken, SamplingParams
+from webui.app import App
+from webui.chat import Reply, format_stats, throttle
+from webui.notebook import NotebookStore, generate, token_count
+
+# (Generate, Stop) while the model writes and while idle
+BUSY = (gr.update(interactive=False), gr.update(interactive=True))
+IDLE = (gr.update(interactive=True), gr.update(interactive=False))
+
+
+def build_notebook_tab(app: App, sampling: list) -> None:
+    """``sampling``: the chat tab's sampling controls (max tokens, temperature, top_p, top_k, min_p,
+    repetition penalty, seed), so both tabs generate with the same settings."""
+    store = NotebookStore(app.settings.user_data)
+    cancels: dict[str, CancelToken] = {}  # session -> its generation in flight
+
+    text = gr.Textbox(
+        value=store.load, lines=22, max_lines=60, show_label=False, elem_id="notebook-text",
+        placeholder="Write the beginning of a text; the model continues it (no chat format is added).",
+    )  # fmt: skip
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", scale=1, elem_id="notebook-generate")
+        stop = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="notebook-stop")
+        tokens = gr.Markdown("", elem_id="notebook-tokens")
+    stats = gr.Markdown("", elem_id="notebook-stats")
+
+    def write(current: str, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
+        if request.session_hash in cancels:
+            yield gr.skip(), gr.skip(), "The model is still writing: wait or press Stop.", *BUSY
+            return
+        params = SamplingParams(
+            max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
+            repetition_penalty=rp, seed=int(sd if sd is not None else -1),
+        )  # fmt: skip
+        cancel = cancels[request.session_hash] = CancelToken()
+        final = Reply(done=True)
+        try:
+            yield gr.skip(), gr.skip(), "", *BUSY
+            for reply in throttle(
+                generate(app.engine, store, current or "", params, cancel), app.settings.stream_interval_s
+            ):
+                final = reply
+                if not reply.done:
+                    yield reply.text, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        finally:
+            cancels.pop(request.session_hash, None)
+            if not final.done:
+                cancel.cancel()
+        line = f"⚠️ {final.error}" if final.error else format_stats(final.usage, final.finish_reason)
+        yield final.text, token_count(app.engine, final.text), line, *IDLE
+
+    def stop_writing(request: gr.Request):
+        token = cancels.get(request.session_hash)
+        if token is not None:
+            token.cancel()
+
+    def keep(current: str):
+        store.save(current or "")
+        return token_count(app.engine, current or "")
+
+    run.click(write, [text, *sampling], [text, tokens, stats, run, stop], api_name="notebook", concurrency_limit=None)
+    stop.click(stop_writing, None, None, api_name="notebook_stop", queue=False, concurrency_limit=None)
+    text.blur(keep, text, tokens, api_name=False)
