@@ -108,7 +108,7 @@ class SamplingParams:
         """Raise ValueError naming the first field of the wrong type or out of range."""
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = _kind(f.type)
+            kind = field_kind(f.type)
             if kind is bool and not isinstance(value, bool):
                 raise ValueError(f"sampling parameter {f.name} must be true or false, not {value!r}")
             if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, kind | int)):
@@ -144,7 +144,7 @@ class SamplingParams:
         return self.temperature == 0 or not self.do_sample
 
 
-def _kind(annotation) -> type:
+def field_kind(annotation) -> type:
     """The plain type of a field annotation (annotations are strings under ``from __future__ import annotations``)."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     for name, kind in (("list", list), ("bool", bool), ("int", int), ("float", float), ("str", str)):
