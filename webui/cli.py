@@ -14,14 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__
+from webui import __version__, cli_presets
 from webui.app import App
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
+from webui.presets import PresetStore
 from webui.settings import Settings
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates")
+SUBCOMMANDS = ("serve", "run", "bench", "templates", "presets")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"inglenook {__version__}")
     _serve_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates,presets}")
 
     serve = sub.add_parser("serve", help="start the web UI (the default command)")
     _serve_options(serve)
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
     run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
     run.add_argument("--system", default="", help="system prompt for chat")
+    run.add_argument(
+        "--preset", default=None, help="sampling preset to start from (see 'presets list'); the flags below override it"
+    )
+    run.add_argument(
+        "--user-data", type=Path, default=Path("user_data"), help="folder of your presets (default: ./user_data)"
+    )
+    run.add_argument("--grammar", default=None, help="GBNF grammar the output must follow: a grammar name or a file")
     run.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
     run.add_argument("--top-p", type=float, default=None)
     run.add_argument("--top-k", type=int, default=None)
@@ -122,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
     render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
+    cli_presets.add_parser(sub)
     return parser
 
 
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "templates":
             return cmd_templates(args)
+        if args.command == "presets":
+            return cli_presets.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
 
@@ -219,6 +230,15 @@ def _template_info(spec: str, models_dir: Path) -> ModelInfo:
 
 def _run_params(args: argparse.Namespace) -> SamplingParams:
     params = default_params()
+    store = PresetStore(args.user_data)
+    if args.preset:
+        preset = store.load(args.preset)
+        if preset.warning:
+            print(f"warning: {preset.warning}", file=sys.stderr)
+        params = preset.params
+    if args.grammar:
+        grammar = Path(args.grammar)
+        params = replace(params, grammar=grammar.read_text() if grammar.is_file() else store.grammar(args.grammar))
     overrides = {
         "temperature": args.temperature,
         "top_p": args.top_p,
@@ -228,7 +248,8 @@ def _run_params(args: argparse.Namespace) -> SamplingParams:
         "max_new_tokens": args.max_tokens,
         "seed": args.seed,
     }
-    params = replace(params, **{k: v for k, v in overrides.items() if v is not None}, stop=list(args.stop))
+    params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    params = replace(params, stop=[*params.stop, *args.stop])
     params.validate()
     return params
 
