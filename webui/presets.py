@@ -214,3 +214,40 @@ def describe(params: SamplingParams) -> str:
     """A preset's values as one YAML block, or a note that it is neutral."""
     text = to_yaml(params)
     return "(neutral: every parameter at its default)\n" if text.strip() == "{}" else text
+
+
+# -- the Parameters form: what widgets hold <-> SamplingParams -------------------------------
+LINE_FIELDS = ("stop", "sampler_priority")  # lists shown one item per line
+KEEP_ON_NEUTRALIZE = ("max_new_tokens", "seed", "stop", "grammar")  # not samplers: "neutralize" leaves them
+
+
+def form_values(params: SamplingParams) -> dict[str, Any]:
+    """What each widget of the Parameters form shows for ``params``."""
+    values = _as_dict(params)
+    for name in LINE_FIELDS:
+        values[name] = "\n".join(values[name])
+    return values
+
+
+def params_from_form(values: Mapping[str, Any]) -> SamplingParams:
+    """SamplingParams from the Parameters form's widget values; ValueError naming the bad key."""
+    cleaned = dict(values)
+    for name in LINE_FIELDS:
+        if isinstance(cleaned.get(name), str):
+            cleaned[name] = [line for line in cleaned[name].splitlines() if line]
+    if cleaned.get("seed") is None:
+        cleaned["seed"] = -1
+    params, unknown = params_from(cleaned)
+    if unknown:
+        raise PresetError(f"not sampling parameters: {', '.join(unknown)}")
+    return params
+
+
+def neutralize(params: SamplingParams) -> SamplingParams:
+    """Every sampler back to neutral; the reply length, seed, stop strings and grammar stay."""
+    return SamplingParams(**{name: getattr(params, name) for name in KEEP_ON_NEUTRALIZE})
+
+
+def ignored_fields(supported: frozenset[str]) -> set[str]:
+    """The fields a loader that honours ``supported`` would ignore (length and stop strings every loader honours)."""
+    return set(FIELDS) - supported - {"max_new_tokens", "stop"}

@@ -11,6 +11,7 @@ from webui.app import App
 from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, list_models
 from webui.paths import UnsafeName
 from webui.ui.chat_tab import build_chat_tab
+from webui.ui.parameters_tab import ParametersTab
 
 CSS = """
 .inglenook-stats { font-size: 0.8em; opacity: 0.7; }
@@ -43,8 +44,11 @@ def build_ui(app: App) -> gr.Blocks:
             )  # fmt: skip
             load = gr.Button("Load", scale=1, elem_id="load-model")
         status = gr.Markdown("", elem_id="model-status")
+        parameters = ParametersTab(app)
         with gr.Tab("Chat"):
-            restore_chat, conversation_id, chat_outputs = build_chat_tab(app)
+            restore_chat, conversation_id, chat_outputs = build_chat_tab(app, parameters.inputs)
+        with gr.Tab("Parameters"):
+            filtered = parameters.render()
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(restore_chat, conversation_id, chat_outputs, api_name=False)
 
@@ -60,7 +64,10 @@ def build_ui(app: App) -> gr.Blocks:
                 gr.update(choices=_model_names(app), value=_current_name(app)), message,
             )  # fmt: skip
 
-        load.click(load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model")
+        load.click(
+            load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model"
+        ).then(parameters.mark, filtered, list(parameters.inputs.values()), api_name=False)
+        blocks.load(parameters.mark, filtered, list(parameters.inputs.values()), api_name=False)
     return blocks
 
 

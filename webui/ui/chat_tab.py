@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from backends.base import CancelToken, SamplingParams
+from backends.base import CancelToken
 from webui.app import App
-from webui.chat import Reply, chat_turn, default_params, throttle
+from webui.chat import Reply, chat_turn, throttle
 from webui.history import INSTRUCT_OWNER, Conversation, HistoryError
+from webui.presets import params_from_form
 
 
 def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
@@ -21,6 +22,14 @@ def display_messages(history: list[dict], pending: Reply | None = None) -> list[
     if pending is not None:
         shown.append({"role": "assistant", "content": pending.text or "…"})
     return shown
+
+
+def ignored_note(app: App, ignored: list[str]) -> str:
+    """The line under the chat when the loader did not honour some parameters the user set."""
+    if not ignored:
+        return ""
+    loader = app.engine.info.loader if app.engine.info else "the loader"
+    return f"ℹ️ {loader} ignored: {', '.join(ignored)}"
 
 
 # (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
@@ -58,9 +67,9 @@ def continue_conversation(app: App, conversation_id: str) -> Conversation:
     return app.history.new(OWNER)
 
 
-def build_chat_tab(app: App) -> tuple:
+def build_chat_tab(app: App, params_inputs: dict) -> tuple:
+    """``params_inputs``: parameter name -> the Parameters tab's widget; their values reach ``/chat`` by name."""
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
-    defaults = default_params()
 
     with gr.Row():
         picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
@@ -76,17 +85,8 @@ def build_chat_tab(app: App) -> tuple:
         )
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
-    with gr.Accordion("Generation settings", open=False):
+    with gr.Accordion("System prompt", open=False):  # sampling parameters: the Parameters tab
         system = gr.Textbox(label="System prompt", lines=2)
-        with gr.Row():
-            max_tokens = gr.Slider(1, 4096, value=defaults.max_new_tokens, step=1, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.01, label="Temperature")
-            top_p = gr.Slider(0, 1, value=defaults.top_p, step=0.01, label="top_p")
-        with gr.Row():
-            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top_k")
-            min_p = gr.Slider(0, 1, value=defaults.min_p, step=0.01, label="min_p")
-            rep = gr.Slider(1, 1.5, value=defaults.repetition_penalty, step=0.01, label="Repetition penalty")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
 
     def show(conv: Conversation, note: str = ""):
         """Picker, id, chatbot and note for ``conv``."""
@@ -99,7 +99,7 @@ def build_chat_tab(app: App) -> tuple:
         note = "⚠️ " + "; ".join(str(p) for p in problems) if problems else ""
         return show(open_conversation(app, conversation_id), note)
 
-    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
+    def respond(text, conv_id, system_text, request: gr.Request, **sampling):
         text = (text or "").strip()
         if request.session_hash in cancels:  # Enter pressed again while this tab's reply still streams
             note = "A reply is still streaming: wait for it or press Stop."
@@ -108,10 +108,11 @@ def build_chat_tab(app: App) -> tuple:
         if not text:
             yield gr.skip(), gr.skip(), gr.skip(), "Type a message first.", gr.skip(), gr.skip(), gr.skip()
             return
-        params = SamplingParams(
-            max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
-            repetition_penalty=rp, seed=int(sd if sd is not None else -1),
-        )  # fmt: skip
+        try:
+            params = params_from_form(sampling)
+        except (ValueError, TypeError) as exc:
+            yield gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", gr.skip(), gr.skip(), gr.skip()
+            return
         conv = continue_conversation(app, conv_id)
         cancel = cancels[request.session_hash] = CancelToken()
         final = Reply(done=True)
@@ -136,7 +137,7 @@ def build_chat_tab(app: App) -> tuple:
             if not final.done:
                 cancel.cancel()
         picker_update, cid, shown, _ = show(conv)
-        note = f"⚠️ {final.error}" if final.error else ""
+        note = f"⚠️ {final.error}" if final.error else ignored_note(app, final.ignored_params)
         keep = text if final.error and not final.text else gr.skip()  # a failed message goes back to the box
         yield keep, cid, shown, note, *IDLE, picker_update
 
@@ -157,10 +158,10 @@ def build_chat_tab(app: App) -> tuple:
         return show(open_conversation(app, ""), "Deleted (moved to the trash folder).")
 
     shown = [picker, conversation_id, chatbot, error]
-    inputs = [message, conversation_id, system, max_tokens, temperature, top_p, top_k, min_p, rep, seed]
+    inputs = [message, conversation_id, system]
     outputs = [message, conversation_id, chatbot, error, send, stop, picker]
-    message.submit(respond, inputs, outputs, api_name="chat", concurrency_limit=None)
-    send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None)
+    message.submit(respond, inputs, outputs, api_name="chat", concurrency_limit=None, inputs_kwargs=params_inputs)
+    send.click(respond, inputs, outputs, api_name=False, concurrency_limit=None, inputs_kwargs=params_inputs)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
     new.click(new_chat, None, shown, api_name=False)
     chatbot.clear(new_chat, None, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
