@@ -226,3 +226,35 @@ def test_a_bad_grammar_from_a_preset_is_an_error_and_the_model_keeps_working(gem
         generate(gemma, "Hi", SamplingParams(grammar="root ::= ( oops", max_new_tokens=4))
     text, _ = generate(gemma, "Hi", SamplingParams(temperature=0, max_new_tokens=4), CancelToken())
     assert text
+
+
+def test_the_parameters_form_round_trips_a_preset_and_names_a_bad_field():
+    from webui.presets import form_values, neutralize, params_from_form
+
+    creative = PresetStore(Path("/nonexistent")).load("Creative").params
+    shown = form_values(creative)
+    assert shown["sampler_priority"].splitlines()[:2] == ["repetition_penalty", "presence_penalty"]
+    assert params_from_form(shown) == creative
+    assert params_from_form({**shown, "stop": "###\nUser:", "top_k": 40.0, "seed": None}).stop == ["###", "User:"]
+    with pytest.raises(ValueError, match="top_p"):
+        params_from_form({**shown, "top_p": 1.5})
+    kept = neutralize(params_from({"temperature": 2.0, "max_new_tokens": 99, "seed": 7, "stop": ["x"]})[0])
+    assert kept == SamplingParams(max_new_tokens=99, seed=7, stop=["x"])
+
+
+def test_the_ui_marks_what_the_loaded_loader_ignores_and_hides_it_when_filtering(make_app):
+    from webui.ui.parameters_tab import NAMES, loader_marks
+
+    app = make_app()
+    app.start()
+    marks = dict(zip(NAMES, loader_marks(app, filtered=False), strict=True))
+    assert marks["tfs"]["label"] == "tfs (ignored by llama.cpp)" and marks["tfs"]["visible"] is True
+    assert marks["dry_multiplier"]["label"] == "dry_multiplier"
+    hidden = {n for n, u in zip(NAMES, loader_marks(app, filtered=True), strict=True) if not u["visible"]}
+    assert hidden == set(LlamaCppLoader().ignored_params(SamplingParams(**{n: _changed(n) for n in hidden})))
+    assert "tfs" in hidden and "temperature" not in hidden and "max_new_tokens" not in hidden
+
+
+def _changed(name: str):
+    value = getattr(SamplingParams(), name)
+    return not value if isinstance(value, bool) else value + 1 if isinstance(value, int | float) else value + "x"
