@@ -319,7 +319,8 @@ def sampler_plan(params: SamplingParams, seed: int, n_ctx: int, eog_tokens: list
         order = [s for s in order if s != "temp"] + ["temp"]
 
     plan: list[tuple[str, dict]] = []
-    if params.ban_eos_token and eog_tokens:
+    # A grammar ends by allowing only end-of-text: banning it then would leave no token to pick.
+    if params.ban_eos_token and eog_tokens and not params.grammar:
         plan.append(("logit_bias", {"logit_bias": {t: -math.inf for t in eog_tokens}}))
     if params.grammar:
         plan.append(("grammar", {"grammar": params.grammar}))

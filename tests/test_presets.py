@@ -107,6 +107,8 @@ def test_dynamic_temperature_dry_xtc_and_banned_eos_are_real_llama_cpp_samplers(
     assert dict(plan)["temp_ext"] == {"t": 1.0, "delta": 0.5, "exponent": 1.0}
     assert dict(plan)["logit_bias"] == {"logit_bias": {1: -math.inf, 106: -math.inf}}
     assert chain_names(gemma, plan) == ["logit-bias", "dry", "temp-ext", "top-n-sigma", "xtc", "dist"]
+    with_grammar = sampler_plan(params_from({"grammar": 'root ::= "x"'}, params)[0], 3, 2048, [1, 106])
+    assert "logit_bias" not in dict(with_grammar), "a grammar must be able to end the reply"
     text, last = generate(gemma, "Once upon a time", SamplingParams(**{**params.__dict__, "max_new_tokens": 12}))
     assert text and last.usage.completion_tokens == 12
 
