@@ -36,53 +36,110 @@ class LoadSettings:
     threads: int = 0  # 0 = let the loader choose
 
 
+def _knob(
+    default, lo: float | None = None, hi: float | None = None, *, above: bool = False, doc: str = "", ui: bool = True
+):
+    """A SamplingParams field with its valid range (``above``: the low end itself is excluded) and a one-line help.
+
+    ``ui=False``: a field the Parameters tab does not show (set by the API, not a sampler).
+    """
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"lo": lo, "hi": hi, "above": above, "doc": doc, "ui": ui})
+
+
+# The samplers ``sampler_priority`` can name (text-generation-webui's names); the default order is theirs.
+SAMPLER_NAMES = (
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "temperature", "dynamic_temperature",
+    "quadratic_sampling", "top_n_sigma", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "tfs",
+    "top_a", "min_p", "mirostat", "xtc", "encoder_repetition_penalty", "no_repeat_ngram",
+)  # fmt: skip
+
+
 @dataclass
 class SamplingParams:
     """Every sampling knob the UI, API and CLI can set, whatever the loader.
 
-    Defaults are *neutral* (they change nothing about the model's
-    distribution) so that "what differs from default" is exactly what the user
-    asked for. A loader lists the names it honours in
+    Names and neutral values are text-generation-webui's, so its preset files
+    map onto these fields one to one. Defaults are *neutral* (they change
+    nothing about the model's distribution) so that "what differs from default"
+    is exactly what the user asked for. A loader lists the names it honours in
     :attr:`Loader.supported_params`; the engine reports the rest as ignored
     instead of dropping them silently.
     """
 
-    max_new_tokens: int = 512
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = -1  # -1 = random
-    stop: list[str] = field(default_factory=list)
-    mirostat_mode: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    grammar: str = ""
-    ban_eos_token: bool = False
-    logprobs: int = -1  # -1 = none; 0 = each token's own log-probability; N = and the N likeliest alternatives
+    max_new_tokens: int = _knob(512, 1, doc="the most tokens a reply may have")
+    temperature: float = _knob(1.0, 0, doc="0 = always the most likely token; higher = more varied")
+    top_p: float = _knob(1.0, 0, 1, doc="keep the smallest set of tokens whose probabilities add up to this")
+    top_k: int = _knob(0, 0, doc="keep only the k most likely tokens (0 = off)")
+    min_p: float = _knob(0.0, 0, 1, doc="drop tokens less likely than this fraction of the top token")
+    typical_p: float = _knob(1.0, 0, 1, above=True, doc="locally typical sampling (1 = off)")
+    tfs: float = _knob(1.0, 0, 1, doc="tail-free sampling (1 = off)")
+    top_a: float = _knob(0.0, 0, doc="drop tokens below top_a x (top probability)^2 (0 = off)")
+    top_n_sigma: float = _knob(0.0, 0, doc="keep tokens within n standard deviations of the top logit (0 = off)")
+    epsilon_cutoff: float = _knob(0.0, 0, 1, doc="drop tokens below this probability (0 = off)")
+    eta_cutoff: float = _knob(0.0, 0, doc="eta sampling, in units of 1e-4 (0 = off)")
+    smoothing_factor: float = _knob(0.0, 0, doc="quadratic sampling (0 = off)")
+    smoothing_curve: float = _knob(1.0, 1, doc="quadratic sampling curve")
+    repetition_penalty: float = _knob(1.0, 0, above=True, doc="divide the scores of tokens already seen (1 = off)")
+    repetition_penalty_range: int = _knob(1024, 0, doc="how many recent tokens the penalties look at (0 = all)")
+    presence_penalty: float = _knob(0.0, -2, 2, doc="subtract this from tokens already seen")
+    frequency_penalty: float = _knob(0.0, -2, 2, doc="subtract this times the count of each token seen")
+    encoder_repetition_penalty: float = _knob(1.0, 0, above=True, doc="favour tokens from the prompt (1 = off)")
+    no_repeat_ngram_size: int = _knob(0, 0, doc="never repeat an n-gram of this size (0 = off)")
+    dry_multiplier: float = _knob(0.0, 0, doc="DRY: penalise repeating longer sequences (0 = off)")
+    dry_base: float = _knob(1.75, 1, above=True, doc="DRY: how fast the penalty grows with length")
+    dry_allowed_length: int = _knob(2, 1, doc="DRY: longest repetition that is not penalised")
+    dry_sequence_breakers: str = _knob('"\\n", ":", "\\"", "*"', doc="DRY: strings that end a sequence, quoted")
+    xtc_threshold: float = _knob(0.1, 0, 0.5, doc="XTC: tokens above this probability are candidates to remove")
+    xtc_probability: float = _knob(0.0, 0, 1, doc="XTC: chance of removing the top choices (0 = off)")
+    dynamic_temperature: bool = _knob(False, doc="scale temperature between dynatemp_low and dynatemp_high")
+    dynatemp_low: float = _knob(1.0, 0, doc="dynamic temperature: lowest")
+    dynatemp_high: float = _knob(1.0, 0, doc="dynamic temperature: highest")
+    dynatemp_exponent: float = _knob(1.0, 0, doc="dynamic temperature: exponent")
+    temperature_last: bool = _knob(False, doc="apply temperature after the truncation samplers")
+    mirostat_mode: int = _knob(0, 0, 2, doc="0 = off, 1 = Mirostat, 2 = Mirostat 2.0")
+    mirostat_tau: float = _knob(5.0, 0, doc="Mirostat target surprise")
+    mirostat_eta: float = _knob(0.1, 0, doc="Mirostat learning rate")
+    penalty_alpha: float = _knob(0.0, 0, doc="contrastive search (0 = off)")
+    guidance_scale: float = _knob(1.0, doc="classifier-free guidance (1 = off)")
+    do_sample: bool = _knob(True, doc="false = greedy decoding")
+    seed: int = _knob(-1, -1, 2**32 - 1, doc="-1 = random")
+    stop: list[str] = _knob([], doc="strings that end the reply (not shown)")
+    ban_eos_token: bool = _knob(False, doc="never end the reply on the end-of-text token")
+    grammar: str = _knob("", doc="a GBNF grammar the reply must follow")
+    sampler_priority: list[str] = _knob(list(SAMPLER_NAMES), doc="the order the samplers apply in")
+    # not a sampler: the API's logprobs/top_logprobs (-1 = none; 0 = each token's own; N = and N alternatives)
+    logprobs: int = _knob(-1, -1, 20, doc="log-probabilities to report per token", ui=False)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first out-of-range field."""
-        checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1),
-            ("temperature", self.temperature >= 0),
-            ("top_p", 0 <= self.top_p <= 1),
-            ("top_k", self.top_k >= 0),
-            ("min_p", 0 <= self.min_p <= 1),
-            ("typical_p", 0 < self.typical_p <= 1),
-            ("repetition_penalty", self.repetition_penalty > 0),
-            ("mirostat_mode", self.mirostat_mode in (0, 1, 2)),
-            ("logprobs", -1 <= self.logprobs <= 20),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"sampling parameter {name}={getattr(self, name)!r} is out of range")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty strings")
+        """Raise ValueError naming the first field of the wrong type or out of range."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = field_kind(f.type)
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"sampling parameter {f.name} must be true or false, not {value!r}")
+            if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, kind | int)):
+                noun = "a whole number" if kind is int else "a number"
+                raise ValueError(f"sampling parameter {f.name} must be {noun}, not {value!r}")
+            if kind is float and value != value:  # NaN passes every comparison
+                raise ValueError(f"sampling parameter {f.name} must be a number, not NaN")
+            if kind is str and not isinstance(value, str):
+                raise ValueError(f"sampling parameter {f.name} must be text, not {value!r}")
+            if kind is list and (not isinstance(value, list) or any(not isinstance(s, str) or not s for s in value)):
+                raise ValueError(f"sampling parameter {f.name} must be a list of non-empty strings")
+            lo, hi, above = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("above")
+            if kind in (int, float) and not (
+                (lo is None or (value > lo if above else value >= lo)) and (hi is None or value <= hi)
+            ):
+                low = "" if lo is None else f"{'above' if above else 'at least'} {lo}"
+                high = "" if hi is None else f"at most {hi}"
+                bounds = " and ".join(b for b in (low, high) if b)
+                raise ValueError(f"sampling parameter {f.name}={value!r} is out of range (must be {bounds})")
+        unknown = [s for s in self.sampler_priority if s not in SAMPLER_NAMES]
+        if unknown:
+            raise ValueError(f"sampling parameter sampler_priority names unknown samplers: {', '.join(unknown)}")
+        if self.dynamic_temperature and self.dynatemp_low > self.dynatemp_high:
+            raise ValueError("sampling parameter dynatemp_low must not be above dynatemp_high")
 
     def changed(self) -> set[str]:
         """Names of the fields whose value differs from the neutral default."""
@@ -91,7 +148,27 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature == 0 or not self.do_sample
+
+
+def field_kind(annotation) -> type:
+    """The plain type of a field annotation (annotations are strings under ``from __future__ import annotations``)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    for name, kind in (("list", list), ("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if text.startswith(name):
+            return kind
+    return object
+
+
+def param_doc(name: str) -> str:
+    """The one-line help of a SamplingParams field (for the UI and the CLI)."""
+    return next((f.metadata.get("doc", "") for f in fields(SamplingParams) if f.name == name), "")
+
+
+def param_range(name: str) -> tuple[float | None, float | None]:
+    """The valid (low, high) of a numeric SamplingParams field; None where unbounded."""
+    f = next(f for f in fields(SamplingParams) if f.name == name)
+    return f.metadata.get("lo"), f.metadata.get("hi")
 
 
 @dataclass

@@ -3,12 +3,18 @@
 Generation drives ``Llama.generate`` token by token instead of
 ``create_completion``: that keeps detokenizing incremental (O(1) per token),
 lets us poll the cancel flag between tokens and count tokens exactly.
+
+Sampling is our own llama.cpp sampler chain (:func:`sampler_plan`), not the
+fixed one ``Llama.generate`` builds: that one has no DRY, XTC, dynamic
+temperature or sampler order, and its penalties never see the prompt.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import logging
+import math
 import os
 import random
 from collections.abc import Iterator
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import (
+    SAMPLER_NAMES,
     CancelToken,
     Chunk,
     GenerationError,
@@ -51,6 +58,9 @@ class LlamaCppModel(Model):
         self._lib = llama_cpp
         self.info = info
         self._cached_prompt: list[int] = []
+        self._sampler = None  # the chain for the generation about to start (see _take_sampler)
+        # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
+        llm._init_sampler = self._take_sampler
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
@@ -81,37 +91,16 @@ class LlamaCppModel(Model):
         if prompt_tokens[: len(self._cached_prompt)] != self._cached_prompt:
             self._llm.reset()
         self._cached_prompt = prompt_tokens
-        grammar = self._grammar(params.grammar) if params.grammar else None
-        logits_processor = None
-        if params.ban_eos_token:
-            eos = self._llm.token_eos()
-
-            def ban_eos(_ids, logits):
-                logits[eos] = -float("inf")
-                return logits
-
-            logits_processor = self._lib.LogitsProcessorList([ban_eos])
+        if params.grammar:
+            self._check_grammar(params.grammar)
+        plan = sampler_plan(params, seed, n_ctx, self._eog_tokens())
+        self._sampler = self.build_sampler(plan, prompt_tokens)
         stops = StopMatcher(params.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         n = 0
         finish = "length"
         pending: list[dict] = []  # log-probabilities of tokens whose text the stop matcher still holds
-        tokens = self._llm.generate(
-            prompt_tokens,
-            temp=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            typical_p=params.typical_p,
-            repeat_penalty=params.repetition_penalty,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            mirostat_mode=params.mirostat_mode,
-            mirostat_tau=params.mirostat_tau,
-            mirostat_eta=params.mirostat_eta,
-            grammar=grammar,
-            logits_processor=logits_processor,
-        )
+        tokens = self._llm.generate(prompt_tokens)  # samples with self._sampler (see _take_sampler)
         try:
             for token in tokens:
                 if cancel.cancelled:
@@ -161,14 +150,53 @@ class LlamaCppModel(Model):
                                      "bytes": list(alt)})  # fmt: skip
         return entry
 
-    def _grammar(self, text: str):
-        """A LlamaGrammar, parsed once here first: llama.cpp crashes on a grammar it cannot parse."""
+    def _check_grammar(self, text: str) -> None:
+        """Parse the grammar once on its own first: llama.cpp crashes on a grammar it cannot parse."""
         lib = self._lib
         probe = lib.llama_sampler_init_grammar(self._llm._model.vocab, text.encode("utf-8"), b"root")
         if not probe:
             raise GenerationError("the grammar does not parse (GBNF syntax error, or no 'root' rule)")
         lib.llama_sampler_free(probe)
-        return lib.LlamaGrammar.from_string(text, verbose=False)
+
+    def _eog_tokens(self) -> list[int]:
+        vocab = self._llm._model.vocab
+        found = {self._lib.llama_vocab_eos(vocab), self._lib.llama_vocab_eot(vocab)}
+        return sorted(t for t in found if t >= 0)
+
+    def build_sampler(self, plan: list[tuple[str, dict]], prompt_tokens: list[int] | None = None):
+        """A llama.cpp sampler chain (``_internals.LlamaSampler``) holding ``plan``'s steps in order.
+
+        The penalty and DRY samplers are shown the end of the prompt (their range) before generation
+        starts, so a repetition of the prompt is penalised too, as in text-generation-webui.
+        """
+        from llama_cpp import _internals
+
+        lib, llm = self._lib, self._llm
+        chain = _internals.LlamaSampler()
+        n_vocab = lib.llama_vocab_n_tokens(llm._model.vocab)
+        for name, args in plan:
+            if name == "grammar":
+                chain.add_grammar(llm._model, lib.LlamaGrammar.from_string(args["grammar"], verbose=False))
+            elif name == "dry":
+                chain.add_dry(llm._model, **args)
+            elif name in ("penalties", "logit_bias", "mirostat"):
+                getattr(chain, f"add_{name}")(n_vocab=n_vocab, **args)
+            else:
+                getattr(chain, f"add_{name}")(**args)
+        for i, (name, args) in enumerate(plan):
+            last_n = args.get("penalty_last_n", args.get("dry_penalty_last_n"))
+            if name in ("penalties", "dry") and prompt_tokens:
+                step = lib.llama_sampler_chain_get(chain.sampler, i)
+                for token in prompt_tokens[-last_n:]:
+                    lib.llama_sampler_accept(step, token)
+        return chain
+
+    def _take_sampler(self, **_llama_defaults):
+        """Stands in for ``Llama._init_sampler``: the chain :meth:`generate` prepared, used once."""
+        if self._sampler is None:
+            raise GenerationError("internal error: no sampler was prepared for this generation")
+        sampler, self._sampler = self._sampler, None
+        return sampler
 
     def close(self) -> None:
         if self._llm is not None:
@@ -182,9 +210,12 @@ class LlamaCppLoader(Loader):
     settings_type = LlamaCppSettings
     supported_params = frozenset(
         {
-            "temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
-            "presence_penalty", "frequency_penalty", "seed", "mirostat_mode", "mirostat_tau",
-            "mirostat_eta", "grammar", "ban_eos_token", "logprobs",
+            "temperature", "top_p", "top_k", "min_p", "typical_p", "top_n_sigma", "repetition_penalty",
+            "repetition_penalty_range", "presence_penalty", "frequency_penalty", "dry_multiplier", "dry_base",
+            "dry_allowed_length", "dry_sequence_breakers", "xtc_threshold", "xtc_probability",
+            "dynamic_temperature", "dynatemp_low", "dynatemp_high", "dynatemp_exponent", "temperature_last",
+            "mirostat_mode", "mirostat_tau", "mirostat_eta", "do_sample", "seed", "grammar", "ban_eos_token",
+            "sampler_priority", "logprobs",
         }
     )  # fmt: skip
     install_hint = "pip install llama-cpp-python"
@@ -253,6 +284,90 @@ def llama_kwargs(path: Path, settings: LoadSettings) -> dict:
         "flash_attn": settings.flash_attn,
         "verbose": False,
     }
+
+
+# sampler_priority names -> the llama.cpp sampler that implements them (names it has no sampler for are skipped)
+_STAGE = {
+    "repetition_penalty": "penalties", "presence_penalty": "penalties", "frequency_penalty": "penalties",
+    "dry": "dry", "temperature": "temp", "dynamic_temperature": "temp", "top_n_sigma": "top_n_sigma",
+    "top_k": "top_k", "top_p": "top_p", "typical_p": "typical", "min_p": "min_p", "xtc": "xtc",
+}  # fmt: skip
+
+
+def sampler_plan(params: SamplingParams, seed: int, n_ctx: int, eog_tokens: list[int]) -> list[tuple[str, dict]]:
+    """The llama.cpp sampler chain for ``params``: ``(sampler, arguments)`` steps in the order they apply.
+
+    Each step names a ``LlamaSampler.add_<sampler>`` method and its arguments. A sampler whose parameters
+    are neutral is left out, so the plan shows exactly what acts on the model's choice. The order follows
+    ``sampler_priority`` (text-generation-webui's names); ``temperature_last`` moves temperature to the end.
+    Greedy decoding (temperature 0 or ``do_sample: false``) keeps only the penalties before picking the top
+    token; Mirostat replaces the truncation samplers, as it does in llama.cpp and text-generation-webui.
+    """
+    last_n = params.repetition_penalty_range or n_ctx
+    stages: dict[str, tuple[str, dict]] = {}
+    if params.repetition_penalty != 1 or params.presence_penalty or params.frequency_penalty:
+        stages["penalties"] = ("penalties", {
+            "penalty_last_n": last_n, "penalty_repeat": params.repetition_penalty,
+            "penalty_freq": params.frequency_penalty, "penalty_present": params.presence_penalty,
+        })  # fmt: skip
+    if params.dry_multiplier > 0:
+        stages["dry"] = ("dry", {
+            "dry_multiplier": params.dry_multiplier, "dry_base": params.dry_base,
+            "dry_allowed_length": params.dry_allowed_length, "dry_penalty_last_n": last_n,
+            "seq_breakers": dry_breakers(params.dry_sequence_breakers),
+        })  # fmt: skip
+    if params.dynamic_temperature:
+        low, high = params.dynatemp_low, params.dynatemp_high
+        stages["temp"] = ("temp_ext", {"t": (low + high) / 2, "delta": (high - low) / 2,
+                                       "exponent": params.dynatemp_exponent})  # fmt: skip
+    elif params.temperature != 1:
+        stages["temp"] = ("temp", {"temp": params.temperature})
+    if params.top_n_sigma > 0:
+        stages["top_n_sigma"] = ("top_n_sigma", {"n": params.top_n_sigma})
+    if params.top_k > 0:
+        stages["top_k"] = ("top_k", {"k": params.top_k})
+    if params.top_p < 1:
+        stages["top_p"] = ("top_p", {"p": params.top_p, "min_keep": 1})
+    if params.typical_p < 1:
+        stages["typical"] = ("typical", {"p": params.typical_p, "min_keep": 1})
+    if params.min_p > 0:
+        stages["min_p"] = ("min_p", {"p": params.min_p, "min_keep": 1})
+    if params.xtc_probability > 0:
+        stages["xtc"] = ("xtc", {"p": params.xtc_probability, "t": params.xtc_threshold, "min_keep": 1,
+                                 "seed": seed})  # fmt: skip
+
+    order = [_STAGE[n] for n in params.sampler_priority if n in _STAGE]
+    order += [_STAGE[n] for n in SAMPLER_NAMES if n in _STAGE]  # active samplers the list left out
+    order = list(dict.fromkeys(order))
+    if params.temperature_last:
+        order = [s for s in order if s != "temp"] + ["temp"]
+
+    plan: list[tuple[str, dict]] = []
+    # A grammar ends by allowing only end-of-text: banning it then would leave no token to pick.
+    if params.ban_eos_token and eog_tokens and not params.grammar:
+        plan.append(("logit_bias", {"logit_bias": {t: -math.inf for t in eog_tokens}}))
+    if params.grammar:
+        plan.append(("grammar", {"grammar": params.grammar}))
+    if params.greedy:
+        plan += [stages[s] for s in order if s in ("penalties", "dry") and s in stages]
+        return [*plan, ("greedy", {})]
+    if params.mirostat_mode:
+        plan += [stages[s] for s in order if s in ("penalties", "dry", "temp") and s in stages]
+        tune = {"seed": seed, "tau": params.mirostat_tau, "eta": params.mirostat_eta}
+        return [*plan, ("mirostat", {**tune, "m": 100}) if params.mirostat_mode == 1 else ("mirostat_v2", tune)]
+    plan += [stages[s] for s in order if s in stages]
+    return [*plan, ("dist", {"seed": seed})]
+
+
+def dry_breakers(text: str) -> list[str]:
+    """text-generation-webui's ``dry_sequence_breakers`` (``"\\n", ":", "*"``: quoted, comma-separated) as strings."""
+    try:
+        found = json.loads(f"[{text}]")
+    except json.JSONDecodeError:
+        raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}") from None
+    if not all(isinstance(b, str) for b in found):
+        raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}")
+    return found
 
 
 def _piece(llm, token: int) -> str:

@@ -114,20 +114,21 @@ def shot(page, name: str) -> None:
 
 
 def set_max_tokens(page, n: int) -> None:
-    """Open 'Generation settings' (if closed) and type ``n`` into 'Max new tokens'."""
+    """Type ``n`` into 'Max new tokens' on the Parameters tab, then come back to the Chat tab."""
+    page.get_by_role("tab", name="Parameters").click()
     box = page.get_by_label("number input for Max new tokens")
-    if not box.is_visible():
-        page.get_by_text("Generation settings").click()
     slider = page.get_by_label("range slider for Max new tokens")
-    for _ in range(10):  # a freshly opened accordion may mount its inputs after the first keystrokes land
+    for _ in range(10):  # a freshly shown tab may mount its inputs after the first keystrokes land
         box.fill(str(n))
         box.press("Tab")
         try:
             sync_api.expect(slider).to_have_value(str(n), timeout=1_000)
-            return
+            break
         except AssertionError:
             continue
     sync_api.expect(slider).to_have_value(str(n))
+    page.get_by_role("tab", name="Chat").click()
+    page.wait_for_selector("#chat-input textarea")
 
 
 def send(page, text: str, enter: bool = True) -> None:
@@ -276,12 +277,13 @@ def test_an_api_client_sending_twice_in_one_session_gets_a_clear_refusal(server)
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    args = ("", "", 300, 0, 1, 0, 0, 1, 0, "", "instruct", None)  # conversation id, ..., start with, mode, character
-    first = client.submit("Count to one hundred.", *args, api_name="/chat")
+    args = ("", "", "", "instruct", None)  # conversation id, system, start reply with, mode, character
+    knobs = {"max_new_tokens": 300, "temperature": 0}
+    first = client.submit("Count to one hundred.", *args, api_name="/chat", **knobs)
     deadline = time.monotonic() + 60
     while len(first.outputs()) < 2 and time.monotonic() < deadline:  # until the first reply streams
         time.sleep(0.05)
-    second = client.submit("Something else.", *args, api_name="/chat").result(timeout=60)
+    second = client.submit("Something else.", *args, api_name="/chat", **knobs).result(timeout=60)
     assert "still streaming" in second[3]
     client.predict(api_name="/stop")
     final = first.result(timeout=60)
@@ -469,3 +471,66 @@ def test_the_template_choice_is_shown_can_be_changed_and_show_prompt_prints_the_
     finally:
         choose_template(page, "auto")  # the server is shared by this module's tests
         sync_api.expect(markdown(page, "#template-source")).to_contain_text("known for architecture")
+
+
+def test_a_preset_chosen_on_the_parameters_tab_drives_the_chat(page):
+    """Pick Deterministic: its values fill the form, the chat replies greedily (twice the same), Neutralize resets."""
+    page.get_by_role("tab", name="Parameters").click()
+    choice = page.locator("#preset-choice input")
+    sync_api.expect(choice).to_have_value("Balanced")
+    choice.click()
+    page.get_by_role("option", name="Deterministic").click()
+    sync_api.expect(markdown(page, "#preset-status")).to_contain_text("Loaded preset Deterministic")
+    sync_api.expect(page.get_by_label("number input for Temperature")).to_have_value("0")
+    sync_api.expect(page.get_by_label("number input for top_k")).to_have_value("0")  # Balanced's 40 is gone
+    shot(page, "6-preset")
+    set_max_tokens(page, 12)
+    send(page, "The capital of France is")
+    wait_for_stats(page)
+    first = page.evaluate(LAST_REPLY_JS)["text"]
+    page.click("#new-chat")
+    sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+    send(page, "The capital of France is")
+    wait_for_stats(page)
+    assert page.evaluate(LAST_REPLY_JS)["text"] == first, "greedy decoding gives the same reply"
+    assert markdown(page, "#chat-error").inner_text().strip() == ""
+
+    page.get_by_role("tab", name="Parameters").click()
+    page.click("#preset-neutralize")
+    sync_api.expect(page.get_by_label("number input for Temperature")).to_have_value("1")
+    sync_api.expect(page.get_by_label("number input for Max new tokens")).to_have_value("12")  # not a sampler
+
+
+def test_filter_by_loader_hides_what_llama_cpp_ignores_and_a_set_one_is_reported(page):
+    page.get_by_role("tab", name="Parameters").click()
+    page.get_by_text("More samplers").click()
+    tfs = page.locator("#param-tfs")
+    sync_api.expect(tfs).to_contain_text("ignored by llama.cpp")
+    page.get_by_label("number input for tfs (ignored by llama.cpp)").fill("0.5")
+    page.get_by_label("number input for tfs (ignored by llama.cpp)").press("Tab")
+    page.locator("#filter-by-loader input").check()
+    sync_api.expect(tfs).to_be_hidden()
+    sync_api.expect(page.locator("#param-typical_p")).to_be_visible()  # llama.cpp honours typical_p
+    shot(page, "7-filtered")
+    set_max_tokens(page, 6)
+    send(page, "Hello")
+    wait_for_stats(page)
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("llama.cpp ignored: tfs")
+
+
+def test_a_preset_saved_as_a_new_name_appears_and_loads_back(page):
+    page.get_by_role("tab", name="Parameters").click()
+    page.get_by_label("number input for Temperature").fill("0.42")
+    page.get_by_label("number input for Temperature").press("Tab")
+    page.fill("#preset-new-name textarea, #preset-new-name input", "My browser preset")
+    page.click("#preset-save-as")
+    sync_api.expect(markdown(page, "#preset-status")).to_contain_text("Saved preset My browser preset")
+    sync_api.expect(page.locator("#preset-choice input")).to_have_value("My browser preset")
+    for name, temperature in (("Precise", "0.3"), ("My browser preset", "0.42")):
+        page.locator("#preset-choice input").click()
+        page.get_by_role("option", name=name).click()
+        sync_api.expect(page.get_by_label("number input for Temperature")).to_have_value(temperature)
+    page.fill("#preset-new-name textarea, #preset-new-name input", "../escape")
+    page.click("#preset-save-as")
+    sync_api.expect(markdown(page, "#preset-status")).to_contain_text("may not contain path separators")
+    sync_api.expect(page.locator("#preset-choice input")).to_have_value("My browser preset")

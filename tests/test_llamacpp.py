@@ -118,12 +118,24 @@ def test_bad_grammar_is_a_clear_error(gemma):
 
 def test_unsupported_params_are_reported_not_dropped():
     loader = LlamaCppLoader()
-    assert loader.ignored_params(SamplingParams(temperature=0.5, top_k=5)) == []
-    # every field of SamplingParams is either honoured or reported
+    assert loader.ignored_params(SamplingParams(temperature=0.5, top_k=5, dry_multiplier=0.8)) == []
+    assert loader.ignored_params(SamplingParams(tfs=0.9, top_a=0.2, no_repeat_ngram_size=3)) == [
+        "no_repeat_ngram_size",
+        "tfs",
+        "top_a",
+    ]
+    # every field of SamplingParams the loader does not honour is reported once the user changes it
     from dataclasses import fields
 
-    every = {f.name for f in fields(SamplingParams)}
-    assert every - loader.supported_params - {"max_new_tokens", "stop"} == set()
+    for f in fields(SamplingParams):
+        if f.name in loader.supported_params or f.name in ("max_new_tokens", "stop"):
+            continue
+        changed = SamplingParams(**{f.name: _not_neutral(getattr(SamplingParams(), f.name))})
+        assert loader.ignored_params(changed) == [f.name]
+
+
+def _not_neutral(value):
+    return not value if isinstance(value, bool) else value + 1 if isinstance(value, int | float) else value + "x"
 
 
 def test_close_releases_the_model(gemma_path):

@@ -396,6 +396,8 @@ class UIContender(Contender):
             raise BenchError(f"gradio_client could not connect to {self.url}: {exc}") from exc
 
     def run(self) -> Sample:
+        greedy = {"max_new_tokens": self.tokens, "temperature": 0, "top_p": 1, "top_k": 0, "min_p": 0,
+                     "repetition_penalty": 1, "seed": 0}  # fmt: skip
         _reset_cache(_engine_llm(self.app))
         self.client.reset_session()  # a new session: the chat history starts empty
         first = last = None
@@ -403,9 +405,8 @@ class UIContender(Contender):
         start = time.perf_counter()
         try:
             job = self.client.submit(
-                self.prompt, "", "", self.tokens, 0, 1, 0, 0, 1, 0, "", "instruct", None, api_name="/chat"
-            )  # message, conversation id ("" = a new one), system, max tokens, temperature, top_p, top_k,
-            # min_p, repetition penalty, seed, start reply with, mode, character
+                self.prompt, "", "", "", "instruct", None, api_name="/chat", **greedy
+            )  # message, conversation id ("" = a new one), system, start reply with, mode, character
             for outputs in job:
                 last = time.perf_counter()
                 if first is None and _assistant_text(outputs[CHATBOT]) not in ("", PLACEHOLDER):

@@ -14,17 +14,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__, cli_characters, cli_loaders
+from webui import __version__, cli_characters, cli_loaders, cli_presets
 from webui.api_auth import add_serve_options, serve_settings
 from webui.app import App
 from webui.bench_api import add_options as add_bench_api_options
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
+from webui.presets import PresetStore
 from webui.settings import Settings
 from webui.template_prefs import TemplatePrefs
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders")
+SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders", "presets")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
     run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
     run.add_argument("--system", default="", help="system prompt for chat")
+    run.add_argument(
+        "--preset", default=None, help="sampling preset to start from (see 'presets list'); the flags below override it"
+    )
+    run.add_argument(
+        "--user-data", type=Path, default=Path("user_data"), help="folder of your presets (default: ./user_data)"
+    )
+    run.add_argument("--grammar", default=None, help="GBNF grammar the output must follow: a grammar name or a file")
     run.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
     run.add_argument("--top-p", type=float, default=None)
     run.add_argument("--top-k", type=int, default=None)
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
     cli_characters.add_parser(sub)
     cli_loaders.add_parser(sub)
+    cli_presets.add_parser(sub)
     return parser
 
 
@@ -179,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_characters.run(args)
         if args.command == "loaders":
             return cli_loaders.run(args)
+        if args.command == "presets":
+            return cli_presets.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
             from webui.bench_api import cmd_bench_api
@@ -245,6 +256,15 @@ def _template_info(spec: str, models_dir: Path) -> ModelInfo:
 
 def _run_params(args: argparse.Namespace) -> SamplingParams:
     params = default_params()
+    store = PresetStore(args.user_data)
+    if args.preset:
+        preset = store.load(args.preset)
+        if preset.warning:
+            print(f"warning: {preset.warning}", file=sys.stderr)
+        params = preset.params
+    if args.grammar:
+        grammar = Path(args.grammar)
+        params = replace(params, grammar=grammar.read_text() if grammar.is_file() else store.grammar(args.grammar))
     overrides = {
         "temperature": args.temperature,
         "top_p": args.top_p,
@@ -254,7 +274,8 @@ def _run_params(args: argparse.Namespace) -> SamplingParams:
         "max_new_tokens": args.max_tokens,
         "seed": args.seed,
     }
-    params = replace(params, **{k: v for k, v in overrides.items() if v is not None}, stop=list(args.stop))
+    params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    params = replace(params, stop=[*params.stop, *args.stop])
     params.validate()
     return params
 

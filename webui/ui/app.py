@@ -13,6 +13,7 @@ from webui.paths import UnsafeName
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
 from webui.ui.notebook_tab import build_notebook_tab
+from webui.ui.parameters_tab import ParametersTab
 
 CSS = """
 .inglenook-stats { font-size: 0.8em; opacity: 0.7; }
@@ -45,12 +46,15 @@ def build_ui(app: App) -> gr.Blocks:
             )  # fmt: skip
             load = gr.Button("Load", scale=1, elem_id="load-model")
         status = gr.Markdown("", elem_id="model-status")
+        parameters = ParametersTab(app)
         with gr.Tab("Chat"):
-            chat = build_chat_tab(app)
+            chat = build_chat_tab(app, parameters.inputs)
+        with gr.Tab("Parameters"):
+            filtered = parameters.render()
         with gr.Tab("Characters"):
             build_characters_tab(app)
         with gr.Tab("Notebook"):
-            build_notebook_tab(app, chat.sampling)
+            build_notebook_tab(app, parameters.inputs)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
 
@@ -68,7 +72,10 @@ def build_ui(app: App) -> gr.Blocks:
 
         load.click(
             load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model"
-        ).then(chat.model_changed, None, chat.model_outputs, api_name=False)  # its template and rule defaults
+        ).then(chat.model_changed, None, chat.model_outputs, api_name=False).then(  # its template and rule defaults
+            parameters.mark, filtered, list(parameters.inputs.values()), api_name=False
+        )
+        blocks.load(parameters.mark, filtered, list(parameters.inputs.values()), api_name=False)
     return blocks
 
 

@@ -14,7 +14,7 @@ import gradio as gr
 from backends.base import CancelToken, SamplingParams
 from webui.app import App
 from webui.characters import Character, CharacterError
-from webui.chat import Reply, chat_turn, default_params, throttle
+from webui.chat import Reply, chat_turn, throttle
 from webui.chat_actions import (
     continue_reply,
     edit_message,
@@ -32,6 +32,7 @@ from webui.chat_actions import (
 from webui.chat_modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.paths import UnsafeName
+from webui.presets import PresetError, params_from_form
 from webui.template_library import template_names
 from webui.template_prefs import AUTO, TemplatePrefs
 
@@ -56,6 +57,14 @@ def without_stats(content: object) -> str:
     if isinstance(content, list):  # Gradio may hand back [{"type": "text", "text": ...}]
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return STATS_SPAN.sub("", str(content or ""))
+
+
+def ignored_note(app: App, ignored: list[str]) -> str:
+    """The line under the chat when the loader did not honour some parameters the user set."""
+    if not ignored:
+        return ""
+    loader = app.engine.info.loader if app.engine.info else "the loader"
+    return f"ℹ️ {loader} ignored: {', '.join(ignored)}"
 
 
 # (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
@@ -128,12 +137,12 @@ class ChatTab:
     restore_outputs: list
     model_changed: Callable
     model_outputs: list
-    sampling: list  # max tokens, temperature, top_p, top_k, min_p, repetition penalty, seed
 
 
-def build_chat_tab(app: App) -> ChatTab:
+def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
+    """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name."""
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
-    defaults = default_params()
+    rule_knobs = list(params_inputs)  # a models.yaml rule may set any of them
     prefs = TemplatePrefs(app.settings.user_data)
     notices = startup_problems(app)
     exports = Path(tempfile.mkdtemp(prefix="inglenook-exports-"))
@@ -197,18 +206,9 @@ def build_chat_tab(app: App) -> ChatTab:
             export = gr.Button("Export JSON", scale=1, elem_id="export-chat")
             upload = gr.UploadButton("Import JSON", file_types=[".json"], scale=1, elem_id="import-chat")
         download = gr.File(label="Exported conversation", visible=False, interactive=False, elem_id="export-file")
-    with gr.Accordion("Generation settings", open=False):
+    with gr.Accordion("System prompt", open=False):  # sampling parameters: the Parameters tab
         system = gr.Textbox(label="System prompt", lines=2)
-        with gr.Row():
-            max_tokens = gr.Slider(1, 4096, value=defaults.max_new_tokens, step=1, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.01, label="Temperature")
-            top_p = gr.Slider(0, 1, value=defaults.top_p, step=0.01, label="top_p")
-        with gr.Row():
-            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top_k")
-            min_p = gr.Slider(0, 1, value=defaults.min_p, step=0.01, label="min_p")
-            rep = gr.Slider(1, 1.5, value=defaults.repetition_penalty, step=0.01, label="Repetition penalty")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-    sampling = [max_tokens, temperature, top_p, top_k, min_p, rep, seed]
+    max_tokens = params_inputs["max_new_tokens"]  # the reply's room in the context (token count line)
 
     # ------------------------------------------------------------------ helpers
 
@@ -216,11 +216,12 @@ def build_chat_tab(app: App) -> ChatTab:
         info = app.engine.info
         return prefs.get(info.name) if info else None
 
-    def params_from(n, temp, tp, tk, mp, rp, sd) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
-            repetition_penalty=rp, seed=int(sd if sd is not None else -1),
-        )  # fmt: skip
+    def params_from(sampling: dict) -> SamplingParams:
+        """The Parameters tab's values as SamplingParams; ValueError naming a bad key."""
+        try:
+            return params_from_form(sampling)
+        except (PresetError, TypeError) as exc:
+            raise ValueError(str(exc)) from exc
 
     def speaker_for(conv: Conversation, chosen_mode: str | None = None) -> Character | None:
         """The character speaking in ``conv`` (None in instruct); ``conv`` takes the picked character mode."""
@@ -264,8 +265,6 @@ def build_chat_tab(app: App) -> ChatTab:
             chosen_mode or conv.mode, gr.update(choices=keys, value=key) if key else gr.update(choices=keys),
         )  # fmt: skip
 
-    slider_names = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-
     def template_view():
         """Template dropdown, where it came from, and the settings a models.yaml rule brings for the model.
 
@@ -274,7 +273,7 @@ def build_chat_tab(app: App) -> ChatTab:
         """
         choice = chosen_template()
         status = template_status(app.engine.info, choice)
-        values = [getattr(status.defaults, name) if name in status.settings else gr.skip() for name in slider_names]
+        values = [getattr(status.defaults, name) if name in status.settings else gr.skip() for name in rule_knobs]
         return (gr.update(value=choice or AUTO), status.describe(), *values)
 
     def _exists(owner: str, conversation_id: str) -> bool:
@@ -307,19 +306,24 @@ def build_chat_tab(app: App) -> ChatTab:
             if not final.done:
                 cancel.cancel()
         picker_update, cid, _, _, label, count, *_ = show(conv, "", *ctx)
-        note = f"⚠️ {final.error}" if final.error else ""
+        note = f"⚠️ {final.error}" if final.error else ignored_note(app, final.ignored_params)
         shown = display_messages(conv.ui_history())  # a plain value: API clients read the chat from it
         yield gr.skip(), cid, shown, note, *IDLE, picker_update, label, count
 
-    def generation(action, request, conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key):
+    def generation(action, request, conv_id, system_text, prefix, sampling, chosen_mode, key):
         """Regenerate or continue the conversation ``conv_id`` (streaming)."""
         if busy(request):
             note = "A reply is still streaming: wait for it or press Stop."
             yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, *(gr.skip(),) * 3
             return
+        try:
+            params = params_from(sampling)
+        except ValueError as exc:
+            yield gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", *(gr.skip(),) * 5
+            return
+        n = params.max_new_tokens
         conv, speaker = locate(conv_id, chosen_mode, key)
         cancel = cancels[request.session_hash] = CancelToken()
-        params = params_from(n, temp, tp, tk, mp, rp, sd)
         replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
         if action == "continue":
             turn = continue_reply(
@@ -337,7 +341,7 @@ def build_chat_tab(app: App) -> ChatTab:
 
     # ------------------------------------------------------------------ handlers
 
-    def respond(text, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, prefix, chosen_mode, key, request: gr.Request):
+    def respond(text, conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
         text = (text or "").strip()
         if busy(request):  # Enter pressed again while this tab's reply still streams
             note = "A reply is still streaming: wait for it or press Stop."
@@ -346,7 +350,12 @@ def build_chat_tab(app: App) -> ChatTab:
         if not text:
             yield gr.skip(), gr.skip(), gr.skip(), "Type a message first.", *(gr.skip(),) * 5
             return
-        params = params_from(n, temp, tp, tk, mp, rp, sd)
+        try:
+            params = params_from(sampling)
+        except ValueError as exc:
+            yield gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", *(gr.skip(),) * 5
+            return
+        n = params.max_new_tokens
         conv, speaker = locate(conv_id, chosen_mode, key)
         cancel = cancels[request.session_hash] = CancelToken()
         turn = chat_turn(
@@ -365,26 +374,24 @@ def build_chat_tab(app: App) -> ChatTab:
             held = (text, *held[1:])
         yield held
 
-    # (Gradio fills in ``request``/``data`` only for named parameters, so the knobs are spelled out.)
-    def regenerate_reply(
-        conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request
-    ):
-        knobs = (n, temp, tp, tk, mp, rp, sd)
-        yield from generation("regenerate", request, conv_id, system_text, prefix, *knobs, chosen_mode, key)
+    # (Gradio fills in ``request``/``data`` only for named parameters; the sampling values come by name.)
+    def regenerate_reply(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
+        yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
-    def continue_last(conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request):
-        knobs = (n, temp, tp, tk, mp, rp, sd)
-        yield from generation("continue", request, conv_id, system_text, prefix, *knobs, chosen_mode, key)
+    def continue_last(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
+        yield from generation("continue", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
-    def impersonate_user(
-        draft, conv_id, system_text, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, request: gr.Request
-    ):
+    def impersonate_user(draft, conv_id, system_text, chosen_mode, key, request: gr.Request, **sampling):
         if busy(request):
             yield gr.skip(), "A reply is still streaming: wait for it or press Stop.", *BUSY
             return
+        try:
+            params = params_from(sampling)
+        except ValueError as exc:
+            yield gr.skip(), f"⚠️ {exc}", gr.skip(), gr.skip()
+            return
         conv, speaker = locate(conv_id, chosen_mode, key)
         cancel = cancels[request.session_hash] = CancelToken()
-        params = params_from(n, temp, tp, tk, mp, rp, sd)
         turn = impersonate(
             app.engine, conv, params, system_text or "", cancel, template=chosen_template(), draft=draft or "",
             character=speaker,
@@ -425,12 +432,8 @@ def build_chat_tab(app: App) -> ChatTab:
 
         return handler
 
-    def on_edit(
-        conv_id, system_text, prefix, n, temp, tp, tk, mp, rp, sd, chosen_mode, key, data: gr.EditData,
-        request: gr.Request,
-    ):  # fmt: skip
-        knobs = (n, temp, tp, tk, mp, rp, sd)
-        ctx = (system_text, prefix, n, chosen_mode, key)
+    def on_edit(conv_id, system_text, prefix, chosen_mode, key, data: gr.EditData, request: gr.Request, **sampling):
+        ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
         conv, _ = locate(conv_id, chosen_mode, key)
         index = data.index if isinstance(data.index, int) else data.index[0]
         try:
@@ -443,7 +446,7 @@ def build_chat_tab(app: App) -> ChatTab:
             picker_update, cid, shown, note, label, count, *_ = show(conv, "", *ctx)
             yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
             return
-        yield from generation("regenerate", request, conv_id, system_text, prefix, *knobs, chosen_mode, key)
+        yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
     def stop_generation(request: gr.Request):
         token = cancels.get(request.session_hash)
@@ -542,19 +545,21 @@ def build_chat_tab(app: App) -> ChatTab:
     ctx = [system, start_with, max_tokens, *who]
     shown = [picker, conversation_id, chatbot, error, versions, tokens, *who]
     stream_outputs = [message, conversation_id, chatbot, error, send, stop, picker, versions, tokens]
-    # /chat's inputs: message, conversation id, system, the sampling knobs, start reply with, mode, character
-    inputs = [message, conversation_id, system, *sampling, start_with, *who]
-    message.submit(respond, inputs, stream_outputs, api_name="chat", concurrency_limit=None)
-    send.click(respond, inputs, stream_outputs, api_name=False, concurrency_limit=None)
+    # /chat's inputs: message, conversation id, system, start reply with, mode, character; then every
+    # sampling parameter by name (unset ones take the Parameters tab's values)
+    inputs = [message, conversation_id, system, start_with, *who]
+    knobs = {"concurrency_limit": None, "inputs_kwargs": params_inputs}
+    message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs)
+    send.click(respond, inputs, stream_outputs, api_name=False, **knobs)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
-    gen_inputs = [conversation_id, system, start_with, *sampling, *who]
-    regen.click(regenerate_reply, gen_inputs, stream_outputs, api_name="regenerate", concurrency_limit=None)
-    chatbot.retry(regenerate_reply, gen_inputs, stream_outputs, api_name=False, concurrency_limit=None)
-    cont.click(continue_last, gen_inputs, stream_outputs, api_name="continue", concurrency_limit=None)
-    chatbot.edit(on_edit, gen_inputs, stream_outputs, api_name=False, concurrency_limit=None)
+    gen_inputs = [conversation_id, system, start_with, *who]
+    regen.click(regenerate_reply, gen_inputs, stream_outputs, api_name="regenerate", **knobs)
+    chatbot.retry(regenerate_reply, gen_inputs, stream_outputs, api_name=False, **knobs)
+    cont.click(continue_last, gen_inputs, stream_outputs, api_name="continue", **knobs)
+    chatbot.edit(on_edit, gen_inputs, stream_outputs, api_name=False, **knobs)
     imper.click(
-        impersonate_user, [message, conversation_id, system, *sampling, *who], [message, error, send, stop],
-        api_name="impersonate", concurrency_limit=None,
+        impersonate_user, [message, conversation_id, system, *who], [message, error, send, stop],
+        api_name="impersonate", **knobs,
     )  # fmt: skip
     remove_inputs = [conversation_id, *ctx]
     remove.click(remove_exchange, remove_inputs, [message, *shown], api_name=False)
@@ -576,12 +581,11 @@ def build_chat_tab(app: App) -> ChatTab:
     template.input(choose_template, template, [template, template_info], api_name=False)
     show_prompt.click(show_the_prompt, [message, conversation_id, *ctx], [preview, tokens], api_name=False)
 
-    template_outputs = [template, template_info, *sampling[:6]]
+    template_outputs = [template, template_info, *(params_inputs[name] for name in rule_knobs)]
     return ChatTab(
         restore=restore,
         restore_inputs=[conversation_id, system],
         restore_outputs=[*shown, *template_outputs],
         model_changed=template_view,
         model_outputs=template_outputs,
-        sampling=sampling,
     )

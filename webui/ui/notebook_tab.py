@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import gradio as gr
 
-from backends.base import CancelToken, SamplingParams
+from backends.base import CancelToken
 from webui.app import App
 from webui.chat import Reply, format_stats, throttle
 from webui.notebook import NotebookStore, generate, token_count
+from webui.presets import PresetError, params_from_form
 
 # (Generate, Stop) while the model writes and while idle
 BUSY = (gr.update(interactive=False), gr.update(interactive=True))
 IDLE = (gr.update(interactive=True), gr.update(interactive=False))
 
 
-def build_notebook_tab(app: App, sampling: list) -> None:
-    """``sampling``: the chat tab's sampling controls (max tokens, temperature, top_p, top_k, min_p,
-    repetition penalty, seed), so both tabs generate with the same settings."""
+def build_notebook_tab(app: App, params_inputs: dict) -> None:
+    """``params_inputs``: the Parameters tab's widgets by name, so chat and notebook sample alike."""
     store = NotebookStore(app.settings.user_data)
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight
 
@@ -30,14 +30,15 @@ def build_notebook_tab(app: App, sampling: list) -> None:
         tokens = gr.Markdown("", elem_id="notebook-tokens")
     stats = gr.Markdown("", elem_id="notebook-stats")
 
-    def write(current: str, n, temp, tp, tk, mp, rp, sd, request: gr.Request):
+    def write(current: str, request: gr.Request, **sampling):
         if request.session_hash in cancels:
             yield gr.skip(), gr.skip(), "The model is still writing: wait or press Stop.", *BUSY
             return
-        params = SamplingParams(
-            max_new_tokens=int(n), temperature=temp, top_p=tp, top_k=int(tk), min_p=mp,
-            repetition_penalty=rp, seed=int(sd if sd is not None else -1),
-        )  # fmt: skip
+        try:
+            params = params_from_form(sampling)
+        except (PresetError, TypeError) as exc:
+            yield gr.skip(), gr.skip(), f"⚠️ {exc}", gr.skip(), gr.skip()
+            return
         cancel = cancels[request.session_hash] = CancelToken()
         final = Reply(done=True)
         try:
@@ -64,6 +65,9 @@ def build_notebook_tab(app: App, sampling: list) -> None:
         store.save(current or "")
         return token_count(app.engine, current or "")
 
-    run.click(write, [text, *sampling], [text, tokens, stats, run, stop], api_name="notebook", concurrency_limit=None)
+    run.click(
+        write, [text], [text, tokens, stats, run, stop], api_name="notebook", concurrency_limit=None,
+        inputs_kwargs=params_inputs,
+    )  # fmt: skip
     stop.click(stop_writing, None, None, api_name="notebook_stop", queue=False, concurrency_limit=None)
     text.blur(keep, text, tokens, api_name=False)
