@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from backends.base import LoadSettings, ModelInfo
 from backends.registry import LoaderRegistry
 from webui.engine import Engine
+from webui.extensions import ExtensionHost
 from webui.history import HistoryStore
 from webui.models import resolve_model
 from webui.settings import Settings
@@ -25,11 +26,15 @@ class App:
     registry: LoaderRegistry
     engine: Engine
     history: HistoryStore
+    extensions: ExtensionHost
 
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
-        return cls(settings, registry, Engine(registry), HistoryStore(settings.user_data))
+        engine, extensions = Engine(registry), ExtensionHost(settings.user_data)
+        engine.extensions = extensions  # every generation through webui.chat runs the enabled hooks
+        extensions.start()  # never raises because of an extension
+        return cls(settings, registry, engine, HistoryStore(settings.user_data), extensions)
 
     def load_settings_for(self, loader_name: str) -> LoadSettings:
         """The chosen loader's settings, filled from the command line's --n-ctx and --threads."""
@@ -52,4 +57,5 @@ class App:
         return self.load_model(self.settings.model, self.settings.loader)
 
     def close(self) -> None:
+        self.extensions.stop()
         self.engine.unload()

@@ -30,6 +30,7 @@ class Reply:
     usage: Usage | None = None
     error: str | None = None
     ignored_params: list[str] = field(default_factory=list)
+    raw_text: str = ""  # the model's own text when an extension's output_modifier changed ``text``
 
 
 def default_params() -> SamplingParams:
@@ -49,13 +50,15 @@ def stream_chat(
         if len(m.get("content", "")) > MAX_MESSAGE_CHARS:
             yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
             return
+    messages = engine.extensions.chat_messages(messages, info.name)  # input, chat input, history modifiers
     try:
         prompt = build_chat_prompt(messages, info)
     except ValueError as exc:
         yield Reply(done=True, error=str(exc))
         return
     params = replace(params, stop=[*params.stop, *(s for s in prompt.stop if s not in params.stop)])
-    yield from stream_completion(engine, prompt.text, params, cancel)
+    text, prefix = engine.extensions.chat_prompt(prompt.text, messages, info.name)  # custom prompt, bot prefix
+    yield from _generate(engine, text, params, cancel, "chat", prefix)
 
 
 def chat_turn(
@@ -96,7 +99,18 @@ def stream_completion(
     engine: Engine, prompt: str, params: SamplingParams, cancel: CancelToken | None = None
 ) -> Iterator[Reply]:
     """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``)."""
-    reply = Reply(ignored_params=engine.ignored_params(params))
+    info = engine.info
+    prompt = engine.extensions.completion_prompt(prompt, info.name if info else None)  # input modifiers
+    yield from _generate(engine, prompt, params, cancel, "completion")
+
+
+def _generate(
+    engine: Engine, prompt: str, params: SamplingParams, cancel: CancelToken | None, mode: str, prefix: str = ""
+) -> Iterator[Reply]:
+    """Generate from a finished prompt; extensions see the parameters before and the reply after."""
+    model = engine.info.name if engine.info else None
+    params = engine.extensions.sampling(params, mode, model)  # state modifiers
+    reply = Reply(text=prefix, ignored_params=engine.ignored_params(params))
     try:
         for chunk in engine.generate(prompt, params, cancel):
             if chunk.text:
@@ -106,6 +120,8 @@ def stream_completion(
                 reply.finish_reason, reply.usage = chunk.finish_reason, chunk.usage
     except (GenerationError, ModelLoadError, ValueError) as exc:
         reply.error = str(exc)
+    reply.raw_text = reply.text
+    reply.text = engine.extensions.output(reply.text, reply.usage, reply.finish_reason, mode, model)
     reply.done = True
     yield reply
 
