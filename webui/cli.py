@@ -14,14 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__
+from webui import __version__, cli_extensions
 from webui.app import App
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
 from webui.settings import Settings
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates")
+SUBCOMMANDS = ("serve", "run", "bench", "templates", "extensions")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"inglenook {__version__}")
     _serve_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates,extensions}")
 
     serve = sub.add_parser("serve", help="start the web UI (the default command)")
     _serve_options(serve)
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
     render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
+    cli_extensions.add_parser(sub)
     return parser
 
 
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "templates":
             return cmd_templates(args)
+        if args.command == "extensions":
+            return cli_extensions.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
 

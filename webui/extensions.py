@@ -138,9 +138,9 @@ def parse_manifest(data: Any, where: str) -> Manifest:
     )
 
 
-def read_manifest(folder: Path) -> Manifest:
+def read_manifest(folder: Path, fallback_name: str | None = None) -> Manifest:
     """The manifest of an extension folder: its extension.yaml, or one made up for a text-generation-webui
-    folder that has only a ``script.py`` (named after the folder)."""
+    folder that has only a ``script.py`` (named ``fallback_name`` or after the folder)."""
     path = folder / MANIFEST
     if path.is_file():
         try:
@@ -152,7 +152,7 @@ def read_manifest(folder: Path) -> Manifest:
             raise ManifestError(f"{path}: its module {manifest.module} is missing")
         return manifest
     if (folder / TGW_SCRIPT).is_file():
-        name = folder.name.lower().replace(" ", "_")
+        name = (fallback_name or folder.name).lower().replace(" ", "_")
         return parse_manifest(
             {"name": name, "version": "0", "description": "a text-generation-webui extension", "module": TGW_SCRIPT},
             str(folder / TGW_SCRIPT),
