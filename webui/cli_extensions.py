@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from webui.extension_install import install, remove, update
-from webui.extensions import Extension, ExtensionHost
+from webui.extensions import ExtensionHost
 
 RIGHTS_WARNING = (
     "An extension is Python code that runs inside Inglenook with the app's full rights: it can read your "
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         names = install(host, args.source)
         for name in names:
             ext = host.get(name)
-            print(f"installed {name} {ext.manifest.version} ({_source(host, ext)}), enabled")
+            print(f"installed {name} {ext.manifest.version} ({host.source_of(ext)}), enabled")
         return 0
     if command == "enable":
         ext = host.enable(args.name)
@@ -93,31 +93,8 @@ def _confirm(question: str) -> bool:
         return False
 
 
-def _source(host: ExtensionHost, ext: Extension) -> str:
-    record = host.record(ext.name)
-    if not record:
-        return ext.source
-    commit = f" @ {record['commit'][:12]}" if record.get("commit") else ""
-    return f"{record['source']}: {record['origin']}{commit}"
-
-
-def describe(host: ExtensionHost) -> list[dict]:
-    """What ``list`` prints, as data (also shown by the Extensions tab)."""
-    return [
-        {
-            "name": ext.name,
-            "version": ext.manifest.version,
-            "status": ext.status if ext.active or ext.error else ("enabled" if ext.enabled else "disabled"),
-            "source": _source(host, ext),
-            "description": ext.manifest.description,
-            "error": ext.error,
-        }
-        for ext in host.list()
-    ]
-
-
 def _list(host: ExtensionHost, as_json: bool) -> int:
-    rows = describe(host)
+    rows = host.rows()
     if as_json:
         print(json.dumps({"extensions": rows, "problems": host.problems}, ensure_ascii=False, indent=2))
         return 0

@@ -362,6 +362,32 @@ class ExtensionHost(ChatHooks):
         """What ``inglenook extensions install`` recorded about ``name`` (empty if it did not install it)."""
         return dict(self.state.read()["installed"].get(name) or {})
 
+    def source_of(self, ext: Extension) -> str:
+        """Where ``ext`` came from, for people: bundled, pip, or the recorded git URL and commit / folder."""
+        record = self.record(ext.name)
+        if not record:
+            return ext.source
+        commit = f" @ {record['commit'][:12]}" if record.get("commit") else ""
+        return f"{record['source']}: {record['origin']}{commit}"
+
+    def rows(self) -> list[dict]:
+        """One dict per extension (name, version, status, source, description, error, hooks' time), in hook order."""
+        return [
+            {
+                "name": ext.name,
+                "version": ext.manifest.version,
+                "status": ext.status if ext.active or ext.error else ("enabled" if ext.enabled else "disabled"),
+                "source": self.source_of(ext),
+                "description": ext.manifest.description,
+                "error": ext.error,
+                "hook_ms": {k: round(t.total_s * 1000 / max(t.calls, 1), 2) for k, t in ext.timings.items()},
+            }
+            for ext in self.list()
+        ]
+
+    def has_hook(self, ext: Extension, hook: str) -> bool:
+        return ext.active and self._impl(ext, hook) is not None
+
     def enable(self, name: str) -> Extension:
         """Enable ``name`` now and at every start; its error, if any, is in the returned record."""
         ext = self.get(name)
@@ -419,7 +445,7 @@ class ExtensionHost(ChatHooks):
         except Exception as exc:  # pluggy refused a hook's signature
             self._fail(ext, f"{type(exc).__name__}: {exc}")
             return
-        unknown = [i.function.__name__ for i in self._impls(ext) if i.name not in _HOOK_NAMES]
+        unknown = [name for name in self._hook_names(ext) if name not in _HOOK_NAMES]
         if unknown:
             self._fail(ext, f"unknown hook(s): {', '.join(unknown)}")
             return
@@ -446,7 +472,7 @@ class ExtensionHost(ChatHooks):
             specs = ext.setting_specs
         else:
             impl = self._impl(ext, "settings")
-            declared = self._call(ext, impl, {}) if impl else []
+            declared = self._call(ext, "settings", impl, {}) if impl else []
             specs = declared or []
             if not isinstance(specs, list) or not all(isinstance(s, Setting) for s in specs):
                 self._fail(ext, "settings() must return a list of Setting")
@@ -485,13 +511,14 @@ class ExtensionHost(ChatHooks):
         self._deactivate(ext, call_shutdown=False)
 
     # -- calling hooks -----------------------------------------------------------------
-    def _impls(self, ext: Extension) -> list[pluggy.HookImpl]:
-        impls = []
+    def _hook_names(self, ext: Extension) -> list[str]:
+        """The hooks ``ext``'s plugin implements (known or not)."""
+        names = []
         for hook_name in dir(self.pm.hook):
             caller = getattr(self.pm.hook, hook_name)
-            if isinstance(caller, pluggy.HookCaller):
-                impls += [i for i in caller.get_hookimpls() if i.plugin_name == ext.name]
-        return impls
+            if isinstance(caller, pluggy.HookCaller) and any(i.plugin_name == ext.name for i in caller.get_hookimpls()):
+                names.append(hook_name)
+        return names
 
     def _impl(self, ext: Extension, hook: str) -> pluggy.HookImpl | None:
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
@@ -519,15 +546,15 @@ class ExtensionHost(ChatHooks):
                     found.append((ext, impl))
         return found
 
-    def _call(self, ext: Extension, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+    def _call(self, ext: Extension, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
         args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
-        return self._timed(ext, impl.name, lambda: impl.function(**args))
+        return self._timed(ext, hook, lambda: impl.function(**args))
 
     def _call_plain(self, ext: Extension, hook: str, kwargs: dict[str, Any]) -> Any:
         impl = self._impl(ext, hook)
         if impl is None:
             return None
-        return self._call(ext, impl, {"context": self.context(ext), **kwargs})
+        return self._call(ext, hook, impl, {"context": self.context(ext), **kwargs})
 
     def _timed(self, ext: Extension, hook: str, call: Callable[[], Any]) -> Any:
         """Run ``call`` in a thread of its own; a hang or an exception disables ``ext``."""
@@ -567,7 +594,7 @@ class ExtensionHost(ChatHooks):
         mode, model = kw.pop("mode", ""), kw.pop("model", None)
         for ext, impl in self._each(hook):
             try:
-                result = self._call(ext, impl, {key: value, "context": self.context(ext, mode, model), **kw})
+                result = self._call(ext, hook, impl, {key: value, "context": self.context(ext, mode, model), **kw})
             except _HookFailed:
                 continue
             if result is None:
@@ -586,7 +613,8 @@ class ExtensionHost(ChatHooks):
             for ext, impl in self._each("chat_input_modifier"):
                 context = self.context(ext, "chat", model)
                 try:
-                    result = self._call(ext, impl, {"text": text, "visible_text": text, "context": context})
+                    args = {"text": text, "visible_text": text, "context": context}
+                    result = self._call(ext, "chat_input_modifier", impl, args)
                 except _HookFailed:
                     continue
                 if result is None:
@@ -641,7 +669,8 @@ class ExtensionHost(ChatHooks):
 
         for ext, impl in self._each("state_modifier"):
             try:
-                result = self._call(ext, impl, {"params": replace(params), "context": self.context(ext, mode, model)})
+                args = {"params": replace(params), "context": self.context(ext, mode, model)}
+                result = self._call(ext, "state_modifier", impl, args)
             except _HookFailed:
                 continue
             if result is None:
@@ -696,15 +725,17 @@ class ExtensionHost(ChatHooks):
         extension's routes answer 404 from then on."""
         from fastapi import APIRouter, Depends, HTTPException
 
-        for ext, impl in self._each("api_routes"):
-
-            def enabled(ext: Extension = ext) -> None:
+        def only_while_active(ext: Extension) -> Callable[[], None]:
+            def check() -> None:
                 if not ext.active:
                     raise HTTPException(status_code=404, detail=f"extension {ext.name} is disabled")
 
-            router = APIRouter(dependencies=[Depends(enabled)])
+            return check
+
+        for ext, impl in self._each("api_routes"):
+            router = APIRouter(dependencies=[Depends(only_while_active(ext))])
             try:
-                self._call(ext, impl, {"router": router, "context": self.context(ext)})
+                self._call(ext, "api_routes", impl, {"router": router, "context": self.context(ext)})
             except _HookFailed:
                 continue
             api.include_router(router, prefix=f"/extensions/{ext.name}")
@@ -714,6 +745,12 @@ class ExtensionHost(ChatHooks):
 
     def custom_js(self) -> str:
         return "\n".join(e.js for e in self.list() if e.active and e.js)
+
+    def head_html(self) -> str:
+        """A <script> with the extensions' JavaScript for the page's <head> (empty if none)."""
+        js = self.custom_js()
+        safe = js.replace("</", "<\\/")  # a "</script>" inside the code must not end the tag
+        return f"<script>\n{safe}\n</script>" if js else ""
 
 
 _HOOK_NAMES = {name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")}

@@ -28,10 +28,11 @@ def build_server(app: App) -> FastAPI:
         info = app.engine.info
         return {"status": "ok", "model": info.name if info else None}
 
+    app.extensions.mount_routes(api)  # /extensions/NAME/…, before the UI takes every other path
     blocks = build_ui(app)
     server = gr.mount_gradio_app(
-        api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port, css=CSS,
-        footer_links=[], ssr_mode=False,
+        api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port,
+        css=CSS + app.extensions.custom_css(), head=app.extensions.head_html(), footer_links=[], ssr_mode=False,
     )  # fmt: skip
     _quiet_queue(blocks)
     return server

@@ -11,6 +11,7 @@ from webui.app import App
 from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, list_models
 from webui.paths import UnsafeName
 from webui.ui.chat_tab import build_chat_tab
+from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
 
 CSS = """
 .inglenook-stats { font-size: 0.8em; opacity: 0.7; }
@@ -45,6 +46,8 @@ def build_ui(app: App) -> gr.Blocks:
         status = gr.Markdown("", elem_id="model-status")
         with gr.Tab("Chat"):
             restore_chat, conversation_id, chat_outputs = build_chat_tab(app)
+            extension_blocks = build_extension_blocks(app)
+        build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(restore_chat, conversation_id, chat_outputs, api_name=False)
 
