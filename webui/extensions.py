@@ -639,9 +639,8 @@ class ExtensionHost(ChatHooks):
         for ext, impl in self._each("custom_prompt"):  # first result wins
             context = self.context(ext, "chat", model)
             try:
-                custom = self._call(
-                    ext, impl, {"messages": [dict(m) for m in messages], "prompt": prompt, "context": context}
-                )
+                args = {"messages": [dict(m) for m in messages], "prompt": prompt, "context": context}
+                custom = self._call(ext, "custom_prompt", impl, args)
             except _HookFailed:
                 continue
             if custom is None:
