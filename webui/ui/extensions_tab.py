@@ -77,9 +77,10 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
             disable = gr.Button("Disable", scale=1, elem_id="extension-disable")
         message = gr.Markdown("", elem_id="extension-message")
         restart = gr.Button("Restart Inglenook", variant="stop", visible=False, elem_id="extension-restart")
+        revision = gr.State(0)  # bumped by enable/disable: an enabled extension's settings become known
 
-        @gr.render(inputs=choice)
-        def settings_form(name: str | None):
+        @gr.render(inputs=[choice, revision], triggers=[choice.change, revision.change])
+        def settings_form(name: str | None, _revision: int):
             ext = next((e for e in host.list() if e.name == name), None)
             if ext is None or not ext.setting_specs:
                 return
@@ -111,13 +112,13 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
     def visibility() -> list:
         return [gr.update(visible=host.get(key.split(":", 1)[1]).active) for key in shown]
 
-    def on_toggle(name: str, on: bool):
+    def on_toggle(name: str, rev: int, on: bool):
         text, needs_restart = toggle(app, name, on)
-        return table(app), text, gr.update(visible=needs_restart), *visibility()
+        return table(app), text, gr.update(visible=needs_restart), rev + 1, *visibility()
 
-    outputs = [listing, message, restart, *visible_outputs]
-    enable.click(lambda n: on_toggle(n, True), choice, outputs, api_name=False)
-    disable.click(lambda n: on_toggle(n, False), choice, outputs, api_name=False)
+    outputs = [listing, message, restart, revision, *visible_outputs]
+    enable.click(lambda n, r: on_toggle(n, r, True), [choice, revision], outputs, api_name=False)
+    disable.click(lambda n, r: on_toggle(n, r, False), [choice, revision], outputs, api_name=False)
 
     def on_install(text: str):
         try:
@@ -149,12 +150,12 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
 def _widget(spec: Setting, value):
     label = spec.label or spec.name
     if spec.type is bool:
-        return gr.Checkbox(value=value, label=label, info=spec.help or None)
+        return gr.Checkbox(value=value, label=label, info=spec.help or None, interactive=True)
     if spec.choices:
-        return gr.Dropdown(choices=list(spec.choices), value=value, label=label, info=spec.help or None)
+        return gr.Dropdown(list(spec.choices), value=value, label=label, info=spec.help or None, interactive=True)
     if spec.type in (int, float):
         if spec.minimum is not None and spec.maximum is not None:
             step = 1 if spec.type is int else (spec.maximum - spec.minimum) / 100
-            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=spec.help or None)
-        return gr.Number(value=value, label=label, precision=0 if spec.type is int else None)
-    return gr.Textbox(value=value, label=label, lines=spec.lines, info=spec.help or None)
+            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, interactive=True)
+        return gr.Number(value=value, label=label, precision=0 if spec.type is int else None, interactive=True)
+    return gr.Textbox(value=value, label=label, lines=spec.lines, info=spec.help or None, interactive=True)
