@@ -12,6 +12,7 @@ from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, 
 from webui.paths import UnsafeName
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
+from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
 from webui.ui.notebook_tab import build_notebook_tab
 
 CSS = """
@@ -47,10 +48,12 @@ def build_ui(app: App) -> gr.Blocks:
         status = gr.Markdown("", elem_id="model-status")
         with gr.Tab("Chat"):
             chat = build_chat_tab(app)
+            extension_blocks = build_extension_blocks(app)
         with gr.Tab("Characters"):
             build_characters_tab(app)
         with gr.Tab("Notebook"):
             build_notebook_tab(app, chat.sampling)
+        build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
 
