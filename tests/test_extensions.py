@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, greedy
+from fastapi.testclient import TestClient
 
 from backends.base import SamplingParams
 from webui.chat import chat_turn, stream_chat, stream_completion
+from webui.chat_actions import continue_reply, impersonate, regenerate
+from webui.chat_modes import start_conversation
 from webui.extensions import ExtensionHost, ManifestError, parse_manifest
+from webui.server import build_api_server
 from webui.tgw_adapter import from_tgw_history, to_tgw_history
 
 
@@ -119,6 +123,45 @@ def test_the_ui_path_saves_the_modified_reply(make_app, tmp_path):
     assert saved[-1] == {"role": "assistant", "content": final.text}
     assert saved[-1]["content"].startswith("[chat] ")
     assert not any(m["role"] == "system" for m in saved)  # history_modifier changed the prompt, not the chat
+
+
+def test_hooks_act_on_chat_actions_in_character_modes_for_a_named_model(make_app, tmp_path):
+    write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
+    app = make_app()
+    app.start()
+    wren = app.characters.load("Wren")
+    for mode in ("chat", "chat-instruct"):
+        conv = start_conversation(app.history, app.characters, mode, "Wren")
+        final = list(chat_turn(app.engine, app.history, conv, "Hello", greedy(40), character=wren))[-1]
+        assert final.error is None and final.usage.completion_tokens <= 4, mode
+        assert final.text == "[chat] " + final.raw_text.upper(), mode
+        again = list(regenerate(app.engine, app.history, conv, greedy(40), character=wren, start_with="Well"))[-1]
+        assert again.raw_text.startswith("Well") and again.text == "[chat] " + again.raw_text.upper(), mode
+        assert conv.messages[-1].content == again.text  # the saved version is the modified one
+        more = list(continue_reply(app.engine, app.history, conv, greedy(40), character=wren))[-1]
+        assert more.raw_text.startswith(again.text) and more.text == "[chat] " + more.raw_text.upper(), mode
+        # an impersonation is the user's own line: sampling hooks act, the reply's output hook does not
+        line = list(impersonate(app.engine, conv, greedy(40), character=wren, draft="I"))[-1]
+        assert line.text.startswith("I") and not line.text.startswith("[chat]") and line.raw_text == "", mode
+        assert line.usage.completion_tokens <= 4, mode
+    named = app.engine.info  # the API passes the model a request names
+    final = list(stream_chat(app.engine, [{"role": "user", "content": "Hi"}], greedy(40), model=named))[-1]
+    assert final.text == "[chat] " + final.raw_text.upper() and final.usage.completion_tokens <= 4
+    final = list(stream_completion(app.engine, "The sky is", greedy(40), model=named))[-1]
+    assert final.text == "[completion] " + final.raw_text.upper() and final.usage.completion_tokens <= 4
+
+
+def test_hooks_act_on_the_openai_api(make_app, tmp_path):
+    write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
+    app = make_app()
+    app.start()
+    client = TestClient(build_api_server(app), base_url="http://127.0.0.1")
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 40, "temperature": 0}
+    answer = client.post("/v1/chat/completions", json=body).json()
+    assert answer["choices"][0]["message"]["content"].startswith("[chat] ")
+    assert answer["usage"]["completion_tokens"] <= 4
+    answer = client.post("/v1/completions", json={"prompt": "The sky is", "max_tokens": 40}).json()
+    assert answer["choices"][0]["text"].startswith("[completion] ")
 
 
 def test_inglenook_run_goes_through_the_hooks(models_dir, tmp_path):
