@@ -331,7 +331,7 @@ def test_a_models_yaml_rule_brings_its_default_settings(tmp_path):
 def test_conversation_ids_from_the_page_go_through_the_one_validator(store, bad):
     with pytest.raises(UnsafeName):
         store.path(OWNER, bad)
-    app = App(Settings(), None, None, store)  # only the history store is used by these two
+    app = App(Settings(), None, None, store, None)  # only the history store is used by these two
     fresh = continue_conversation(app, bad)
     assert fresh.id != bad and fresh.messages == [], "a bad id never reaches the disk: a new chat starts"
     assert open_conversation(app, bad).id != bad
@@ -401,7 +401,7 @@ def test_an_empty_notebook_is_refused(app, tmp_path):
 def test_damaged_history_files_found_at_start_are_reported_for_the_page(store):
     good = said(store, ("Hi", "Hello"))
     (store.root / OWNER / "broken.json").write_text('{"schema_version": 1, "messages": [')
-    app = App(Settings(), None, None, store)
+    app = App(Settings(), None, None, store, None)
     [notice] = startup_problems(app)
     assert notice.startswith("instruct/broken.json:") and "moved to broken.json.corrupt-" in notice
     assert [c.id for c in store.list(OWNER).conversations] == [good.id], "the others still list"

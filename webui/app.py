@@ -13,6 +13,7 @@ from backends.base import LoadSettings, ModelInfo
 from backends.registry import LoaderRegistry
 from webui.characters import CharacterStore
 from webui.engine import Engine
+from webui.extensions import ExtensionHost
 from webui.history import HistoryStore
 from webui.models import resolve_model
 from webui.settings import Settings
@@ -26,6 +27,7 @@ class App:
     registry: LoaderRegistry
     engine: Engine
     history: HistoryStore
+    extensions: ExtensionHost
     characters: CharacterStore = field(init=False)  # <user_data>/characters, then the shipped characters/
 
     def __post_init__(self) -> None:
@@ -34,7 +36,10 @@ class App:
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
-        return cls(settings, registry, Engine(registry, settings.max_loaded_models), HistoryStore(settings.user_data))
+        engine, extensions = Engine(registry, settings.max_loaded_models), ExtensionHost(settings.user_data)
+        engine.extensions = extensions  # every generation through webui.chat runs the enabled hooks
+        extensions.start()  # never raises because of an extension
+        return cls(settings, registry, engine, HistoryStore(settings.user_data), extensions)
 
     def load_settings_for(self, loader_name: str) -> LoadSettings:
         """The chosen loader's settings, filled from the command line (--n-ctx, --threads, --allow-pickle, ...).
@@ -67,4 +72,5 @@ class App:
         return self.load_model(self.settings.model, self.settings.loader)
 
     def close(self) -> None:
+        self.extensions.stop()
         self.engine.unload()

@@ -35,6 +35,7 @@ class Reply:
     ignored_params: list[str] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)  # per token, when SamplingParams.logprobs >= 0
     prompt: PromptPlan | None = None  # what was sent (chat replies): its size, format, and turns left out
+    raw_text: str = ""  # the model's own text when an extension's output_modifier changed ``text``
 
 
 def default_params(settings: dict | None = None) -> SamplingParams:
@@ -94,6 +95,7 @@ def stream_chat(
         if len(m.get("content", "")) > MAX_MESSAGE_CHARS:
             yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
             return
+    messages = engine.extensions.chat_messages(messages, info.name)  # input, chat input, history modifiers
     try:
         plan = plan_prompt(
             engine, messages, choice=template, prefix=prefix, impersonate=impersonate, reserve=params.max_new_tokens,
@@ -103,12 +105,18 @@ def stream_chat(
         yield Reply(done=True, error=str(exc))
         return
     params = replace(params, stop=[*params.stop, *(s for s in plan.stop if s not in params.stop)])
-    replies = stream_completion(engine, plan.text, params, cancel, info if model else None)
-    if mode == CHAT_INSTRUCT and character is not None and not prefix and not impersonate:
-        replies = (replace(r, text=r.text.lstrip()) for r in replies)  # the prompt ends "Name:"; a space follows
-    for reply in replies:
-        text = prefix + reply.text if reply.text or not reply.error else reply.text
-        yield replace(reply, text=text, prompt=plan, ignored_params=list(reply.ignored_params))
+    text, head = plan.text, prefix
+    if not impersonate:  # an impersonation is the user's line: no custom prompt, bot prefix or output hook
+        text, bot_prefix = engine.extensions.chat_prompt(plan.text, messages, info.name)  # custom prompt, bot prefix
+        head += bot_prefix
+    strip = mode == CHAT_INSTRUCT and character is not None and not head and not impersonate
+    for reply in _generate(engine, text, params, cancel, "chat", model):
+        body = reply.text.lstrip() if strip else reply.text  # the prompt ends "Name:"; a space follows
+        reply = replace(
+            reply, text=head + body if body or not reply.error else body, prompt=plan,
+            ignored_params=list(reply.ignored_params),
+        )  # fmt: skip
+        yield _finished(engine, reply, "chat", info.name) if reply.done and not impersonate else reply
 
 
 def chat_turn(
@@ -162,6 +170,20 @@ def stream_completion(
     model: ModelInfo | None = None,
 ) -> Iterator[Reply]:
     """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``, the API)."""
+    info = model or engine.info
+    name = info.name if info else None
+    prompt = engine.extensions.completion_prompt(prompt, name)  # input modifiers
+    for reply in _generate(engine, prompt, params, cancel, "completion", model):
+        yield _finished(engine, reply, "completion", name) if reply.done else reply
+
+
+def _generate(
+    engine: Engine, prompt: str, params: SamplingParams, cancel: CancelToken | None, mode: str, model: ModelInfo | None
+) -> Iterator[Reply]:
+    """Generate from a finished prompt (with ``model``, default the active one); extensions see the
+    parameters first. The caller runs the output hooks on the last reply (:func:`_finished`)."""
+    info = model or engine.info
+    params = engine.extensions.sampling(params, mode, info.name if info else None)  # state modifiers
     reply = Reply(ignored_params=engine.ignored_params(params))
     try:
         for chunk in engine.generate(prompt, params, cancel, Path(model.path) if model else None):
@@ -176,6 +198,13 @@ def stream_completion(
         reply.error = str(exc)
     reply.done = True
     yield reply
+
+
+def _finished(engine: Engine, reply: Reply, mode: str, model: str | None) -> Reply:
+    """The last reply as front ends show and save it: extensions' output modifiers applied, the
+    model's own text kept in ``raw_text``."""
+    text = engine.extensions.output(reply.text, reply.usage, reply.finish_reason, mode, model)
+    return replace(reply, text=text, raw_text=reply.text, ignored_params=list(reply.ignored_params))
 
 
 def throttle(replies: Iterable[Reply], interval_s: float) -> Iterator[Reply]:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__, cli_characters, cli_loaders, cli_presets
+from webui import __version__, cli_characters, cli_extensions, cli_loaders, cli_presets
 from webui.api_auth import add_serve_options, serve_settings
 from webui.app import App
 from webui.bench_api import add_options as add_bench_api_options
@@ -25,7 +25,7 @@ from webui.settings import Settings
 from webui.template_prefs import TemplatePrefs
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders", "presets")
+SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders", "presets", "extensions")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", nargs="?", default="default", help="model (default: the embedded default)")
     run.add_argument("prompt", nargs="?", default=None, help="text to complete; omit for an interactive chat")
     _model_options(run, with_model=False)
+    run.add_argument("--user-data", type=Path, default=Path("user_data"), help="folder of settings and extensions")
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
     run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
     run.add_argument("--system", default="", help="system prompt for chat")
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_characters.add_parser(sub)
     cli_loaders.add_parser(sub)
     cli_presets.add_parser(sub)
+    cli_extensions.add_parser(sub)
     return parser
 
 
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_loaders.run(args)
         if args.command == "presets":
             return cli_presets.run(args)
+        if args.command == "extensions":
+            return cli_extensions.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
             from webui.bench_api import cmd_bench_api

@@ -34,6 +34,7 @@ from backends.base import (
     Usage,
 )
 from backends.registry import LoaderRegistry
+from webui.hookspecs import ChatHooks
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Engine:
         self._admin = threading.Lock()  # one load/unload at a time
         self._active: CancelToken | None = None
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inglenook-decode")
+        self.extensions = ChatHooks()  # the hooks webui.chat runs around generations; the App sets its host
 
     # -- what is loaded -------------------------------------------------------------
     @property

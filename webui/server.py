@@ -32,15 +32,17 @@ def build_api_server(app: App) -> FastAPI:
         return {"status": "ok", "model": info.name if info else None}
 
     install_api(api, app)  # before the UI's mount at "/", so /v1 routes match first
+    app.extensions.mount_routes(api)  # /extensions/NAME/…, before the UI takes every other path
     return api
 
 
 def build_server(app: App) -> FastAPI:
-    """The FastAPI app serving the API at ``/v1`` and the Gradio UI at ``/``."""
+    """The FastAPI app serving the API at ``/v1``, extension routes and the Gradio UI at ``/``."""
     api = build_api_server(app)
     blocks = build_ui(app)
     server = gr.mount_gradio_app(
-        api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port, css=CSS,
+        api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port,
+        css=CSS + app.extensions.custom_css(), head=app.extensions.head_html(),
         footer_links=[], ssr_mode=False, allowed_paths=[str(app.characters.thumbs)],
         auth=app.settings.ui_auth or None,
     )  # fmt: skip

@@ -12,6 +12,7 @@ from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, 
 from webui.paths import UnsafeName
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
+from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
 from webui.ui.notebook_tab import build_notebook_tab
 from webui.ui.parameters_tab import ParametersTab
 
@@ -49,12 +50,14 @@ def build_ui(app: App) -> gr.Blocks:
         parameters = ParametersTab(app)
         with gr.Tab("Chat"):
             chat = build_chat_tab(app, parameters.inputs)
+            extension_blocks = build_extension_blocks(app)
         with gr.Tab("Parameters"):
             filtered = parameters.render()
         with gr.Tab("Characters"):
             build_characters_tab(app)
         with gr.Tab("Notebook"):
             build_notebook_tab(app, parameters.inputs)
+        build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
 

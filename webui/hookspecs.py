@@ -1,0 +1,116 @@
+"""The hooks an extension may implement (pluggy), and the calls the chat path makes into them.
+
+Extensions import :mod:`webui.extension_api`, not this module. Each hook may take any subset
+of the arguments named here. Modifiers chain: extensions run in hook order (manifest
+``priority``, then name) and each receives the previous one's result; returning ``None``
+leaves the value unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from backends.base import SamplingParams, Usage
+    from webui.extension_api import Context, ReplyInfo, Setting
+
+PROJECT = "inglenook.extensions"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+MODIFIER_HOOKS = (
+    "input_modifier",
+    "chat_input_modifier",
+    "history_modifier",
+    "state_modifier",
+    "custom_prompt",
+    "bot_prefix_modifier",
+    "output_modifier",
+)
+
+
+@hookspec
+def input_modifier(text: str, context: Context) -> str | None:
+    """The user's message (chat) or the prompt (notebook, ``inglenook run``) before it reaches the model."""
+
+
+@hookspec
+def chat_input_modifier(text: str, visible_text: str, context: Context) -> tuple[str, str] | None:
+    """The user's chat message as (text the model sees, text shown); runs before ``input_modifier``."""
+
+
+@hookspec
+def history_modifier(messages: list[dict], context: Context) -> list[dict] | None:
+    """The ``{"role", "content"}`` messages a chat prompt is built from (the saved chat is untouched)."""
+
+
+@hookspec
+def state_modifier(params: SamplingParams, context: Context) -> SamplingParams | None:
+    """The sampling parameters of a generation, just before it starts."""
+
+
+@hookspec(firstresult=True)
+def custom_prompt(messages: list[dict], prompt: str, context: Context) -> str | None:
+    """Build the whole chat prompt yourself: the first extension returning a string wins."""
+
+
+@hookspec
+def bot_prefix_modifier(prefix: str, context: Context) -> str | None:
+    """Text the assistant's reply starts with (put in its mouth; the model continues after it)."""
+
+
+@hookspec
+def output_modifier(text: str, reply: ReplyInfo, context: Context) -> str | None:
+    """The finished reply as front ends show and save it; ``reply.raw_text`` keeps the model's own text."""
+
+
+@hookspec
+def ui(where: str, context: Context) -> None:
+    """Build Gradio components. Called with ``where="chat"`` inside a block under the chat, and with
+    ``where="tab"`` inside a tab of the extension's own; build nothing for a place you do not want."""
+
+
+@hookspec
+def api_routes(router: APIRouter, context: Context) -> None:
+    """Add FastAPI routes to ``router``; they are served under ``/extensions/NAME/``."""
+
+
+@hookspec
+def settings() -> list[Setting]:
+    """The parameters the user can set (rendered in the Extensions tab, saved in user_data)."""
+
+
+@hookspec
+def startup(context: Context) -> None:
+    """Called when the extension is enabled (at start-up or later)."""
+
+
+@hookspec
+def shutdown(context: Context) -> None:
+    """Called when the extension is disabled or the app stops."""
+
+
+class ChatHooks:
+    """The calls :mod:`webui.chat` makes around every generation. This base changes nothing
+    (an engine without extensions); :class:`webui.extensions.ExtensionHost` runs the hooks."""
+
+    def chat_messages(self, messages: list[dict], model: str | None) -> list[dict]:
+        return messages
+
+    def chat_prompt(self, prompt: str, messages: list[dict], model: str | None) -> tuple[str, str]:
+        """(the prompt to generate from, the reply's prefix)."""
+        return prompt, ""
+
+    def completion_prompt(self, prompt: str, model: str | None) -> str:
+        return prompt
+
+    def sampling(self, params: SamplingParams, mode: str, model: str | None) -> SamplingParams:
+        return params
+
+    def output(self, text: str, usage: Usage | None, finish_reason: str | None, mode: str, model: str | None) -> str:
+        return text

@@ -1,0 +1,161 @@
+"""The Extensions tab, the extensions' own tabs and their blocks under the chat. Widgets only: the work is
+done by :mod:`webui.extensions`, :mod:`webui.extension_install` and :mod:`webui.restart`."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.app import App
+from webui.cli_extensions import RIGHTS_WARNING
+from webui.extension_api import Setting
+from webui.extension_install import install
+from webui.extensions import ExtensionError
+from webui.restart import restart_later
+
+COLUMNS = ["name", "version", "status", "source", "description", "error"]
+
+
+def table(app: App) -> list[list[str]]:
+    return [[str(row[c]) for c in COLUMNS] for row in app.extensions.rows()]
+
+
+def build_extension_blocks(app: App) -> dict[str, gr.Column]:
+    """Each active extension's ``ui(where="chat")`` block, under the chat (call inside the Chat tab)."""
+    blocks = {}
+    for ext in app.extensions.list():
+        if app.extensions.has_hook(ext, "ui"):
+            with gr.Column(elem_id=f"extension-block-{ext.name}") as column:
+                app.extensions.run_ui(ext, "chat")
+            if column.children:
+                blocks[ext.name] = column
+            else:
+                column.visible = False
+    return blocks
+
+
+def toggle(app: App, name: str, on: bool) -> tuple[str, bool]:
+    """Enable or disable ``name`` now; (message, whether a restart is needed to show its interface)."""
+    if not name:
+        return "Pick an extension first.", False
+    try:
+        ext = app.extensions.enable(name) if on else app.extensions.disable(name)
+    except ExtensionError as exc:
+        return f"⚠️ {exc}", False
+    if on and ext.error:
+        return f"⚠️ {name} cannot run: {ext.error}", False
+    if not on:
+        return f"Disabled {name}: its hooks have stopped and its interface is hidden.", False
+    if app.extensions.has_hook(ext, "ui") and not ext.ui_built:
+        return f"Enabled {name}: its hooks act now; restart to apply its interface.", True
+    return f"Enabled {name}.", False
+
+
+def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
+    """The extensions' own tabs, then the Extensions tab that manages them."""
+    host = app.extensions
+    tabs: dict[str, gr.Tab] = {}
+    for ext in host.list():
+        if host.has_hook(ext, "ui"):
+            with gr.Tab(ext.name.replace("_", " ").title(), elem_id=f"extension-tab-{ext.name}") as tab:
+                host.run_ui(ext, "tab")
+            if tab.children:
+                tabs[ext.name] = tab
+            else:
+                tab.visible = False
+    shown = {**{f"tab:{n}": t for n, t in tabs.items()}, **{f"chat:{n}": b for n, b in chat_blocks.items()}}
+
+    with gr.Tab("Extensions", elem_id="extensions-tab"):
+        gr.Markdown(f"⚠️ {RIGHTS_WARNING}")
+        listing = gr.Dataframe(
+            value=lambda: table(app), headers=COLUMNS, interactive=False, wrap=True, elem_id="extensions-table"
+        )
+        problems = gr.Markdown(lambda: "\n".join(f"⚠️ {p}" for p in host.problems))
+        with gr.Row():
+            names = [e.name for e in host.list()]
+            choice = gr.Dropdown(choices=names, value=None, label="Extension", scale=4, elem_id="extension-choice")
+            enable = gr.Button("Enable", scale=1, elem_id="extension-enable")
+            disable = gr.Button("Disable", scale=1, elem_id="extension-disable")
+        message = gr.Markdown("", elem_id="extension-message")
+        restart = gr.Button("Restart Inglenook", variant="stop", visible=False, elem_id="extension-restart")
+        revision = gr.State(0)  # bumped by enable/disable: an enabled extension's settings become known
+
+        @gr.render(inputs=[choice, revision], triggers=[choice.change, revision.change])
+        def settings_form(name: str | None, _revision: int):
+            ext = next((e for e in host.list() if e.name == name), None)
+            if ext is None or not ext.setting_specs:
+                return
+            gr.Markdown(f"**Settings of {ext.name}**")
+            widgets = [_widget(spec, ext.values.get(spec.name, spec.default)) for spec in ext.setting_specs]
+            save = gr.Button("Save settings", size="sm", elem_id="extension-save-settings")
+
+            def save_settings(*values):
+                specs = ext.setting_specs
+                problems = host.set_settings(ext.name, {s.name: v for s, v in zip(specs, values, strict=True)})
+                return "⚠️ " + "; ".join(problems) if problems else f"Saved the settings of {ext.name}."
+
+            save.click(save_settings, widgets, message, api_name=False)
+
+        with gr.Accordion("Install an extension", open=False):
+            source = gr.Textbox(
+                label="Git URL, folder or pip requirement", placeholder="https://github.com/…/my-extension.git",
+                elem_id="extension-source",
+            )  # fmt: skip
+            ask = gr.Button("Install…", elem_id="extension-install")
+            with gr.Group(visible=False) as confirm_box:
+                gr.Markdown(f"**Install it?** {RIGHTS_WARNING}")
+                with gr.Row():
+                    confirm = gr.Button("Yes, install", variant="primary", elem_id="extension-install-confirm")
+                    cancel = gr.Button("Cancel", elem_id="extension-install-cancel")
+
+    visible_outputs = list(shown.values())
+
+    def visibility() -> list:
+        return [gr.update(visible=host.get(key.split(":", 1)[1]).active) for key in shown]
+
+    def on_toggle(name: str, rev: int, on: bool):
+        text, needs_restart = toggle(app, name, on)
+        return table(app), text, gr.update(visible=needs_restart), rev + 1, *visibility()
+
+    outputs = [listing, message, restart, revision, *visible_outputs]
+    enable.click(lambda n, r: on_toggle(n, r, True), [choice, revision], outputs, api_name=False)
+    disable.click(lambda n, r: on_toggle(n, r, False), [choice, revision], outputs, api_name=False)
+
+    def on_install(text: str):
+        try:
+            installed = install(host, text)
+        except ValueError as exc:  # InstallError, ManifestError: nothing was installed
+            return gr.update(visible=False), f"⚠️ {exc}", gr.skip(), gr.skip(), gr.skip()
+        for name in installed:
+            host.enable(name)
+        needs = any(host.has_hook(host.get(n), "ui") for n in installed)
+        note = " Restart to apply its interface." if needs else ""
+        names = [e.name for e in host.list()]
+        return (
+            gr.update(visible=False), f"Installed and enabled {', '.join(installed)}.{note}", table(app),
+            gr.update(visible=needs), gr.update(choices=names, value=installed[0]),
+        )  # fmt: skip
+
+    ask.click(lambda t: gr.update(visible=bool((t or "").strip())), source, confirm_box, api_name=False)
+    cancel.click(lambda: gr.update(visible=False), None, confirm_box, api_name=False)
+    confirm.click(on_install, source, [confirm_box, message, listing, restart, choice], api_name=False)
+
+    def on_restart():
+        restart_later(app.close)
+        return "Restarting… this page reconnects in a few seconds (reload it if it does not)."
+
+    restart.click(on_restart, None, message, api_name=False)
+    del problems
+
+
+def _widget(spec: Setting, value):
+    label = spec.label or spec.name
+    if spec.type is bool:
+        return gr.Checkbox(value=value, label=label, info=spec.help or None, interactive=True)
+    if spec.choices:
+        return gr.Dropdown(list(spec.choices), value=value, label=label, info=spec.help or None, interactive=True)
+    if spec.type in (int, float):
+        if spec.minimum is not None and spec.maximum is not None:
+            step = 1 if spec.type is int else (spec.maximum - spec.minimum) / 100
+            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, interactive=True)
+        return gr.Number(value=value, label=label, precision=0 if spec.type is int else None, interactive=True)
+    return gr.Textbox(value=value, label=label, lines=spec.lines, info=spec.help or None, interactive=True)
