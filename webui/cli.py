@@ -14,14 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__
+from webui import __version__, cli_models
 from webui.app import App
 from webui.chat import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.paths import UnsafeName
 from webui.settings import Settings
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates")
+SUBCOMMANDS = ("serve", "run", "bench", "templates", "models")
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -42,8 +42,8 @@ def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         default=None,
         help="loader to use (default: the first that recognises the model, e.g. llama.cpp for .gguf)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for generation (default: all cores)")
-    p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: all cores)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context length in tokens (default: 4096)")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"inglenook {__version__}")
     _serve_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,run,bench,templates,models}")
 
     serve = sub.add_parser("serve", help="start the web UI (the default command)")
     _serve_options(serve)
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
     render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
+    cli_models.add_parser(sub)
     return parser
 
 
@@ -139,8 +140,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         user_data=getattr(args, "user_data", Path("user_data")),
         model=getattr(args, "model", None),
         loader=args.loader,
-        threads=args.threads,
-        n_ctx=args.n_ctx,
+        threads=args.threads or 0,
+        n_ctx=args.n_ctx or 4096,
+        load_overrides={k: v for k, v in (("n_ctx", args.n_ctx), ("threads", args.threads)) if v is not None},
     )
 
 
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "templates":
             return cmd_templates(args)
+        if args.command == "models":
+            return cli_models.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
 

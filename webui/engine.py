@@ -136,7 +136,15 @@ class Engine:
                 self._queue.leave()
         return self._loaded.model.info
 
+    def reload(self, settings: LoadSettings | None = None) -> ModelInfo:
+        """Load the current model again (with new ``settings``, or the ones it was loaded with)."""
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelLoadError("no model is loaded, so there is nothing to reload")
+        return self.load(loaded.path, loaded.loader.name, settings if settings is not None else loaded.settings)
+
     def unload(self) -> None:
+        """Free the loaded model (a generation in progress is cancelled first); a no-op when none is loaded."""
         with self._admin:
             self._take_turn()
             try:

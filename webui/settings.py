@@ -19,6 +19,7 @@ class Settings:
     loader: str | None = None  # None = the first loader that recognises the model
     threads: int = 0  # 0 = all cores
     n_ctx: int = 4096
+    load_overrides: dict = field(default_factory=dict)  # load settings given explicitly (win over saved ones)
     stream_interval_s: float = 0.05  # the UI pushes at most 20 updates a second
 
     @property
