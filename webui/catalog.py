@@ -519,3 +519,14 @@ def variant_report(variant: Variant, registry: LoaderRegistry, n_ctx: int, avail
         report["warnings"] = [*report["warnings"], "no available loader: " + "; ".join(o.unavailable for o in options)]
     report["memory"] = estimate_memory(variant.facts, n_ctx, available=available).as_dict() if variant.facts else None
     return report
+
+
+def process_rss(status: Path = Path("/proc/self/status")) -> int | None:
+    """This process's resident memory in bytes (VmRSS), or None where /proc is not there."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", nargs="?", default="default", help="model (default: the embedded default)")
     run.add_argument("prompt", nargs="?", default=None, help="text to complete; omit for an interactive chat")
     _model_options(run, with_model=False)
+    run.add_argument(
+        "--user-data",
+        type=Path,
+        default=Path("user_data"),
+        help="folder of saved model settings (default: ./user_data)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
     run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
     run.add_argument("--system", default="", help="system prompt for chat")
