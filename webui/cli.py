@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default="The history of the city of Rome begins", help="prompt to continue")
     bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument(
+        "--switch", action="store_true", help="instead: --runs load/unload cycles, printing load time and RSS per cycle"
+    )
 
     templates = sub.add_parser("templates", help="list prompt templates, or print the exact prompt one produces")
     tsub = templates.add_subparsers(dest="templates_command", metavar="{list,render}", required=True)
