@@ -36,9 +36,13 @@ def build_model_tab(app: App, on_change) -> tuple:
     with gr.Row():
         model = gr.Dropdown(choices=core.model_choices(catalog), value=model0, label="Model", allow_custom_value=True,
                             scale=4, elem_id="model-choice")  # fmt: skip
-        variant = gr.Dropdown(choices=core.variant_choices(catalog, model0 or ""), value=variant0,
-                              label="Quantization", scale=4, elem_id="variant-choice")  # fmt: skip
-        loader = gr.Dropdown(choices=loaders0, value=loader0, label="Loader", scale=2, elem_id="loader-choice")
+        variant = gr.Dropdown(
+            choices=core.variant_choices(catalog, model0 or ""), value=variant0, label="Quantization",
+            allow_custom_value=True, scale=4, elem_id="variant-choice",
+        )  # fmt: skip
+        loader = gr.Dropdown(
+            choices=loaders0, value=loader0, label="Loader", scale=2, allow_custom_value=True, elem_id="loader-choice"
+        )
     with gr.Row():
         load = gr.Button("Load", variant="primary", scale=1, elem_id="load-model")
         unload = gr.Button("Unload", scale=1, elem_id="unload-model")
