@@ -472,7 +472,8 @@ def test_the_template_choice_is_shown_can_be_changed_and_show_prompt_prints_the_
 
 
 def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(browser, models_dir, gemma_path, tmp_path):
-    """The Model row end to end: two quantization files of one model, a loader, a context length, Load, a reply."""
+    """The Model row end to end: two quantization files of one model, a loader (llama.cpp or transformers for a
+    GGUF, each with its own settings), a context length, Load, a reply."""
     import os
 
     folder = tmp_path / "models"
@@ -494,8 +495,15 @@ def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(brows
         page.locator("#variant-choice input").click()
         page.get_by_role("option", name="Q4_K_M (gguf) — gemma-3-270m.Q4_K_M.gguf").click()
         page.locator("#loader-choice input").click()
-        page.get_by_role("option", name="llama.cpp").click()
+        page.get_by_role("option", name="transformers").click()  # it reads GGUF too: its own settings show
         page.get_by_text("Load settings").click()
+        sync_api.expect(page.locator("#setting-dtype")).to_be_visible(timeout=30_000)
+        sync_api.expect(page.locator("#setting-trust_remote_code")).to_be_visible()
+        sync_api.expect(page.locator("#setting-use_mmap")).to_be_hidden()
+        page.locator("#loader-choice input").click()
+        page.get_by_role("option", name="llama.cpp").click()
+        sync_api.expect(page.locator("#setting-use_mmap")).to_be_visible(timeout=30_000)
+        sync_api.expect(page.locator("#setting-dtype")).to_be_hidden()
         ctx = page.locator("#setting-n_ctx input")
         ctx.fill("1024")
         ctx.press("Tab")
