@@ -108,6 +108,8 @@ class GGUFHeader:
     metadata: dict[str, object] = field(default_factory=dict)
     parameter_count: int = 0
     data_end: int = 0
+    tensor_bytes: int = 0  # the weights' bytes, as the tensor types say (bits/weight = 8 * this / parameter_count)
+    tensor_types: dict[int, int] = field(default_factory=dict)  # ggml type id -> elements stored in that type
 
     @property
     def architecture(self) -> str:
@@ -220,6 +222,8 @@ def read_header(path: Path) -> GGUFHeader:
         for d in dims:
             elements *= d
         header.parameter_count += elements
+        header.tensor_bytes += elements // block * block_bytes
+        header.tensor_types[ttype] = header.tensor_types.get(ttype, 0) + elements
         end = data_start + offset + elements // block * block_bytes
         header.data_end = max(header.data_end, end)
     if header.data_end > size:

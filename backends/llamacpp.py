@@ -76,7 +76,7 @@ class LlamaCppModel(Model):
             raise GenerationError("the model was unloaded")
         watch = Stopwatch()
         prompt_tokens = self.tokenize(prompt)
-        n_ctx = self._llm.n_ctx()
+        n_ctx = _usable_ctx(self._llm)
         if len(prompt_tokens) >= n_ctx:
             raise GenerationError(
                 f"the prompt is {len(prompt_tokens)} tokens but the context holds {n_ctx}; "
@@ -257,7 +257,7 @@ class LlamaCppLoader(Loader):
             architecture=header.architecture,
             parameter_count=header.parameter_count,
             quantization=header.quantization,
-            context_length=llm.n_ctx(),
+            context_length=_usable_ctx(llm),
             chat_template=header.chat_template,
             file_size=path.stat().st_size,
             bos_token=_piece(llm, llama_cpp.llama_vocab_bos(vocab)),
@@ -368,6 +368,12 @@ def dry_breakers(text: str) -> list[str]:
     if not all(isinstance(b, str) for b in found):
         raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}")
     return found
+
+
+def _usable_ctx(llm) -> int:
+    """The context a prompt may fill: llama.cpp pads a small n_ctx up (to 256), but llama-cpp-python's token
+    buffer keeps the size asked for, and a longer prompt overflows it (a numpy broadcast error)."""
+    return min(llm.n_ctx(), len(llm.input_ids))
 
 
 def _piece(llm, token: int) -> str:

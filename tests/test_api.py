@@ -180,6 +180,23 @@ def test_model_field_switches_models(client, served):
     assert cards[GEMMA]["active"] and not cards[COPY]["loaded"]
 
 
+def test_switching_by_the_model_field_uses_the_settings_saved_for_that_model(client, served):
+    """What the Model tab saved for a model (its loader and settings) is what an API switch loads it with."""
+    from backends.llamacpp import LlamaCppSettings
+    from webui.model_settings import forget_settings, save_settings
+
+    assert post(served, "/v1/internal/model/load", json={"model_name": GEMMA}).status_code == 200
+    save_settings(served.app.settings.user_data, f"{COPY}.gguf", "llama.cpp", LlamaCppSettings(n_ctx=768))
+    try:
+        r = client.completions.create(model=COPY, prompt="Hello", max_tokens=2, temperature=0)
+        assert r.model == COPY and served.app.engine.info.context_length == 768
+        r = post(served, "/v1/internal/model/load", json={"model_name": COPY, "settings": {"n_ctx": 512}})
+        assert r.json()["context_length"] == 512, "a request's own settings win over the saved ones"
+    finally:
+        forget_settings(served.app.settings.user_data, f"{COPY}.gguf")
+    assert post(served, "/v1/internal/model/load", json={"model_name": GEMMA}).status_code == 200
+
+
 def test_unknown_and_unsafe_model_names_are_refused(client):
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="gpt-4o", messages=CHAT, max_tokens=2)

@@ -60,3 +60,14 @@ def test_bench_rejects_bad_arguments(models_dir):
     result = cli("bench", "no-such-model", "--no-ui", "--models-dir", str(models_dir))
     assert result.returncode != 0
     assert "error:" in result.stderr and "no-such-model" in result.stderr
+
+
+def test_bench_switch_reports_load_time_and_rss_per_cycle(models_dir):
+    result = cli("bench", "--switch", "--runs", "2", "--json", "--n-ctx", "512", "--models-dir", str(models_dir))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [c["cycle"] for c in report["cycles"]] == [1, 2]
+    for c in report["cycles"]:
+        assert c["load_s"] > 0
+        assert c["rss_loaded_mb"] > c["rss_unloaded_mb"]  # the unload gave memory back
+    assert report["loader"] == "llama.cpp"

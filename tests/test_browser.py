@@ -242,7 +242,7 @@ def test_loading_a_model_that_does_not_exist_shows_an_error_and_keeps_the_curren
 def test_after_a_failed_load_the_picker_shows_the_model_still_loaded(page, gemma_path: Path):
     """The picker must not keep naming a model that was never loaded."""
     load_model_named(page, "no-such-model")
-    sync_api.expect(page.locator("#model-choice input")).to_have_value(gemma_path.name, timeout=10_000)
+    sync_api.expect(page.locator("#model-choice input")).to_have_value("gemma-3-270m", timeout=10_000)
 
 
 def test_the_chat_clear_button_starts_a_fresh_conversation(page):
@@ -534,3 +534,58 @@ def test_a_preset_saved_as_a_new_name_appears_and_loads_back(page):
     page.click("#preset-save-as")
     sync_api.expect(markdown(page, "#preset-status")).to_contain_text("may not contain path separators")
     sync_api.expect(page.locator("#preset-choice input")).to_have_value("My browser preset")
+
+
+def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(browser, models_dir, gemma_path, tmp_path):
+    """The Model row end to end: two quantization files of one model, a loader (llama.cpp or transformers for a
+    GGUF, each with its own settings), a context length, Load, a reply."""
+    import os
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("gemma-3-270m.Q4_K_M.gguf", "gemma-3-270m-Q8_0.gguf"):
+        os.link(gemma_path, folder / name)
+    args = (
+        "--models-dir",
+        str(folder),
+        "--user-data",
+        str(tmp_path / "user_data"),
+        "--model",
+        "gemma-3-270m-Q8_0.gguf",
+    )
+    page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
+    with running_server(*args) as (url, _proc):
+        open_page(page, url)
+        sync_api.expect(page.locator("#model-choice input")).to_have_value("gemma-3-270m")
+        page.locator("#variant-choice input").click()
+        page.get_by_role("option", name="Q4_K_M (gguf) — gemma-3-270m.Q4_K_M.gguf").click()
+        page.locator("#loader-choice input").click()
+        page.get_by_role("option", name="transformers").click()  # it reads GGUF too: its own settings show
+        page.get_by_text("Load settings").click()
+        sync_api.expect(page.locator("#setting-dtype")).to_be_visible(timeout=30_000)
+        sync_api.expect(page.locator("#setting-trust_remote_code")).to_be_visible()
+        sync_api.expect(page.locator("#setting-use_mmap")).to_be_hidden()
+        page.locator("#loader-choice input").click()
+        page.get_by_role("option", name="llama.cpp").click()
+        sync_api.expect(page.locator("#setting-use_mmap")).to_be_visible(timeout=30_000)
+        sync_api.expect(page.locator("#setting-dtype")).to_be_hidden()
+        ctx = page.locator("#setting-n_ctx input")
+        ctx.fill("1024")
+        ctx.press("Tab")
+        page.get_by_text("Model info").click()
+        sync_api.expect(markdown(page, "#model-info")).to_contain_text("memory at 1024 tokens", timeout=30_000)
+        page.click("#load-model")
+        status = markdown(page, "#model-status")
+        sync_api.expect(status).to_contain_text("Loaded gemma-3-270m.Q4_K_M", timeout=60_000)
+        assert "context 1024" in status.inner_text()
+        assert "context 1024" in markdown(page, "#model-header").inner_text()
+        shot(page, "6-model-tab")
+        page.click("#new-chat")
+        set_max_tokens(page, 12)
+        page.evaluate(WATCH_REPLY_JS)
+        send(page, "Once upon a time")
+        stats = wait_for_stats(page)
+        assert "tokens" in stats and page.evaluate(LAST_REPLY_JS)["text"]
+        growing = {r["text"] for r in page.evaluate("window.__replies") if r["stats"] is None} - {"", "…"}
+        assert growing, "the reply streamed in before its stats line"
+    page.context.close()

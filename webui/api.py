@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from backends.base import CancelToken, ModelInfo, ModelLoadError, Usage
+from backends.base import CancelToken, LoadSettings, ModelInfo, ModelLoadError, Usage
 from webui.api_auth import BodyTooLarge, error_body, is_admin
 from webui.api_types import (
     ApiError,
@@ -402,10 +402,9 @@ def install_api(server: FastAPI, app: App) -> None:
 
     async def _load(path: Path, loader_name: str | None, overrides: dict) -> ModelInfo:
         try:
-            loader = app.registry.pick(path, loader_name)
-            settings = _load_settings(app, loader.name, overrides)
+            loader, settings = _load_settings(app, path, loader_name, overrides)
             return await run_in_threadpool(
-                app.engine.load, path, loader.name, settings, preempt=False, reuse=not overrides and not loader_name
+                app.engine.load, path, loader, settings, preempt=False, reuse=not overrides and not loader_name
             )
         except ModelLoadError as exc:
             raise ApiError(500, str(exc), "model_load_failed") from None
@@ -613,9 +612,10 @@ def _grammar(app: App, response_format: ResponseFormat) -> str:
         raise ApiError(400, str(exc), param="response_format") from None
 
 
-def _load_settings(app: App, loader_name: str, overrides: dict):
-    """The loader's settings from the command line's, with ``overrides`` from the request (never unsafe ones)."""
-    settings = app.load_settings_for(loader_name)
+def _load_settings(app: App, path: Path, loader_name: str | None, overrides: dict) -> tuple[str, LoadSettings]:
+    """The loader and its settings as the UI would load ``path`` (saved for the model, layered over the command
+    line's: App.choose_loader), with ``overrides`` from the request (never unsafe ones)."""
+    loader_name, settings = app.choose_loader(path, loader_name)
     known = {f.name: f for f in fields(settings)}
     for key, value in overrides.items():
         if any(word in key.lower() for word in NOT_SETTABLE):
@@ -626,4 +626,4 @@ def _load_settings(app: App, loader_name: str, overrides: dict):
         if type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
             raise ApiError(400, f"setting {key!r} must be a {type(default).__name__}", param=key)
         setattr(settings, key, value)
-    return settings
+    return loader_name, settings

@@ -547,8 +547,63 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def bench_switch(app: App, model: str, cycles: int) -> dict:
+    """Load and unload ``model`` ``cycles`` times: load time, and this process's RSS loaded and unloaded."""
+    from webui.catalog import process_rss
+
+    rows = []
+    baseline = process_rss()
+    for i in range(cycles):
+        start = time.perf_counter()
+        info = app.load_model(model)
+        load_s = time.perf_counter() - start
+        loaded = process_rss()
+        app.engine.unload()
+        rows.append({"cycle": i + 1, "load_s": round(load_s, 3), "rss_loaded_mb": _mb(loaded),
+                     "rss_unloaded_mb": _mb(process_rss())})  # fmt: skip
+    first, last = rows[0]["rss_loaded_mb"], rows[-1]["rss_loaded_mb"]
+    return {
+        "model": info.name,
+        "loader": info.loader,
+        "rss_before_mb": _mb(baseline),
+        "cycles": rows,
+        "rss_growth_percent": round(100 * (last - first) / first, 1) if first else None,
+    }
+
+
+def _mb(n: int | None) -> float | None:
+    return round(n / 2**20, 1) if n else None
+
+
+def format_switch(result: dict) -> str:
+    lines = [f"model {result['model']} ({result['loader']}); RSS before loading: {result['rss_before_mb']} MB", "",
+             "cycle | load s | RSS loaded MB | RSS unloaded MB", "---|---|---|---"]  # fmt: skip
+    lines += [
+        f"{r['cycle']} | {r['load_s']:.2f} | {r['rss_loaded_mb']} | {r['rss_unloaded_mb']}" for r in result["cycles"]
+    ]
+    lines.append(f"\nRSS loaded, last cycle vs first: {result['rss_growth_percent']:+.1f} %")
+    return "\n".join(lines)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from webui.cli import settings_from
+
+    if getattr(args, "switch", False):
+        if args.runs < 1:
+            print("error: --runs must be at least 1", file=sys.stderr)
+            return 2
+        scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
+        app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
+        try:
+            result = bench_switch(app, args.model, args.runs)
+        except (ModelLoadError, UnsafeName) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            app.close()
+            scratch.cleanup()
+        print(json.dumps(result, ensure_ascii=False) if args.json else format_switch(result))
+        return 0
 
     if args.tokens < 2:
         print("error: --tokens must be at least 2 (decode speed needs a first and a last token)", file=sys.stderr)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
-from webui import __version__, cli_characters, cli_extensions, cli_loaders, cli_presets
+from webui import __version__, cli_characters, cli_extensions, cli_loaders, cli_models, cli_presets
 from webui.api_auth import add_serve_options, serve_settings
 from webui.app import App
 from webui.bench_api import add_options as add_bench_api_options
@@ -25,7 +25,9 @@ from webui.settings import Settings
 from webui.template_prefs import TemplatePrefs
 from webui.templates import build_chat_prompt
 
-SUBCOMMANDS = ("serve", "run", "bench", "templates", "characters", "loaders", "presets", "extensions")
+SUBCOMMANDS = (
+    "serve", "run", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
+)  # fmt: skip
 
 
 def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -46,8 +48,8 @@ def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         default=None,
         help="loader to use (default: the first that recognises the model, e.g. llama.cpp for .gguf)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for generation (default: all cores)")
-    p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: all cores)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context length in tokens (default: 4096)")
     p.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -94,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", nargs="?", default="default", help="model (default: the embedded default)")
     run.add_argument("prompt", nargs="?", default=None, help="text to complete; omit for an interactive chat")
     _model_options(run, with_model=False)
-    run.add_argument("--user-data", type=Path, default=Path("user_data"), help="folder of settings and extensions")
+    run.add_argument(
+        "--user-data", type=Path, default=Path("user_data"),
+        help="folder of saved model settings and extensions (default: ./user_data)",
+    )  # fmt: skip
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
     run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
     run.add_argument("--system", default="", help="system prompt for chat")
@@ -128,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     add_bench_api_options(bench)
+    bench.add_argument(
+        "--switch", action="store_true", help="instead: --runs load/unload cycles, printing load time and RSS per cycle"
+    )
 
     templates = sub.add_parser("templates", help="list prompt templates, or print the exact prompt one produces")
     tsub = templates.add_subparsers(dest="templates_command", metavar="{list,render}", required=True)
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_loaders.add_parser(sub)
     cli_presets.add_parser(sub)
     cli_extensions.add_parser(sub)
+    cli_models.add_parser(sub)
     return parser
 
 
@@ -168,10 +177,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         user_data=getattr(args, "user_data", Path("user_data")),
         model=getattr(args, "model", None),
         loader=args.loader,
-        threads=args.threads,
-        n_ctx=args.n_ctx,
+        threads=args.threads or 0,
+        n_ctx=args.n_ctx or 4096,
         allow_pickle=getattr(args, "allow_pickle", False),
         trust_remote_code=getattr(args, "trust_remote_code", False),
+        load_overrides={k: v for k, v in (("n_ctx", args.n_ctx), ("threads", args.threads)) if v is not None},
     )
     return replace(settings, **serve_settings(args))  # the API and access flags (webui/api_auth.py)
 
@@ -194,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_presets.run(args)
         if args.command == "extensions":
             return cli_extensions.run(args)
+        if args.command == "models":
+            return cli_models.run(args)
         if args.command == "bench":
             from webui.bench import cmd_bench
             from webui.bench_api import cmd_bench_api

@@ -201,6 +201,36 @@ class Engine:
             raise ModelLoadError(message) from exc
         self._recipes[path] = (loader, settings)
 
+    def reload(self, settings: LoadSettings | None = None) -> ModelInfo:
+        """Load the active model again from its file (with new ``settings``, or the ones it was loaded with).
+
+        Unlike :meth:`load`, the same settings still read the file again, so Reload picks up a changed file.
+        If the new load fails, the model is loaded again as it was and the error says so.
+        """
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelLoadError("no model is loaded, so there is nothing to reload")
+        settings = settings if settings is not None else loaded.settings
+        loaded.loader.check(loaded.path, settings)
+        with self._admin:
+            self._take_turn()
+            try:
+                current = self._loaded
+                if current is None:
+                    raise ModelLoadError("the model was unloaded meanwhile, so there is nothing to reload")
+                self._close_one(current)
+                self._loaded = None
+                try:
+                    self._loaded = self._load(current.path, current.loader, settings)
+                except Exception as exc:
+                    message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                    self._loaded = self._load(current.path, current.loader, current.settings)
+                    raise ModelLoadError(f"{message} ({current.path.name} is loaded again as it was)") from exc
+                self._recipes[current.path] = (current.loader, settings)
+            finally:
+                self._queue.leave()
+        return self._loaded.model.info
+
     def _park(self, loaded: Loaded | None) -> None:
         """Keep ``loaded`` resident as a spare if there is room for more than one model, else close it."""
         if loaded is None:

@@ -6,13 +6,13 @@ import html
 
 import gradio as gr
 
-from backends.base import ModelInfo, ModelLoadError
+from backends.base import ModelInfo
 from webui.app import App
-from webui.models import DEFAULT_NOTE, default_model_license, is_default_model, list_models
-from webui.paths import UnsafeName
+from webui.models import DEFAULT_NOTE, default_model_license, is_default_model
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
+from webui.ui.model_tab import build_model_tab
 from webui.ui.notebook_tab import build_notebook_tab
 from webui.ui.parameters_tab import ParametersTab
 
@@ -40,13 +40,7 @@ def build_ui(app: App) -> gr.Blocks:
             "Licence of the embedded default model (Gemma terms)", open=False, visible=_is_default(app)
         ) as lic:
             gr.Textbox(_licence_text(), show_label=False, interactive=False, lines=12, max_lines=12)
-        with gr.Row():
-            model_choice = gr.Dropdown(
-                choices=_model_names(app), value=_current_name(app), label="Model", allow_custom_value=True,
-                scale=6, elem_id="model-choice",
-            )  # fmt: skip
-            load = gr.Button("Load", scale=1, elem_id="load-model")
-        status = gr.Markdown("", elem_id="model-status")
+        status, load, unload, reload, save, model_choice = build_model_tab(app, lambda a: _header_updates(a))
         parameters = ParametersTab(app)
         with gr.Tab("Chat"):
             chat = build_chat_tab(app, parameters.inputs)
@@ -60,40 +54,29 @@ def build_ui(app: App) -> gr.Blocks:
         build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
-
-        def load_model(name: str):
-            try:
-                app.load_model(name or None, allow_paths=app.settings.loopback)
-                message = f"Loaded {app.engine.info.name}."
-            except (ModelLoadError, UnsafeName) as exc:
-                message = f"⚠️ {exc}"
-            default = _is_default(app)
-            return (
-                describe(app.engine.info), gr.update(visible=default), gr.update(visible=default),
-                gr.update(choices=_model_names(app), value=_current_name(app)), message,
-            )  # fmt: skip
-
-        load.click(
-            load_model, model_choice, [header, default_note, lic, model_choice, status], api_name="load_model"
-        ).then(chat.model_changed, None, chat.model_outputs, api_name=False).then(  # its template and rule defaults
-            parameters.mark, filtered, list(parameters.inputs.values()), api_name=False
+        after = [header, default_note, lic, model_choice, status]
+        changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
+        marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores
+        load[0].click(load[1], load[2], after, api_name="load_model").then(*changed, api_name=False).then(
+            *marked, api_name=False
         )
-        blocks.load(parameters.mark, filtered, list(parameters.inputs.values()), api_name=False)
+        unload[0].click(unload[1], None, after, api_name="unload_model").then(*changed, api_name=False)
+        reload[0].click(reload[1], reload[2], after, api_name="reload_model").then(*changed, api_name=False).then(
+            *marked, api_name=False
+        )
+        save[0].click(save[1], save[2], status, api_name="save_model_settings")
+        blocks.load(*marked, api_name=False)
     return blocks
+
+
+def _header_updates(app: App) -> list:
+    default = _is_default(app)
+    return [describe(app.engine.info), gr.update(visible=default), gr.update(visible=default)]
 
 
 def _is_default(app: App) -> bool:
     loaded = app.engine.loaded
     return loaded is not None and is_default_model(loaded.path)
-
-
-def _current_name(app: App) -> str | None:
-    loaded = app.engine.loaded
-    return loaded.path.name if loaded else None
-
-
-def _model_names(app: App) -> list[str]:
-    return [entry.name for entry in list_models(app.settings.models_dir)]
 
 
 def _licence_text() -> str:

@@ -1,0 +1,121 @@
+"""The Model row: model, quantization, loader, the loader's settings, Load/Unload/Reload/Save and the info panel.
+
+Widgets only: every decision is a function of :mod:`webui.model_panel`, tested without a browser. One widget
+per settings field name across all registered loaders; choosing a loader shows its fields and hides the rest.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui import model_panel as core
+from webui.app import App
+from webui.catalog import Catalog
+
+
+def _widget(field, interactive: bool):
+    if field.kind == "bool":
+        return gr.Checkbox(
+            value=field.default, label=field.label, interactive=interactive, elem_id=f"setting-{field.name}"
+        )
+    if field.kind == "choice":
+        return gr.Dropdown(
+            choices=field.choices, value=field.default, label=field.label, elem_id=f"setting-{field.name}"
+        )
+    if field.kind in ("int", "float"):
+        return gr.Number(value=field.default, label=field.label, precision=0 if field.kind == "int" else None,
+                         elem_id=f"setting-{field.name}")  # fmt: skip
+    return gr.Textbox(value=field.default, label=field.label, elem_id=f"setting-{field.name}")
+
+
+def build_model_tab(app: App, on_change) -> tuple:
+    """The model row. ``on_change(app)`` gives the header updates after a load/unload; returns (status, outputs)."""
+    catalog = Catalog(app.settings.models_dir)
+    fields = core.all_fields(app)
+    model0, variant0 = core.current(app, catalog)
+    loaders0, loader0 = core.loader_choices(app, catalog, variant0 or "")
+    values0 = core.form_values(app, catalog, loader0, variant0 or "")
+    with gr.Row():
+        model = gr.Dropdown(choices=core.model_choices(catalog), value=model0, label="Model", allow_custom_value=True,
+                            scale=4, elem_id="model-choice")  # fmt: skip
+        variant = gr.Dropdown(
+            choices=core.variant_choices(catalog, model0 or ""), value=variant0, label="Quantization",
+            allow_custom_value=True, scale=4, elem_id="variant-choice",
+        )  # fmt: skip
+        loader = gr.Dropdown(
+            choices=loaders0, value=loader0, label="Loader", scale=2, allow_custom_value=True, elem_id="loader-choice"
+        )
+    with gr.Row():
+        load = gr.Button("Load", variant="primary", scale=1, elem_id="load-model")
+        unload = gr.Button("Unload", scale=1, elem_id="unload-model")
+        reload = gr.Button("Reload", scale=1, elem_id="reload-model")
+        save = gr.Button("Save settings for this model", scale=2, elem_id="save-model-settings")
+    status = gr.Markdown("", elem_id="model-status")
+    with gr.Accordion("Load settings", open=False, elem_id="load-settings"):
+        widgets = {}
+        with gr.Row():
+            for name, f in fields.items():
+                w = _widget(f, not core.locked(app, name))
+                if name in values0:
+                    w.value = values0[name]
+                w.visible = name in values0 or not values0
+                widgets[name] = w
+    with gr.Accordion("Model info", open=False, elem_id="model-info-box"):
+        info = gr.Markdown(core.info_markdown(app, catalog, variant0 or "", values0.get("n_ctx")), elem_id="model-info")
+    names = list(widgets)
+    inputs = [model, variant, loader, *widgets.values()]
+
+    def values_of(args) -> dict:
+        return dict(zip(names, args, strict=True))
+
+    def form_updates(loader_name, variant_name) -> list:
+        values = core.form_values(app, catalog, loader_name, variant_name or "")
+        return [gr.update(visible=n in values, value=values.get(n)) if n in values else gr.update(visible=False)
+                for n in names]  # fmt: skip
+
+    def pick_model(model_name):
+        choices = core.variant_choices(catalog, model_name or "")
+        first = choices[0][1] if choices else None
+        return gr.update(choices=choices, value=first)
+
+    def pick_variant(variant_name):
+        labels, natural = core.loader_choices(app, catalog, variant_name or "")
+        return gr.update(choices=labels, value=natural)
+
+    def pick_loader(loader_name, variant_name):
+        values = core.form_values(app, catalog, loader_name, variant_name or "")
+        return [*form_updates(loader_name, variant_name), core.info_markdown(app, catalog, variant_name or "",
+                                                                             values.get("n_ctx"))]  # fmt: skip
+
+    def after(message):
+        m, v = core.current(app, catalog)
+        return [*on_change(app), gr.update(value=m), message]
+
+    def do_load(model_name, variant_name, loader_name, *args):
+        return after(core.load(app, catalog, model_name or "", variant_name or "", loader_name, values_of(args)))
+
+    def do_unload():
+        return after(core.unload(app))
+
+    def do_reload(model_name, variant_name, loader_name, *args):
+        return after(core.reload(app, loader_name, values_of(args)))
+
+    def do_save(model_name, variant_name, loader_name, *args):
+        return core.save(app, catalog, variant_name or "", loader_name, values_of(args))
+
+    def refresh_info(variant_name, n_ctx):
+        return core.info_markdown(app, catalog, variant_name or "", n_ctx)
+
+    model.input(pick_model, model, variant, api_name=False)
+    variant.change(pick_variant, variant, loader, api_name=False)
+    loader.change(pick_loader, [loader, variant], [*widgets.values(), info], api_name=False)
+    if "n_ctx" in widgets:
+        widgets["n_ctx"].change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
+    return (
+        status,
+        (load, do_load, inputs),
+        (unload, do_unload),
+        (reload, do_reload, inputs),
+        (save, do_save, inputs),
+        model,
+    )
