@@ -98,16 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(run, with_model=False)
     run.add_argument(
         "--user-data", type=Path, default=Path("user_data"),
-        help="folder of saved model settings and extensions (default: ./user_data)",
+        help="folder of your presets, saved model settings and extensions (default: ./user_data)",
     )  # fmt: skip
     run.add_argument("--json", action="store_true", help="print one JSON object with the text and the stats")
     run.add_argument("--chat", action="store_true", help="treat PROMPT as a chat message (use the chat format)")
     run.add_argument("--system", default="", help="system prompt for chat")
     run.add_argument(
         "--preset", default=None, help="sampling preset to start from (see 'presets list'); the flags below override it"
-    )
-    run.add_argument(
-        "--user-data", type=Path, default=Path("user_data"), help="folder of your presets (default: ./user_data)"
     )
     run.add_argument("--grammar", default=None, help="GBNF grammar the output must follow: a grammar name or a file")
     run.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
