@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,31 @@ def test_a_new_chat_with_a_character_opens_with_its_greeting(tmp_path):
     assert conv.chat_messages() == [{"role": "assistant", "content": "Evening, Ann."}]
     assert history.load(conv.owner, conv.id).chat_messages() == conv.chat_messages()  # saved at once
     assert start_conversation(history, characters, "instruct", "Wren").messages == []
+
+
+def test_a_cards_alternate_greetings_are_versions_of_the_first_message(tmp_path):
+    """SillyTavern offers alternate greetings as swipes; here they are versions to page with ◀ ▶."""
+    history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
+    characters.save("Wren", replace(WREN, alternate_greetings=["Back again, {{user}}?", "  "]))
+    conv = start_conversation(history, characters, "chat", "Wren")
+    first = history.load(conv.owner, conv.id).messages[0]
+    assert [v.content for v in first.versions] == ["Evening, Ann.", "Back again, Ann?"] and first.shown == 0
+    conv.page_version(0, 1)
+    assert conv.chat_messages() == [{"role": "assistant", "content": "Back again, Ann?"}]
+
+
+def test_post_history_instructions_follow_the_newest_message_in_the_prompt_only():
+    card = replace(WREN, post_history_instructions="{{original}} Stay in character as {{char}}.")
+    prompt = build_prompt(CHAT, GEMMA, "chat", card)
+    assert prompt.text.endswith("Is there tea?\n\nStay in character as Wren.<end_of_turn>\n<start_of_turn>model\n")
+    assert CHAT[-1]["content"] == "Is there tea?"  # the conversation itself is untouched
+    instructed = build_prompt(CHAT, GEMMA, "chat-instruct", card)
+    assert instructed.text.endswith(
+        "Ann: Is there tea?\n\nStay in character as Wren.<end_of_turn>\n<start_of_turn>model\nWren:"
+    )
+    assert "Stay in character" not in build_prompt(CHAT, GEMMA, "instruct", card).text  # no character, no card text
+    continuing = build_prompt(CHAT[:2], GEMMA, "chat", card)  # the reply is the newest message: nothing to follow
+    assert "Stay in character" not in continuing.text
 
 
 def test_a_chat_as_a_character_streams_on_the_real_model_and_is_stored_under_that_character(make_app):

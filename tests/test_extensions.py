@@ -119,10 +119,12 @@ def test_the_ui_path_saves_the_modified_reply(make_app, tmp_path):
     app.start()
     conv = app.history.new("instruct")
     final = list(chat_turn(app.engine, app.history, conv, "Hello", greedy(40)))[-1]
-    saved = app.history.load("instruct", conv.id).chat_messages()
-    assert saved[-1] == {"role": "assistant", "content": final.text}
-    assert saved[-1]["content"].startswith("[chat] ")
-    assert not any(m["role"] == "system" for m in saved)  # history_modifier changed the prompt, not the chat
+    saved = app.history.load("instruct", conv.id)
+    assert saved.messages[-1].content == final.text and final.text.startswith("[chat] ")  # what people read
+    # ...while the model is shown its own words in later prompts, as TGW keeps `internal` apart from `visible`
+    assert final.raw_text and final.raw_text != final.text
+    assert saved.chat_messages()[-1] == {"role": "assistant", "content": final.raw_text}
+    assert not any(m["role"] == "system" for m in saved.chat_messages())  # history_modifier changed the prompt only
 
 
 def test_hooks_act_on_chat_actions_in_character_modes_for_a_named_model(make_app, tmp_path):

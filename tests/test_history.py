@@ -184,6 +184,25 @@ def test_update_reply_replaces_the_shown_version_for_continue(store):
     assert len(conversation.messages[-1].versions) == 1
 
 
+def test_a_reply_an_extension_decorated_keeps_the_models_own_text(store):
+    """People read the decorated reply; later prompts give the model its own words (TGW's internal/visible)."""
+    conversation = chat(store, ("Hi", "plain one"))
+    conversation.regenerate("**Hello!** (translated)", raw="Hello!")
+    conversation.append("user", "And?")
+    conversation.append("assistant", "Same text", raw="Same text")  # nothing changed: nothing extra kept
+    store.save(conversation)
+    data = json.loads(store.path(OWNER, conversation.id).read_text(encoding="utf-8"))
+    assert data["messages"][1]["content"] == "**Hello!** (translated)" and data["messages"][1]["raw"] == "Hello!"
+    assert "raw" not in data["messages"][1]["versions"][0] and data["messages"][1]["versions"][1]["raw"] == "Hello!"
+    assert "raw" not in data["messages"][3]
+    loaded = store.load(OWNER, conversation.id)
+    assert loaded == conversation
+    assert [m["content"] for m in loaded.chat_messages()] == ["Hi", "Hello!", "And?", "Same text"]
+    assert loaded.ui_history()[1]["content"] == "**Hello!** (translated)"
+    loaded.edit(1, "my own fix")  # an edit is the user's text, for the model too
+    assert loaded.chat_messages()[-1] == {"role": "assistant", "content": "my own fix"}
+
+
 def test_remove_last_removes_the_last_exchange(store):
     conversation = chat(store, ("one", "reply one"), ("two", "reply two"))
     removed = conversation.remove_last()

@@ -79,6 +79,18 @@ class Character:
         """The greeting a new chat starts with, placeholders filled."""
         return self.fill(self.greeting, user).strip()
 
+    def greetings(self, user: str | None = None) -> list[str]:
+        """The greeting, then the card's alternate greetings: versions of the first message to page through,
+        as SillyTavern offers them as swipes."""
+        texts = [self.fill(g, user).strip() for g in (self.greeting, *self.alternate_greetings)]
+        return [t for t in texts if t]
+
+    def after_history(self, user: str | None = None) -> str:
+        """A card's ``post_history_instructions``, placeholders filled; ``{{original}}`` (SillyTavern's own
+        default instruction) has no counterpart here and is dropped."""
+        text = re.sub(r"\{\{original\}\}", "", self.post_history_instructions, flags=re.IGNORECASE)
+        return self.fill(text, user).strip()
+
     def persona(self, user: str | None = None) -> str:
         """The character's part of the prompt: context, description, personality, scenario, example dialogue."""
         parts = [self.system_prompt, self.context]
@@ -424,7 +436,7 @@ def load_file(path: Path) -> Character:
 
 
 EDITABLE = ("name", "user_name", "greeting", "context", "scenario", "example_dialogue", "description",
-            "personality", "system_prompt", "creator_notes")  # fmt: skip
+            "personality", "system_prompt", "post_history_instructions", "creator_notes")  # fmt: skip
 
 
 def save_edit(store: CharacterStore, selected: str | None, key: str, values: dict[str, Any]) -> str:

@@ -154,7 +154,7 @@ def chat_turn(
         if not reply.done:
             yield reply
     if final.text.strip():
-        conversation.append("assistant", final.text, format_stats(final.usage, final.finish_reason))
+        conversation.append("assistant", final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
     else:
         conversation.remove_last()
         final.error = final.error or "the model produced no text"

@@ -57,9 +57,9 @@ def regenerate(
     if final.text.strip():
         stats = format_stats(final.usage, final.finish_reason)
         if replacing:
-            conversation.regenerate(final.text, stats)
+            conversation.regenerate(final.text, stats, final.raw_text)
         else:
-            conversation.append("assistant", final.text, stats)
+            conversation.append("assistant", final.text, stats, final.raw_text)
         store.save(conversation)
     else:
         final.error = final.error or "the model produced no text"
@@ -84,7 +84,7 @@ def continue_reply(
     if not conversation.messages or conversation.messages[-1].role != "assistant":
         yield Reply(done=True, error="there is no reply to continue")
         return
-    so_far = conversation.messages[-1].content
+    so_far = conversation.messages[-1].model_text
     messages = prompt_messages(conversation, system, len(conversation.messages) - 1)
     final = Reply(done=True)
     for reply in stream_chat(
@@ -95,7 +95,7 @@ def continue_reply(
         if not reply.done:
             yield reply
     if final.text.strip() and final.text != so_far:
-        conversation.update_reply(final.text, format_stats(final.usage, final.finish_reason))
+        conversation.update_reply(final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
         store.save(conversation)
     elif not final.error:
         final.error = "the model had nothing to add"

@@ -2,7 +2,9 @@
 
 - **instruct**: the model's instruction format over the conversation, no character.
 - **chat**: a character speaks. Its persona (context, description, personality, scenario, example dialogue,
-  placeholders filled) is the system message, its greeting the first message; the user has a name.
+  placeholders filled) is the system message, its greeting the first message (a card's alternate greetings
+  are further versions of it); the user has a name. A card's post-history instructions follow the newest
+  user message in the prompt (never in the saved chat).
 - **chat-instruct**: the chat written out as a transcript inside one instruction to write the character's next
   reply (text-generation-webui's chat-instruct command), the reply opened with ``Name:``.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from backends.base import ModelInfo
 from webui.characters import Character, CharacterStore, valid_name
-from webui.history import INSTRUCT_OWNER, MODES, Conversation, HistoryStore
+from webui.history import INSTRUCT_OWNER, MODES, Conversation, HistoryStore, Version
 from webui.templates import Prompt, build_chat_prompt
 
 CHAT, CHAT_INSTRUCT, INSTRUCT = "chat", "chat-instruct", "instruct"
@@ -54,9 +56,10 @@ def start_conversation(
     owner = owner_for(mode, character_key)
     conversation = history.new(owner, mode=mode)
     if owner != INSTRUCT_OWNER:
-        greeting = characters.load(character_key).first_message()
-        if greeting:
-            conversation.append("assistant", greeting)
+        greetings = characters.load(character_key).greetings()
+        if greetings:
+            message = conversation.append("assistant", greetings[0])
+            message.versions += [Version(text) for text in greetings[1:]]  # alternate greetings: page with ◀ ▶
             history.save(conversation)
     return conversation
 
@@ -87,6 +90,9 @@ def chat_messages(messages: list[dict], character: Character) -> list[dict]:
     system = user_system(messages)
     dialogue = [m for m in messages if m.get("role") != "system"]
     context = "\n\n".join(part for part in (system, character.persona()) if part)
+    after = character.after_history()
+    if after and dialogue and dialogue[-1].get("role") == "user":  # in the prompt only, after the newest message
+        dialogue[-1] = {**dialogue[-1], "content": f"{dialogue[-1]['content']}\n\n{after}"}
     return ([{"role": "system", "content": context}] if context else []) + dialogue
 
 
@@ -97,6 +103,8 @@ def chat_instruct_messages(messages: list[dict], character: Character) -> list[d
     dialogue = [m for m in messages if m.get("role") != "system"]
     command = CHAT_INSTRUCT_COMMAND.replace("<|character|>", character.name)
     command = command.replace("<|prompt|>", transcript(character, dialogue))
+    if after := character.after_history():
+        command += f"\n\n{after}"
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": command}]
 
 

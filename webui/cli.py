@@ -384,5 +384,5 @@ def _interactive(app: App, params: SamplingParams, system: str) -> int:
             print(f"error: {final.error}", file=sys.stderr)
             messages.pop()
             continue
-        messages.append({"role": "assistant", "content": final.text})
+        messages.append({"role": "assistant", "content": final.raw_text or final.text})
         print(f"[{format_stats(final.usage, final.finish_reason)}]", file=sys.stderr)

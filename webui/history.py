@@ -63,6 +63,18 @@ class Version:
 
     content: str
     stats: str = ""
+    raw: str = ""  # the model's own text when an extension's output_modifier changed ``content``
+
+    @property
+    def model_text(self) -> str:
+        """What the model sees of this version in later prompts: its own words, not the decorated ones."""
+        return self.raw or self.content
+
+
+def _version(content: str, stats: str = "", raw: str = "") -> Version:
+    """A checked version; ``raw`` is kept only when it differs from ``content``."""
+    content = _nonempty(content)
+    return Version(content, stats or "", raw if raw and raw != content else "")
 
 
 @dataclass
@@ -74,11 +86,11 @@ class Message:
     shown: int = 0
 
     @classmethod
-    def make(cls, role: str, content: str, stats: str = "") -> Message:
+    def make(cls, role: str, content: str, stats: str = "", raw: str = "") -> Message:
         """A message with a single version, checked: a known role and non-empty text."""
         if role not in ROLES:
             raise HistoryError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        return cls(role, [Version(_nonempty(content), stats or "")])
+        return cls(role, [_version(content, stats, raw)])
 
     @property
     def content(self) -> str:
@@ -87,6 +99,10 @@ class Message:
     @property
     def stats(self) -> str:
         return self.versions[self.shown].stats
+
+    @property
+    def model_text(self) -> str:
+        return self.versions[self.shown].model_text
 
 
 @dataclass
@@ -104,8 +120,12 @@ class Conversation:
     # -- what front ends read
 
     def chat_messages(self) -> list[dict[str, str]]:
-        """``{"role", "content"}`` dicts of the shown versions: what :func:`webui.chat.stream_chat` takes."""
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+        """``{"role", "content"}`` dicts of the shown versions: what :func:`webui.chat.stream_chat` takes.
+
+        Replies that an extension's ``output_modifier`` changed are given back as the model wrote them,
+        as text-generation-webui keeps ``internal`` apart from ``visible``.
+        """
+        return [{"role": m.role, "content": m.model_text} for m in self.messages]
 
     def ui_history(self) -> list[dict[str, Any]]:
         """The chat tab's history dicts (role, content, stats) plus version paging info (versions, shown)."""
@@ -116,23 +136,23 @@ class Conversation:
 
     # -- message operations (in memory; save afterwards)
 
-    def append(self, role: str, content: str, stats: str = "") -> Message:
+    def append(self, role: str, content: str, stats: str = "", raw: str = "") -> Message:
         """Add a message at the end. Empty or whitespace-only text is refused."""
-        message = Message.make(role, content, stats)
+        message = Message.make(role, content, stats, raw)
         self.messages.append(message)
         return message
 
-    def regenerate(self, content: str, stats: str = "") -> Message:
+    def regenerate(self, content: str, stats: str = "", raw: str = "") -> Message:
         """Add a new version of the last reply and show it; the older versions stay to page back to."""
         message = self._last_reply()
-        message.versions.append(Version(_nonempty(content), stats or ""))
+        message.versions.append(_version(content, stats, raw))
         message.shown = len(message.versions) - 1
         return message
 
-    def update_reply(self, content: str, stats: str = "") -> Message:
+    def update_reply(self, content: str, stats: str = "", raw: str = "") -> Message:
         """Replace the text of the shown version of the last reply (continue, a reply saved mid-stream)."""
         message = self._last_reply()
-        message.versions[message.shown] = Version(_nonempty(content), stats or "")
+        message.versions[message.shown] = _version(content, stats, raw)
         return message
 
     def select_version(self, index: int, version: int) -> Message:
@@ -232,8 +252,10 @@ def to_dict(conversation: Conversation) -> dict[str, Any]:
         item: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.stats:
             item["stats"] = m.stats
+        if m.versions[m.shown].raw:
+            item["raw"] = m.versions[m.shown].raw
         if len(m.versions) > 1:
-            item["versions"] = [{"content": v.content, "stats": v.stats} for v in m.versions]
+            item["versions"] = [_version_dict(v) for v in m.versions]
             item["shown"] = m.shown
         messages.append(item)
     return {
@@ -246,6 +268,13 @@ def to_dict(conversation: Conversation) -> dict[str, Any]:
         "updated": conversation.updated,
         "messages": messages,
     }
+
+
+def _version_dict(v: Version) -> dict[str, str]:
+    item = {"content": v.content, "stats": v.stats}
+    if v.raw:
+        item["raw"] = v.raw
+    return item
 
 
 def to_json(conversation: Conversation) -> str:
@@ -349,20 +378,21 @@ def _message_from_dict(index: int, data: Any) -> Message:
     if role not in ROLES:
         raise HistoryError(f"{where} has unknown role {role!r}")
     content, stats = _text(data, "content", where), _text(data, "stats", where)
+    raw = _text(data, "raw", where)
     raw_versions = data.get("versions")
     if raw_versions is None:
-        return Message(role, [Version(content, stats)])
+        return Message(role, [Version(content, stats, raw)])
     if not isinstance(raw_versions, list) or not raw_versions:
         raise HistoryError(f"{where}: 'versions' is not a non-empty list")
     versions = []
     for v in raw_versions:
         if not isinstance(v, dict):
             raise HistoryError(f"{where}: a version is not an object")
-        versions.append(Version(_text(v, "content", where), _text(v, "stats", where)))
+        versions.append(Version(_text(v, "content", where), _text(v, "stats", where), _text(v, "raw", where)))
     shown = data.get("shown", 0)
     if not isinstance(shown, int) or isinstance(shown, bool) or not 0 <= shown < len(versions):
         raise HistoryError(f"{where}: 'shown' is not an index into its versions")
-    versions[shown] = Version(content, stats)  # `content` is what people read and hand-edit: it wins
+    versions[shown] = Version(content, stats, raw)  # `content` is what people read and hand-edit: it wins
     return Message(role, versions, shown)
 
 

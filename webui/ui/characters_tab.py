@@ -22,7 +22,9 @@ LABELS = {
     "greeting": "Greeting (the first message of a new chat)", "context": "Context / persona",
     "scenario": "Scenario", "example_dialogue": "Example dialogue ({{user}}: … / {{char}}: …)",
     "description": "Description (SillyTavern)", "personality": "Personality (SillyTavern)",
-    "system_prompt": "System prompt (SillyTavern)", "creator_notes": "Creator's notes",
+    "system_prompt": "System prompt (SillyTavern)",
+    "post_history_instructions": "Post-history instructions (sent after the newest message)",
+    "creator_notes": "Creator's notes",
 }  # fmt: skip
 LINES = {"greeting": 3, "context": 6, "example_dialogue": 5, "description": 4, "scenario": 2, "system_prompt": 2}
 
