@@ -141,6 +141,21 @@ def test_interactive_chat_replies_and_quits_on_bye(models_dir: Path):
     assert "Traceback" not in result.stderr
 
 
+def test_chat_is_run_in_the_chat_format(models_dir: Path):
+    """``inglenook chat MODEL "MESSAGE"`` equals ``run --chat``; ``inglenook chat`` alone is the terminal chat."""
+    args = ["Name a colour.", "--json", "--temperature", "0", "--max-tokens", "6", "--models-dir", str(models_dir)]
+    as_chat, as_run = cli("chat", "default", *args), cli("run", "default", *args, "--chat")
+    raw = cli("run", "default", *args)
+    assert as_chat.returncode == as_run.returncode == raw.returncode == 0, as_chat.stderr
+    chat_reply, run_reply = json.loads(as_chat.stdout), json.loads(as_run.stdout)
+    assert chat_reply["text"] == run_reply["text"]
+    # the Gemma turn markup makes the chat prompt longer than the raw message
+    assert chat_reply["usage"]["prompt_tokens"] == run_reply["usage"]["prompt_tokens"]
+    assert chat_reply["usage"]["prompt_tokens"] > json.loads(raw.stdout)["usage"]["prompt_tokens"]
+    session = cli("chat", "--max-tokens", "4", "--models-dir", str(models_dir), input="/bye\n")
+    assert session.returncode == 0 and "Chatting with" in session.stdout, session.stderr
+
+
 # -- help --------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from webui.template_prefs import TemplatePrefs
 from webui.templates import build_chat_prompt
 
 SUBCOMMANDS = (
-    "serve", "run", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
+    "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
 )  # fmt: skip
 
 
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="one-shot completion, or an interactive chat when no prompt is given",
+        aliases=["chat"],
+        help="one-shot completion, or an interactive chat when no prompt is given ('chat' = 'run --chat')",
         description="MODEL is a path, a name in the models folder, or 'default'. With PROMPT: print its "
         "completion as it streams (raw text continuation; --chat wraps it in the model's chat format). "
         "Without PROMPT: an interactive chat (/bye or Ctrl-D to quit, Ctrl-C stops a reply).",
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        if args.command == "run":
+        if args.command in ("run", "chat"):
+            args.chat = args.chat or args.command == "chat"
             return cmd_run(args)
         if args.command == "templates":
             return cmd_templates(args)
