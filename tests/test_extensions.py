@@ -141,7 +141,9 @@ def test_hooks_act_on_chat_actions_in_character_modes_for_a_named_model(make_app
         assert again.raw_text.startswith("Well") and again.text == "[chat] " + again.raw_text.upper(), mode
         assert conv.messages[-1].content == again.text  # the saved version is the modified one
         more = list(continue_reply(app.engine, app.history, conv, greedy(40), character=wren))[-1]
-        assert more.raw_text.startswith(again.text) and more.text == "[chat] " + more.raw_text.upper(), mode
+        # the model goes on from its own words, not from the decorated ones
+        assert more.raw_text.startswith(again.raw_text) and more.text == "[chat] " + more.raw_text.upper(), mode
+        assert conv.messages[-1].model_text == more.raw_text, mode
         # an impersonation is the user's own line: sampling hooks act, the reply's output hook does not
         line = list(impersonate(app.engine, conv, greedy(40), character=wren, draft="I"))[-1]
         assert line.text.startswith("I") and not line.text.startswith("[chat]") and line.raw_text == "", mode
