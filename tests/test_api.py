@@ -240,6 +240,28 @@ def test_sse_framing(served):
         assert json.loads(event[len("data: ") :])["object"] == "text_completion"
 
 
+def test_stream_events_group_tokens_by_the_stream_interval_and_lose_no_text(models_dir, tmp_path):
+    """Fewer SSE events leave more CPU to the model (the client parses each one): tokens that arrive within
+    ``--stream-interval-ms`` of the last event wait for the next one. The first token and the end go at once."""
+
+    def stream_events(interval_s: float) -> tuple[list[str], int]:
+        models = two_model_folder(models_dir, tmp_path / "models")
+        with serve(models, tmp_path / f"user-data-{interval_s}", stream_interval_s=interval_s) as s:
+            stream = s.client().completions.create(
+                model=GEMMA, prompt="Once upon a time", max_tokens=12, temperature=0, stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            chunks = list(stream)
+        texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+        return texts, chunks[-1].usage.completion_tokens
+
+    every, tokens = stream_events(0)
+    grouped, same_tokens = stream_events(60)  # nothing arrives 60 s after the first token: first + the rest
+    assert tokens == same_tokens == 12
+    assert len(every) == 12  # one event per token
+    assert len(grouped) == 2 and "".join(grouped) == "".join(every)
+
+
 def test_a_client_that_disconnects_has_its_generation_cancelled_and_the_next_starts(served):
     body = {"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{served.url}/v1/completions", json=body, timeout=300) as r:

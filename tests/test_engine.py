@@ -225,3 +225,19 @@ def test_an_error_on_the_decode_thread_reaches_the_caller(app):
     with pytest.raises(GenerationError, match="context holds"):
         collect(app.engine.generate("word " * 3000, greedy(2)))
     assert collect(app.engine.generate(PROMPT, greedy(2)))[1].usage.completion_tokens == 2
+
+
+def test_busy_listeners_hear_when_a_generation_takes_and_gives_up_its_turn(app, caplog):
+    heard: list[bool] = []
+
+    def broken(busy: bool) -> None:
+        raise RuntimeError("listener bug")
+
+    app.engine.on_busy(heard.append)
+    app.engine.on_busy(broken)
+    text, last = collect(app.engine.generate("Hello", greedy(3)))
+    assert text and last.finish_reason == "length"  # a listener that raises never stops a generation
+    assert heard == [True, False]
+    assert "listener bug" in caplog.text
+    collect(app.engine.generate("Hello", greedy(2)))
+    assert heard == [True, False, True, False]  # the broken one was dropped after its first failure

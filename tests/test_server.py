@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import greedy
 from fastapi.testclient import TestClient
 
-from webui.server import PROGRESS_POLL_S, QUEUE_POLL_S, build_server
+from webui.server import PROGRESS_POLL_S, QUEUE_POLL_BUSY_S, QUEUE_POLL_S, build_server
 
 
 def test_health_names_the_loaded_model_and_the_page_is_served(make_app):
@@ -25,3 +26,16 @@ def test_gradio_queue_polls_gently_and_sends_no_analytics(make_app):
     assert blocks._queue.sleep_when_free == QUEUE_POLL_S
     assert blocks._queue.progress_update_sleep_when_free == PROGRESS_POLL_S
     assert blocks.analytics_enabled is False
+
+
+def test_gradio_queue_polls_even_less_while_a_generation_decodes(make_app):
+    """Every wake-up of the event loop preempts llama.cpp's threads; during a generation a new one waits anyway."""
+    app = make_app()
+    server = build_server(app)
+    blocks = next(r.app.get_blocks() for r in server.routes if hasattr(getattr(r, "app", None), "get_blocks"))
+    app.start()
+    seen = []
+    for _ in app.engine.generate("The sky is", greedy(3)):
+        seen.append(blocks._queue.sleep_when_free)
+    assert set(seen) == {QUEUE_POLL_BUSY_S} and QUEUE_POLL_BUSY_S > QUEUE_POLL_S
+    assert blocks._queue.sleep_when_free == QUEUE_POLL_S  # back to the idle pace once the turn is given up

@@ -37,7 +37,7 @@ from webui.api_types import (
     sampling_params,
 )
 from webui.app import App
-from webui.chat import Reply, stream_chat, stream_completion
+from webui.chat import Reply, stream_chat, stream_completion, throttle
 from webui.json_grammar import grammar_for
 from webui.models import list_models
 from webui.paths import UnsafeName, safe_name
@@ -452,7 +452,7 @@ def install_api(server: FastAPI, app: App) -> None:
             echo = prompt if body.echo else ""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         shape = Shape(chat, gen_id, info.name, int(time.time()), include_usage, ignored, echo, params.logprobs >= 0)
-        pump = Pump(replies, cancel)
+        pump = Pump(throttle(replies, app.settings.stream_interval_s), cancel)  # a few tokens per SSE event
 
         def done(final: Reply, p: Pump) -> None:
             record(final, p, gen_id, info.name)

@@ -68,6 +68,11 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--user-data", type=Path, default=Path("user_data"), help="folder for chats and settings (default: ./user_data)"
     )
+    p.add_argument(
+        "--stream-interval-ms", type=int, default=50,
+        help="at most one streamed update per this many ms, to the page and to API clients; the text is "
+        "never cut, only grouped, and fewer updates leave more CPU to the model (default: 50; 0 = every token)",
+    )  # fmt: skip
     _model_options(p)
     add_serve_options(p)
 
@@ -180,6 +185,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_pickle=getattr(args, "allow_pickle", False),
         trust_remote_code=getattr(args, "trust_remote_code", False),
         load_overrides={k: v for k, v in (("n_ctx", args.n_ctx), ("threads", args.threads)) if v is not None},
+        stream_interval_s=max(0, getattr(args, "stream_interval_ms", 50)) / 1000,
     )
     return replace(settings, **serve_settings(args))  # the API and access flags (webui/api_auth.py)
 

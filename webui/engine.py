@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +103,24 @@ class Engine:
         self._active: CancelToken | None = None
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inglenook-decode")
         self.extensions = ChatHooks()  # the hooks webui.chat runs around generations; the App sets its host
+        self._busy_listeners: list[Callable[[bool], None]] = []
+
+    def on_busy(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` when a generation takes its turn and ``listener(False)`` when it gives it up.
+
+        For parts that poll (Gradio's queue) and can slow down while tokens are decoded: on a small
+        machine every wake-up of another thread stalls llama.cpp's threads, which wait for each other.
+        Called on the generating thread; a listener that raises is logged and dropped.
+        """
+        self._busy_listeners.append(listener)
+
+    def _tell_busy(self, busy: bool) -> None:
+        for listener in list(self._busy_listeners):
+            try:
+                listener(busy)
+            except Exception:
+                log.exception("busy listener %r failed; dropped", listener)
+                self._busy_listeners.remove(listener)
 
     # -- what is loaded -------------------------------------------------------------
     @property
@@ -301,6 +319,7 @@ class Engine:
         if not self._queue.enter(cancel):
             yield Chunk(finish_reason="cancelled", usage=Usage(queued_s=time.perf_counter() - queued))
             return
+        self._tell_busy(True)
         try:
             queued_s = time.perf_counter() - queued
             if model is not None and (self._loaded is None or self._loaded.path != model):
@@ -323,6 +342,7 @@ class Engine:
         finally:
             self._active = None
             self._queue.leave()
+            self._tell_busy(False)
 
     def _switch_back(self, path: Path) -> None:
         """Activate ``path`` again (from the spares, or reloaded as it was last loaded); the caller holds the turn."""

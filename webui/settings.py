@@ -22,7 +22,7 @@ class Settings:
     allow_pickle: bool = False  # pickle weights (*.bin, *.pt) can run code when loaded: refused unless asked
     trust_remote_code: bool = False  # Python code shipped inside a model folder never runs unless asked
     load_overrides: dict = field(default_factory=dict)  # load settings given explicitly (win over saved ones)
-    stream_interval_s: float = 0.05  # the UI pushes at most 20 updates a second
+    stream_interval_s: float = 0.05  # the UI and API streams push at most 20 updates a second (0 = every token)
     # serving and the OpenAI-compatible API (webui/api_auth.py checks and explains these)
     api_key: str | None = None  # Bearer key for /v1/*; None = open (loopback only, unless --insecure-no-auth)
     admin_key: str | None = None  # when set, loading/unloading models through the API needs this key
