@@ -272,6 +272,20 @@ def test_a_second_message_while_a_reply_streams_waits_in_the_box_and_nothing_is_
     assert page.locator("#chat-input textarea").input_value() == "And now something else."  # kept to send later
 
 
+def test_a_message_that_cannot_be_answered_goes_back_into_the_box_with_the_reason(page):
+    """A message longer than the model's context gets no reply: it is not lost, it waits in the box."""
+    huge = " ".join(["tea"] * 6000)  # ~6,000 tokens; the server's context holds 4,096
+    page.evaluate(
+        "t => { const a = document.querySelector('#chat-input textarea'); a.value = t;"
+        " a.dispatchEvent(new Event('input', {bubbles: true})); }",
+        huge,
+    )
+    page.press("#chat-input textarea", "Enter")
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("context holds", timeout=60_000)
+    sync_api.expect(page.locator("#chat-input textarea")).to_have_value(huge)
+    assert user_messages(page) == []  # nothing half-sent stays in the chat
+
+
 def test_an_api_client_sending_twice_in_one_session_gets_a_clear_refusal(server):
     """The page blocks a second send while streaming; a script using the same session is told why."""
     from gradio_client import Client

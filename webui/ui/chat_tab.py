@@ -292,8 +292,15 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     def busy(request: gr.Request) -> bool:
         return request.session_hash in cancels
 
-    def stream(request, conv: Conversation, turn: Iterator[Reply], cancel: CancelToken, keep: int | None, ctx):
-        """Drive a reply into the chatbot (``keep``: how many saved messages to show above it) and end idle."""
+    def stream(
+        request, conv: Conversation, turn: Iterator[Reply], cancel: CancelToken, keep: int | None, ctx,
+        restore: str | None = None,
+    ):  # fmt: skip
+        """Drive a reply into the chatbot (``keep``: how many saved messages to show above it) and end idle.
+
+        ``restore``: the message just sent; if the turn added nothing (no reply), it goes back into the box.
+        """
+        before = len(conv.messages)
         final = Reply(done=True)
         try:
             for reply in throttle(turn, app.settings.stream_interval_s):
@@ -308,7 +315,8 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         picker_update, cid, _, _, label, count, *_ = show(conv, "", *ctx)
         note = f"⚠️ {final.error}" if final.error else ignored_note(app, final.ignored_params)
         shown = display_messages(conv.ui_history())  # a plain value: API clients read the chat from it
-        yield gr.skip(), cid, shown, note, *IDLE, picker_update, label, count
+        box = restore if restore is not None and len(conv.messages) <= before else gr.skip()
+        yield box, cid, shown, note, *IDLE, picker_update, label, count
 
     def generation(action, request, conv_id, system_text, prefix, sampling, chosen_mode, key):
         """Regenerate or continue the conversation ``conv_id`` (streaming)."""
@@ -364,15 +372,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         )  # fmt: skip
         pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
         yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, *(gr.skip(),) * 3
-        before = len(conv.messages)
-        held = None
-        for outputs in stream(request, conv, turn, cancel, None, (system_text, prefix, n, chosen_mode, key)):
-            if held is not None:
-                yield held
-            held = outputs
-        if held is not None and len(conv.messages) <= before:  # no reply: the message goes back to the box
-            held = (text, *held[1:])
-        yield held
+        yield from stream(request, conv, turn, cancel, None, (system_text, prefix, n, chosen_mode, key), restore=text)
 
     # (Gradio fills in ``request``/``data`` only for named parameters; the sampling values come by name.)
     def regenerate_reply(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
