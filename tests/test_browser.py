@@ -381,6 +381,9 @@ def test_the_notebook_continues_its_text_stops_and_keeps_it(page):
     page.click("#notebook-generate")
     page.wait_for_function("() => document.querySelector('#notebook-text textarea').value.length > 80", timeout=60_000)
     sync_api.expect(page.locator("#notebook-generate")).to_be_disabled()
+    where = page.locator("#notebook-stop").bounding_box()
+    page.wait_for_timeout(500)
+    assert page.locator("#notebook-stop").bounding_box() == where, "Stop must stay put while the text streams"
     page.click("#notebook-stop")
     stats = markdown(page, "#notebook-stats")
     sync_api.expect(stats).to_contain_text("stopped", timeout=15_000)

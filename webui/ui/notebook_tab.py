@@ -20,8 +20,10 @@ def build_notebook_tab(app: App, params_inputs: dict) -> None:
     store = NotebookStore(app.settings.user_data)
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight
 
+    # A fixed height (it scrolls inside): a box that grew while the text streams would move Stop away from
+    # under the pointer at the moment it is clicked.
     text = gr.Textbox(
-        value=store.load, lines=22, max_lines=60, show_label=False, elem_id="notebook-text",
+        value=store.load, lines=22, max_lines=22, autoscroll=True, show_label=False, elem_id="notebook-text",
         placeholder="Write the beginning of a text; the model continues it (no chat format is added).",
     )  # fmt: skip
     with gr.Row():
