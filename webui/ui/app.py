@@ -50,10 +50,11 @@ def build_ui(app: App) -> gr.Blocks:
         with gr.Tab("Characters"):
             build_characters_tab(app)
         with gr.Tab("Notebook"):
-            build_notebook_tab(app, parameters.inputs)
+            notebook_restore = build_notebook_tab(app, parameters.inputs)
         build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
+        blocks.load(*notebook_restore, api_name=False)  # the notebook's saved text
         after = [header, default_note, lic, model_choice, status]
         changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
         marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores

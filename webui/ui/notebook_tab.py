@@ -15,15 +15,18 @@ BUSY = (gr.update(interactive=False), gr.update(interactive=True))
 IDLE = (gr.update(interactive=True), gr.update(interactive=False))
 
 
-def build_notebook_tab(app: App, params_inputs: dict) -> None:
-    """``params_inputs``: the Parameters tab's widgets by name, so chat and notebook sample alike."""
+def build_notebook_tab(app: App, params_inputs: dict) -> tuple:
+    """``params_inputs``: the Parameters tab's widgets by name, so chat and notebook sample alike.
+
+    Returns the page-load event (function, inputs, outputs) that brings the saved text back.
+    """
     store = NotebookStore(app.settings.user_data)
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight
 
     # A fixed height (it scrolls inside): a box that grew while the text streams would move Stop away from
     # under the pointer at the moment it is clicked.
     text = gr.Textbox(
-        value=store.load, lines=22, max_lines=22, autoscroll=True, show_label=False, elem_id="notebook-text",
+        value="", lines=22, max_lines=22, autoscroll=True, show_label=False, elem_id="notebook-text",
         placeholder="Write the beginning of a text; the model continues it (no chat format is added).",
     )  # fmt: skip
     with gr.Row():
@@ -63,6 +66,11 @@ def build_notebook_tab(app: App, params_inputs: dict) -> None:
         if token is not None:
             token.cancel()
 
+    def restore(current: str) -> str:
+        """The saved text, unless the page's box already holds text: typing (or a Generate) may come before
+        the page has finished loading, and must not be overwritten by the load."""
+        return current if (current or "").strip() else store.load()
+
     def keep(current: str):
         store.save(current or "")
         return token_count(app.engine, current or "")
@@ -73,3 +81,4 @@ def build_notebook_tab(app: App, params_inputs: dict) -> None:
     )  # fmt: skip
     stop.click(stop_writing, None, None, api_name="notebook_stop", queue=False, concurrency_limit=None)
     text.blur(keep, text, tokens, api_name=False)
+    return restore, [text], [text]
