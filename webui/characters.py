@@ -82,7 +82,7 @@ class Character:
     def greetings(self, user: str | None = None) -> list[str]:
         """The greeting, then the card's alternate greetings: versions of the first message to page through,
         as SillyTavern offers them as swipes."""
-        texts = [self.fill(g, user).strip() for g in (self.greeting, *self.alternate_greetings)]
+        texts = [self.first_message(user), *(self.fill(g, user).strip() for g in self.alternate_greetings)]
         return [t for t in texts if t]
 
     def after_history(self, user: str | None = None) -> str:

@@ -9,7 +9,7 @@ show it and keep running.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -119,6 +119,30 @@ def stream_chat(
         yield _finished(engine, reply, "chat", info.name) if reply.done and not impersonate else reply
 
 
+def reply_in(
+    engine: Engine,
+    conversation: Conversation,
+    messages: list[dict],
+    params: SamplingParams,
+    cancel: CancelToken | None,
+    *,
+    template: str | None,
+    prefix: str,
+    character: Character | None,
+) -> Generator[Reply, None, Reply]:
+    """Stream a reply in ``conversation``'s mode: yield the updates, return the final Reply (``yield from``),
+    so an action that saves the conversation can look at it after the stream."""
+    final = Reply(done=True)
+    for reply in stream_chat(
+        engine, messages, params, cancel, template=template, prefix=prefix, mode=conversation.mode,
+        character=character,
+    ):  # fmt: skip
+        final = reply
+        if not reply.done:
+            yield reply
+    return final
+
+
 def chat_turn(
     engine: Engine,
     store: HistoryStore,
@@ -145,14 +169,9 @@ def chat_turn(
         return
     store.save(conversation)
     messages = prompt_messages(conversation, system)
-    final = Reply(done=True)
-    for reply in stream_chat(
-        engine, messages, params, cancel, template=template, prefix=start_with, mode=conversation.mode,
-        character=character,
-    ):  # fmt: skip
-        final = reply
-        if not reply.done:
-            yield reply
+    final = yield from reply_in(
+        engine, conversation, messages, params, cancel, template=template, prefix=start_with, character=character
+    )
     if final.text.strip():
         conversation.append("assistant", final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
     else:

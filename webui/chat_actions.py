@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.characters import Character
-from webui.chat import Reply, default_params, format_stats, prompt_messages, stream_chat, unknown_settings
+from webui.chat import Reply, default_params, format_stats, prompt_messages, reply_in, stream_chat, unknown_settings
 from webui.engine import Engine
 from webui.history import Conversation, HistoryError, HistoryStore, Message
 from webui.paths import UnsafeName
@@ -46,14 +46,9 @@ def regenerate(
     replacing = conversation.messages[-1].role == "assistant"
     upto = len(conversation.messages) - 1 if replacing else None
     messages = prompt_messages(conversation, system, upto)
-    final = Reply(done=True)
-    for reply in stream_chat(
-        engine, messages, params, cancel, template=template, prefix=start_with, mode=conversation.mode,
-        character=character,
-    ):  # fmt: skip
-        final = reply
-        if not reply.done:
-            yield reply
+    final = yield from reply_in(
+        engine, conversation, messages, params, cancel, template=template, prefix=start_with, character=character
+    )
     if final.text.strip():
         stats = format_stats(final.usage, final.finish_reason)
         if replacing:
@@ -86,14 +81,9 @@ def continue_reply(
         return
     so_far = conversation.messages[-1].model_text
     messages = prompt_messages(conversation, system, len(conversation.messages) - 1)
-    final = Reply(done=True)
-    for reply in stream_chat(
-        engine, messages, params, cancel, template=template, prefix=so_far, mode=conversation.mode,
-        character=character,
-    ):  # fmt: skip
-        final = reply
-        if not reply.done:
-            yield reply
+    final = yield from reply_in(
+        engine, conversation, messages, params, cancel, template=template, prefix=so_far, character=character
+    )
     if final.text.strip() and final.text != so_far:
         conversation.update_reply(final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
         store.save(conversation)
