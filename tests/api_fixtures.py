@@ -21,7 +21,7 @@ import uvicorn
 from conftest import free_port
 
 from webui.app import App
-from webui.models import ensure_default_model
+from webui.models.folder import ensure_default_model
 from webui.server import build_server
 from webui.settings import Settings
 

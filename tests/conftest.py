@@ -18,7 +18,7 @@ import pytest
 from backends.base import CancelToken, Chunk, SamplingParams
 from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
 from webui.app import App
-from webui.models import ensure_default_model
+from webui.models.folder import ensure_default_model
 from webui.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

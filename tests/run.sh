@@ -16,5 +16,6 @@ if ! [ -x /usr/bin/chromium ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -e ".[test]"
+# The test loader plugin (tests/plugins/fake_loader) is installed like any third-party loader: an entry point.
+.venv/bin/python -m pip install -q -e ".[test]" -e tests/plugins/fake_loader
 exec .venv/bin/python -m pytest "$@"

@@ -157,8 +157,8 @@ def test_logprobs_for_each_token_with_the_likeliest_alternatives(client):
 
 
 def test_chat_uses_the_models_prompt_template_like_the_ui(client, served):
-    """The API's chat path is webui.chat.stream_chat: same prompt as the UI, so the same prompt token count."""
-    from webui.templates import build_chat_prompt
+    """The API's chat path is webui.chat.reply.stream_chat: same prompt as the UI, so the same prompt token count."""
+    from webui.templates.render import build_chat_prompt
 
     r = client.chat.completions.create(model=GEMMA, messages=CHAT, max_tokens=1, temperature=0)
     prompt = build_chat_prompt(CHAT, served.app.engine.info)
@@ -183,7 +183,7 @@ def test_model_field_switches_models(client, served):
 def test_switching_by_the_model_field_uses_the_settings_saved_for_that_model(client, served):
     """What the Model tab saved for a model (its loader and settings) is what an API switch loads it with."""
     from backends.llamacpp import LlamaCppSettings
-    from webui.model_settings import forget_settings, save_settings
+    from webui.models.settings import forget_settings, save_settings
 
     assert post(served, "/v1/internal/model/load", json={"model_name": GEMMA}).status_code == 200
     save_settings(served.app.settings.user_data, f"{COPY}.gguf", "llama.cpp", LlamaCppSettings(n_ctx=768))

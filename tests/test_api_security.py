@@ -11,7 +11,9 @@ import pytest
 from api_fixtures import COPY, GEMMA, serve, two_model_folder
 from conftest import cli, running_server
 
-from webui.api_auth import API_KEY_ENV, add_serve_options, check_exposure, serve_settings
+from webui.api.auth import check_exposure
+from webui.cli.options import add_serve_options, serve_settings
+from webui.settings import API_KEY_ENV
 from webui.settings import Settings
 
 KEY, ADMIN = "sk-test-key", "sk-admin-key"

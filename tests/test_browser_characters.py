@@ -13,7 +13,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from test_browser import CHROMIUM_ARGS, open_page, send, set_max_tokens, shot, wait_for_stats
 
-from webui.character_cards import read_card_png
+from webui.characters.cards import read_card_png
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytestmark = pytest.mark.browser

@@ -8,9 +8,9 @@ from conftest import greedy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from webui.chat import stream_chat, stream_completion
+from webui.chat.reply import stream_chat, stream_completion
 from webui.extension_api import ReplyInfo
-from webui.extensions import ExtensionHost
+from webui.extensions.host import ExtensionHost
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab, table, toggle
 
 QUESTION = [{"role": "user", "content": "What is my name?"}]

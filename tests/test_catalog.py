@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from backends.registry import LoaderRegistry
-from webui.catalog import (
+from webui.models.catalog import (
     Catalog,
     Facts,
     available_memory,

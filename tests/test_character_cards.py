@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from webui.character_cards import CardError, card_png, export_character, import_character, read_any
-from webui.characters import Character, CharacterStore
+from webui.characters.cards import CardError, card_png, export_character, import_character, read_any
+from webui.characters.store import Character, CharacterStore
 
 BOOK = {"name": "Fen lore", "entries": [{"keys": ["bittern"], "content": "A heron that booms.", "enabled": True}]}
 V2_DATA = {

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from webui.characters import (
+from webui.characters.store import (
     MAX_PIXELS,
     PICTURE_SIZE,
     SHIPPED_DIR,
@@ -207,7 +207,7 @@ def test_wrong_types_in_a_character_file_name_the_field(tmp_path):
 
 
 def test_an_edit_from_the_characters_tab_keeps_the_fields_it_does_not_show_and_can_rename(store):
-    from webui.characters import save_edit
+    from webui.characters.store import save_edit
 
     store.save("Ann", Character(name="Ann", character_book={"entries": [1]}, extensions={"x": 1}, tags=["a"]))
     key = save_edit(store, "Ann", "Anna", {"name": "Anna", "greeting": "Hi {{user}}", "tags": "b, c"})

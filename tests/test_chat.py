@@ -8,8 +8,8 @@ import pytest
 from conftest import greedy
 
 from backends.base import ModelInfo, Usage
-from webui.chat import Reply, chat_turn, format_stats, stream_chat, stream_completion, throttle
-from webui.templates import build_chat_prompt
+from webui.chat.reply import Reply, chat_turn, format_stats, stream_chat, stream_completion, throttle
+from webui.templates.render import build_chat_prompt
 from webui.ui.chat_tab import display_messages
 
 GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")

@@ -15,8 +15,8 @@ from conftest import greedy
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.app import App
-from webui.chat import chat_turn, default_params, prompt_messages, stream_chat
-from webui.chat_actions import (
+from webui.chat.reply import chat_turn, default_params, prompt_messages, stream_chat
+from webui.chat.actions import (
     continue_reply,
     edit_message,
     export_conversation,
@@ -30,12 +30,12 @@ from webui.chat_actions import (
     template_status,
     version_label,
 )
-from webui.history import HistoryError, HistoryStore
-from webui.notebook import NotebookStore, generate, token_count
+from webui.chat.history import HistoryError, HistoryStore
+from webui.chat.notebook import NotebookStore, generate, token_count
 from webui.paths import UnsafeName
-from webui.prompting import plan_prompt, render_prompt
+from webui.chat.prompting import plan_prompt, render_prompt
 from webui.settings import Settings
-from webui.template_prefs import TemplatePrefs
+from webui.templates.prefs import TemplatePrefs
 from webui.ui.chat_tab import continue_conversation, open_conversation, startup_problems
 
 N_CTX = 1024

@@ -14,12 +14,12 @@ from conftest import greedy
 
 from backends.base import ModelInfo
 from webui.app import App
-from webui.characters import Character
-from webui.chat import chat_turn, prompt_messages
-from webui.chat_actions import continue_reply, impersonate, preview_prompt, regenerate, version_label
-from webui.chat_modes import start_conversation
-from webui.history import HistoryStore
-from webui.prompting import plan_prompt, render_prompt
+from webui.characters.store import Character
+from webui.chat.reply import chat_turn, prompt_messages
+from webui.chat.actions import continue_reply, impersonate, preview_prompt, regenerate, version_label
+from webui.chat.modes import start_conversation
+from webui.chat.history import HistoryStore
+from webui.chat.prompting import plan_prompt, render_prompt
 from webui.settings import Settings
 
 N_CTX = 1024

@@ -9,16 +9,16 @@ import pytest
 from conftest import cli, greedy
 
 from backends.base import ModelInfo
-from webui.characters import Character, CharacterStore
-from webui.chat import chat_turn
-from webui.chat_modes import (
+from webui.characters.store import Character, CharacterStore
+from webui.chat.reply import chat_turn
+from webui.chat.modes import (
     CHARACTER_PREFIX,
     build_prompt,
     character_of,
     owner_for,
     start_conversation,
 )
-from webui.history import INSTRUCT_OWNER, HistoryStore
+from webui.chat.history import INSTRUCT_OWNER, HistoryStore
 from webui.paths import UnsafeName
 
 GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")
@@ -154,7 +154,7 @@ def test_the_characters_command_lists_imports_and_exports(tmp_path: Path):
 
 
 def test_a_renamed_character_keeps_its_conversations(tmp_path):
-    from webui.chat_modes import move_conversations
+    from webui.chat.modes import move_conversations
 
     history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
     characters.save("Wren", WREN)

@@ -9,7 +9,7 @@ from conftest import collect, greedy
 
 from backends.llamacpp import LlamaCppSettings
 from webui.app import App
-from webui.chat import stream_completion
+from webui.chat.reply import stream_completion
 from webui.settings import Settings
 
 

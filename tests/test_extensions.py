@@ -16,12 +16,12 @@ from conftest import cli, greedy
 from fastapi.testclient import TestClient
 
 from backends.base import SamplingParams
-from webui.chat import chat_turn, stream_chat, stream_completion
-from webui.chat_actions import continue_reply, impersonate, regenerate
-from webui.chat_modes import start_conversation
-from webui.extensions import ExtensionHost, ManifestError, parse_manifest
+from webui.chat.reply import chat_turn, stream_chat, stream_completion
+from webui.chat.actions import continue_reply, impersonate, regenerate
+from webui.chat.modes import start_conversation
+from webui.extensions.host import ExtensionHost, ManifestError, parse_manifest
 from webui.server import build_api_server
-from webui.tgw_adapter import from_tgw_history, to_tgw_history
+from webui.extensions.tgw import from_tgw_history, to_tgw_history
 
 
 def write_extension(user_data: Path, name: str, code: str, priority: int = 100, enable: bool = True, **extra) -> Path:
@@ -79,7 +79,7 @@ def test_none_leaves_the_value_and_custom_prompt_takes_the_first_answer(tmp_path
 def test_timing_of_each_hook_is_logged(tmp_path, caplog):
     write_extension(tmp_path, "timed", "@hookimpl\ndef input_modifier(text):\n    return text\n")
     host = host_for(tmp_path)
-    with caplog.at_level(logging.DEBUG, logger="webui.extensions"):
+    with caplog.at_level(logging.DEBUG, logger="webui.extensions.host"):
         host.completion_prompt("x", None)
     assert any("timed: input_modifier took" in r.getMessage() for r in caplog.records)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from webui.history import (
+from webui.chat.history import (
     SCHEMA_VERSION,
     TEMP_MAX_AGE_S,
     Conversation,
@@ -502,7 +502,7 @@ SAVER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from webui.history import HistoryStore
+    from webui.chat.history import HistoryStore
 
     store = HistoryStore(Path(sys.argv[1]))
     conversation = store.load(sys.argv[2], sys.argv[3])

@@ -10,7 +10,7 @@ import sys
 from conftest import REPO, cli
 
 # Runs the CLI in a process where `import gptqmodel` fails, as it would were the package not installed.
-BLOCKED = "import sys; sys.modules['gptqmodel'] = None; from webui.cli import main; sys.exit(main(sys.argv[1:]))"
+BLOCKED = "import sys; sys.modules['gptqmodel'] = None; from webui.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _blocked(*args: str) -> subprocess.CompletedProcess:

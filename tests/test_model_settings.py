@@ -12,7 +12,7 @@ from conftest import cli, copy_default
 
 from backends.base import LoadSettings
 from backends.llamacpp import LlamaCppSettings
-from webui.model_settings import (
+from webui.models.settings import (
     build_settings,
     forget_settings,
     load_saved,

@@ -6,7 +6,7 @@ import pytest
 from conftest import copy_default
 
 from backends.base import ModelLoadError
-from webui.models import default_model_license, ensure_default_model, list_models, resolve_model
+from webui.models.folder import default_model_license, ensure_default_model, list_models, resolve_model
 
 
 def test_default_is_placed_into_an_empty_models_folder_once(tmp_path, gemma_path):

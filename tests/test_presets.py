@@ -12,7 +12,7 @@ from conftest import generate
 
 from backends.base import CancelToken, SamplingParams
 from backends.llamacpp import LlamaCppLoader, sampler_plan
-from webui.chat import default_params
+from webui.chat.reply import default_params
 from webui.paths import UnsafeName
 from webui.presets import DEFAULT_PRESET, SHIPPED_DIR, PresetError, PresetStore, params_from, parse_preset
 

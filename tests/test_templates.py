@@ -11,14 +11,14 @@ from conftest import REPO, cli
 
 from backends.base import ModelInfo
 from webui.paths import UnsafeName
-from webui.template_library import (
+from webui.templates.library import (
     TemplateFileError,
     get_template,
     list_templates,
     load_template_file,
     model_template_info,
 )
-from webui.templates import TemplateError, build_chat_prompt, derive_stops, render, select_template
+from webui.templates.render import TemplateError, build_chat_prompt, derive_stops, render, select_template
 
 COMPAT = REPO.parent / "shared" / "compat" / "text-generation-webui" / "instruction-templates"
 COMPAT_FILES = sorted(COMPAT.glob("*.yaml")) if COMPAT.is_dir() else []

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from backends.base import LoadSettings, ModelInfo, ModelLoadError
 from backends.registry import LoaderRegistry
-from webui.characters import CharacterStore
+from webui.characters.store import CharacterStore
 from webui.engine import Engine
-from webui.extensions import ExtensionHost
-from webui.history import HistoryStore
-from webui.model_settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
-from webui.models import resolve_model
+from webui.extensions.host import ExtensionHost
+from webui.chat.history import HistoryStore
+from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
+from webui.models.folder import resolve_model
 from webui.paths import UnsafeName
 from webui.settings import Settings
 
@@ -40,7 +40,7 @@ class App:
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
         engine, extensions = Engine(registry, settings.max_loaded_models), ExtensionHost(settings.user_data)
-        engine.extensions = extensions  # every generation through webui.chat runs the enabled hooks
+        engine.extensions = extensions  # every generation through webui.chat.reply runs the enabled hooks
         extensions.start()  # never raises because of an extension
         return cls(settings, registry, engine, HistoryStore(settings.user_data), extensions)
 

@@ -8,7 +8,11 @@ leaves the value unchanged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -16,12 +20,82 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from backends.base import SamplingParams, Usage
-    from webui.extension_api import Context, ReplyInfo, Setting
 
 PROJECT = "inglenook.extensions"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+SETTING_TYPES = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A parameter the user can change in the Extensions tab; the value is saved and handed back
+    in ``context.settings[name]``. The type is the default's type (bool, int, float or str);
+    ``choices`` makes a drop-down, ``minimum``/``maximum`` a slider, ``lines`` > 1 a text area."""
+
+    name: str
+    default: bool | int | float | str
+    label: str = ""
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    lines: int = 1
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def coerce(self, value: Any) -> bool | int | float | str:
+        """``value`` as this setting's type; ValueError if it cannot be (a saved value from an older version)."""
+        kind = self.type
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError(f"{self.name} must be true or false")
+        if kind in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(f"{self.name} must be a number")
+            number = kind(float(value)) if kind is int else float(value)
+            if (self.minimum is not None and number < self.minimum) or (
+                self.maximum is not None and number > self.maximum
+            ):
+                raise ValueError(f"{self.name} must be between {self.minimum} and {self.maximum}")
+            return number
+        text = str(value)
+        if self.choices and text not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}")
+        return text
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every hook may ask for as ``context``: who it is, its settings, where it may keep files."""
+
+    name: str  # the extension's name
+    settings: Mapping[str, Any]  # its current setting values (read-only)
+    data_dir: Path  # a folder of its own under user_data/ (created on first use of this property's path)
+    log: logging.Logger
+    mode: str = ""  # "chat" or "completion" during a generation, "" otherwise
+    model: str | None = None  # the loaded model's name, if any
+
+
+@dataclass(frozen=True)
+class ReplyInfo:
+    """What ``output_modifier`` may ask for as ``reply``: the finished reply before any modification."""
+
+    raw_text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float = 0.0
+    tokens_per_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
 
 MODIFIER_HOOKS = (
     "input_modifier",
@@ -96,8 +170,8 @@ def shutdown(context: Context) -> None:
 
 
 class ChatHooks:
-    """The calls :mod:`webui.chat` makes around every generation. This base changes nothing
-    (an engine without extensions); :class:`webui.extensions.ExtensionHost` runs the hooks."""
+    """The calls :mod:`webui.chat.reply` makes around every generation. This base changes nothing
+    (an engine without extensions); :class:`webui.extensions.host.ExtensionHost` runs the hooks."""
 
     def chat_messages(self, messages: list[dict], model: str | None) -> list[dict]:
         return messages

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from backends.base import SamplingParams, field_kind
-from webui.history import write_atomic
+from webui.files import write_atomic
 from webui.paths import inside, safe_name
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "presets"

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+API_KEY_ENV = "INGLENOOK_API_KEY"  # where `serve` reads the API key when no flag gives it
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
@@ -23,7 +24,7 @@ class Settings:
     trust_remote_code: bool = False  # Python code shipped inside a model folder never runs unless asked
     load_overrides: dict = field(default_factory=dict)  # load settings given explicitly (win over saved ones)
     stream_interval_s: float = 0.05  # the UI and API streams push at most 20 updates a second (0 = every token)
-    # serving and the OpenAI-compatible API (webui/api_auth.py checks and explains these)
+    # serving and the OpenAI-compatible API (webui/api/auth.py checks and explains these)
     api_key: str | None = None  # Bearer key for /v1/*; None = open (loopback only, unless --insecure-no-auth)
     admin_key: str | None = None  # when set, loading/unloading models through the API needs this key
     ui_auth: list[tuple[str, str]] = field(default_factory=list)  # Gradio login (user, password) pairs

@@ -8,7 +8,7 @@ import gradio as gr
 
 from backends.base import ModelInfo
 from webui.app import App
-from webui.models import DEFAULT_NOTE, default_model_license, is_default_model
+from webui.models.folder import DEFAULT_NOTE, default_model_license, is_default_model
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab

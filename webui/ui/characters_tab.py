@@ -1,6 +1,6 @@
 """The Characters tab: pick, create, edit, duplicate, delete, import a card, export, upload a picture.
 
-Widgets only: every action is a function of :mod:`webui.characters` / :mod:`webui.character_cards`.
+Widgets only: every action is a function of :mod:`webui.characters.store` / :mod:`webui.characters.cards`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import gradio as gr
 from PIL import Image
 
 from webui.app import App
-from webui.character_cards import export_character, import_character
-from webui.characters import EDITABLE, Character, CharacterError, open_picture, save_edit
-from webui.chat_modes import move_conversations
+from webui.characters.cards import export_character, import_character
+from webui.characters.store import EDITABLE, Character, CharacterError, open_picture, save_edit
+from webui.chat.modes import move_conversations
 from webui.paths import UnsafeName
 
 LABELS = {

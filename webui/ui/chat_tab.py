@@ -1,4 +1,4 @@
-"""The Chat tab: widgets wired to :mod:`webui.chat` and :mod:`webui.chat_actions`. No logic a test would want
+"""The Chat tab: widgets wired to :mod:`webui.chat.reply` and :mod:`webui.chat.actions`. No logic a test would want
 lives here."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import gradio as gr
 
 from backends.base import CancelToken, SamplingParams
 from webui.app import App
-from webui.characters import Character, CharacterError
-from webui.chat import Reply, chat_turn, throttle
-from webui.chat_actions import (
+from webui.characters.store import Character, CharacterError
+from webui.chat.reply import Reply, chat_turn, throttle
+from webui.chat.actions import (
     continue_reply,
     edit_message,
     export_conversation,
@@ -29,12 +29,12 @@ from webui.chat_actions import (
     template_status,
     version_label,
 )
-from webui.chat_modes import INSTRUCT, character_of, owner_for, start_conversation
-from webui.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
+from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
+from webui.chat.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.paths import UnsafeName
 from webui.presets import PresetError, params_from_form
-from webui.template_library import template_names
-from webui.template_prefs import AUTO, TemplatePrefs
+from webui.templates.library import template_names
+from webui.templates.prefs import AUTO, TemplatePrefs
 
 STATS_SPAN = re.compile(r"\s*<span class='inglenook-stats'>.*?</span>\s*$", re.DOTALL)
 

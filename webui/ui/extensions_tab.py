@@ -1,15 +1,14 @@
 """The Extensions tab, the extensions' own tabs and their blocks under the chat. Widgets only: the work is
-done by :mod:`webui.extensions`, :mod:`webui.extension_install` and :mod:`webui.restart`."""
+done by :mod:`webui.extensions.host`, :mod:`webui.extensions.install` and :mod:`webui.restart`."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from webui.app import App
-from webui.cli_extensions import RIGHTS_WARNING
-from webui.extension_api import Setting
-from webui.extension_install import install
-from webui.extensions import ExtensionError
+from webui.hookspecs import Setting
+from webui.extensions.install import RIGHTS_WARNING, install
+from webui.extensions.host import ExtensionError
 from webui.restart import restart_later
 
 COLUMNS = ["name", "version", "status", "source", "description", "error"]

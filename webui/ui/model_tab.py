@@ -1,6 +1,6 @@
 """The Model row: model, quantization, loader, the loader's settings, Load/Unload/Reload/Save and the info panel.
 
-Widgets only: every decision is a function of :mod:`webui.model_panel`, tested without a browser. One widget
+Widgets only: every decision is a function of :mod:`webui.models.panel`, tested without a browser. One widget
 per settings field name across all registered loaders; choosing a loader shows its fields and hides the rest.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from webui import model_panel as core
+from webui.models import panel as core
 from webui.app import App
-from webui.catalog import Catalog
+from webui.models.catalog import Catalog
 
 
 def _widget(field, interactive: bool):

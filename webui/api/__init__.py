@@ -1,0 +1,1 @@
+"""The HTTP face: OpenAI-compatible routes, auth, request types, JSON-schema grammars."""

@@ -1,0 +1,1 @@
+"""Characters: the store of YAML characters and pictures, SillyTavern/TavernAI cards."""

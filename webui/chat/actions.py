@@ -1,0 +1,248 @@
+"""Chat actions beyond sending a message: regenerate, continue, impersonate, remove last, edit, page versions,
+plus what the chat tab shows about the next prompt (its template, its exact text, its token count).
+
+Each action that changes a conversation saves it atomically as soon as the change is made, like
+:func:`webui.chat.reply.chat_turn`: a reply is saved when it ends (stopped or not); a failed one changes nothing.
+The UI, and any other front end, only calls these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from backends.base import CancelToken, ModelInfo, SamplingParams
+from webui.characters.store import Character
+from webui.chat.reply import Reply, default_params, format_stats, prompt_messages, reply_in, stream_chat, unknown_settings
+from webui.engine import Engine
+from webui.chat.history import Conversation, HistoryError, HistoryStore, Message
+from webui.paths import UnsafeName
+from webui.chat.prompting import PromptPlan, plan_prompt
+from webui.templates.library import PRESETS_DIR
+from webui.templates.render import TemplateError, select_template
+
+
+def regenerate(
+    engine: Engine,
+    store: HistoryStore,
+    conversation: Conversation,
+    params: SamplingParams,
+    system: str = "",
+    cancel: CancelToken | None = None,
+    *,
+    template: str | None = None,
+    start_with: str = "",
+    character: Character | None = None,
+) -> Iterator[Reply]:
+    """A new version of the last reply; the older versions stay, to page back to (:func:`page_version`).
+
+    If the conversation ends with the user's message (its reply failed, was removed, or the message was just
+    edited), a reply to it is generated. A regeneration that yields no text leaves the conversation as it was.
+    """
+    if not conversation.messages:
+        yield Reply(done=True, error="nothing to regenerate: the conversation is empty")
+        return
+    replacing = conversation.messages[-1].role == "assistant"
+    upto = len(conversation.messages) - 1 if replacing else None
+    messages = prompt_messages(conversation, system, upto)
+    final = yield from reply_in(
+        engine, conversation, messages, params, cancel, template=template, prefix=start_with, character=character
+    )
+    if final.text.strip():
+        stats = format_stats(final.usage, final.finish_reason)
+        if replacing:
+            conversation.regenerate(final.text, stats, final.raw_text)
+        else:
+            conversation.append("assistant", final.text, stats, final.raw_text)
+        store.save(conversation)
+    else:
+        final.error = final.error or "the model produced no text"
+    yield final
+
+
+def continue_reply(
+    engine: Engine,
+    store: HistoryStore,
+    conversation: Conversation,
+    params: SamplingParams,
+    system: str = "",
+    cancel: CancelToken | None = None,
+    *,
+    template: str | None = None,
+    character: Character | None = None,
+) -> Iterator[Reply]:
+    """Extend the last reply where it ends: the model is prompted with the reply so far and goes on.
+
+    ``Reply.text`` is the whole reply (old text + new); the shown version is replaced by it when done.
+    """
+    if not conversation.messages or conversation.messages[-1].role != "assistant":
+        yield Reply(done=True, error="there is no reply to continue")
+        return
+    so_far = conversation.messages[-1].model_text
+    messages = prompt_messages(conversation, system, len(conversation.messages) - 1)
+    final = yield from reply_in(
+        engine, conversation, messages, params, cancel, template=template, prefix=so_far, character=character
+    )
+    if final.text.strip() and final.text != so_far:
+        conversation.update_reply(final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
+        store.save(conversation)
+    elif not final.error:
+        final.error = "the model had nothing to add"
+    yield final
+
+
+def impersonate(
+    engine: Engine,
+    conversation: Conversation,
+    params: SamplingParams,
+    system: str = "",
+    cancel: CancelToken | None = None,
+    *,
+    template: str | None = None,
+    draft: str = "",
+    character: Character | None = None,
+) -> Iterator[Reply]:
+    """The model writes the user's next message (starting from ``draft``, the text already in the box).
+
+    Nothing is saved: the text goes into the message box for the user to send, change or discard.
+    """
+    messages = prompt_messages(conversation, system)
+    yield from stream_chat(
+        engine, messages, params, cancel, template=template, prefix=draft, impersonate=True, mode=conversation.mode,
+        character=character,
+    )  # fmt: skip
+
+
+def remove_last(store: HistoryStore, conversation: Conversation) -> list[Message]:
+    """Remove the last exchange (the last reply and the message it answered) and save."""
+    removed = conversation.remove_last()
+    store.save(conversation)
+    return removed
+
+
+def edit_message(store: HistoryStore, conversation: Conversation, index: int, text: str) -> Message:
+    """Change message ``index`` and drop what followed it, then save. An edited user message is now the last
+    one: :func:`regenerate` answers it. An edited reply becomes a new version of that reply."""
+    message = conversation.edit(index, text)
+    store.save(conversation)
+    return message
+
+
+def page_version(store: HistoryStore, conversation: Conversation, step: int, index: int = -1) -> Message:
+    """Show the previous (``step=-1``) or next (``+1``) version of a message (default: the last) and save."""
+    if not conversation.messages:
+        raise HistoryError("the conversation is empty")
+    message = conversation.page_version(index, step)
+    store.save(conversation)
+    return message
+
+
+def version_label(conversation: Conversation, index: int = -1) -> str:
+    """``"2/3"`` when message ``index`` has several versions (the one shown / how many), else ``""``."""
+    if not conversation.messages:
+        return ""
+    message = conversation.messages[index]
+    return f"{message.shown + 1}/{len(message.versions)}" if len(message.versions) > 1 else ""
+
+
+# --------------------------------------------------------------------------- what the tab shows
+
+
+@dataclass
+class TemplateStatus:
+    """The template the loaded model gets, why, and the sampling defaults its models.yaml rule brings."""
+
+    name: str
+    chosen_by: str
+    defaults: SamplingParams
+    note: str = ""
+    settings: dict = field(default_factory=dict)  # the rule's own sampling settings (the ones it changes)
+
+    def describe(self) -> str:
+        line = f"Prompt template **{self.name}** (chosen by: {self.chosen_by})"
+        return f"{line}. {self.note}" if self.note else line
+
+
+def template_status(info: ModelInfo | None, choice: str | None = None, presets: Path = PRESETS_DIR) -> TemplateStatus:
+    """Which template ``info``'s model gets with ``choice`` (None: automatic), and the defaults to start from."""
+    if info is None:
+        return TemplateStatus("none", "no model is loaded", default_params())
+    try:
+        selection = select_template(info, choice, presets)
+    except TemplateError as exc:
+        return TemplateStatus("?", "error", default_params(), f"⚠️ {exc}")
+    note = ""
+    if selection.settings:
+        shown = ", ".join(f"{k}={v}" for k, v in selection.settings.items())
+        note = f"Its rule's default settings apply: {shown}."
+        unknown = unknown_settings(selection.settings)
+        if unknown:
+            note += f" ⚠️ Not sampling settings, ignored: {', '.join(unknown)}."
+    known = {f.name for f in fields(SamplingParams)}
+    own = {k: v for k, v in selection.settings.items() if k in known}
+    return TemplateStatus(selection.name, selection.chosen_by, default_params(own), note, own)
+
+
+def preview_prompt(
+    engine: Engine,
+    conversation: Conversation,
+    system: str = "",
+    draft: str = "",
+    *,
+    template: str | None = None,
+    start_with: str = "",
+    max_new_tokens: int = 0,
+    character: Character | None = None,
+) -> PromptPlan | None:
+    """The exact prompt the next send would produce (with ``draft`` as the user's message, if any).
+
+    None when there is nothing to send yet. Raises ValueError when it cannot be built (the same error the
+    send would show).
+    """
+    messages = prompt_messages(conversation, system)
+    if draft.strip():
+        messages.append({"role": "user", "content": draft})
+    if not any(m["role"] != "system" for m in messages):
+        return None
+    return plan_prompt(
+        engine, messages, choice=template, prefix=start_with, reserve=max_new_tokens, mode=conversation.mode,
+        character=character,
+    )  # fmt: skip
+
+
+def prompt_summary(engine: Engine, conversation: Conversation, system: str = "", **kw) -> str:
+    """The token-count line for the chat tab, or the reason there is none."""
+    if engine.info is None:
+        return ""
+    try:
+        plan = preview_prompt(engine, conversation, system, **kw)
+    except ValueError as exc:
+        return f"⚠️ {exc}"
+    if plan is None:
+        return f"prompt 0 / {engine.info.context_length:,} tokens"
+    return plan.summary()
+
+
+# --------------------------------------------------------------------------- conversations as files
+
+
+def export_conversation(store: HistoryStore, owner: str, conversation_id: str, folder: Path) -> Path:
+    """Write the conversation's JSON into ``folder`` (for a download) and return the file."""
+    path = folder / f"{store.path(owner, conversation_id).stem}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(store.export(owner, conversation_id), encoding="utf-8")
+    return path
+
+
+def import_conversation(store: HistoryStore, owner: str, upload: Path) -> Conversation:
+    """Import an uploaded file (our export or a text-generation-webui history). Raises HistoryError saying
+    what is wrong with it; nothing is written then."""
+    try:
+        data = Path(upload).read_bytes()
+    except OSError as exc:
+        raise HistoryError(f"cannot read the uploaded file: {exc}") from None
+    try:
+        return store.import_text(data, owner)
+    except UnsafeName as exc:
+        raise HistoryError(str(exc)) from None

@@ -1,0 +1,65 @@
+"""The notebook: free text that a (base) model continues, raw, with no chat format around it.
+
+The text lives in ``<user_data>/notebook/notebook.txt``, written atomically before a generation starts and
+again when it ends (stopped or not), so a refresh or a restart shows what was there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from backends.base import CancelToken, GenerationError, SamplingParams
+from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, stream_completion
+from webui.engine import Engine
+from webui.files import write_atomic
+
+
+class NotebookStore:
+    """The notebook's text on disk; holds nothing but its path."""
+
+    def __init__(self, user_data: Path) -> None:
+        self.path = Path(user_data) / "notebook" / "notebook.txt"
+
+    def load(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+        except UnicodeDecodeError:
+            return self.path.read_bytes().decode("utf-8", errors="replace")
+
+    def save(self, text: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, text.encode("utf-8", errors="surrogatepass"))
+
+
+def generate(
+    engine: Engine, store: NotebookStore, text: str, params: SamplingParams, cancel: CancelToken | None = None
+) -> Iterator[Reply]:
+    """Continue ``text``; each ``Reply.text`` is the whole notebook (the text, then what the model wrote)."""
+    if not text.strip():
+        yield Reply(text=text, done=True, error="write something for the model to continue first")
+        return
+    if len(text) > MAX_MESSAGE_CHARS:
+        yield Reply(text=text, done=True, error=f"the text is longer than {MAX_MESSAGE_CHARS:,} characters")
+        return
+    store.save(text)
+    final = Reply(text=text, done=True)
+    for reply in stream_completion(engine, text, params, cancel):
+        final = replace(reply, text=text + reply.text, ignored_params=list(reply.ignored_params))
+        yield final
+    if final.text != text:
+        store.save(final.text)
+
+
+def token_count(engine: Engine, text: str) -> str:
+    """``"123 / 2,048 tokens"``: the text's size as a prompt against the context length."""
+    info = engine.info
+    if info is None:
+        return ""
+    try:
+        return f"{engine.count_tokens(text):,} / {info.context_length:,} tokens"
+    except GenerationError as exc:
+        return f"⚠️ {exc}"

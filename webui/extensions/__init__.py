@@ -1,0 +1,1 @@
+"""Extensions: manifests, enabled state, the hook host, text-generation-webui's adapter, installs."""

@@ -1,0 +1,799 @@
+"""The extension host: finds extensions, keeps their state, and runs their hooks in order, in isolation.
+
+Sources: folders with an ``extension.yaml`` (bundled ones in the repository's ``extensions/``, installed
+ones in ``user_data/extensions/``), text-generation-webui ``script.py`` folders (through
+:mod:`webui.extensions.tgw`), and pip packages exposing the entry point group ``inglenook.extensions``.
+
+Nothing runs until the user enables it (``inglenook extensions install`` enables what it installs).
+An extension that fails to import, raises in a hook, returns the wrong type or does not return
+within ``timeout_s`` is disabled for this run with its error recorded (shown in the Extensions tab
+and logged); the value it was given passes on unchanged, so the chat never sees its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import pluggy
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from backends.base import SamplingParams, Usage
+from webui import __version__, hookspecs
+from webui.hookspecs import SETTING_TYPES, Context, ReplyInfo, Setting
+from webui.files import write_atomic
+from webui.hookspecs import ChatHooks
+from webui.paths import UnsafeName, safe_name
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "extensions"
+MANIFEST = "extension.yaml"
+TGW_SCRIPT = "script.py"
+DEFAULT_PRIORITY = 100
+DEFAULT_TIMEOUT_S = 30.0
+REQUIRED_FIELDS = ("name", "version", "description")
+
+
+class ManifestError(ValueError):
+    """An extension.yaml that cannot be used; the message names the file and the problem."""
+
+
+class ExtensionError(ValueError):
+    """A request about an extension that cannot be done (unknown name, already enabled, …)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    description: str
+    author: str = ""
+    homepage: str = ""
+    inglenook: str = ""  # a version range such as ">=0.1,<1"; empty = any
+    python: tuple[str, ...] = ()  # pip requirements
+    priority: int = DEFAULT_PRIORITY  # lower runs earlier
+    module: str = "extension.py"
+    kind: str = "inglenook"  # or "tgw": a text-generation-webui script.py
+
+
+def check_name(name: Any) -> str:
+    """An extension name: a plain, portable folder name, lower-case letters, digits, '-' and '_'."""
+    if not isinstance(name, str):
+        raise ManifestError(f"the extension name must be text, not {type(name).__name__}")
+    try:
+        safe_name(name, "extension name")
+    except UnsafeName as exc:
+        raise ManifestError(str(exc)) from None
+    if not (name[0].isalnum() and all(c.isalnum() or c in "-_" for c in name) and name == name.lower()):
+        raise ManifestError(f"extension name {name!r} may hold only lower-case letters, digits, '-' and '_'")
+    return name
+
+
+def parse_manifest(data: Any, where: str) -> Manifest:
+    """Check an extension.yaml's content; ManifestError says what is wrong and where."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a mapping of fields (name, version, description, …)")
+    missing = [f for f in REQUIRED_FIELDS if not str(data.get(f) or "").strip()]
+    if missing:
+        raise ManifestError(f"{where}: missing required field(s): {', '.join(missing)}")
+    try:
+        name = check_name(data["name"])
+    except ManifestError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+    requires = data.get("requires") or {}
+    if not isinstance(requires, dict):
+        raise ManifestError(f"{where}: 'requires' must be a mapping with 'inglenook' and/or 'python'")
+    inglenook = str(requires.get("inglenook") or "").strip()
+    try:
+        SpecifierSet(inglenook)
+    except InvalidSpecifier:
+        problem = f"requires.inglenook {inglenook!r} is not a version range like '>=0.1,<1'"
+        raise ManifestError(f"{where}: {problem}") from None
+    python = requires.get("python") or []
+    if isinstance(python, str):
+        python = [python]
+    if not isinstance(python, list):
+        raise ManifestError(f"{where}: requires.python must be a list of pip requirements")
+    for req in python:
+        try:
+            Requirement(str(req))
+        except InvalidRequirement as exc:
+            raise ManifestError(f"{where}: requirement {req!r} is not valid: {exc}") from None
+    module = str(data.get("module") or "extension.py")
+    try:
+        safe_name(module, "module")
+    except UnsafeName as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+    if not module.endswith(".py"):
+        raise ManifestError(f"{where}: module {module!r} must be a .py file in the extension's folder")
+    priority = data.get("priority", DEFAULT_PRIORITY)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ManifestError(f"{where}: priority must be a whole number (lower runs earlier)")
+    return Manifest(
+        name=name,
+        version=str(data["version"]),
+        description=str(data["description"]).strip(),
+        author=str(data.get("author") or ""),
+        homepage=str(data.get("homepage") or ""),
+        inglenook=inglenook,
+        python=tuple(str(r) for r in python),
+        priority=priority,
+        module=module,
+        kind="tgw" if module == TGW_SCRIPT and data.get("tgw", True) else "inglenook",
+    )
+
+
+def read_manifest(folder: Path, fallback_name: str | None = None) -> Manifest:
+    """The manifest of an extension folder: its extension.yaml, or one made up for a text-generation-webui
+    folder that has only a ``script.py`` (named ``fallback_name`` or after the folder)."""
+    path = folder / MANIFEST
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ManifestError(f"{path}: cannot be read: {exc}") from None
+        manifest = parse_manifest(data, str(path))
+        if not (folder / manifest.module).is_file():
+            raise ManifestError(f"{path}: its module {manifest.module} is missing")
+        return manifest
+    if (folder / TGW_SCRIPT).is_file():
+        name = (fallback_name or folder.name).lower().replace(" ", "_")
+        return parse_manifest(
+            {"name": name, "version": "0", "description": "a text-generation-webui extension", "module": TGW_SCRIPT},
+            str(folder / TGW_SCRIPT),
+        )
+    raise ManifestError(f"{folder} has no {MANIFEST} (nor a text-generation-webui {TGW_SCRIPT}): not an extension")
+
+
+def requirement_problems(manifest: Manifest) -> list[str]:
+    """What in the manifest's ``requires`` this installation does not satisfy."""
+    problems = []
+    if manifest.inglenook and Version(__version__) not in SpecifierSet(manifest.inglenook):
+        problems.append(f"needs Inglenook {manifest.inglenook}, this is {__version__}")
+    for text in manifest.python:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            have = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"needs {text} (not installed)")
+            continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            problems.append(f"needs {text} ({req.name} {have} is installed)")
+    return problems
+
+
+# --------------------------------------------------------------------------- state on disk
+
+
+class StateFile:
+    """``user_data/extensions.json``: which extensions are enabled, their settings, what was installed.
+
+    Written atomically; a damaged file is moved aside (and reported), never a reason not to start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.problem = ""
+
+    def read(self) -> dict[str, dict]:
+        empty: dict[str, dict] = {"enabled": {}, "settings": {}, "installed": {}}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return empty
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            self.problem = f"{self.path} could not be read ({exc}); moved aside to {aside.name}"
+            log.error(self.problem)
+            self.path.replace(aside)
+            return empty
+        if not isinstance(data, dict):
+            return empty
+        return {key: dict(data.get(key) or {}) for key in empty}
+
+    def update(self, change: Callable[[dict[str, dict]], None]) -> dict[str, dict]:
+        """Read, apply ``change`` and write back, as one step against other threads of this process."""
+        with self._lock:
+            data = self.read()
+            change(data)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
+            return data
+
+
+# --------------------------------------------------------------------------- the host
+
+
+@dataclass
+class HookTiming:
+    calls: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+
+    def add(self, elapsed_s: float) -> None:
+        self.calls, self.total_s, self.max_s = self.calls + 1, self.total_s + elapsed_s, max(self.max_s, elapsed_s)
+
+
+@dataclass
+class Extension:
+    """One extension the host knows of, enabled or not."""
+
+    manifest: Manifest
+    source: str  # "bundled", "installed", "pip"
+    path: Path | None = None  # its folder (None for pip packages)
+    enabled: bool = False  # what the user chose (saved)
+    active: bool = False  # its hooks run now
+    error: str = ""  # why it is not active although enabled
+    ui_built: bool = False  # its ui hook ran when the page was built
+    setting_specs: list[Setting] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, HookTiming] = field(default_factory=dict)
+    plugin: Any = None
+    css: str = ""
+    js: str = ""
+    entry_point: Any = None
+    on_settings: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "error"
+        if self.active:
+            return "enabled"
+        return "disabled"
+
+
+class _HookFailed(Exception):
+    pass
+
+
+class ExtensionHost(ChatHooks):
+    """Every extension of one App, and the hook calls of the chat path."""
+
+    def __init__(
+        self,
+        user_data: Path,
+        bundled_dir: Path | None = BUNDLED_DIR,
+        entry_points: bool = True,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.user_data = Path(user_data)
+        self.installed_dir = self.user_data / "extensions"
+        self.data_root = self.user_data / "extension_data"
+        self.bundled_dir = bundled_dir
+        self.use_entry_points = entry_points
+        self.timeout_s = timeout_s
+        self.state = StateFile(self.user_data / "extensions.json")
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._lock = threading.RLock()
+        self._extensions: dict[str, Extension] = {}
+        self.problems: list[str] = []  # found but unusable (a bad manifest, a name taken twice)
+
+    # -- discovery and state -----------------------------------------------------------
+    def start(self) -> None:
+        """Find every extension and activate the enabled ones. Never raises because of an extension."""
+        self.discover()
+        for ext in self.list():
+            if ext.enabled:
+                self._activate(ext)
+
+    def discover(self) -> None:
+        state = self.state.read()
+        found: dict[str, Extension] = {}
+        problems = [self.state.problem] if self.state.problem else []
+        for base, source in ((self.bundled_dir, "bundled"), (self.installed_dir, "installed")):
+            if base is None or not base.is_dir():
+                continue
+            for folder in sorted(base.iterdir()):
+                if not folder.is_dir() or folder.name.startswith((".", "_")):
+                    continue
+                if not (folder / MANIFEST).exists() and not (folder / TGW_SCRIPT).exists():
+                    continue
+                try:
+                    manifest = read_manifest(folder)
+                    if manifest.name != folder.name:
+                        raise ManifestError(f"{folder}: the folder must be named after the extension ({manifest.name})")
+                except ManifestError as exc:
+                    problems.append(str(exc))
+                    log.error("extension skipped: %s", exc)
+                    continue
+                self._add(found, Extension(manifest, source, folder), problems)
+        if self.use_entry_points:
+            for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+                try:
+                    manifest = _entry_point_manifest(ep)
+                except ManifestError as exc:
+                    problems.append(str(exc))
+                    continue
+                self._add(found, Extension(manifest, "pip", entry_point=ep), problems)
+        with self._lock:
+            for name, ext in found.items():
+                old = self._extensions.get(name)
+                if old is not None and old.active:
+                    found[name] = old  # keep the running one
+                ext.enabled = bool(state["enabled"].get(name, False))
+            self._extensions = found
+            self.problems = problems
+
+    @staticmethod
+    def _add(found: dict[str, Extension], ext: Extension, problems: list[str]) -> None:
+        if ext.name in found:
+            where = ext.path or ext.entry_point.value
+            problems.append(f"extension {ext.name!r} from {where} is skipped: the name is already taken")
+        else:
+            found[ext.name] = ext
+
+    def list(self) -> list[Extension]:
+        """Every known extension, in hook order: manifest priority, then name."""
+        with self._lock:
+            return sorted(self._extensions.values(), key=lambda e: (e.manifest.priority, e.name))
+
+    def get(self, name: str) -> Extension:
+        with self._lock:
+            try:
+                return self._extensions[name]
+            except KeyError:
+                raise ExtensionError(f"no extension named {name!r}; see 'inglenook extensions list'") from None
+
+    def record(self, name: str) -> dict:
+        """What ``inglenook extensions install`` recorded about ``name`` (empty if it did not install it)."""
+        return dict(self.state.read()["installed"].get(name) or {})
+
+    def source_of(self, ext: Extension) -> str:
+        """Where ``ext`` came from, for people: bundled, pip, or the recorded git URL and commit / folder."""
+        record = self.record(ext.name)
+        if not record:
+            return ext.source
+        commit = f" @ {record['commit'][:12]}" if record.get("commit") else ""
+        return f"{record['source']}: {record['origin']}{commit}"
+
+    def rows(self) -> list[dict]:
+        """One dict per extension (name, version, status, source, description, error, hooks' time), in hook order."""
+        return [
+            {
+                "name": ext.name,
+                "version": ext.manifest.version,
+                "status": ext.status if ext.active or ext.error else ("enabled" if ext.enabled else "disabled"),
+                "source": self.source_of(ext),
+                "description": ext.manifest.description,
+                "error": ext.error,
+                "hook_ms": {k: round(t.total_s * 1000 / max(t.calls, 1), 2) for k, t in ext.timings.items()},
+            }
+            for ext in self.list()
+        ]
+
+    def has_hook(self, ext: Extension, hook: str) -> bool:
+        return ext.active and self._impl(ext, hook) is not None
+
+    def enable(self, name: str) -> Extension:
+        """Enable ``name`` now and at every start; its error, if any, is in the returned record."""
+        ext = self.get(name)
+        self.state.update(lambda s: s["enabled"].__setitem__(name, True))
+        ext.enabled = True
+        ext.error = ""
+        if not ext.active:
+            self._activate(ext)
+        return ext
+
+    def disable(self, name: str) -> Extension:
+        ext = self.get(name)
+        self.state.update(lambda s: s["enabled"].__setitem__(name, False))
+        ext.enabled = False
+        ext.error = ""
+        self._deactivate(ext, call_shutdown=True)
+        return ext
+
+    def set_settings(self, name: str, values: dict[str, Any]) -> list[str]:
+        """Check and save setting values; returns the problems (those values are not saved)."""
+        ext = self.get(name)
+        specs = {s.name: s for s in ext.setting_specs}
+        good, problems = {}, []
+        for key, value in values.items():
+            spec = specs.get(key)
+            if spec is None:
+                problems.append(f"{name} has no setting {key!r}")
+                continue
+            try:
+                good[key] = spec.coerce(value)
+            except (TypeError, ValueError) as exc:
+                problems.append(str(exc))
+        self.state.update(lambda s: s["settings"].setdefault(name, {}).update(good))
+        ext.values.update(good)
+        if ext.on_settings is not None:
+            ext.on_settings(dict(ext.values))
+        return problems
+
+    def stop(self) -> None:
+        """Call every active extension's shutdown hook (the app is closing)."""
+        for ext in self.list():
+            self._deactivate(ext, call_shutdown=True)
+
+    # -- activation ----------------------------------------------------------------------
+    def _activate(self, ext: Extension) -> None:
+        problems = requirement_problems(ext.manifest)
+        if problems:
+            self._fail(ext, "; ".join(problems))
+            return
+        try:
+            plugin = self._timed(ext, "import", lambda: self._load(ext))
+            self.pm.register(plugin, name=ext.name)
+        except _HookFailed:
+            return
+        except Exception as exc:  # pluggy refused a hook's signature
+            self._fail(ext, f"{type(exc).__name__}: {exc}")
+            return
+        unknown = [name for name in self._hook_names(ext) if name not in _HOOK_NAMES]
+        if unknown:
+            self._fail(ext, f"unknown hook(s): {', '.join(unknown)}")
+            return
+        ext.plugin, ext.active = plugin, True
+        try:
+            self._load_settings(ext)
+            self._call_plain(ext, "startup", {})
+        except _HookFailed:
+            return
+        log.info("extension %s %s enabled", ext.name, ext.manifest.version)
+
+    def _load(self, ext: Extension) -> Any:
+        if ext.entry_point is not None:
+            return ext.entry_point.load()
+        module = _import_file(ext.name, ext.path / ext.manifest.module, ext.path)
+        if ext.manifest.kind == "tgw":
+            from webui.extensions.tgw import adapt
+
+            return adapt(module, ext)
+        return module
+
+    def _load_settings(self, ext: Extension) -> None:
+        if ext.setting_specs:  # the tgw adapter declared them from params
+            specs = ext.setting_specs
+        else:
+            impl = self._impl(ext, "settings")
+            declared = self._call(ext, "settings", impl, {}) if impl else []
+            specs = declared or []
+            if not isinstance(specs, list) or not all(isinstance(s, Setting) for s in specs):
+                self._fail(ext, "settings() must return a list of Setting")
+                raise _HookFailed
+            if not all(isinstance(s.default, SETTING_TYPES) for s in specs):
+                self._fail(ext, "a Setting's default must be a bool, int, float or str")
+                raise _HookFailed
+        saved = self.state.read()["settings"].get(ext.name) or {}
+        values = {}
+        for spec in specs:
+            try:
+                values[spec.name] = spec.coerce(saved[spec.name]) if spec.name in saved else spec.default
+            except (TypeError, ValueError):
+                values[spec.name] = spec.default
+        ext.setting_specs, ext.values = specs, values
+        if ext.on_settings is not None:
+            ext.on_settings(dict(values))
+
+    def _deactivate(self, ext: Extension, call_shutdown: bool) -> None:
+        if not ext.active:
+            return
+        if call_shutdown:
+            try:
+                self._call_plain(ext, "shutdown", {})
+            except _HookFailed:
+                pass
+        ext.active = False
+        if ext.plugin is not None and self.pm.is_registered(ext.plugin):
+            self.pm.unregister(ext.plugin)
+        ext.plugin = None
+
+    def _fail(self, ext: Extension, message: str) -> None:
+        """Disable ``ext`` for this run and keep the reason where the tab and the CLI show it."""
+        ext.error = message
+        log.error("extension %s disabled: %s", ext.name, message)
+        self._deactivate(ext, call_shutdown=False)
+
+    # -- calling hooks -----------------------------------------------------------------
+    def _hook_names(self, ext: Extension) -> list[str]:
+        """The hooks ``ext``'s plugin implements (known or not)."""
+        names = []
+        for hook_name in dir(self.pm.hook):
+            caller = getattr(self.pm.hook, hook_name)
+            if isinstance(caller, pluggy.HookCaller) and any(i.plugin_name == ext.name for i in caller.get_hookimpls()):
+                names.append(hook_name)
+        return names
+
+    def _impl(self, ext: Extension, hook: str) -> pluggy.HookImpl | None:
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin_name == ext.name:
+                return impl
+        return None
+
+    def context(self, ext: Extension, mode: str = "", model: str | None = None) -> Context:
+        return Context(
+            name=ext.name,
+            settings=MappingProxyType(dict(ext.values)),
+            data_dir=self.data_root / ext.name,
+            log=logging.getLogger(f"inglenook.extension.{ext.name}"),
+            mode=mode,
+            model=model,
+        )
+
+    def _each(self, hook: str) -> list[tuple[Extension, pluggy.HookImpl]]:
+        """The active extensions implementing ``hook``, in hook order."""
+        found = []
+        for ext in self.list():
+            if ext.active:
+                impl = self._impl(ext, hook)
+                if impl is not None:
+                    found.append((ext, impl))
+        return found
+
+    def _call(self, ext: Extension, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+        return self._timed(ext, hook, lambda: impl.function(**args))
+
+    def _call_plain(self, ext: Extension, hook: str, kwargs: dict[str, Any]) -> Any:
+        impl = self._impl(ext, hook)
+        if impl is None:
+            return None
+        return self._call(ext, hook, impl, {"context": self.context(ext), **kwargs})
+
+    def _timed(self, ext: Extension, hook: str, call: Callable[[], Any]) -> Any:
+        """Run ``call`` in a thread of its own; a hang or an exception disables ``ext``."""
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = call()
+            except BaseException as exc:  # noqa: BLE001 - whatever an extension raises stays with it
+                outcome["error"] = exc
+                outcome["trace"] = traceback.format_exc()
+
+        worker = threading.Thread(target=target, name=f"extension-{ext.name}-{hook}", daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        worker.join(self.timeout_s)
+        elapsed = time.perf_counter() - started
+        timing = ext.timings.setdefault(hook, HookTiming())
+        timing.calls, timing.total_s, timing.max_s = (
+            timing.calls + 1,
+            timing.total_s + elapsed,
+            max(timing.max_s, elapsed),
+        )
+        log.debug("extension %s: %s took %.1f ms", ext.name, hook, elapsed * 1000)
+        if worker.is_alive():
+            self._fail(ext, f"{hook} did not return within {self.timeout_s:g} s")
+            raise _HookFailed
+        if "error" in outcome:
+            exc = outcome["error"]
+            log.debug("extension %s: %s raised:\n%s", ext.name, hook, outcome["trace"])
+            self._fail(ext, f"{hook} raised {type(exc).__name__}: {exc}")
+            raise _HookFailed
+        return outcome.get("value")
+
+    def _chain(self, hook: str, value: Any, key: str, check: Callable[[Any], bool], what: str, **kw: Any) -> Any:
+        """Pass ``value`` through every extension's ``hook`` in order (None = unchanged)."""
+        mode, model = kw.pop("mode", ""), kw.pop("model", None)
+        for ext, impl in self._each(hook):
+            try:
+                result = self._call(ext, hook, impl, {key: value, "context": self.context(ext, mode, model), **kw})
+            except _HookFailed:
+                continue
+            if result is None:
+                continue
+            if not check(result):
+                self._fail(ext, f"{hook} returned {type(result).__name__}, expected {what}")
+                continue
+            value = result
+        return value
+
+    # -- the chat path's calls (see webui.hookspecs.ChatHooks) ------------------------------
+    def chat_messages(self, messages: list[dict], model: str | None) -> list[dict]:
+        messages = [dict(m) for m in messages]
+        if messages and messages[-1].get("role") == "user":
+            text = messages[-1].get("content", "")
+            for ext, impl in self._each("chat_input_modifier"):
+                context = self.context(ext, "chat", model)
+                try:
+                    args = {"text": text, "visible_text": text, "context": context}
+                    result = self._call(ext, "chat_input_modifier", impl, args)
+                except _HookFailed:
+                    continue
+                if result is None:
+                    continue
+                if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], str)):
+                    self._fail(ext, "chat_input_modifier must return (text, visible_text)")
+                    continue
+                text = result[0]
+            text = self._chain("input_modifier", text, "text", _is_str, "str", mode="chat", model=model)
+            messages[-1]["content"] = text
+        return self._chain(
+            "history_modifier",
+            messages,
+            "messages",
+            _is_messages,
+            "a list of {role, content}",
+            mode="chat",
+            model=model,
+        )
+
+    def chat_prompt(self, prompt: str, messages: list[dict], model: str | None) -> tuple[str, str]:
+        for ext, impl in self._each("custom_prompt"):  # first result wins
+            context = self.context(ext, "chat", model)
+            try:
+                args = {"messages": [dict(m) for m in messages], "prompt": prompt, "context": context}
+                custom = self._call(ext, "custom_prompt", impl, args)
+            except _HookFailed:
+                continue
+            if custom is None:
+                continue
+            if not isinstance(custom, str):
+                self._fail(ext, f"custom_prompt returned {type(custom).__name__}, expected str")
+                continue
+            prompt = custom
+            break
+        prefix = self._chain("bot_prefix_modifier", "", "prefix", _is_str, "str", mode="chat", model=model)
+        return prompt + prefix, prefix
+
+    def completion_prompt(self, prompt: str, model: str | None) -> str:
+        return self._chain("input_modifier", prompt, "text", _is_str, "str", mode="completion", model=model)
+
+    def sampling(self, params: SamplingParams, mode: str, model: str | None) -> SamplingParams:
+        def valid(p: Any) -> bool:
+            if not isinstance(p, SamplingParams):
+                return False
+            try:
+                p.validate()
+            except ValueError:
+                return False
+            return True
+
+        for ext, impl in self._each("state_modifier"):
+            try:
+                args = {"params": replace(params), "context": self.context(ext, mode, model)}
+                result = self._call(ext, "state_modifier", impl, args)
+            except _HookFailed:
+                continue
+            if result is None:
+                continue
+            if not valid(result):
+                self._fail(ext, "state_modifier must return valid SamplingParams")
+                continue
+            params = result
+        return params
+
+    def output(self, text: str, usage: Usage | None, finish_reason: str | None, mode: str, model: str | None) -> str:
+        if not text:
+            return text
+        reply = ReplyInfo(
+            raw_text=text,
+            finish_reason=finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            ttft_s=usage.ttft_s if usage else 0.0,
+            tokens_per_s=usage.tokens_per_s if usage else 0.0,
+        )
+        return self._chain("output_modifier", text, "text", _is_str, "str", reply=reply, mode=mode, model=model)
+
+    # -- UI and HTTP --------------------------------------------------------------------
+    def run_ui(self, ext: Extension, where: str) -> bool:
+        """Run ``ext``'s ui hook inside the caller's Gradio context (it must run on the building thread,
+        so there is no time limit here); False if it has none or it raised (then it is disabled)."""
+        impl = self._impl(ext, "ui") if ext.active else None
+        if impl is None:
+            return False
+        args = {"where": where, "context": self.context(ext)}
+        started = time.perf_counter()
+        try:
+            impl.function(**{k: args[k] for k in impl.argnames if k in args})
+        except Exception as exc:
+            log.debug("extension %s: ui raised:\n%s", ext.name, traceback.format_exc())
+            self._fail(ext, f"ui raised {type(exc).__name__}: {exc}")
+            return False
+        finally:
+            timing = ext.timings.setdefault("ui", HookTiming())
+            elapsed = time.perf_counter() - started
+            timing.calls, timing.total_s, timing.max_s = (
+                timing.calls + 1,
+                timing.total_s + elapsed,
+                max(timing.max_s, elapsed),
+            )
+        ext.ui_built = True
+        return True
+
+    def mount_routes(self, api: Any) -> None:
+        """Serve each active extension's ``api_routes`` under ``/extensions/NAME/``; a disabled
+        extension's routes answer 404 from then on."""
+        from fastapi import APIRouter, Depends, HTTPException
+
+        def only_while_active(ext: Extension) -> Callable[[], None]:
+            def check() -> None:
+                if not ext.active:
+                    raise HTTPException(status_code=404, detail=f"extension {ext.name} is disabled")
+
+            return check
+
+        for ext, impl in self._each("api_routes"):
+            router = APIRouter(dependencies=[Depends(only_while_active(ext))])
+            try:
+                self._call(ext, "api_routes", impl, {"router": router, "context": self.context(ext)})
+            except _HookFailed:
+                continue
+            api.include_router(router, prefix=f"/extensions/{ext.name}")
+
+    def custom_css(self) -> str:
+        return "\n".join(e.css for e in self.list() if e.active and e.css)
+
+    def custom_js(self) -> str:
+        return "\n".join(e.js for e in self.list() if e.active and e.js)
+
+    def head_html(self) -> str:
+        """A <script> with the extensions' JavaScript for the page's <head> (empty if none)."""
+        js = self.custom_js()
+        safe = js.replace("</", "<\\/")  # a "</script>" inside the code must not end the tag
+        return f"<script>\n{safe}\n</script>" if js else ""
+
+
+_HOOK_NAMES = {name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")}
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def _import_file(name: str, path: Path, folder: Path) -> ModuleType:
+    """Import an extension's module afresh as a package rooted at its folder (relative imports work)."""
+    module_name = f"inglenook_extension_{name.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(module_name, path, submodule_search_locations=[str(folder)])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def _entry_point_manifest(ep: importlib.metadata.EntryPoint) -> Manifest:
+    dist = ep.dist
+    meta = dist.metadata if dist is not None else {}
+    homepage = meta.get("Home-page") or ""
+    for url in meta.get_all("Project-URL") or [] if dist is not None else []:
+        homepage = homepage or url.split(",", 1)[-1].strip()
+    return parse_manifest(
+        {
+            "name": ep.name,
+            "version": dist.version if dist is not None else "?",
+            "description": meta.get("Summary") or f"pip package {dist.name if dist else ep.value}",
+            "author": meta.get("Author") or meta.get("Author-email") or "",
+            "homepage": homepage,
+        },
+        f"entry point {ep.name} = {ep.value}",
+    )

@@ -1,0 +1,159 @@
+"""What the Model tab shows and does, as plain functions (the Gradio layer in webui/ui/model_tab.py only wires them).
+
+Model → its quantizations → the loaders that can load the chosen one → that loader's settings form, filled
+from its defaults, the command line and what was saved for the model; Load / Unload / Reload / Save.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backends.base import LoadSettings, ModelLoadError
+from webui.models.catalog import Catalog, Variant, available_memory, loader_options, natural_loader, variant_report
+from webui.models.report import panel_lines
+from webui.models.settings import (
+    UNSAFE_SETTINGS,
+    SettingField,
+    build_settings,
+    save_settings,
+    setting_fields,
+    settings_values,
+)
+from webui.paths import UnsafeName
+
+if TYPE_CHECKING:
+    from webui.app import App
+
+
+def model_choices(catalog: Catalog) -> list[str]:
+    return [m.name for m in catalog.models()]
+
+
+def variant_choices(catalog: Catalog, model: str) -> list[tuple[str, str]]:
+    """(label, variant name) for a model's quantizations; the label leads with what the file says it is."""
+    found = [m for m in catalog.models() if m.name == model]
+    if not found:
+        return []
+    return [(_variant_label(v), v.name) for v in found[0].variants]
+
+
+def _variant_label(v: Variant) -> str:
+    if v.error:
+        return f"⚠️ unreadable — {v.name}"
+    return f"{v.quantization or '?'} ({v.kind}) — {v.name}"
+
+
+def loader_choices(app: App, catalog: Catalog, variant: str) -> tuple[list[tuple[str, str]], str | None]:
+    """(label, loader name) for every loader that recognises the variant, and the one to pick by default
+    (the one saved for this model if it is still usable, else the natural one)."""
+    hit = catalog.find(variant) if variant else None
+    if hit is None:
+        return [], None
+    options = loader_options(app.registry, hit[1].path)
+    labels = [(o.name if not o.unavailable else f"{o.name} (unavailable: {o.unavailable})", o.name) for o in options]
+    saved = app.saved_settings_for(hit[1].path)
+    usable = {o.name for o in options if not o.unavailable}
+    if saved is not None and saved.loader in usable:
+        return labels, saved.loader
+    return labels, natural_loader(hit[1], options)
+
+
+def all_fields(app: App) -> dict[str, SettingField]:
+    """Every settings field of every registered loader, by name (the tab makes one widget per name)."""
+    found: dict[str, SettingField] = {}
+    for name in app.registry.names():
+        for f in setting_fields(app.registry.get(name).settings_type):
+            found.setdefault(f.name, f)
+    return found
+
+
+def form_values(app: App, catalog: Catalog, loader: str | None, variant: str) -> dict[str, object]:
+    """The chosen loader's fields, filled: loader defaults, then --n-ctx/--threads, then what was saved."""
+    if not loader or loader not in app.registry.names():
+        return {}
+    hit = catalog.find(variant) if variant else None
+    saved = app.saved_settings_for(hit[1].path) if hit else None
+    use = saved.settings if saved is not None and saved.loader == loader else None
+    try:
+        return settings_values(app.load_settings_for(loader, use))
+    except ValueError:
+        return settings_values(app.load_settings_for(loader))
+
+
+def settings_from_form(app: App, loader: str, values: dict[str, object]) -> LoadSettings:
+    """The loader's settings from the form. Served beyond this machine, the settings that let a model run
+    code (UNSAFE_SETTINGS) are the command line's whatever the form sends: a remote user cannot switch them."""
+    fields = {f.name for f in setting_fields(app.registry.get(loader).settings_type)}
+    chosen = {k: v for k, v in values.items() if k in fields}
+    if not app.settings.loopback:
+        chosen.update({k: getattr(app.settings, k) for k in UNSAFE_SETTINGS if k in fields})
+    return build_settings(app.registry.get(loader).settings_type, chosen)
+
+
+def locked(app: App, name: str) -> bool:
+    """Whether the form shows ``name`` read-only (a code-running setting on a UI served beyond loopback)."""
+    return name in UNSAFE_SETTINGS and not app.settings.loopback
+
+
+def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -> str:
+    hit = catalog.find(variant) if variant else None
+    if hit is None:
+        return ""
+    report = variant_report(hit[1], app.registry, int(n_ctx or app.settings.n_ctx), available_memory())
+    if report["error"]:
+        return f"⚠️ **{hit[1].name}** cannot be read: {report['error']}"
+    return "\n".join(f"- {line}" for line in panel_lines(report))
+
+
+def load(app: App, catalog: Catalog, typed: str, variant: str, loader: str | None, values: dict) -> str:
+    """Load the chosen variant (or what was typed in the model box) with the form's settings; a status line."""
+    hit = catalog.find(variant) if variant else None
+    spec = variant if hit is not None and hit[0].name == typed else typed
+    try:
+        settings = settings_from_form(app, loader, values) if loader and spec == variant else None
+        app.load_model(spec or None, loader=loader if spec == variant else None,
+                       allow_paths=app.settings.loopback, settings=settings)  # fmt: skip
+    except (ModelLoadError, UnsafeName, ValueError) as exc:
+        return f"⚠️ {exc}"
+    info = app.engine.info
+    return f"Loaded {info.name} with {info.loader} in {app.engine.loaded.load_s:.1f} s (context {info.context_length})."
+
+
+def unload(app: App) -> str:
+    if app.engine.info is None:
+        return "No model is loaded."
+    name = app.engine.info.name
+    app.engine.unload()
+    return f"Unloaded {name}; its memory is free."
+
+
+def reload(app: App, loader: str | None, values: dict) -> str:
+    loaded = app.engine.loaded
+    if loaded is None:
+        return "⚠️ no model is loaded, so there is nothing to reload"
+    try:
+        settings = settings_from_form(app, loaded.loader.name, values) if loader == loaded.loader.name else None
+        info = app.engine.reload(settings)
+    except (ModelLoadError, ValueError) as exc:
+        return f"⚠️ {exc}"
+    return f"Reloaded {info.name} (context {info.context_length})."
+
+
+def save(app: App, catalog: Catalog, variant: str, loader: str | None, values: dict) -> str:
+    hit = catalog.find(variant) if variant else None
+    if hit is None or not loader:
+        return "⚠️ pick a model, a quantization and a loader first"
+    try:
+        path = save_settings(app.settings.user_data, hit[1].name, loader, settings_from_form(app, loader, values))
+    except (UnsafeName, ValueError, OSError) as exc:
+        return f"⚠️ {exc}"
+    return f"Saved: {hit[1].name} will load with {loader} and these settings ({path.name})."
+
+
+def current(app: App, catalog: Catalog) -> tuple[str | None, str | None]:
+    """(model, variant) of what is loaded now, for the dropdowns."""
+    loaded = app.engine.loaded
+    if loaded is None:
+        return None, None
+    hit = catalog.find(loaded.path.name)
+    return (hit[0].name, hit[1].name) if hit else (loaded.path.name, None)
