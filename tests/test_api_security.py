@@ -13,8 +13,7 @@ from conftest import cli, running_server
 
 from webui.api.auth import check_exposure
 from webui.cli.options import add_serve_options, serve_settings
-from webui.settings import API_KEY_ENV
-from webui.settings import Settings
+from webui.settings import API_KEY_ENV, Settings
 
 KEY, ADMIN = "sk-test-key", "sk-admin-key"
 

@@ -108,7 +108,9 @@ def test_backends_import_nothing_from_webui():
 
 def test_nothing_below_the_faces_imports_a_face():
     graph = import_graph()
-    upward = sorted(f"{unit} → {target}" for unit, targets in graph.items() if unit not in FACES for target in targets & FACES)
+    upward = sorted(
+        f"{unit} → {target}" for unit, targets in graph.items() if unit not in FACES for target in targets & FACES
+    )
     assert upward == []
 
 
@@ -128,10 +130,13 @@ def test_the_checker_sees_circles_and_skips_type_checking_imports():
     """The guard itself: a circle is found, and an annotation-only import is not an edge."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from webui.app import App\ndef f():\n    import webui.engine\n")
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from webui.app import App\n"
+    tree = ast.parse(source + "def f():\n    import webui.engine\n")
     assert _imports(tree) == ["typing", "typing.TYPE_CHECKING", "webui.engine"]
 
 
-@pytest.mark.parametrize("unit", ["webui.chat", "webui.templates", "webui.characters", "webui.models", "webui.extensions"])
+@pytest.mark.parametrize(
+    "unit", ["webui.chat", "webui.templates", "webui.characters", "webui.models", "webui.extensions"]
+)
 def test_core_packages_exist_as_packages(unit):
     assert (REPO / unit.replace(".", "/") / "__init__.py").is_file()

@@ -15,7 +15,6 @@ from conftest import greedy
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.app import App
-from webui.chat.reply import chat_turn, default_params, prompt_messages, stream_chat
 from webui.chat.actions import (
     continue_reply,
     edit_message,
@@ -32,8 +31,9 @@ from webui.chat.actions import (
 )
 from webui.chat.history import HistoryError, HistoryStore
 from webui.chat.notebook import NotebookStore, generate, token_count
-from webui.paths import UnsafeName
 from webui.chat.prompting import plan_prompt, render_prompt
+from webui.chat.reply import chat_turn, default_params, prompt_messages, stream_chat
+from webui.paths import UnsafeName
 from webui.settings import Settings
 from webui.templates.prefs import TemplatePrefs
 from webui.ui.chat_tab import continue_conversation, open_conversation, startup_problems

@@ -15,11 +15,11 @@ from conftest import greedy
 from backends.base import ModelInfo
 from webui.app import App
 from webui.characters.store import Character
-from webui.chat.reply import chat_turn, prompt_messages
 from webui.chat.actions import continue_reply, impersonate, preview_prompt, regenerate, version_label
-from webui.chat.modes import start_conversation
 from webui.chat.history import HistoryStore
+from webui.chat.modes import start_conversation
 from webui.chat.prompting import plan_prompt, render_prompt
+from webui.chat.reply import chat_turn, prompt_messages
 from webui.settings import Settings
 
 N_CTX = 1024

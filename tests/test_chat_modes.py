@@ -10,7 +10,7 @@ from conftest import cli, greedy
 
 from backends.base import ModelInfo
 from webui.characters.store import Character, CharacterStore
-from webui.chat.reply import chat_turn
+from webui.chat.history import INSTRUCT_OWNER, HistoryStore
 from webui.chat.modes import (
     CHARACTER_PREFIX,
     build_prompt,
@@ -18,7 +18,7 @@ from webui.chat.modes import (
     owner_for,
     start_conversation,
 )
-from webui.chat.history import INSTRUCT_OWNER, HistoryStore
+from webui.chat.reply import chat_turn
 from webui.paths import UnsafeName
 
 GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")

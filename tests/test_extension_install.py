@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from webui.extensions.install import InstallError, classify, install, remove, update
 from webui.extensions.host import ExtensionHost
+from webui.extensions.install import InstallError, classify, install, remove, update
 
 SHOUT = "from webui.extension_api import hookimpl\n\n@hookimpl\ndef input_modifier(text):\n    return text.upper()\n"
 

@@ -16,12 +16,12 @@ from conftest import cli, greedy
 from fastapi.testclient import TestClient
 
 from backends.base import SamplingParams
-from webui.chat.reply import chat_turn, stream_chat, stream_completion
 from webui.chat.actions import continue_reply, impersonate, regenerate
 from webui.chat.modes import start_conversation
+from webui.chat.reply import chat_turn, stream_chat, stream_completion
 from webui.extensions.host import ExtensionHost, ManifestError, parse_manifest
-from webui.server import build_api_server
 from webui.extensions.tgw import from_tgw_history, to_tgw_history
+from webui.server import build_api_server
 
 
 def write_extension(user_data: Path, name: str, code: str, priority: int = 100, enable: bool = True, **extra) -> Path:

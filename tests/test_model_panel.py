@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import copy_default
 
-from webui.models import panel as core
 from webui.app import App
+from webui.models import panel as core
 from webui.models.catalog import Catalog
 from webui.models.settings import load_saved, saved_path
 from webui.settings import Settings

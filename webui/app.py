@@ -13,11 +13,11 @@ from pathlib import Path
 from backends.base import LoadSettings, ModelInfo, ModelLoadError
 from backends.registry import LoaderRegistry
 from webui.characters.store import CharacterStore
+from webui.chat.history import HistoryStore
 from webui.engine import Engine
 from webui.extensions.host import ExtensionHost
-from webui.chat.history import HistoryStore
-from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
 from webui.models.folder import resolve_model
+from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
 from webui.paths import UnsafeName
 from webui.settings import Settings
 

@@ -11,8 +11,8 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from webui.api.routes import install_api
 from webui.api.auth import check_exposure, exposure_warning, protect
+from webui.api.routes import install_api
 from webui.app import App
 from webui.ui.app import CSS, build_ui
 

@@ -7,11 +7,8 @@ so cli.py only wires them in.
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import json
-import os
-from pathlib import Path
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

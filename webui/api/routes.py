@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backends.base import CancelToken, LoadSettings, ModelInfo, ModelLoadError, Usage
 from webui.api.auth import BodyTooLarge, error_body, is_admin
+from webui.api.grammar import grammar_for
 from webui.api.types import (
     ApiError,
     ChatRequest,
@@ -38,7 +39,6 @@ from webui.api.types import (
 )
 from webui.app import App
 from webui.chat.reply import Reply, stream_chat, stream_completion, throttle
-from webui.api.grammar import grammar_for
 from webui.models.folder import list_models
 from webui.paths import UnsafeName, safe_name
 

@@ -14,11 +14,19 @@ from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.characters.store import Character
-from webui.chat.reply import Reply, default_params, format_stats, prompt_messages, reply_in, stream_chat, unknown_settings
-from webui.engine import Engine
 from webui.chat.history import Conversation, HistoryError, HistoryStore, Message
-from webui.paths import UnsafeName
 from webui.chat.prompting import PromptPlan, plan_prompt
+from webui.chat.reply import (
+    Reply,
+    default_params,
+    format_stats,
+    prompt_messages,
+    reply_in,
+    stream_chat,
+    unknown_settings,
+)
+from webui.engine import Engine
+from webui.paths import UnsafeName
 from webui.templates.library import PRESETS_DIR
 from webui.templates.render import TemplateError, select_template
 

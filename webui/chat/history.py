@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -411,8 +410,6 @@ def _nonempty(content: str) -> str:
 
 
 # --------------------------------------------------------------------------- files
-
-
 
 
 def _now() -> str:

@@ -10,9 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from webui.extensions.install import RIGHTS_WARNING, install, remove, update
 from webui.extensions.host import ExtensionHost
-
+from webui.extensions.install import RIGHTS_WARNING, install, remove, update
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,18 +15,17 @@ from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
 from webui import __version__
+from webui.app import App
+from webui.chat.reply import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.cli import characters as cli_characters
 from webui.cli import extensions as cli_extensions
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
-from webui.app import App
 from webui.cli.bench_api import add_options as add_bench_api_options
-from webui.chat.reply import Reply, default_params, format_stats, stream_chat, stream_completion
+from webui.cli.options import add_serve_options, settings_from
 from webui.paths import UnsafeName
 from webui.presets import PresetStore
-from webui.cli.options import add_serve_options, settings_from
-from webui.settings import Settings
 from webui.templates.prefs import TemplatePrefs
 from webui.templates.render import build_chat_prompt
 

@@ -34,9 +34,8 @@ from packaging.version import Version
 
 from backends.base import SamplingParams, Usage
 from webui import __version__, hookspecs
-from webui.hookspecs import SETTING_TYPES, Context, ReplyInfo, Setting
 from webui.files import write_atomic
-from webui.hookspecs import ChatHooks
+from webui.hookspecs import SETTING_TYPES, ChatHooks, Context, ReplyInfo, Setting
 from webui.paths import UnsafeName, safe_name
 
 log = logging.getLogger(__name__)

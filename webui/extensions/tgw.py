@@ -15,8 +15,7 @@ from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from backends.base import SamplingParams
-from webui.hookspecs import SETTING_TYPES, Context, Setting
-from webui.hookspecs import hookimpl
+from webui.hookspecs import SETTING_TYPES, Context, Setting, hookimpl
 
 if TYPE_CHECKING:
     from webui.extensions.host import Extension

@@ -14,7 +14,6 @@ import gradio as gr
 from backends.base import CancelToken, SamplingParams
 from webui.app import App
 from webui.characters.store import Character, CharacterError
-from webui.chat.reply import Reply, chat_turn, throttle
 from webui.chat.actions import (
     continue_reply,
     edit_message,
@@ -29,8 +28,9 @@ from webui.chat.actions import (
     template_status,
     version_label,
 )
-from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
+from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
+from webui.chat.reply import Reply, chat_turn, throttle
 from webui.paths import UnsafeName
 from webui.presets import PresetError, params_from_form
 from webui.templates.library import template_names

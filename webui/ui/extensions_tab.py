@@ -6,9 +6,9 @@ from __future__ import annotations
 import gradio as gr
 
 from webui.app import App
-from webui.hookspecs import Setting
-from webui.extensions.install import RIGHTS_WARNING, install
 from webui.extensions.host import ExtensionError
+from webui.extensions.install import RIGHTS_WARNING, install
+from webui.hookspecs import Setting
 from webui.restart import restart_later
 
 COLUMNS = ["name", "version", "status", "source", "description", "error"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from webui.models import panel as core
 from webui.app import App
+from webui.models import panel as core
 from webui.models.catalog import Catalog
 
 

@@ -6,8 +6,8 @@ import gradio as gr
 
 from backends.base import CancelToken
 from webui.app import App
-from webui.chat.reply import Reply, format_stats, throttle
 from webui.chat.notebook import NotebookStore, generate, token_count
+from webui.chat.reply import Reply, format_stats, throttle
 from webui.presets import PresetError, params_from_form
 
 # (Generate, Stop) while the model writes and while idle
