@@ -21,7 +21,9 @@ def test_loaders_json_lists_every_loader_with_what_it_loads_and_honours():
     result = cli("loaders", "--json")
     assert result.returncode == 0, result.stderr
     found = {item["name"]: item for item in json.loads(result.stdout)}
-    assert list(found) == ["llama.cpp", "gptq", "transformers"]
+    # the built-ins in pick order, then plugins from entry points (tests/run.sh installs the test loader `fake`)
+    assert list(found) == ["llama.cpp", "gptq", "transformers", "fake"]
+    assert found["fake"]["loads"].startswith("`.fake`")
     assert all(item["available"] for item in found.values())
     assert "grammar" in found["llama.cpp"]["samplers"]
     assert "grammar" in found["transformers"]["ignores"] and "top_p" in found["transformers"]["samplers"]
