@@ -29,7 +29,8 @@ from webui.chat.actions import (
     template_status,
     version_label,
 )
-from webui.chat.history import HistoryError, HistoryStore
+from webui.chat.conversation import HistoryError
+from webui.chat.history import HistoryStore
 from webui.chat.notebook import NotebookStore, generate, token_count
 from webui.chat.prompting import plan_prompt, render_prompt
 from webui.chat.reply import chat_turn, default_params, prompt_messages, stream_chat

@@ -10,7 +10,8 @@ from conftest import cli, greedy
 
 from backends.base import ModelInfo
 from webui.characters.store import Character, CharacterStore
-from webui.chat.history import INSTRUCT_OWNER, HistoryStore
+from webui.chat.conversation import INSTRUCT_OWNER
+from webui.chat.history import HistoryStore
 from webui.chat.modes import (
     CHARACTER_PREFIX,
     build_prompt,
