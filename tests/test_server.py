@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import greedy
 from fastapi.testclient import TestClient
 
 from webui.server import PROGRESS_POLL_S, QUEUE_POLL_BUSY_S, QUEUE_POLL_S, build_server
+
+pytestmark = pytest.mark.slow  # real models, servers or browsers
 
 
 def test_health_names_the_loaded_model_and_the_page_is_served(make_app):
