@@ -26,6 +26,14 @@ from webui.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 INGLENOOK = [sys.executable, "-m", "webui"]
+REAL_MODEL_FIXTURES = {"gemma", "tiny_llama", "tiny_gptq"}  # real weights, or torch models built on the spot
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Keep the fast tier fast: a test that uses a real-model fixture must carry ``@pytest.mark.slow``."""
+    real = REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if real and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} uses {', '.join(sorted(real))}: mark it @pytest.mark.slow", pytrace=False)
 
 
 @pytest.fixture(scope="session")
