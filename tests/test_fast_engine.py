@@ -41,26 +41,32 @@ def test_a_seed_reproduces_a_sampled_reply_and_greedy_is_fixed(make_fake_app):
 
 
 def test_generations_wait_their_turn_in_order_and_all_complete(make_fake_app):
-    app = make_fake_app("slow.fake")
+    app = make_fake_app("slow.fake")  # 5 ms a word: 40 words hold the turn for at least 200 ms
     order: list[int] = []
     results: dict[int, tuple[str, object]] = {}
+    started = threading.Event()
 
     def run(i: int) -> None:
-        text, last = collect(app.engine.generate(f"caller {i}", greedy(20)))
+        stream = app.engine.generate(f"caller {i}", greedy(40))
+        first = next(stream)
+        started.set()
+        text, last = collect(stream)
         order.append(i)
-        results[i] = (text, last)
+        results[i] = (first.text + text, last)
 
-    threads = []
-    for i in range(3):
-        threads.append(threading.Thread(target=run, args=(i,)))
-        threads[-1].start()
-        time.sleep(0.03)  # a fixed arrival order
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    threads[0].start()
+    assert started.wait(10)  # the first caller holds the turn
+    threads[1].start()
+    time.sleep(0.05)  # a fixed arrival order for the two that wait
+    threads[2].start()
     for t in threads:
         t.join(30)
     assert order == [0, 1, 2]  # first come, first served
     for text, last in results.values():
-        assert len(text.split()) == 20 and last.finish_reason == "length"
-    assert results[2][1].usage.queued_s > results[0][1].usage.queued_s  # the last one waited for the others
+        assert len(text.split()) == 40 and last.finish_reason == "length"
+    assert results[1][1].usage.queued_s > 0.05  # they waited for the turn
+    assert results[2][1].usage.queued_s > results[1][1].usage.queued_s - 0.05
 
 
 def test_cancel_stops_the_running_generation_and_the_next_one_runs(make_fake_app):
