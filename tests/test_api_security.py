@@ -88,6 +88,7 @@ def test_host_header_must_name_this_server(keyed):
         assert httpx.get(f"{keyed.url}/v1/models", headers={**auth, "Host": host}).status_code == 200
 
 
+@pytest.mark.slow
 def test_listen_refuses_to_start_without_keys(tmp_path):
     result = cli("serve", "--listen", "--models-dir", str(tmp_path), timeout=120)
     assert result.returncode != 0

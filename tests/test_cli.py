@@ -72,6 +72,7 @@ def test_greedy_output_is_the_same_every_time(greedy_run: dict, models_dir: Path
     assert again["text"] == greedy_run["text"]
 
 
+@pytest.mark.slow
 def test_a_seed_reproduces_a_sampled_completion(models_dir: Path):
     sampled = ("--temperature", "1", "--max-tokens", "24")
     first = run_json(models_dir, *sampled, "--seed", "7")
@@ -117,6 +118,7 @@ def test_a_stop_string_ends_the_text_before_it_and_is_not_printed(greedy_run: di
     assert "hit the token limit" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_llama_cpp_loader_can_be_named(models_dir: Path):
     result = run_json(models_dir, "--loader", "llama.cpp", "--temperature", "0", "--max-tokens", "4")
     assert result["loader"] == "llama.cpp"
@@ -232,6 +234,7 @@ def test_an_unknown_model_name_lists_what_is_available(models_dir: Path, gemma_p
     assert gemma_path.name in line
 
 
+@pytest.mark.slow
 def test_serve_with_a_missing_model_exits_with_a_clear_error(tmp_path: Path):
     result = cli(
         "serve", "--port", str(free_port()), "--model", "no-such-model", "--models-dir", str(tmp_path / "models"),
@@ -241,6 +244,7 @@ def test_serve_with_a_missing_model_exits_with_a_clear_error(tmp_path: Path):
     assert "running at" not in result.stdout
 
 
+@pytest.mark.slow
 def test_serve_on_a_port_already_in_use_says_so_and_never_claims_to_run(models_dir: Path, tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -286,6 +290,7 @@ def test_serve_does_not_send_usage_analytics_to_gradio(server):
     assert config["analytics_enabled"] is False
 
 
+@pytest.mark.slow
 def test_serve_on_all_interfaces_warns_that_nothing_is_protected(models_dir: Path, tmp_path: Path):
     """Binding 0.0.0.0 unprotected (it takes --insecure-no-auth) prints the warning first thing; no request is
     ever sent to the server. Without that flag it refuses to start (tests/test_api_security.py)."""
