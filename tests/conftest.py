@@ -1,8 +1,10 @@
-"""Shared fixtures: the real embedded model, apps built on it, and a real server process."""
+"""Shared fixtures: the real embedded model, apps built on it, a real server process, and the fake models
+of the fast tier (`.fake` files loaded by the test loader plugin in tests/plugins/fake_loader)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -17,12 +19,21 @@ import pytest
 
 from backends.base import CancelToken, Chunk, SamplingParams
 from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
+from backends.registry import LoaderRegistry
 from webui.app import App
 from webui.models.folder import ensure_default_model
 from webui.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 INGLENOOK = [sys.executable, "-m", "webui"]
+REAL_MODEL_FIXTURES = {"gemma", "tiny_llama", "tiny_gptq"}  # real weights, or torch models built on the spot
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Keep the fast tier fast: a test that uses a real-model fixture must carry ``@pytest.mark.slow``."""
+    real = REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if real and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} uses {', '.join(sorted(real))}: mark it @pytest.mark.slow", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +71,62 @@ def make_app(models_dir: Path, tmp_path: Path):
     yield make
     for app in apps:
         app.close()
+
+
+# -- the fast tier: scripted fake models ----------------------------------------------------------------
+
+FAKE_HELLO = "Hello there, friend."
+SLOW_WORDS = 400  # words of slow.fake: long enough to cancel, stop or switch in the middle
+
+
+def write_fake(folder: Path, name: str, **script) -> Path:
+    """A ``NAME.fake`` model in ``folder`` (keys as in the fake loader's docstring: reply, replies, ...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.fake"
+    path.write_text(json.dumps(script), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fake_models(tmp_path: Path) -> Path:
+    """A models folder of scripted models: ``hello`` (a fixed reply), ``echo`` (repeats the prompt's last line),
+    ``seeded`` (picks one of several replies by seed) and ``slow`` (400 words at 5 ms a word)."""
+    if "fake" not in LoaderRegistry().names():
+        pytest.fail(
+            "the fake loader plugin is not installed: pip install -e tests/plugins/fake_loader (tests/run.sh does)"
+        )
+    folder = tmp_path / "fake-models"
+    write_fake(folder, "hello", reply=FAKE_HELLO)
+    write_fake(folder, "echo")
+    write_fake(folder, "seeded", replies=[f"reply number {i}" for i in range(20)])
+    write_fake(folder, "slow", reply=" ".join(f"w{i}" for i in range(SLOW_WORDS)), token_delay_ms=5)
+    return folder
+
+
+@pytest.fixture
+def make_fake_app(fake_models: Path, tmp_path: Path):
+    """Build an App on the fake models folder (``hello.fake`` loaded unless ``model=None``); closed after the test."""
+    apps: list[App] = []
+
+    def make(model: str | None = "hello.fake", **overrides) -> App:
+        settings = Settings(
+            models_dir=fake_models, user_data=tmp_path / "user_data", model=model, stream_interval_s=0, **overrides
+        )
+        app = App.create(settings)
+        apps.append(app)
+        if model:
+            app.start()
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def fake_app(make_fake_app) -> App:
+    """An App on the fake models with ``hello`` loaded: the engine, chat core, API and UI core without weights."""
+    return make_fake_app()
 
 
 def collect(chunks: Iterator[Chunk]) -> tuple[str, Chunk]:

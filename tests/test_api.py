@@ -15,6 +15,8 @@ import openai
 import pytest
 from api_fixtures import COPY, GEMMA, serve, two_model_folder
 
+pytestmark = pytest.mark.slow  # real models, servers or browsers
+
 CHAT = [{"role": "user", "content": "Tell me about the sea."}]
 
 

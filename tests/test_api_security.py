@@ -29,6 +29,7 @@ def keyed(models, tmp_path_factory):
         yield s
 
 
+@pytest.mark.slow
 def test_api_key_is_required_on_v1_when_set(keyed):
     with pytest.raises(openai.AuthenticationError) as err:
         keyed.client().models.list()  # the client sends "Bearer unused"
@@ -41,6 +42,7 @@ def test_api_key_is_required_on_v1_when_set(keyed):
     assert httpx.get(f"{keyed.url}/healthz").status_code == 200  # the UI's side is not behind the API key
 
 
+@pytest.mark.slow
 def test_admin_key_guards_model_loading(keyed):
     user, admin = keyed.client(KEY), keyed.client(ADMIN)
     with pytest.raises(openai.PermissionDeniedError) as err:
@@ -74,6 +76,7 @@ def test_cors_is_off_by_default_and_allows_only_the_given_origin(models, tmp_pat
         assert r.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
+@pytest.mark.slow
 def test_host_header_must_name_this_server(keyed):
     """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -85,6 +88,7 @@ def test_host_header_must_name_this_server(keyed):
         assert httpx.get(f"{keyed.url}/v1/models", headers={**auth, "Host": host}).status_code == 200
 
 
+@pytest.mark.slow
 def test_listen_refuses_to_start_without_keys(tmp_path):
     result = cli("serve", "--listen", "--models-dir", str(tmp_path), timeout=120)
     assert result.returncode != 0
@@ -126,6 +130,7 @@ def test_keys_come_from_flag_file_or_environment(tmp_path, monkeypatch):
     assert serve_settings(parse("--listen"))["host"] == "0.0.0.0"
 
 
+@pytest.mark.slow
 def test_a_real_server_process_with_a_key_from_a_file(models, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
@@ -136,6 +141,7 @@ def test_a_real_server_process_with_a_key_from_a_file(models, tmp_path):
         assert httpx.get(f"{url}/v1/models").status_code == 401
 
 
+@pytest.mark.slow
 def test_ui_login_and_an_api_only_port(models, tmp_path):
     from conftest import free_port
 

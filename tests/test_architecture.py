@@ -136,7 +136,7 @@ def test_the_checker_sees_circles_and_skips_type_checking_imports():
 
 
 @pytest.mark.parametrize(
-    "unit", ["webui.chat", "webui.templates", "webui.characters", "webui.models", "webui.extensions"]
+    "unit", ["webui.chat", "webui.templates", "webui.characters", "webui.models", "webui.extensions", "webui.bench"]
 )
 def test_core_packages_exist_as_packages(unit):
     assert (REPO / unit.replace(".", "/") / "__init__.py").is_file()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import cli
+
+pytestmark = pytest.mark.slow  # real models, servers or browsers
 
 
 def bench_json(models_dir, *extra: str) -> dict:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import cli
+
+pytestmark = pytest.mark.slow  # real models, servers or browsers
 
 
 def test_bench_api_compares_raw_with_our_api_stream_and_runs_a_bounded_load_test(models_dir):

@@ -16,7 +16,7 @@ from test_browser import CHROMIUM_ARGS, open_page, send, set_max_tokens, shot, w
 from webui.characters.cards import read_card_png
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_enable_an_extension_restart_and_see_its_tab(models_dir: Path, tmp_path):

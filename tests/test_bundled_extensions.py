@@ -4,6 +4,7 @@ under the chat or over HTTP) and generation_stats (every reply recorded, charted
 from __future__ import annotations
 
 import gradio as gr
+import pytest
 from conftest import greedy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -53,6 +54,7 @@ def test_memory_note_over_http_and_its_routes_go_away_when_disabled(tmp_path):
     assert client.get("/extensions/memory/note").status_code == 404
 
 
+@pytest.mark.slow
 def test_memory_reaches_the_model_in_a_real_chat(make_app, tmp_path):
     app = make_app()
     app.start()
@@ -67,6 +69,7 @@ def test_memory_reaches_the_model_in_a_real_chat(make_app, tmp_path):
     assert saved_chat_untouched
 
 
+@pytest.mark.slow
 def test_generation_stats_records_every_reply_and_keeps_the_newest(make_app):
     app = make_app()
     app.start()

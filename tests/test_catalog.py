@@ -172,6 +172,7 @@ def test_gguf_facts_of_the_embedded_gemma(folder, gemma_path):
     assert facts.metadata["tensor types"]["Q4_K"] > 0  # a Q4_K_M file mixes tensor types
 
 
+@pytest.mark.slow
 def test_parameters_and_bits_per_weight_agree_with_the_gguf_package(gemma_path):
     """Our bounded reader's counts, checked against llama.cpp's own Python reader on the same file."""
     from gguf import GGUFReader

@@ -47,6 +47,7 @@ def test_unknown_roles_are_refused():
         build_chat_prompt([{"role": "wizard", "content": "x"}], GEMMA)
 
 
+@pytest.mark.slow
 def test_a_chat_reply_streams_and_ends_with_stats(make_app):
     app = make_app()
     app.start()
@@ -60,6 +61,7 @@ def test_a_chat_reply_streams_and_ends_with_stats(make_app):
     assert final.usage.prompt_tokens > 5
 
 
+@pytest.mark.slow
 def test_completion_errors_become_a_final_reply_not_an_exception(make_app):
     app = make_app()
     [reply] = list(stream_completion(app.engine, "hi", greedy(3)))  # nothing loaded yet
@@ -118,6 +120,7 @@ def test_the_chat_shows_each_reply_with_its_stats_line_and_the_reply_in_flight()
     assert shown[2] == {"role": "assistant", "content": "partial"}
 
 
+@pytest.mark.slow
 def test_a_chat_turn_saves_the_message_before_generating_and_the_reply_with_its_stats(make_app):
     app = make_app()
     app.start()
@@ -134,6 +137,7 @@ def test_a_chat_turn_saves_the_message_before_generating_and_the_reply_with_its_
     assert saved[1]["stats"].startswith("time to first token")
 
 
+@pytest.mark.slow
 def test_a_turn_that_fails_before_any_text_takes_its_message_back_out(make_app):
     app = make_app()
     app.start()
@@ -144,6 +148,7 @@ def test_a_turn_that_fails_before_any_text_takes_its_message_back_out(make_app):
     assert list(chat_turn(app.engine, app.history, conv, "   ", greedy(3)))[-1].error  # empty: refused
 
 
+@pytest.mark.slow
 def test_a_turn_stopped_mid_reply_keeps_what_was_said(make_app):
     from backends.base import CancelToken
 

@@ -29,7 +29,8 @@ from webui.chat.actions import (
     template_status,
     version_label,
 )
-from webui.chat.history import HistoryError, HistoryStore
+from webui.chat.conversation import HistoryError
+from webui.chat.history import HistoryStore
 from webui.chat.notebook import NotebookStore, generate, token_count
 from webui.chat.prompting import plan_prompt, render_prompt
 from webui.chat.reply import chat_turn, default_params, prompt_messages, stream_chat
@@ -79,6 +80,7 @@ def sampled(seed: int, n: int = 12) -> SamplingParams:
 # --------------------------------------------------------------------------- regenerate and versions
 
 
+@pytest.mark.slow
 def test_regenerate_keeps_the_old_reply_as_a_version_and_paging_picks_either(app, store):
     conversation = store.new(OWNER)
     first = last(chat_turn(app.engine, store, conversation, "Tell me a word.", sampled(1)))
@@ -100,6 +102,7 @@ def test_regenerate_keeps_the_old_reply_as_a_version_and_paging_picks_either(app
     assert version_label(conversation) == "2/2"
 
 
+@pytest.mark.slow
 def test_regenerate_answers_a_last_user_message_and_refuses_an_empty_chat(app, store):
     conversation = store.new(OWNER)
     assert "empty" in last(regenerate(app.engine, store, conversation, greedy(4))).error
@@ -110,6 +113,7 @@ def test_regenerate_answers_a_last_user_message_and_refuses_an_empty_chat(app, s
     assert store.load(OWNER, conversation.id).messages[-1].content == final.text
 
 
+@pytest.mark.slow
 def test_a_failed_regeneration_keeps_the_reply_it_would_have_replaced(app, store):
     conversation = said(store, ("Hi", "Hello there."))
     final = last(regenerate(app.engine, store, conversation, greedy(4), system="x" * 2_000_000))
@@ -121,6 +125,7 @@ def test_a_failed_regeneration_keeps_the_reply_it_would_have_replaced(app, store
 # --------------------------------------------------------------------------- continue, start with, impersonate
 
 
+@pytest.mark.slow
 def test_continue_extends_the_last_reply_from_where_it_stopped(app, store):
     conversation = store.new(OWNER)
     first = last(chat_turn(app.engine, store, conversation, "Write a long poem.", greedy(6, ban_eos_token=True)))
@@ -133,11 +138,13 @@ def test_continue_extends_the_last_reply_from_where_it_stopped(app, store):
     assert "tokens" in saved[-1].stats
 
 
+@pytest.mark.slow
 def test_continue_needs_a_reply(app, store):
     conversation = store.new(OWNER)
     assert "no reply to continue" in last(continue_reply(app.engine, store, conversation, greedy(4))).error
 
 
+@pytest.mark.slow
 def test_start_reply_with_makes_the_reply_begin_with_the_text_and_keeps_it(app, store):
     conversation = store.new(OWNER)
     final = last(chat_turn(app.engine, store, conversation, "Greet me.", greedy(8), start_with="Dear friend,"))
@@ -146,6 +153,7 @@ def test_start_reply_with_makes_the_reply_begin_with_the_text_and_keeps_it(app, 
     assert store.load(OWNER, conversation.id).messages[-1].content == final.text
 
 
+@pytest.mark.slow
 def test_impersonate_writes_the_users_next_message_and_saves_nothing(app, store):
     conversation = said(store, ("What is your favourite colour?", "Blue. And yours?"))
     before = store.path(OWNER, conversation.id).read_bytes()
@@ -157,6 +165,7 @@ def test_impersonate_writes_the_users_next_message_and_saves_nothing(app, store)
     assert store.path(OWNER, conversation.id).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_impersonation_stops_where_the_template_closes_the_users_turn(app):
     info = app.engine.info
     prompt = render_prompt(
@@ -171,6 +180,7 @@ def test_impersonation_stops_where_the_template_closes_the_users_turn(app):
 # --------------------------------------------------------------------------- remove, edit
 
 
+@pytest.mark.slow
 def test_remove_last_removes_the_last_exchange_and_saves(app, store):
     conversation = said(store, ("one", "1"), ("two", "2"))
     removed = remove_last(store, conversation)
@@ -181,6 +191,7 @@ def test_remove_last_removes_the_last_exchange_and_saves(app, store):
         remove_last(store, conversation)
 
 
+@pytest.mark.slow
 def test_editing_a_middle_message_drops_what_followed_and_regenerates_from_there(app, store):
     conversation = said(store, ("My cat is Tom.", "Nice."), ("My dog is Rex.", "Cool."), ("Bye.", "Bye!"))
     edit_message(store, conversation, 2, "My dog is Max.")
@@ -220,6 +231,7 @@ def long_chat(store: HistoryStore, turns: int = 12):
     return said(store, *pairs)
 
 
+@pytest.mark.slow
 def test_a_long_chat_drops_its_oldest_turns_but_keeps_the_system_prompt(app, store):
     conversation = long_chat(store)
     conversation.append("user", "The newest question?")
@@ -244,6 +256,7 @@ def test_a_long_chat_drops_its_oldest_turns_but_keeps_the_system_prompt(app, sto
     assert final.usage.prompt_tokens == final.prompt.tokens, "the count shown is the count the model saw"
 
 
+@pytest.mark.slow
 def test_a_newest_message_too_long_for_the_context_is_a_clear_error(app, store):
     conversation = store.new(OWNER)
     final = last(chat_turn(app.engine, store, conversation, "word " * 3000, greedy(3)))
@@ -251,6 +264,7 @@ def test_a_newest_message_too_long_for_the_context_is_a_clear_error(app, store):
     assert store.load(OWNER, conversation.id).messages == []
 
 
+@pytest.mark.slow
 def test_the_token_count_line_measures_the_next_prompt(app, store):
     conversation = said(store, ("Hi", "Hello!"))
     summary = prompt_summary(app.engine, conversation, "Be brief.", draft="How are you?")
@@ -263,6 +277,7 @@ def test_the_token_count_line_measures_the_next_prompt(app, store):
 # --------------------------------------------------------------------------- templates per model
 
 
+@pytest.mark.slow
 def test_a_template_chosen_for_a_model_is_remembered_and_used(app, tmp_path):
     prefs = TemplatePrefs(tmp_path / "user_data")
     name = app.engine.info.name
@@ -369,6 +384,7 @@ def test_an_import_that_is_not_a_conversation_is_a_clear_error_and_writes_nothin
 # --------------------------------------------------------------------------- notebook
 
 
+@pytest.mark.slow
 def test_the_notebook_continues_its_text_raw_and_saves_it(app, tmp_path):
     notebook = NotebookStore(tmp_path)
     text = "The three primary colours are"
@@ -382,6 +398,7 @@ def test_the_notebook_continues_its_text_raw_and_saves_it(app, tmp_path):
     assert token_count(app.engine, final.text) == f"{app.engine.count_tokens(final.text):,} / 1,024 tokens"
 
 
+@pytest.mark.slow
 def test_a_stopped_notebook_keeps_what_was_written(app, tmp_path):
     notebook = NotebookStore(tmp_path)
     cancel = CancelToken()
@@ -392,6 +409,7 @@ def test_a_stopped_notebook_keeps_what_was_written(app, tmp_path):
     assert notebook.load() == reply.text and len(reply.text) < 400 * 8
 
 
+@pytest.mark.slow
 def test_an_empty_notebook_is_refused(app, tmp_path):
     final = last(generate(app.engine, NotebookStore(tmp_path), "   ", greedy(3)))
     assert "write something" in final.error

@@ -22,6 +22,8 @@ from webui.chat.prompting import plan_prompt, render_prompt
 from webui.chat.reply import chat_turn, prompt_messages
 from webui.settings import Settings
 
+pytestmark = pytest.mark.slow  # real models, servers or browsers
+
 N_CTX = 1024
 WREN_OWNER = "character-Wren"
 GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")

@@ -10,7 +10,8 @@ from conftest import cli, greedy
 
 from backends.base import ModelInfo
 from webui.characters.store import Character, CharacterStore
-from webui.chat.history import INSTRUCT_OWNER, HistoryStore
+from webui.chat.conversation import INSTRUCT_OWNER
+from webui.chat.history import HistoryStore
 from webui.chat.modes import (
     CHARACTER_PREFIX,
     build_prompt,
@@ -116,6 +117,7 @@ def test_post_history_instructions_follow_the_newest_message_in_the_prompt_only(
     assert "Stay in character" not in continuing.text
 
 
+@pytest.mark.slow
 def test_a_chat_as_a_character_streams_on_the_real_model_and_is_stored_under_that_character(make_app):
     app = make_app()
     app.start()
@@ -175,6 +177,7 @@ def test_the_chat_tab_picks_the_owner_from_mode_and_character(make_app):
     assert open_conversation(app, conv.id, "character-Wren").id == conv.id
 
 
+@pytest.mark.slow
 def test_a_chat_instruct_reply_on_the_real_model_has_no_leading_space_and_is_stored(make_app):
     app = make_app()
     app.start()

@@ -51,6 +51,7 @@ def greedy_run(models_dir: Path) -> dict:
 # -- one-shot completion ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_json_run_prints_one_object_with_the_text_and_its_stats(greedy_run: dict, gemma_path: Path):
     assert greedy_run["text"].strip()
     assert greedy_run["model"] == gemma_path.stem
@@ -65,11 +66,13 @@ def test_json_run_prints_one_object_with_the_text_and_its_stats(greedy_run: dict
     assert usage["ttft_ms"] > 0 and usage["tokens_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_greedy_output_is_the_same_every_time(greedy_run: dict, models_dir: Path):
     again = run_json(models_dir, "--temperature", "0", "--max-tokens", "12")
     assert again["text"] == greedy_run["text"]
 
 
+@pytest.mark.slow
 def test_a_seed_reproduces_a_sampled_completion(models_dir: Path):
     sampled = ("--temperature", "1", "--max-tokens", "24")
     first = run_json(models_dir, *sampled, "--seed", "7")
@@ -79,6 +82,7 @@ def test_a_seed_reproduces_a_sampled_completion(models_dir: Path):
     assert other["text"] != first["text"], "a different seed should sample a different completion"
 
 
+@pytest.mark.slow
 def test_max_tokens_caps_the_completion(greedy_run: dict, models_dir: Path):
     short = run_json(models_dir, "--temperature", "0", "--max-tokens", "3")
     assert short["usage"]["completion_tokens"] == 3
@@ -86,6 +90,7 @@ def test_max_tokens_caps_the_completion(greedy_run: dict, models_dir: Path):
     assert greedy_run["text"].startswith(short["text"]), "the first 3 greedy tokens begin the 12-token completion"
 
 
+@pytest.mark.slow
 def test_streaming_run_prints_the_text_on_stdout_and_the_stats_on_stderr(greedy_run: dict, models_dir: Path):
     result = cli("run", "default", PROMPT, "--temperature", "0", "--max-tokens", "12", "--models-dir", str(models_dir))
     assert result.returncode == 0, result.stderr
@@ -96,6 +101,7 @@ def test_streaming_run_prints_the_text_on_stdout_and_the_stats_on_stderr(greedy_
     assert "tok/s" not in result.stdout
 
 
+@pytest.mark.slow
 def test_a_stop_string_ends_the_text_before_it_and_is_not_printed(greedy_run: dict, models_dir: Path):
     text = greedy_run["text"]
     # the longest word of the completion's second half: a stop string the greedy run is known to reach
@@ -112,6 +118,7 @@ def test_a_stop_string_ends_the_text_before_it_and_is_not_printed(greedy_run: di
     assert "hit the token limit" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_llama_cpp_loader_can_be_named(models_dir: Path):
     result = run_json(models_dir, "--loader", "llama.cpp", "--temperature", "0", "--max-tokens", "4")
     assert result["loader"] == "llama.cpp"
@@ -127,6 +134,7 @@ def test_an_unknown_loader_is_refused_with_the_known_ones(models_dir: Path):
 # -- interactive chat --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interactive_chat_replies_and_quits_on_bye(models_dir: Path):
     result = cli(
         "run", "default", "--temperature", "0", "--max-tokens", "8", "--models-dir", str(models_dir),
@@ -141,6 +149,7 @@ def test_interactive_chat_replies_and_quits_on_bye(models_dir: Path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_chat_is_run_in_the_chat_format(models_dir: Path):
     """``inglenook chat MODEL "MESSAGE"`` equals ``run --chat``; ``inglenook chat`` alone is the terminal chat."""
     args = ["Name a colour.", "--json", "--temperature", "0", "--max-tokens", "6", "--models-dir", str(models_dir)]
@@ -225,6 +234,7 @@ def test_an_unknown_model_name_lists_what_is_available(models_dir: Path, gemma_p
     assert gemma_path.name in line
 
 
+@pytest.mark.slow
 def test_serve_with_a_missing_model_exits_with_a_clear_error(tmp_path: Path):
     result = cli(
         "serve", "--port", str(free_port()), "--model", "no-such-model", "--models-dir", str(tmp_path / "models"),
@@ -234,6 +244,7 @@ def test_serve_with_a_missing_model_exits_with_a_clear_error(tmp_path: Path):
     assert "running at" not in result.stdout
 
 
+@pytest.mark.slow
 def test_serve_on_a_port_already_in_use_says_so_and_never_claims_to_run(models_dir: Path, tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -258,6 +269,7 @@ def server(models_dir: Path, tmp_path_factory) -> tuple[str, subprocess.Popen]:
         yield url, proc
 
 
+@pytest.mark.slow
 def test_serve_answers_on_localhost_with_the_ui_and_a_health_check(server, gemma_path: Path):
     url, proc = server
     page = httpx.get(f"{url}/", timeout=30)
@@ -270,6 +282,7 @@ def test_serve_answers_on_localhost_with_the_ui_and_a_health_check(server, gemma
     assert f"Inglenook is running at {url}" in proc.output()
 
 
+@pytest.mark.slow
 def test_serve_does_not_send_usage_analytics_to_gradio(server):
     """A local app must not phone home: Gradio's telemetry and version check are off."""
     url, _ = server
@@ -277,6 +290,7 @@ def test_serve_does_not_send_usage_analytics_to_gradio(server):
     assert config["analytics_enabled"] is False
 
 
+@pytest.mark.slow
 def test_serve_on_all_interfaces_warns_that_nothing_is_protected(models_dir: Path, tmp_path: Path):
     """Binding 0.0.0.0 unprotected (it takes --insecure-no-auth) prints the warning first thing; no request is
     ever sent to the server. Without that flag it refuses to start (tests/test_api_security.py)."""

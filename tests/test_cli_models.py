@@ -6,9 +6,11 @@ import json
 import os
 import struct
 
+import pytest
 from conftest import cli
 
 
+@pytest.mark.slow
 def test_models_list_and_inspect_json(tmp_path, gemma_path):
     folder = tmp_path / "models"
     folder.mkdir()

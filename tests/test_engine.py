@@ -21,12 +21,14 @@ def app(make_app):
     return app
 
 
+@pytest.mark.slow
 def test_start_loads_the_embedded_default(app, gemma_path):
     assert app.engine.loaded.path.name == gemma_path.name
     assert app.engine.info.loader == "llama.cpp"
     assert app.engine.loaded.settings.n_ctx == 2048
 
 
+@pytest.mark.slow
 def test_engine_measures_ttft_and_speed(app):
     text, last = collect(app.engine.generate(PROMPT, greedy(16)))
     assert text
@@ -36,6 +38,7 @@ def test_engine_measures_ttft_and_speed(app):
     assert usage.tokens_per_s > 0
 
 
+@pytest.mark.slow
 def test_two_concurrent_generations_are_serialized_and_neither_is_lost(app):
     """Both callers get their full reply; the second waits for the first instead of interleaving."""
     events: list[tuple[str, str]] = []
@@ -85,6 +88,7 @@ def test_waiters_are_served_in_arrival_order():
     assert served == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_cancel_frees_the_queue_for_the_next_request(app):
     cancel = CancelToken()
     stream = app.engine.generate(PROMPT, greedy(5000, ban_eos_token=True), cancel)
@@ -106,6 +110,7 @@ def test_cancel_frees_the_queue_for_the_next_request(app):
     t.join()
 
 
+@pytest.mark.slow
 def test_a_waiting_request_can_be_cancelled_before_it_starts(app):
     first = app.engine.generate(PROMPT, greedy(5000, ban_eos_token=True))
     next(first)
@@ -123,6 +128,7 @@ def test_a_waiting_request_can_be_cancelled_before_it_starts(app):
     assert collect(app.engine.generate(PROMPT, greedy(3)))[1].usage.completion_tokens == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make_bad", "message"),
     [
@@ -142,6 +148,7 @@ def test_a_bad_model_is_a_clear_error_and_the_previous_model_stays_usable(app, t
     assert collect(app.engine.generate(PROMPT, greedy(3)))[1].usage.completion_tokens == 3
 
 
+@pytest.mark.slow
 def test_loading_while_a_generation_streams_stops_it_cleanly_first(app, tmp_path, models_dir):
     other = copy_default(models_dir, tmp_path / "other")
     stream = app.engine.generate(PROMPT, greedy(5000, ban_eos_token=True))
@@ -156,6 +163,7 @@ def test_loading_while_a_generation_streams_stops_it_cleanly_first(app, tmp_path
     assert collect(app.engine.generate(PROMPT, greedy(3)))[1].usage.completion_tokens == 3
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_inside_the_loader_brings_the_previous_one_back(app, tmp_path, gemma_path):
     """A header that passes the cheap check but that llama.cpp refuses: the old model is reloaded."""
     from backends.gguf_file import read_header
@@ -175,6 +183,7 @@ def test_a_model_that_fails_inside_the_loader_brings_the_previous_one_back(app, 
     assert collect(app.engine.generate(PROMPT, greedy(3)))[1].usage.completion_tokens == 3
 
 
+@pytest.mark.slow
 def test_unload_then_generate_is_a_clear_error(app):
     from backends.base import GenerationError
 
@@ -194,6 +203,7 @@ def _mkdir(path):
     return path
 
 
+@pytest.mark.slow
 def test_every_generation_decodes_on_the_engines_one_thread(app):
     """Whoever asks (UI workers, API, CLI), decoding happens on one thread: llama.cpp's OpenMP pools
     multiply per calling thread and slow every decode once several threads have decoded."""
@@ -219,6 +229,7 @@ def test_every_generation_decodes_on_the_engines_one_thread(app):
     assert seen.pop().startswith("inglenook-decode")
 
 
+@pytest.mark.slow
 def test_an_error_on_the_decode_thread_reaches_the_caller(app):
     from backends.base import GenerationError
 
@@ -227,6 +238,7 @@ def test_an_error_on_the_decode_thread_reaches_the_caller(app):
     assert collect(app.engine.generate(PROMPT, greedy(2)))[1].usage.completion_tokens == 2
 
 
+@pytest.mark.slow
 def test_busy_listeners_hear_when_a_generation_takes_and_gives_up_its_turn(app, caplog):
     heard: list[bool] = []
 

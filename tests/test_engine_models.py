@@ -12,6 +12,8 @@ from webui.app import App
 from webui.chat.reply import stream_completion
 from webui.settings import Settings
 
+pytestmark = pytest.mark.slow  # real models, servers or browsers
+
 
 @pytest.fixture
 def make_two(models_dir, tmp_path):

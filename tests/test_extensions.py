@@ -101,6 +101,7 @@ def history_modifier(messages):
 """
 
 
+@pytest.mark.slow
 def test_hooks_act_through_the_chat_functions_with_the_real_model(make_app, tmp_path):
     write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
     app = make_app()
@@ -113,6 +114,7 @@ def test_hooks_act_through_the_chat_functions_with_the_real_model(make_app, tmp_
     assert final.text.startswith("[completion] ") and final.usage.completion_tokens <= 4
 
 
+@pytest.mark.slow
 def test_the_ui_path_saves_the_modified_reply(make_app, tmp_path):
     write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
     app = make_app()
@@ -127,6 +129,7 @@ def test_the_ui_path_saves_the_modified_reply(make_app, tmp_path):
     assert not any(m["role"] == "system" for m in saved.chat_messages())  # history_modifier changed the prompt only
 
 
+@pytest.mark.slow
 def test_hooks_act_on_chat_actions_in_character_modes_for_a_named_model(make_app, tmp_path):
     write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
     app = make_app()
@@ -155,6 +158,7 @@ def test_hooks_act_on_chat_actions_in_character_modes_for_a_named_model(make_app
     assert final.text == "[completion] " + final.raw_text.upper() and final.usage.completion_tokens <= 4
 
 
+@pytest.mark.slow
 def test_hooks_act_on_the_openai_api(make_app, tmp_path):
     write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
     app = make_app()
@@ -168,6 +172,7 @@ def test_hooks_act_on_the_openai_api(make_app, tmp_path):
     assert answer["choices"][0]["text"].startswith("[completion] ")
 
 
+@pytest.mark.slow
 def test_inglenook_run_goes_through_the_hooks(models_dir, tmp_path):
     user_data = tmp_path / "user_data"
     write_extension(user_data, "everywhere", HOOKS_EVERYWHERE)
@@ -221,6 +226,7 @@ def test_settings_are_declared_saved_and_handed_back(tmp_path):
 # --------------------------------------------------------------------------- isolation
 
 
+@pytest.mark.slow
 def test_an_extension_that_fails_to_import_is_reported_and_the_rest_work(make_app, tmp_path):
     user_data = tmp_path / "user_data"
     write_extension(user_data, "broken", "import no_such_module_anywhere\n")
@@ -233,6 +239,7 @@ def test_an_extension_that_fails_to_import_is_reported_and_the_rest_work(make_ap
     assert final.error is None and final.text.startswith("ok: ")
 
 
+@pytest.mark.slow
 def test_a_raising_hook_is_disabled_and_the_chat_gets_no_traceback(make_app, tmp_path, caplog):
     user_data = tmp_path / "user_data"
     write_extension(
@@ -397,6 +404,7 @@ def test_tgw_history_round_trip():
     assert system + from_tgw_history(history) == messages
 
 
+@pytest.mark.slow
 def test_a_tgw_extension_acts_in_a_real_chat(make_app, tmp_path):
     tgw_extension(tmp_path / "user_data")
     app = make_app()

@@ -13,6 +13,8 @@ from backends.base import CancelToken, GenerationError, ModelLoadError, Sampling
 from backends.gptq import CPU_WORKERS_ENV, GptqLoader, GptqSettings, cpu_workers_default
 from backends.registry import LoaderRegistry
 
+pytestmark = pytest.mark.slow  # real models, servers or browsers
+
 PROMPT = "The capital of France is"
 
 

@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from webui.chat.history import (
-    SCHEMA_VERSION,
-    TEMP_MAX_AGE_S,
-    Conversation,
-    ConversationNotFound,
-    HistoryError,
-    HistoryStore,
-    Listing,
-    from_json,
-    to_json,
-)
+from webui.chat.conversation import SCHEMA_VERSION, Conversation, ConversationNotFound, HistoryError
+from webui.chat.history import TEMP_MAX_AGE_S, HistoryStore, Listing
+from webui.chat.transfer import from_json, to_json
 from webui.paths import UnsafeName
 
 OWNER = "Aria"

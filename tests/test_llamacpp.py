@@ -11,6 +11,8 @@ from conftest import generate, greedy
 from backends.base import CancelToken, ModelLoadError, SamplingParams
 from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
 
+pytestmark = pytest.mark.slow  # real models, servers or browsers
+
 PROMPT = "The capital of France is"
 
 

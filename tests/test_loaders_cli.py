@@ -7,7 +7,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, cli
+
+pytestmark = pytest.mark.slow  # real models, servers or browsers
 
 # Runs the CLI in a process where `import gptqmodel` fails, as it would were the package not installed.
 BLOCKED = "import sys; sys.modules['gptqmodel'] = None; from webui.cli.main import main; sys.exit(main(sys.argv[1:]))"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import copy_default
 
 from webui.app import App
@@ -30,6 +31,7 @@ def test_choices_flow_from_model_to_quantization_to_loader_to_its_settings(reque
     assert "quantization: Q4_K_M (7.36 bits/weight)" in info and "memory at 1024 tokens" in info
 
 
+@pytest.mark.slow
 def test_load_with_the_forms_settings_then_save_reload_and_unload(request, models_dir, tmp_path):
     model = copy_default(models_dir, tmp_path / "m")
     app = App.create(Settings(models_dir=tmp_path / "m", user_data=tmp_path / "u", n_ctx=2048))
@@ -61,6 +63,7 @@ def test_bad_form_values_and_unknown_models_are_one_line_errors(request, models_
     assert core.save(app, catalog, "", None, {}).startswith("⚠️")
 
 
+@pytest.mark.slow
 def test_a_tiny_hf_folder_is_offered_transformers_loads_and_saves_without_the_code_flags(request, tiny_llama, tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "tiny-llama").symlink_to(tiny_llama, target_is_directory=True)

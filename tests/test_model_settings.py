@@ -90,6 +90,7 @@ def test_a_damaged_settings_file_is_ignored_not_deleted(tmp_path):
     assert path.read_text() == "loader: [unclosed"
 
 
+@pytest.mark.slow
 def test_saved_settings_are_applied_when_the_model_is_loaded_again(make_app, gemma_path):
     app = make_app()
     save_settings(app.settings.user_data, gemma_path.name, "llama.cpp", LlamaCppSettings(n_ctx=1024, n_batch=64))
@@ -101,6 +102,7 @@ def test_saved_settings_are_applied_when_the_model_is_loaded_again(make_app, gem
     assert app.engine.info.context_length == 512
 
 
+@pytest.mark.slow
 def test_explicit_command_line_options_win_over_saved_settings(make_app, gemma_path):
     app = make_app(load_overrides={"n_ctx": 768})
     save_settings(app.settings.user_data, gemma_path.name, "llama.cpp", LlamaCppSettings(n_ctx=1024, n_batch=64))
@@ -108,6 +110,7 @@ def test_explicit_command_line_options_win_over_saved_settings(make_app, gemma_p
     assert app.engine.loaded.settings.n_ctx == 768 and app.engine.loaded.settings.n_batch == 64
 
 
+@pytest.mark.slow
 def test_a_saved_loader_that_is_not_installed_is_ignored(make_app, gemma_path):
     app = make_app()
     save_settings(app.settings.user_data, gemma_path.name, "long-gone", LlamaCppSettings(n_ctx=1024))
@@ -115,6 +118,7 @@ def test_a_saved_loader_that_is_not_installed_is_ignored(make_app, gemma_path):
     assert app.engine.loaded.settings.n_ctx == 2048  # the saved values belonged to the other loader
 
 
+@pytest.mark.slow
 def test_the_cli_applies_saved_settings_too(tmp_path, models_dir):
     """`inglenook run` with a user_data that saved a 64-token context for the model: the prompt no longer fits."""
     model = copy_default(models_dir, tmp_path / "models")

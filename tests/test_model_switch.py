@@ -9,7 +9,7 @@ from backends.base import ModelLoadError
 from backends.llamacpp import LlamaCppSettings
 from webui.models.catalog import Catalog, estimate_memory, process_rss
 
-pytestmark = pytest.mark.skipif(process_rss() is None, reason="needs /proc/self/status")
+pytestmark = [pytest.mark.skipif(process_rss() is None, reason="needs /proc/self/status"), pytest.mark.slow]
 
 
 def test_rss_after_five_load_unload_cycles_stays_within_ten_percent_of_the_first_load(make_app, gemma_path):

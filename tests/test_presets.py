@@ -51,6 +51,7 @@ def test_the_default_preset_is_the_chat_default():
     assert store.load(DEFAULT_PRESET).params == default_params()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED + COMPAT, ids=lambda p: p.stem)
 def test_every_shipped_and_compat_preset_reaches_llama_cpp_as_written(path: Path, gemma):
     """Each value the file sets is either in the sampler chain llama.cpp runs, or reported as ignored."""
@@ -88,6 +89,7 @@ def test_every_shipped_and_compat_preset_reaches_llama_cpp_as_written(path: Path
     assert names[-1] in ("greedy", "dist", "mirostat-v2")
 
 
+@pytest.mark.slow
 def test_the_sampler_order_follows_sampler_priority_and_temperature_last(gemma):
     params, _ = params_from({"temperature": 0.8, "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.1})
     default = chain_names(gemma, sampler_plan(params, 1, 2048, []))
@@ -98,6 +100,7 @@ def test_the_sampler_order_follows_sampler_priority_and_temperature_last(gemma):
     assert chain_names(gemma, sampler_plan(custom, 1, 2048, [])) == ["min-p", "top-k", "temp", "penalties", "dist"]
 
 
+@pytest.mark.slow
 def test_dynamic_temperature_dry_xtc_and_banned_eos_are_real_llama_cpp_samplers(gemma):
     params, _ = params_from(
         {"dynamic_temperature": True, "dynatemp_low": 0.5, "dynatemp_high": 1.5, "dry_multiplier": 0.8,
@@ -113,6 +116,7 @@ def test_dynamic_temperature_dry_xtc_and_banned_eos_are_real_llama_cpp_samplers(
     assert text and last.usage.completion_tokens == 12
 
 
+@pytest.mark.slow
 def test_a_seed_reproduces_a_preset_reply_and_another_seed_differs(gemma):
     creative = PresetStore(Path("/nonexistent")).load("Creative").params
 
@@ -125,6 +129,7 @@ def test_a_seed_reproduces_a_preset_reply_and_another_seed_differs(gemma):
     assert any(sample(seed) != first for seed in (1, 2, 3))
 
 
+@pytest.mark.slow
 def test_the_json_grammar_makes_the_model_answer_in_json(gemma):
     grammar = PresetStore(Path("/nonexistent")).grammar("json")
     free, _ = generate(gemma, JSON_PROMPT, SamplingParams(temperature=0, max_new_tokens=40))
@@ -221,6 +226,7 @@ def test_a_broken_file_is_an_error_naming_it_and_the_others_still_load(store: Pr
     assert store.load("Balanced").params == default_params()
 
 
+@pytest.mark.slow
 def test_a_bad_grammar_from_a_preset_is_an_error_and_the_model_keeps_working(gemma):
     from backends.base import GenerationError
 
@@ -244,6 +250,7 @@ def test_the_parameters_form_round_trips_a_preset_and_names_a_bad_field():
     assert kept == SamplingParams(max_new_tokens=99, seed=7, stop=["x"])
 
 
+@pytest.mark.slow
 def test_the_ui_marks_what_the_loaded_loader_ignores_and_hides_it_when_filtering(make_app):
     from webui.ui.parameters_tab import NAMES, loader_marks
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import cli
 
 PROMPT = "The capital of France is"
@@ -47,6 +48,7 @@ def test_presets_show_refuses_a_bad_name_or_a_bad_value_in_one_line(tmp_path: Pa
     assert bad.returncode == 1 and "temperature" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_run_with_a_preset_uses_it_and_explicit_flags_override_it(models_dir: Path, tmp_path: Path):
     (tmp_path / "presets").mkdir()
     (tmp_path / "presets" / "Greedy-ish.yaml").write_text("temperature: 0\ntfs: 0.9\nmax_new_tokens: 6\n")

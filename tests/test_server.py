@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import greedy
 from fastapi.testclient import TestClient
 
 from webui.server import PROGRESS_POLL_S, QUEUE_POLL_BUSY_S, QUEUE_POLL_S, build_server
 
 
+@pytest.mark.slow
 def test_health_names_the_loaded_model_and_the_page_is_served(make_app):
     app = make_app()
     client = TestClient(build_server(app), base_url="http://127.0.0.1")  # the Host check accepts loopback names
@@ -28,6 +30,7 @@ def test_gradio_queue_polls_gently_and_sends_no_analytics(make_app):
     assert blocks.analytics_enabled is False
 
 
+@pytest.mark.slow
 def test_gradio_queue_polls_even_less_while_a_generation_decodes(make_app):
     """Every wake-up of the event loop preempts llama.cpp's threads; during a generation a new one waits anyway."""
     app = make_app()

@@ -18,6 +18,8 @@ from backends.base import CancelToken, ModelLoadError, SamplingParams
 from backends.registry import LoaderRegistry
 from backends.transformers import TransformersLoader, TransformersSettings
 
+pytestmark = pytest.mark.slow  # real models, servers or browsers
+
 PROMPT = "The capital of France is"
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.characters.store import Character
-from webui.chat.history import Conversation, HistoryError, HistoryStore, Message
+from webui.chat.conversation import Conversation, HistoryError, Message
+from webui.chat.history import HistoryStore
 from webui.chat.prompting import PromptPlan, plan_prompt
 from webui.chat.reply import (
     Reply,

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from backends.base import ModelInfo
 from webui.characters.store import Character, CharacterStore, valid_name
-from webui.chat.history import INSTRUCT_OWNER, MODES, Conversation, HistoryStore, Version
+from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, Version
+from webui.chat.history import HistoryStore
 from webui.templates.render import Prompt, build_chat_prompt
 
 CHAT, CHAT_INSTRUCT, INSTRUCT = "chat", "chat-instruct", "instruct"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, SamplingParams, Usage
 from webui.characters.store import Character
-from webui.chat.history import Conversation, HistoryError, HistoryStore
+from webui.chat.conversation import Conversation, HistoryError
+from webui.chat.history import HistoryStore
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT
 from webui.chat.prompting import PromptPlan, plan_prompt
 from webui.engine import Engine

@@ -17,13 +17,13 @@ from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
 from webui import __version__
 from webui.app import App
 from webui.chat.reply import Reply, default_params, format_stats, stream_chat, stream_completion
+from webui.cli import bench as cli_bench
 from webui.cli import characters as cli_characters
 from webui.cli import extensions as cli_extensions
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
-from webui.cli.bench_api import add_options as add_bench_api_options
-from webui.cli.options import add_serve_options, settings_from
+from webui.cli.options import add_model_options, add_models_dir, add_serve_options, settings_from
 from webui.paths import UnsafeName
 from webui.presets import PresetStore
 from webui.templates.prefs import TemplatePrefs
@@ -32,38 +32,6 @@ from webui.templates.render import build_chat_prompt
 SUBCOMMANDS = (
     "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
 )  # fmt: skip
-
-
-def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path("models"),
-        help="folder of GGUF files and model folders (default: ./models)",
-    )
-    if with_model:
-        p.add_argument(
-            "--model",
-            default=None,
-            help="model to load: a path, a name in the models folder, or 'default' (the embedded Gemma 3 270M)",
-        )
-    p.add_argument(
-        "--loader",
-        default=None,
-        help="loader to use (default: the first that recognises the model, e.g. llama.cpp for .gguf)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: all cores)")
-    p.add_argument("--n-ctx", type=int, default=None, help="context length in tokens (default: 4096)")
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="let the transformers loader read pickle weights (*.bin, *.pt); they can run code: trusted sources only",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run Python code shipped inside a model folder (transformers/gptq): trusted sources only",
-    )
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -77,7 +45,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         help="at most one streamed update per this many ms, to the page and to API clients; the text is "
         "never cut, only grouped, and fewer updates leave more CPU to the model (default: 50; 0 = every token)",
     )  # fmt: skip
-    _model_options(p)
+    add_model_options(p)
     add_serve_options(p)
 
 
@@ -105,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("model", nargs="?", default="default", help="model (default: the embedded default)")
     run.add_argument("prompt", nargs="?", default=None, help="text to complete; omit for an interactive chat")
-    _model_options(run, with_model=False)
+    add_model_options(run, with_model=False)
     run.add_argument(
         "--user-data", type=Path, default=Path("user_data"),
         help="folder of your presets, saved model settings and extensions (default: ./user_data)",
@@ -126,23 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="random seed for reproducible output (-1 = random)")
     run.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
 
-    bench = sub.add_parser(
-        "bench",
-        help="measure streaming overhead: raw llama-cpp-python vs our engine vs our UI stream",
-        description="On the same model and prompt, greedy: raw llama-cpp-python streaming, our engine, and our "
-        "UI's stream through gradio_client against a running server. Prints tok/s, TTFT and ratios to raw.",
-    )
-    _model_options(bench, with_model=False)
-    bench.add_argument("model", nargs="?", default="default")
-    bench.add_argument("--tokens", type=int, default=128, help="tokens per run (default: 128)")
-    bench.add_argument("--runs", type=int, default=5, help="runs per contender; the median is reported (default: 5)")
-    bench.add_argument("--prompt", default="The history of the city of Rome begins", help="prompt to continue")
-    bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
-    bench.add_argument("--json", action="store_true", help="print the results as JSON")
-    add_bench_api_options(bench)
-    bench.add_argument(
-        "--switch", action="store_true", help="instead: --runs load/unload cycles, printing load time and RSS per cycle"
-    )
+    cli_bench.add_parser(sub)
 
     templates = sub.add_parser("templates", help="list prompt templates, or print the exact prompt one produces")
     tsub = templates.add_subparsers(dest="templates_command", metavar="{list,render}", required=True)
@@ -161,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--messages", required=True, type=Path, help='JSON file: [{"role": ..., "content": ...}, ...] ("-" = stdin)'
     )
     render.add_argument("--no-generation-prompt", action="store_true", help="do not open the assistant's turn")
-    render.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
+    add_models_dir(render)
     cli_characters.add_parser(sub)
     cli_loaders.add_parser(sub)
     cli_presets.add_parser(sub)
@@ -198,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return cli_models.run(args)
         if args.command == "bench":
-            from webui.cli.bench import cmd_bench
-            from webui.cli.bench_api import cmd_bench_api
-
-            return cmd_bench_api(args) if args.api else cmd_bench(args)
+            return cli_bench.run(args)
         return cmd_serve(args)
     except (ModelLoadError, UnsafeName, ValueError) as exc:  # TemplateError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from backends.base import ModelLoadError
 from backends.registry import LoaderRegistry
+from webui.cli.options import add_models_dir
 from webui.models.catalog import Catalog, available_memory, variant_report
 from webui.models.folder import resolve_model
 from webui.models.report import format_list, format_report
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     models = sub.add_parser("models", help="list the models folder, or inspect one model's facts and memory needs")
     msub = models.add_subparsers(dest="models_command", metavar="{list,inspect}", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
+    add_models_dir(common)
     common.add_argument("--json", action="store_true", help="print JSON")
     common.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, help="context length for the memory estimate")
     msub.add_parser("list", parents=[common], help="models in the models folder, grouped with their quantizations")

@@ -1,4 +1,4 @@
-"""Settings from parsed command-line options, shared by `serve`, `run` and `bench`."""
+"""The options shared by `serve`, `run`, `bench` and the models commands, and the Settings built from them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,44 @@ from dataclasses import replace
 from pathlib import Path
 
 from webui.settings import API_KEY_ENV, Settings
+
+
+def add_models_dir(p: argparse.ArgumentParser) -> None:
+    """``--models-dir``, declared once for every command that reads the models folder."""
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="folder of GGUF files and model folders (default: ./models)",
+    )
+
+
+def add_model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    """Which model, how to load it, and what it may do: the flags of ``serve``, ``run`` and ``bench``."""
+    add_models_dir(p)
+    if with_model:
+        p.add_argument(
+            "--model",
+            default=None,
+            help="model to load: a path, a name in the models folder, or 'default' (the embedded Gemma 3 270M)",
+        )
+    p.add_argument(
+        "--loader",
+        default=None,
+        help="loader to use (default: the first that recognises the model, e.g. llama.cpp for .gguf)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: all cores)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context length in tokens (default: 4096)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let the transformers loader read pickle weights (*.bin, *.pt); they can run code: trusted sources only",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped inside a model folder (transformers/gptq): trusted sources only",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

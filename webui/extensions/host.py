@@ -227,9 +227,6 @@ class HookTiming:
     total_s: float = 0.0
     max_s: float = 0.0
 
-    def add(self, elapsed_s: float) -> None:
-        self.calls, self.total_s, self.max_s = self.calls + 1, self.total_s + elapsed_s, max(self.max_s, elapsed_s)
-
 
 @dataclass
 class Extension:

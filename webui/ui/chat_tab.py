@@ -28,7 +28,7 @@ from webui.chat.actions import (
     template_status,
     version_label,
 )
-from webui.chat.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
+from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.reply import Reply, chat_turn, throttle
 from webui.paths import UnsafeName

@@ -1,0 +1,56 @@
+"""The bench's parts on a fake model and on made-up samples (fast tier): the UI contender reads its reply
+from the saved conversation (not the page's HTML), and the report's medians, ratios and goals.
+
+The whole command against llama.cpp is tests/test_bench*.py (slow)."""
+
+from __future__ import annotations
+
+from conftest import FAKE_HELLO
+
+from webui.bench.contenders import UIContender
+from webui.bench.measure import Contender, Sample, free_port, run_interleaved
+from webui.bench.report import format_table, summarise
+from webui.server import build_server
+
+
+def test_the_ui_contender_times_a_real_ui_stream_and_reads_the_saved_reply(make_fake_app, tmp_path):
+    app = make_fake_app(host="127.0.0.1")
+    ui = UIContender(app, build_server, free_port(), "Tell me a story", tokens=64)
+    try:
+        sample = ui.run()
+    finally:
+        ui.close()
+    assert sample.text == FAKE_HELLO  # the reply as saved: no stats line, no HTML
+    assert sample.tokens == len(FAKE_HELLO.encode())  # counted again by the model's tokenizer (fake: bytes)
+    assert sample.finish_reason == "stop" and sample.reported is None
+    assert sample.ttft_s > 0 and sample.decode_s >= 0
+
+
+class Scripted(Contender):
+    """A contender whose runs are given: the report's arithmetic on known numbers."""
+
+    def __init__(self, name: str, samples: list[Sample]) -> None:
+        super().__init__(name)
+        self.script = list(samples)
+
+    def run(self) -> Sample:
+        return self.script.pop(0)
+
+
+def test_medians_ratios_and_goals_against_raw():
+    raw = Scripted("raw", [Sample(0.05, 1.0, 101, "length")] * 4)  # 100 tok/s, 50 ms
+    fast = Scripted("engine", [Sample(0.055, 1.0, 101, "length")] * 4)  # same speed, +5 ms
+    slow = Scripted("ui", [Sample(0.2, 2.0, 101, "length"), Sample(0.2, 2.0, 101, "stop")] * 2)  # 50 tok/s, +150 ms
+    messages: list[str] = []
+    run_interleaved([raw, fast, slow], 3, messages.append)  # one warm-up each, then 3 runs
+    assert messages == ["warming up: raw, engine, ui", "run 1/3", "run 2/3", "run 3/3"]
+    result = summarise([raw, fast, slow], tokens=101)
+    assert result["raw"]["tokens_per_s"] == 100.0 and result["raw"]["ratio_tokens_per_s"] == 1.0
+    assert result["engine"]["extra_ttft_ms"] == 5.0
+    assert (result["engine"]["goal_tokens_per_s"], result["engine"]["goal_ttft"]) == ("PASS", "PASS")
+    assert result["ui"]["ratio_tokens_per_s"] == 0.5
+    assert (result["ui"]["goal_tokens_per_s"], result["ui"]["goal_ttft"]) == ("MISS", "MISS")
+    assert result["ui"]["finish_reasons"] == ["length", "stop"] and not result["ui"]["stopped_early"]
+    table = format_table({"contenders": result, "tokens_requested": 101})
+    assert "engine: tok/s ≥ 0.97× raw PASS, TTFT ≤ +10 ms PASS" in table
+    assert "ui: tok/s ≥ 0.97× raw MISS" in table

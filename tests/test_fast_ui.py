@@ -1,0 +1,51 @@
+"""The whole server (API + Gradio UI) built on a fake model, in process (fast tier): the page is served,
+health names the model, the Gradio queue slows its polling while a generation decodes, and the
+Extensions tab's core functions work. The real-model versions are in tests/test_server.py."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import FAKE_HELLO, greedy
+from fastapi.testclient import TestClient
+
+from webui.server import QUEUE_POLL_BUSY_S, QUEUE_POLL_S, build_server
+from webui.ui.app import describe
+from webui.ui.extensions_tab import COLUMNS, table, toggle
+
+
+@pytest.fixture
+def served(fake_app):
+    server = build_server(fake_app)
+    with TestClient(server, base_url="http://127.0.0.1") as client:  # the Host check accepts loopback names
+        yield fake_app, server, client
+
+
+def test_the_page_and_health_are_served_on_the_fake_model(served):
+    app, _, client = served
+    assert client.get("/healthz").json() == {"status": "ok", "model": "hello"}
+    page = client.get("/")
+    assert page.status_code == 200 and "Inglenook" in page.text
+    reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+    assert reply["choices"][0]["message"]["content"] == FAKE_HELLO  # the API is mounted beside the UI
+    assert "hello" in describe(app.engine.info)
+
+
+def test_the_gradio_queue_polls_less_while_a_generation_decodes(served):
+    app, server, _ = served
+    blocks = next(r.app.get_blocks() for r in server.routes if hasattr(getattr(r, "app", None), "get_blocks"))
+    assert blocks._queue.sleep_when_free == QUEUE_POLL_S
+    seen = [blocks._queue.sleep_when_free for _ in app.engine.generate("hi", greedy())]
+    assert set(seen) == {QUEUE_POLL_BUSY_S}
+    assert blocks._queue.sleep_when_free == QUEUE_POLL_S
+
+
+def test_the_extensions_table_lists_bundled_extensions_and_toggles_them(fake_app):
+    rows = table(fake_app)
+    assert rows and all(len(row) == len(COLUMNS) for row in rows)
+    name = rows[0][0]
+    message, _ = toggle(fake_app, name, True)
+    assert name in message and fake_app.extensions.get(name).enabled
+    message, restart = toggle(fake_app, name, False)
+    assert message.startswith(f"Disabled {name}") and not restart
+    assert toggle(fake_app, "", True) == ("Pick an extension first.", False)
+    assert toggle(fake_app, "no-such-extension", True)[0].startswith("⚠️")

@@ -1,0 +1,122 @@
+"""The bench's results as data and as text: medians, the goals' verdicts, the table, the switch report."""
+
+from __future__ import annotations
+
+import statistics
+
+from webui.bench.measure import GOAL_EXTRA_TTFT_MS, GOAL_RATIO, Contender
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def summarise(contenders: list[Contender], tokens: int) -> dict:
+    """Per contender: medians, each run, the ratio and extra TTFT against raw, and the goals' verdicts."""
+    out: dict[str, dict] = {}
+    for c in contenders:
+        runs = c.samples
+        out[c.name] = {
+            "tokens_per_s": round(_median([s.tokens_per_s for s in runs]), 2),
+            "ttft_ms": round(_median([s.ttft_s for s in runs]) * 1000, 1),
+            "tokens": int(_median([s.tokens for s in runs])),
+            "prompt_tokens": c.prompt_tokens,
+            "finish_reasons": sorted({s.finish_reason for s in runs}),
+            "stopped_early": any(s.tokens < tokens for s in runs),
+            "runs": [
+                {
+                    "tokens_per_s": round(s.tokens_per_s, 2),
+                    "ttft_ms": round(s.ttft_s * 1000, 1),
+                    "tokens": s.tokens,
+                    "finish_reason": s.finish_reason,
+                }
+                for s in runs
+            ],
+        }
+        reported = [s.reported for s in runs if s.reported]
+        if reported:  # what the server measured itself (engine side), next to what the client saw
+            out[c.name]["server_reported"] = {
+                key: _median([r[key] for r in reported if r[key] is not None]) for key in ("ttft_ms", "tokens_per_s")
+            }
+    raw = out.get("raw")
+    for name, row in out.items():
+        if raw and raw["tokens_per_s"] > 0:
+            row["ratio_tokens_per_s"] = round(row["tokens_per_s"] / raw["tokens_per_s"], 3)
+        else:
+            row["ratio_tokens_per_s"] = None
+        row["extra_ttft_ms"] = round(row["ttft_ms"] - raw["ttft_ms"], 1) if raw else None
+        if name != "raw":
+            row["goal_tokens_per_s"] = _verdict(row["ratio_tokens_per_s"], lambda r: r >= GOAL_RATIO)
+            row["goal_ttft"] = _verdict(row["extra_ttft_ms"], lambda x: x <= GOAL_EXTRA_TTFT_MS)
+    return out
+
+
+def _verdict(value, ok) -> str:
+    if value is None:
+        return "n/a"
+    return "PASS" if ok(value) else "MISS"
+
+
+def _pad(cell: str, width: int, left: bool) -> str:
+    return cell.ljust(width) if left else cell.rjust(width)
+
+
+def format_table(result: dict) -> str:
+    """The comparison as a text table, then the goals and notes."""
+    head = ("contender", "tok/s", "TTFT ms", "tokens", "× raw tok/s", "+TTFT ms vs raw")
+    rows = [head]
+    for name, row in result["contenders"].items():
+        ratio = f"{row['ratio_tokens_per_s']:.3f}" if row["ratio_tokens_per_s"] is not None else "-"
+        extra = f"{row['extra_ttft_ms']:+.1f}" if name != "raw" and row["extra_ttft_ms"] is not None else "-"
+        tokens = str(row["tokens"])
+        if row["stopped_early"]:
+            tokens += "*"
+        rows.append((name, f"{row['tokens_per_s']:.1f}", f"{row['ttft_ms']:.1f}", tokens, ratio, extra))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [" | ".join(_pad(cell, w, i == 0) for i, (cell, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    goals = []
+    for name, row in result["contenders"].items():
+        if name == "raw":
+            continue
+        goals.append(
+            f"{name}: tok/s ≥ {GOAL_RATIO:.2f}× raw {row['goal_tokens_per_s']}, "
+            f"TTFT ≤ +{GOAL_EXTRA_TTFT_MS:.0f} ms {row['goal_ttft']}"
+        )
+    text = "\n".join(lines)
+    if goals:
+        text += "\n\ngoals: " + "; ".join(goals)
+    for name, row in result["contenders"].items():
+        reported = row.get("server_reported")
+        if reported and reported["ttft_ms"] is not None and reported["tokens_per_s"] is not None:
+            text += (
+                f"\n{name} as the server measured it itself (engine side, no HTTP or client): "
+                f"TTFT {reported['ttft_ms']:.0f} ms, {reported['tokens_per_s']:.1f} tok/s"
+            )
+    if "ui" in result["contenders"]:
+        text += "\nui TTFT includes 0-50 ms of gradio_client's own polling, which a browser does not have"
+    early = [f"{n} ({', '.join(r['finish_reasons'])})" for n, r in result["contenders"].items() if r["stopped_early"]]
+    if early:
+        text += f"\n* stopped before {result['tokens_requested']} tokens on some run: {', '.join(early)}"
+    return text
+
+
+def header(result: dict) -> str:
+    """The lines above the table: model, settings, runs, load average, prompt."""
+    load = result.get("load_average")
+    load_text = f", load average {load[0]:.2f} at start" if load else ""
+    return (
+        f"model {result['model']} ({result['loader']}), {result['threads']} threads, n_ctx {result['n_ctx']}, "
+        f"{result['tokens_requested']} tokens, median of {result['runs']} runs{load_text}\n"
+        f"prompt: {result['prompt']!r}"
+    )
+
+
+def format_switch(result: dict) -> str:
+    lines = [f"model {result['model']} ({result['loader']}); RSS before loading: {result['rss_before_mb']} MB", "",
+             "cycle | load s | RSS loaded MB | RSS unloaded MB", "---|---|---|---"]  # fmt: skip
+    lines += [
+        f"{r['cycle']} | {r['load_s']:.2f} | {r['rss_loaded_mb']} | {r['rss_unloaded_mb']}" for r in result["cycles"]
+    ]
+    lines.append(f"\nRSS loaded, last cycle vs first: {result['rss_growth_percent']:+.1f} %")
+    return "\n".join(lines)
