@@ -1,0 +1,285 @@
+"""Issue 18's attacks, replayed the way the attacker ran them: raw ``/gradio_api/queue/join`` with an
+``fn_index`` read from ``/config``, raw HTTP with httpx, a real Chromium page on another origin (in
+``test_security_browser.py``). Servers here load no model (``load=False``): the attacks never need one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from api_fixtures import serve
+from fastapi.routing import APIRoute
+from starlette.routing import Mount
+from test_extension_install import make_extension
+
+from webui.access import FailureThrottle, is_ui_admin, origin_allowed
+from webui.api.auth import PUBLIC_PATHS
+from webui.extensions.host import ExtensionHost
+from webui.extensions.install import InstallError, install
+from webui.server import build_api_server
+from webui.settings import Settings
+
+KEY = "sk-user"
+USER, ADMIN = ("alice", "alice-pw"), ("root", "root-pw")
+SCRIPT = "import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n"
+
+
+# -- driving Gradio the way the attacker did -----------------------------------------------------------
+
+
+def fn_index(client: httpx.Client, url: str, elem_id: str) -> int:
+    """The event id of the click handler on the component with ``elem_id``, read from /config."""
+    config = client.get(f"{url}/config").json()
+    ids = {c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id}
+    return next(d["id"] for d in config["dependencies"] if any(t[0] in ids for t in d["targets"]))
+
+
+def queue_call(client: httpx.Client, url: str, index: int, data: list) -> dict:
+    """POST /gradio_api/queue/join and read the SSE stream to the end: the completed message (or an error)."""
+    session = uuid.uuid4().hex
+    r = client.post(f"{url}/gradio_api/queue/join",
+                    json={"data": data, "fn_index": index, "session_hash": session, "event_data": None})  # fmt: skip
+    if r.status_code != 200:
+        return {"refused": r.status_code, "body": r.text}
+    with client.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session}, timeout=120) as s:
+        for line in s.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the queue stream ended without a result")
+
+
+def upload(client: httpx.Client, url: str, name: str, text: str) -> Path:
+    """Upload a file the way the page does; Gradio keeps it as <tmp>/gradio/<sha>/<name>."""
+    r = client.post(f"{url}/gradio_api/upload", files={"files": (name, text.encode())})
+    assert r.status_code == 200, r.text
+    return Path(r.json()[0])
+
+
+@contextlib.contextmanager
+def logged_in(url: str, user: tuple[str, str]) -> Iterator[httpx.Client]:
+    """A client holding the login cookie of ``user`` (Gradio's /login form)."""
+    with httpx.Client(timeout=60) as client:
+        r = client.post(f"{url}/login", data={"username": user[0], "password": user[1]})
+        assert r.status_code == 200, r.text
+        yield client
+
+
+def output_text(message: dict) -> str:
+    return json.dumps(message.get("output", message))
+
+
+# -- 1: code execution through the UI's install handler ------------------------------------------------
+
+
+def test_install_handler_is_admin_only_on_the_server(tmp_path):
+    """A logged-in user who is not an admin uploads script.py and calls "Yes, install" by its fn_index:
+    refused, nothing installed, nothing ran. The admin login through the same route installs (so the test
+    can fail)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    with serve(models, tmp_path / "ud", load=False, ui_auth=[USER], admin_auth=[ADMIN]) as s:
+        with logged_in(s.url, USER) as user:
+            script = upload(user, s.url, "script.py", SCRIPT)
+            index = fn_index(user, s.url, "extension-install-confirm")
+            result = queue_call(user, s.url, index, [str(script.parent)])
+            assert "needs an admin" in output_text(result)
+            enable = fn_index(user, s.url, "extension-enable")
+            assert "needs an admin" in output_text(queue_call(user, s.url, enable, ["memory", 0]))
+        assert not (tmp_path / "ud" / "extensions").exists() or not any((tmp_path / "ud" / "extensions").iterdir())
+        assert s.app.extensions.get("memory").active is False
+        with logged_in(s.url, ADMIN) as admin:
+            script = upload(admin, s.url, "script.py", SCRIPT)
+            index = fn_index(admin, s.url, "extension-install-confirm")
+            result = queue_call(admin, s.url, index, [str(script.parent)])
+            assert "Installed and enabled" in output_text(result), output_text(result)
+
+
+def test_without_logins_only_a_loopback_server_has_an_admin():
+    assert is_ui_admin(Settings(host="127.0.0.1"), None)
+    assert not is_ui_admin(Settings(host="0.0.0.0", insecure_no_auth=True), None)
+    logins = Settings(host="127.0.0.1", ui_auth=[USER], admin_auth=[ADMIN])
+    assert not is_ui_admin(logins, None) and not is_ui_admin(logins, USER[0]) and is_ui_admin(logins, ADMIN[0])
+
+
+def test_load_by_path_and_code_running_settings_need_an_admin(tmp_path):
+    """The Model tab's Load handler, called by fn_index with a path outside the models folder."""
+    models = tmp_path / "models"
+    models.mkdir()
+    outside = tmp_path / "elsewhere.fake"
+    outside.write_text(json.dumps({"reply": "hi"}))
+    with serve(models, tmp_path / "ud", load=False, ui_auth=[USER], admin_auth=[ADMIN]) as s:
+        config_path = str(outside)
+        for who, allowed in ((USER, False), (ADMIN, True)):
+            with logged_in(s.url, who) as client:
+                config = client.get(f"{s.url}/config").json()
+                load = fn_index(client, s.url, "load-model")
+                dep = next(d for d in config["dependencies"] if d["id"] == load)
+                data = [None] * len(dep["inputs"])
+                data[0] = config_path  # the model box (allow_custom_value): a typed path
+                queue_call(client, s.url, load, data)
+            assert (s.app.engine.info is not None) is allowed, who
+            s.app.engine.unload()
+
+
+# -- 2: other origins (the raw-HTTP half; the browser half is in test_security_browser.py) -------------
+
+
+def test_foreign_origins_may_not_post_or_preflight_anywhere(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    evil = {"Origin": "http://evil.test:8000"}
+    preflight = {**evil, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    with serve(models, tmp_path / "ud", load=False, allowed_hosts=["mybox.test"]) as s:
+        host = {"Host": f"mybox.test:{s.url.rsplit(':', 1)[1]}"}
+        for path in ("/gradio_api/upload", "/gradio_api/queue/join", "/v1/chat/completions", "/extensions/x"):
+            r = httpx.options(s.url + path, headers={**preflight, **host})
+            assert "access-control-allow-origin" not in r.headers, path
+            r = httpx.post(s.url + path, headers={**evil, **host}, json={})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed", path
+        r = httpx.get(s.url + "/config", headers={**evil, **host})
+        assert "access-control-allow-origin" not in r.headers  # reads are answered, but not to the page
+        own = {"Origin": f"http://mybox.test:{s.url.rsplit(':', 1)[1]}", **host}
+        r = httpx.post(s.url + "/gradio_api/upload", headers=own, files={"files": ("a.txt", b"a")})
+        assert r.status_code == 200
+
+
+def test_only_our_own_and_the_allowed_origins_count():
+    settings = Settings(cors_origins=["https://app.example"])
+    assert origin_allowed("http://127.0.0.1:7860", "127.0.0.1:7860", settings)
+    assert origin_allowed("https://app.example", "127.0.0.1:7860", settings)
+    assert origin_allowed("http://box.lan", "box.lan:80", settings)
+    for origin in ("http://127.0.0.1:7861", "null", "http://evil.test:7860", "file://", "https://127.0.0.1:7860x"):
+        assert not origin_allowed(origin, "127.0.0.1:7860", settings), origin
+
+
+# -- 3: a refused extension runs no code -----------------------------------------------------------------
+
+
+def test_a_requirement_that_needs_building_is_refused_before_any_setup_py_runs(tmp_path):
+    marker = tmp_path / "SETUP_RAN"
+    sdist_src = tmp_path / "evilpkg-1.0"
+    sdist_src.mkdir()
+    (sdist_src / "setup.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from setuptools import setup\nsetup(name='evilpkg', version='1.0')\n"
+    )
+    import tarfile
+
+    sdist = tmp_path / "evilpkg-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(sdist_src, arcname="evilpkg-1.0")
+    source = make_extension(tmp_path / "evil", "evil", requires={"python": [f"evilpkg @ {sdist.as_uri()}",
+                                                                             "gradio==4.0"]})  # fmt: skip
+    host = ExtensionHost(tmp_path / "ud", bundled_dir=None, entry_points=False)
+    with pytest.raises(InstallError) as err:
+        install(host, str(source))
+    assert "evilpkg" in str(err.value) and "building" in str(err.value)
+    assert not marker.exists()
+    assert not (tmp_path / "ud" / "extensions" / "evil").exists()
+
+
+def mounted(routes: list, prefix: str = "") -> Iterator[tuple[str, set[str]]]:
+    """(path, methods) of every route, through included routers (FastAPI keeps those as _IncludedRouter)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, route.methods
+        elif hasattr(route, "original_router"):
+            yield from mounted(route.original_router.routes, prefix + route.include_context.prefix)
+        elif not isinstance(route, Mount):
+            raise AssertionError(f"a route the walk does not know: {route!r}")
+
+
+def enable_memory(user_data: Path) -> None:
+    """Enable the bundled memory extension (its /extensions/memory/note route) the way the tab does."""
+    host = ExtensionHost(user_data, entry_points=False)
+    host.start()
+    host.enable("memory")
+    host.stop()
+
+
+# -- 4: every route we mount is behind the key or the login ----------------------------------------------
+
+
+def test_every_mounted_route_needs_the_key_or_the_ui_login(tmp_path):
+    """Walks every route on the server (the API's and the extensions'): without credentials each is refused;
+    the memory extension's note (the attack: PUT /extensions/memory/note) needs the key or a UI login."""
+    models = tmp_path / "models"
+    models.mkdir()
+    user_data = tmp_path / "ud"
+    enable_memory(user_data)
+    with serve(models, user_data, load=False, api_key=KEY, ui_auth=[USER]) as s:
+        routes = [(p, m) for p, m in mounted(build_api_server(s.app).routes) if p not in PUBLIC_PATHS]
+        assert any(p == "/extensions/memory/note" for p, _ in routes) and any(p == "/v1/models" for p, _ in routes)
+        with httpx.Client(timeout=30) as anonymous:
+            for path, methods in routes:
+                for method in methods:
+                    url = s.url + re.sub(r"\{[^}]*\}", "x", path)
+                    r = anonymous.request(method, url, json={"note": "pwned"})
+                    assert r.status_code in (401, 429), (method, path, r.status_code)
+        assert "pwned" not in json.dumps(s.app.extensions.chat_messages([{"role": "user", "content": "hi"}], None))
+        with httpx.Client(timeout=30) as keyed:
+            r = keyed.put(f"{s.url}/extensions/memory/note", json={"note": "by key"},
+                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+        assert r.status_code in (200, 429)
+
+
+def test_a_ui_login_opens_the_extension_routes_but_not_v1(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    user_data = tmp_path / "ud"
+    enable_memory(user_data)
+    with serve(models, user_data, load=False, api_key=KEY, ui_auth=[USER]) as s, logged_in(s.url, USER) as user:
+        assert user.put(f"{s.url}/extensions/memory/note", json={"note": "by login"}).status_code == 200
+        assert user.get(f"{s.url}/extensions/memory/note").json()["note"] == "by login"
+        assert user.get(f"{s.url}/v1/models").status_code == 401
+
+
+# -- 5: repeated failures slow down -----------------------------------------------------------------------
+
+
+def test_repeated_wrong_keys_and_logins_are_slowed_down_and_logged(tmp_path, caplog):
+    models = tmp_path / "models"
+    models.mkdir()
+    caplog.set_level(logging.WARNING, logger="webui.access")
+    with serve(models, tmp_path / "ud", load=False, api_key=KEY) as s, httpx.Client(timeout=30) as c:
+        codes = [c.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer wrong{i}"}).status_code
+                 for i in range(30)]  # fmt: skip
+        assert codes[:5] == [401] * 5 and codes.count(429) >= 20
+        r = c.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even the right key waits its turn
+    assert "failed API key from 127.0.0.1" in caplog.text
+    with serve(models, tmp_path / "ud2", load=False, ui_auth=[USER]) as s, httpx.Client(timeout=30) as c:
+        started = time.monotonic()
+        codes = [c.post(f"{s.url}/login", data={"username": "alice", "password": f"x{i}"}).status_code
+                 for i in range(30)]  # fmt: skip
+        assert codes[:5] == [400] * 5 and codes.count(429) >= 20, codes
+        assert time.monotonic() - started < 30
+    assert "failed UI login from 127.0.0.1" in caplog.text
+
+
+def test_the_throttle_waits_longer_after_each_failure_and_forgets():
+    now = [0.0]
+    throttle = FailureThrottle(free=2, base_s=1.0, max_s=8.0, forget_s=100.0, clock=lambda: now[0])
+    for _ in range(2):
+        assert throttle.wait_s("a") == 0
+        throttle.failed("a", "key")
+    throttle.failed("a", "key")
+    assert throttle.wait_s("a") == 2.0 and throttle.wait_s("b") == 0
+    now[0] = 2.0
+    assert throttle.wait_s("a") == 0
+    for _ in range(10):
+        throttle.failed("a", "key")
+    assert throttle.wait_s("a") == 8.0
+    now[0] = 200.0
+    assert throttle.wait_s("a") == 0
