@@ -17,12 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 from api_fixtures import serve
+from conftest import REPO, running_server
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 from test_extension_install import make_extension
 
+from backends.base import SamplingParams
+from backends.gbnf import MAX_GRAMMAR_CHARS, MAX_GRAMMAR_DEPTH, MAX_GRAMMAR_RULES, grammar_problem
 from webui.access import FailureThrottle, is_ui_admin, origin_allowed
 from webui.api.auth import PUBLIC_PATHS
+from webui.api.grammar import grammar_for
 from webui.extensions.host import ExtensionHost
 from webui.extensions.install import InstallError, install
 from webui.server import build_api_server
@@ -283,3 +287,50 @@ def test_the_throttle_waits_longer_after_each_failure_and_forgets():
     assert throttle.wait_s("a") == 8.0
     now[0] = 200.0
     assert throttle.wait_s("a") == 0
+
+
+# -- 6: a grammar too deep for llama.cpp's parser --------------------------------------------------------
+
+
+def deep_grammar(depth: int) -> str:
+    return "root ::= " + "(" * depth + '"a"' + ")" * depth + "\n"
+
+
+def test_grammar_bounds_count_groups_outside_literals_classes_and_comments():
+    assert grammar_problem(deep_grammar(MAX_GRAMMAR_DEPTH)) is None
+    assert "deep" in grammar_problem(deep_grammar(MAX_GRAMMAR_DEPTH + 1))
+    assert "deep" in grammar_problem(deep_grammar(20_000))
+    literal = 'root ::= "' + "(" * 5000 + '" [(((] # ' + "(" * 5000 + "\n"
+    assert grammar_problem(literal) is None
+    assert "characters" in grammar_problem('root ::= "' + "a" * MAX_GRAMMAR_CHARS + '"')
+    assert "rules" in grammar_problem("".join(f'r{i} ::= "a"\n' for i in range(MAX_GRAMMAR_RULES + 1)))
+    for shipped in (REPO / "presets" / "grammars").glob("*.gbnf"):
+        assert grammar_problem(shipped.read_text()) is None, shipped.name
+    nested = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}
+    assert grammar_problem(grammar_for("json_schema", {"schema": nested})) is None
+    with pytest.raises(ValueError, match="grammar is refused"):
+        SamplingParams(grammar=deep_grammar(20_000)).validate()
+
+
+def chat_data(config: dict, dep: dict, values: dict[str, object]) -> list:
+    """The data array the page would send for ``dep``: every input's current value, some replaced by elem_id."""
+    components = {c["id"]: c for c in config["components"]}
+    data = []
+    for cid in dep["inputs"]:
+        props = components[cid].get("props", {})
+        data.append(values.get(props.get("elem_id"), props.get("value")))
+    return data
+
+
+@pytest.mark.slow
+def test_a_deeply_nested_grammar_from_the_chat_does_not_kill_the_server(models_dir, tmp_path):
+    """The attack: the Parameters tab's grammar box 20,000 deep, sent with a chat message by fn_index."""
+    with running_server("--models-dir", str(models_dir), "--user-data", str(tmp_path / "ud")) as (url, proc):
+        with httpx.Client(timeout=120) as client:
+            config = client.get(f"{url}/config").json()
+            index = fn_index(client, url, "send")
+            dep = next(d for d in config["dependencies"] if d["id"] == index)
+            data = chat_data(config, dep, {"param-grammar": deep_grammar(20_000), "chat-input": "Say a"})
+            result = queue_call(client, url, index, data)
+            assert "grammar is refused" in output_text(result)
+            assert proc.poll() is None and client.get(f"{url}/healthz").json()["model"]
