@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import re
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,13 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 from api_fixtures import serve
-from conftest import REPO, running_server
+from conftest import REPO, cli, copy_default, running_server
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 from test_extension_install import make_extension
 
-from backends.base import SamplingParams
+from backends.base import ModelLoadError, SamplingParams
 from backends.gbnf import MAX_GRAMMAR_CHARS, MAX_GRAMMAR_DEPTH, MAX_GRAMMAR_RULES, grammar_problem
+from backends.gguf_file import read_header
 from webui.access import FailureThrottle, is_ui_admin, origin_allowed
 from webui.api.auth import PUBLIC_PATHS
 from webui.api.grammar import grammar_for
@@ -334,3 +336,109 @@ def test_a_deeply_nested_grammar_from_the_chat_does_not_kill_the_server(models_d
             result = queue_call(client, url, index, data)
             assert "grammar is refused" in output_text(result)
             assert proc.poll() is None and client.get(f"{url}/healthz").json()["model"]
+
+
+# -- 7/8: crafted GGUF hyper-parameters --------------------------------------------------------------------
+
+U32, I32, F32, STR, ARR, U64 = 4, 5, 6, 8, 9, 10
+
+
+def _gguf_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _gguf_value(value: object) -> tuple[int, bytes]:
+    if isinstance(value, str):
+        return STR, _gguf_string(value)
+    if isinstance(value, float):
+        return F32, struct.pack("<f", value)
+    if isinstance(value, list):
+        return ARR, struct.pack("<IQ", U32, len(value)) + b"".join(struct.pack("<I", v) for v in value)
+    return U32, struct.pack("<I", value)
+
+
+def crafted_gguf(path: Path, **metadata: object) -> Path:
+    """A GGUF v3 file with no tensors and the given metadata (keys: dots as "__", "arch" for the architecture)."""
+    kv = {"general.architecture": metadata.pop("arch", "llama")}
+    arch = kv["general.architecture"]
+    for key, value in metadata.items():
+        key = key.replace("__", ".")
+        kv[key if key.startswith("general.") else f"{arch}.{key}"] = value
+    body = b"".join(_gguf_string(k) + struct.pack("<I", _gguf_value(v)[0]) + _gguf_value(v)[1] for k, v in kv.items())
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)) + body)
+    return path
+
+
+LLAMA = {"context_length": 2048, "embedding_length": 64, "block_count": 2, "feed_forward_length": 128,
+         "attention__head_count": 4, "attention__head_count_kv": 4}  # fmt: skip
+BAD = {
+    "layers-1000": {**LLAMA, "block_count": 1000},
+    "layers-0": {**LLAMA, "block_count": 0},
+    "ctx-inf": {**LLAMA, "context_length": float("inf")},
+    "ctx-array": {**LLAMA, "context_length": [1, 2]},
+    "heads-inf": {**LLAMA, "attention__head_count": float("inf")},
+    "heads-per-layer-wrong": {**LLAMA, "attention__head_count": [4, 4, 4]},
+    "align-abc": {**LLAMA, "general__alignment": "abc"},
+    "align-array": {**LLAMA, "general__alignment": [32]},
+    "align-3": {**LLAMA, "general__alignment": 3},
+    "experts": {**LLAMA, "expert_count": 2, "expert_used_count": 4},
+}
+
+
+def test_crafted_hyper_parameters_are_refused_by_the_header_check(tmp_path):
+    assert read_header(crafted_gguf(tmp_path / "ok.gguf", **LLAMA)).context_length == 2048
+    per_layer = crafted_gguf(tmp_path / "per-layer.gguf", **{**LLAMA, "attention__head_count_kv": [4, 2]})
+    assert read_header(per_layer).get("{arch}.attention.head_count_kv") == [4, 2]
+    for name, metadata in BAD.items():
+        with pytest.raises(ModelLoadError) as err:
+            read_header(crafted_gguf(tmp_path / f"{name}.gguf", **metadata))
+        assert "not a valid GGUF file" in str(err.value), name
+
+
+def test_run_refuses_a_block_count_llama_cpp_would_abort_on(tmp_path):
+    """The attack through `run`: block_count 1000 aborted the process inside llama.cpp (GGML_ASSERT)."""
+    bad = crafted_gguf(tmp_path / "layers.gguf", **{**LLAMA, "block_count": 1000})
+    done = cli("run", str(bad), "Hello", "--max-tokens", "1", timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "block_count = 1000 is out of range" in done.stderr and "Traceback" not in done.stderr
+
+
+def bad_models_folder(into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    for name, metadata in BAD.items():
+        crafted_gguf(into / f"{name}.gguf", **metadata)
+    return into
+
+
+def test_bad_model_files_are_listed_as_broken_and_the_server_starts(tmp_path):
+    models = bad_models_folder(tmp_path / "models")
+    done = cli("models", "list", "--json", "--models-dir", str(models), timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    listed = json.dumps(json.loads(done.stdout))
+    for name in BAD:
+        assert name in listed
+    assert "block_count = 1000 is out of range" in listed and "general.alignment must be" in listed
+    with serve(models, tmp_path / "ud", load=False) as s:  # the UI builds with them in the folder
+        for name in ("ctx-inf", "align-abc", "layers-1000"):
+            r = httpx.post(f"{s.url}/v1/internal/model/load", json={"model_name": name}, timeout=60)
+            error = r.json()["error"]  # the API's handled load failure, with the reason (was: a bare 500)
+            assert error["code"] == "model_load_failed" and "not a valid GGUF file" in error["message"], r.text
+
+
+@pytest.mark.slow
+def test_with_bad_files_in_the_folder_other_models_still_load(models_dir, tmp_path):
+    """Load through the API and the UI's Load (by fn_index), also after a bad file is dropped in while running."""
+    models = bad_models_folder(tmp_path / "models")
+    good = copy_default(models_dir, models).stem
+    with serve(models, tmp_path / "ud", load=False) as s:
+        r = httpx.post(f"{s.url}/v1/internal/model/load", json={"model_name": good}, timeout=300)
+        assert r.status_code == 200, r.text
+        crafted_gguf(models / "late-ctx-inf.gguf", **BAD["ctx-inf"])
+        s.app.engine.unload()
+        with httpx.Client(timeout=300) as client:
+            config = client.get(f"{s.url}/config").json()
+            load = fn_index(client, s.url, "load-model")
+            dep = next(d for d in config["dependencies"] if d["id"] == load)
+            queue_call(client, s.url, load, chat_data(config, dep, {"model-choice": good, "variant-choice": None}))
+        assert s.app.engine.info is not None and s.app.engine.info.name == good
