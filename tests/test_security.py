@@ -29,8 +29,11 @@ from backends.gguf_file import read_header
 from webui.access import FailureThrottle, is_ui_admin, origin_allowed
 from webui.api.auth import PUBLIC_PATHS
 from webui.api.grammar import grammar_for
+from webui.chat.history import HistoryStore, to_json
+from webui.chat.notebook import NotebookStore
 from webui.extensions.host import ExtensionHost
 from webui.extensions.install import InstallError, install
+from webui.paths import UnsafeName, safe_name
 from webui.server import build_api_server
 from webui.settings import Settings
 
@@ -442,3 +445,74 @@ def test_with_bad_files_in_the_folder_other_models_still_load(models_dir, tmp_pa
             dep = next(d for d in config["dependencies"] if d["id"] == load)
             queue_call(client, s.url, load, chat_data(config, dep, {"model-choice": good, "variant-choice": None}))
         assert s.app.engine.info is not None and s.app.engine.info.name == good
+
+
+# -- 12: names and symbolic links ------------------------------------------------------------------------
+
+LONG = "m" * 10_000
+RTL = "model\u202eloot"
+
+
+def test_blank_long_and_right_to_left_names_are_refused_over_http(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    with serve(models, tmp_path / "ud", load=False) as s, httpx.Client(timeout=60) as c:
+        for model_id in ("%20", "%20%20", LONG, RTL):
+            r = c.get(f"{s.url}/v1/models/{model_id}")
+            assert r.status_code in (400, 404) and r.json()["error"]["param"] == "model", (model_id[:20], r.text)
+        for name in ("", "   ", LONG, RTL):
+            r = c.post(f"{s.url}/v1/internal/model/load", json={"model_name": name})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_model_name", (name[:20], r.text)
+        config = c.get(f"{s.url}/config").json()
+        load = fn_index(c, s.url, "load-model")
+        dep = next(d for d in config["dependencies"] if d["id"] == load)
+        result = queue_call(c, s.url, load, chat_data(config, dep, {"model-choice": LONG, "variant-choice": None}))
+        assert result["success"] and "is no model name or path" in output_text(result)
+
+
+def test_the_command_line_says_one_line_for_a_name_too_long(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    for args in (("run", LONG, "Hi"), ("models", "inspect", LONG), ("run", "default", "Hi", "--grammar", LONG)):
+        done = cli(*args, "--models-dir", str(models), timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (args[:2], done.stderr[-1500:])
+
+
+def test_right_to_left_overrides_are_not_names():
+    for name in (RTL, "a\u2066b", "x\u200fy"):
+        with pytest.raises(UnsafeName):
+            safe_name(name)
+
+
+def test_symbolic_links_in_user_data_are_skipped_and_the_server_starts(tmp_path):
+    """A linked chats/<owner> folder, a linked history file and a linked notebook.txt: each skipped with one
+    log line; the server starts and every page-load handler (by fn_index) succeeds."""
+    models, user_data, outside = tmp_path / "models", tmp_path / "ud", tmp_path / "outside"
+    models.mkdir()
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("the outside file")
+    store = HistoryStore(user_data)
+    real = store.new("instruct")
+    real.append("user", "hello")
+    store.save(real)
+    stolen = store.new("instruct")
+    stolen.append("user", "from outside")
+    (outside / "c.json").write_text(to_json(stolen))
+    (user_data / "chats" / "instruct" / "zzz-linked.json").symlink_to(outside / "c.json")
+    (outside / "elsewhere").mkdir()
+    (user_data / "chats" / "character-Eve").symlink_to(outside / "elsewhere", target_is_directory=True)
+    (user_data / "notebook").mkdir()
+    (user_data / "notebook" / "notebook.txt").symlink_to(secret)
+    assert [c.id for c in store.list("instruct").conversations] == [real.id]
+    assert "character-Eve" not in store.owners() and store.list("character-Eve").conversations == []
+    assert store.latest("instruct").id == real.id
+    assert NotebookStore(user_data).load() == ""
+    with serve(models, user_data, load=False) as s, httpx.Client(timeout=60) as c:
+        config = c.get(f"{s.url}/config").json()
+        loads = [d for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"])]
+        assert loads
+        for dep in loads:
+            result = queue_call(c, s.url, dep["id"], chat_data(config, dep, {}))
+            assert result["success"], output_text(result)
+            assert "the outside file" not in output_text(result) and "from outside" not in output_text(result)

@@ -24,7 +24,7 @@ from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
 from webui.cli.bench_api import add_options as add_bench_api_options
 from webui.cli.options import add_serve_options, settings_from
-from webui.paths import UnsafeName
+from webui.paths import UnsafeName, exists_quietly
 from webui.presets import PresetStore
 from webui.templates.prefs import TemplatePrefs
 from webui.templates.render import build_chat_prompt
@@ -271,7 +271,8 @@ def _run_params(args: argparse.Namespace) -> SamplingParams:
         params = preset.params
     if args.grammar:
         grammar = Path(args.grammar)
-        params = replace(params, grammar=grammar.read_text() if grammar.is_file() else store.grammar(args.grammar))
+        is_file = exists_quietly(grammar) and grammar.is_file()
+        params = replace(params, grammar=grammar.read_text() if is_file else store.grammar(args.grammar))
     overrides = {
         "temperature": args.temperature,
         "top_p": args.top_p,
