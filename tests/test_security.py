@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_fixtures import serve
+from api_fixtures import serve, two_model_folder
 from conftest import REPO, cli, copy_default, running_server
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
@@ -516,3 +516,22 @@ def test_symbolic_links_in_user_data_are_skipped_and_the_server_starts(tmp_path)
             result = queue_call(c, s.url, dep["id"], chat_data(config, dep, {}))
             assert result["success"], output_text(result)
             assert "the outside file" not in output_text(result) and "from outside" not in output_text(result)
+
+
+# -- 13: sizes checked before the engine ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_megabytes_of_messages_are_refused_before_they_are_tokenized(models_dir, tmp_path):
+    """The attack: 8 × 1M-character messages held the engine 17.8 s (tokenizing) before the 400."""
+    models = two_model_folder(models_dir, tmp_path / "models")
+    with serve(models, tmp_path / "ud") as s, httpx.Client(timeout=120) as c:
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 200_000} for i in range(8)]
+        started = time.monotonic()
+        r = c.post(f"{s.url}/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+        took = time.monotonic() - started
+        assert r.status_code == 400 and "characters" in r.json()["error"]["message"], r.text[:500]
+        assert took < 5, took
+        ok = c.post(f"{s.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                          "max_tokens": 2})  # fmt: skip
+        assert ok.status_code == 200
