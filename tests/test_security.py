@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_fixtures import serve, two_model_folder
-from conftest import REPO, cli, copy_default, running_server
+from conftest import REPO, cli, copy_default, rss_mb, running_server
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 from test_extension_install import make_extension
@@ -36,6 +36,7 @@ from webui.extensions.install import InstallError, install
 from webui.paths import UnsafeName, safe_name
 from webui.server import build_api_server
 from webui.settings import Settings
+from webui.templates.render import RENDER_TIME_LIMIT_S, TemplateError, render
 
 KEY = "sk-user"
 USER, ADMIN = ("alice", "alice-pw"), ("root", "root-pw")
@@ -535,3 +536,40 @@ def test_megabytes_of_messages_are_refused_before_they_are_tokenized(models_dir,
         ok = c.post(f"{s.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
                                                           "max_tokens": 2})  # fmt: skip
         assert ok.status_code == 200
+
+
+# -- 10: a malicious chat template in a model file ---------------------------------------------------------
+
+LOOP = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+HUGE = "{{ 'x' * 200000000 }}"
+
+
+@pytest.mark.parametrize("template", [LOOP, HUGE])
+def test_a_model_files_chat_template_is_bounded_in_time_and_size(tmp_path, template):
+    """The attack over HTTP: a model whose own chat template loops 10^10 steps, or renders 200 MB. The
+    request ends with the template's error in seconds, memory stays put, and the next request is served."""
+    models = tmp_path / "models"
+    models.mkdir()
+    evil = tmp_path / "evil.fake"
+    evil.write_text(json.dumps({"reply": "ok", "chat_template": template}))
+    with serve(models, tmp_path / "ud", load=False) as s, httpx.Client(timeout=60) as c:
+        s.app.load_model(str(evil))
+        before = rss_mb()
+        started = time.monotonic()
+        r = c.post(f"{s.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+        assert time.monotonic() - started < RENDER_TIME_LIMIT_S + 3
+        assert r.status_code in (400, 500) and "template" in r.json()["error"]["message"], r.text
+        assert rss_mb() - before < 200
+        good = tmp_path / "good.fake"
+        good.write_text(json.dumps({"reply": "fine"}))
+        s.app.load_model(str(good))
+        r = c.post(f"{s.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "fine"
+
+
+def test_template_bounds_leave_real_templates_alone():
+    messages = [{"role": "user", "content": "hi " * 1000}]
+    assert render("{% for m in messages %}{{ m.content * 2 }}{% endfor %}", messages) == "hi " * 2000
+    assert render("{{ 2 ** 10 }}", messages) == "1024"
+    with pytest.raises(TemplateError, match="too large"):
+        render("{{ 7 ** 100000 }}", messages)

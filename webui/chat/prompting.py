@@ -154,7 +154,8 @@ def plan_prompt(
             character=character,
         )  # fmt: skip
         dropped = len(messages) - len(kept)
-        tokens = engine.count_tokens(prompt.text)
+        too_long = n_ctx > 0 and len(prompt.text) > n_ctx * MAX_CHARS_PER_TOKEN  # cannot fit: not tokenized
+        tokens = len(prompt.text) // MAX_CHARS_PER_TOKEN + 1 if too_long else engine.count_tokens(prompt.text)
         return PromptPlan(prompt.text, prompt.stop, prompt.template, prompt.chosen_by, tokens, n_ctx, dropped)
 
     # Turns start at a user message; the newest message always stays. Fewer messages, fewer tokens: bisect.
