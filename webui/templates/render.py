@@ -109,7 +109,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         """``*`` and ``**`` with their result's size checked before it is made."""
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_RENDER_CHARS:
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_RENDER_CHARS:
                     raise SecurityError(f"a repetition of {len(seq) * times:,} items is over the limit")
             return left * right
         if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
@@ -205,7 +206,9 @@ def render(
     except TemplateError:
         raise
     except _TooMuch:
-        raise TemplateError(f"template {name!r} took longer than {RENDER_TIME_LIMIT_S:g} s to render and was stopped")
+        raise TemplateError(
+            f"template {name!r} took longer than {RENDER_TIME_LIMIT_S:g} s to render and was stopped"
+        ) from None
     except SecurityError as exc:
         raise TemplateError(f"template {name!r} tried to reach Python internals and was stopped: {exc}") from None
     except jinja2.TemplateError as exc:
