@@ -92,6 +92,7 @@ def output_text(message: dict) -> str:
 # -- 1: code execution through the UI's install handler ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_install_handler_is_admin_only_on_the_server(tmp_path):
     """A logged-in user who is not an admin uploads script.py and calls "Yes, install" by its fn_index:
     refused, nothing installed, nothing ran. The admin login through the same route installs (so the test
@@ -122,6 +123,7 @@ def test_without_logins_only_a_loopback_server_has_an_admin():
     assert not is_ui_admin(logins, None) and not is_ui_admin(logins, USER[0]) and is_ui_admin(logins, ADMIN[0])
 
 
+@pytest.mark.slow
 def test_load_by_path_and_code_running_settings_need_an_admin(tmp_path):
     """The Model tab's Load handler, called by fn_index with a path outside the models folder."""
     models = tmp_path / "models"
@@ -145,6 +147,7 @@ def test_load_by_path_and_code_running_settings_need_an_admin(tmp_path):
 # -- 2: other origins (the raw-HTTP half; the browser half is in test_security_browser.py) -------------
 
 
+@pytest.mark.slow
 def test_foreign_origins_may_not_post_or_preflight_anywhere(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
@@ -221,6 +224,7 @@ def enable_memory(user_data: Path) -> None:
 # -- 4: every route we mount is behind the key or the login ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_mounted_route_needs_the_key_or_the_ui_login(tmp_path):
     """Walks every route on the server (the API's and the extensions'): without credentials each is refused;
     the memory extension's note (the attack: PUT /extensions/memory/note) needs the key or a UI login."""
@@ -244,6 +248,7 @@ def test_every_mounted_route_needs_the_key_or_the_ui_login(tmp_path):
         assert r.status_code in (200, 429)
 
 
+@pytest.mark.slow
 def test_a_ui_login_opens_the_extension_routes_but_not_v1(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
@@ -258,6 +263,7 @@ def test_a_ui_login_opens_the_extension_routes_but_not_v1(tmp_path):
 # -- 5: repeated failures slow down -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_repeated_wrong_keys_and_logins_are_slowed_down_and_logged(tmp_path, caplog):
     models = tmp_path / "models"
     models.mkdir()
@@ -415,6 +421,7 @@ def bad_models_folder(into: Path) -> Path:
     return into
 
 
+@pytest.mark.slow
 def test_bad_model_files_are_listed_as_broken_and_the_server_starts(tmp_path):
     models = bad_models_folder(tmp_path / "models")
     done = cli("models", "list", "--json", "--models-dir", str(models), timeout=120)
@@ -454,6 +461,7 @@ LONG = "m" * 10_000
 RTL = "model\u202eloot"
 
 
+@pytest.mark.slow
 def test_blank_long_and_right_to_left_names_are_refused_over_http(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
@@ -485,6 +493,7 @@ def test_right_to_left_overrides_are_not_names():
             safe_name(name)
 
 
+@pytest.mark.slow
 def test_symbolic_links_in_user_data_are_skipped_and_the_server_starts(tmp_path):
     """A linked chats/<owner> folder, a linked history file and a linked notebook.txt: each skipped with one
     log line; the server starts and every page-load handler (by fn_index) succeeds."""
@@ -545,6 +554,7 @@ HUGE = "{{ 'x' * 200000000 }}"
 
 
 @pytest.mark.parametrize("template", [LOOP, HUGE])
+@pytest.mark.slow
 def test_a_model_files_chat_template_is_bounded_in_time_and_size(tmp_path, template):
     """The attack over HTTP: a model whose own chat template loops 10^10 steps, or renders 200 MB. The
     request ends with the template's error in seconds, memory stays put, and the next request is served."""
