@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import sys
 import threading
@@ -27,195 +26,33 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 import pluggy
-import yaml
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import Version
 
 from backends.base import SamplingParams, Usage
-from webui import __version__, hookspecs
-from webui.files import write_atomic
+from webui import hookspecs
+from webui.extensions.manifest import (  # ManifestError, parse_manifest, read_manifest: re-exported for callers
+    MANIFEST,
+    TGW_SCRIPT,
+    Manifest,
+    ManifestError,
+    entry_point_manifest,
+    parse_manifest,
+    read_manifest,
+    requirement_problems,
+)
+from webui.extensions.state import StateFile
 from webui.hookspecs import SETTING_TYPES, ChatHooks, Context, ReplyInfo, Setting
-from webui.paths import UnsafeName, safe_name
+
+__all__ = ["ExtensionError", "ExtensionHost", "Manifest", "ManifestError", "parse_manifest", "read_manifest",
+           "requirement_problems"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "extensions"
-MANIFEST = "extension.yaml"
-TGW_SCRIPT = "script.py"
-DEFAULT_PRIORITY = 100
 DEFAULT_TIMEOUT_S = 30.0
-REQUIRED_FIELDS = ("name", "version", "description")
-
-
-class ManifestError(ValueError):
-    """An extension.yaml that cannot be used; the message names the file and the problem."""
 
 
 class ExtensionError(ValueError):
     """A request about an extension that cannot be done (unknown name, already enabled, …)."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    version: str
-    description: str
-    author: str = ""
-    homepage: str = ""
-    inglenook: str = ""  # a version range such as ">=0.1,<1"; empty = any
-    python: tuple[str, ...] = ()  # pip requirements
-    priority: int = DEFAULT_PRIORITY  # lower runs earlier
-    module: str = "extension.py"
-    kind: str = "inglenook"  # or "tgw": a text-generation-webui script.py
-
-
-def check_name(name: Any) -> str:
-    """An extension name: a plain, portable folder name, lower-case letters, digits, '-' and '_'."""
-    if not isinstance(name, str):
-        raise ManifestError(f"the extension name must be text, not {type(name).__name__}")
-    try:
-        safe_name(name, "extension name")
-    except UnsafeName as exc:
-        raise ManifestError(str(exc)) from None
-    if not (name[0].isalnum() and all(c.isalnum() or c in "-_" for c in name) and name == name.lower()):
-        raise ManifestError(f"extension name {name!r} may hold only lower-case letters, digits, '-' and '_'")
-    return name
-
-
-def parse_manifest(data: Any, where: str) -> Manifest:
-    """Check an extension.yaml's content; ManifestError says what is wrong and where."""
-    if not isinstance(data, dict):
-        raise ManifestError(f"{where}: expected a mapping of fields (name, version, description, …)")
-    missing = [f for f in REQUIRED_FIELDS if not str(data.get(f) or "").strip()]
-    if missing:
-        raise ManifestError(f"{where}: missing required field(s): {', '.join(missing)}")
-    try:
-        name = check_name(data["name"])
-    except ManifestError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-    requires = data.get("requires") or {}
-    if not isinstance(requires, dict):
-        raise ManifestError(f"{where}: 'requires' must be a mapping with 'inglenook' and/or 'python'")
-    inglenook = str(requires.get("inglenook") or "").strip()
-    try:
-        SpecifierSet(inglenook)
-    except InvalidSpecifier:
-        problem = f"requires.inglenook {inglenook!r} is not a version range like '>=0.1,<1'"
-        raise ManifestError(f"{where}: {problem}") from None
-    python = requires.get("python") or []
-    if isinstance(python, str):
-        python = [python]
-    if not isinstance(python, list):
-        raise ManifestError(f"{where}: requires.python must be a list of pip requirements")
-    for req in python:
-        try:
-            Requirement(str(req))
-        except InvalidRequirement as exc:
-            raise ManifestError(f"{where}: requirement {req!r} is not valid: {exc}") from None
-    module = str(data.get("module") or "extension.py")
-    try:
-        safe_name(module, "module")
-    except UnsafeName as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-    if not module.endswith(".py"):
-        raise ManifestError(f"{where}: module {module!r} must be a .py file in the extension's folder")
-    priority = data.get("priority", DEFAULT_PRIORITY)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ManifestError(f"{where}: priority must be a whole number (lower runs earlier)")
-    return Manifest(
-        name=name,
-        version=str(data["version"]),
-        description=str(data["description"]).strip(),
-        author=str(data.get("author") or ""),
-        homepage=str(data.get("homepage") or ""),
-        inglenook=inglenook,
-        python=tuple(str(r) for r in python),
-        priority=priority,
-        module=module,
-        kind="tgw" if module == TGW_SCRIPT and data.get("tgw", True) else "inglenook",
-    )
-
-
-def read_manifest(folder: Path, fallback_name: str | None = None) -> Manifest:
-    """The manifest of an extension folder: its extension.yaml, or one made up for a text-generation-webui
-    folder that has only a ``script.py`` (named ``fallback_name`` or after the folder)."""
-    path = folder / MANIFEST
-    if path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ManifestError(f"{path}: cannot be read: {exc}") from None
-        manifest = parse_manifest(data, str(path))
-        if not (folder / manifest.module).is_file():
-            raise ManifestError(f"{path}: its module {manifest.module} is missing")
-        return manifest
-    if (folder / TGW_SCRIPT).is_file():
-        name = (fallback_name or folder.name).lower().replace(" ", "_")
-        return parse_manifest(
-            {"name": name, "version": "0", "description": "a text-generation-webui extension", "module": TGW_SCRIPT},
-            str(folder / TGW_SCRIPT),
-        )
-    raise ManifestError(f"{folder} has no {MANIFEST} (nor a text-generation-webui {TGW_SCRIPT}): not an extension")
-
-
-def requirement_problems(manifest: Manifest) -> list[str]:
-    """What in the manifest's ``requires`` this installation does not satisfy."""
-    problems = []
-    if manifest.inglenook and Version(__version__) not in SpecifierSet(manifest.inglenook):
-        problems.append(f"needs Inglenook {manifest.inglenook}, this is {__version__}")
-    for text in manifest.python:
-        req = Requirement(text)
-        if req.marker is not None and not req.marker.evaluate():
-            continue
-        try:
-            have = importlib.metadata.version(req.name)
-        except importlib.metadata.PackageNotFoundError:
-            problems.append(f"needs {text} (not installed)")
-            continue
-        if req.specifier and not req.specifier.contains(have, prereleases=True):
-            problems.append(f"needs {text} ({req.name} {have} is installed)")
-    return problems
-
-
-# --------------------------------------------------------------------------- state on disk
-
-
-class StateFile:
-    """``user_data/extensions.json``: which extensions are enabled, their settings, what was installed.
-
-    Written atomically; a damaged file is moved aside (and reported), never a reason not to start.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self.problem = ""
-
-    def read(self) -> dict[str, dict]:
-        empty: dict[str, dict] = {"enabled": {}, "settings": {}, "installed": {}}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return empty
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            self.problem = f"{self.path} could not be read ({exc}); moved aside to {aside.name}"
-            log.error(self.problem)
-            self.path.replace(aside)
-            return empty
-        if not isinstance(data, dict):
-            return empty
-        return {key: dict(data.get(key) or {}) for key in empty}
-
-    def update(self, change: Callable[[dict[str, dict]], None]) -> dict[str, dict]:
-        """Read, apply ``change`` and write back, as one step against other threads of this process."""
-        with self._lock:
-            data = self.read()
-            change(data)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
-            return data
 
 
 # --------------------------------------------------------------------------- the host
@@ -323,7 +160,7 @@ class ExtensionHost(ChatHooks):
         if self.use_entry_points:
             for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
                 try:
-                    manifest = _entry_point_manifest(ep)
+                    manifest = entry_point_manifest(ep)
                 except ManifestError as exc:
                     problems.append(str(exc))
                     continue
@@ -778,21 +615,3 @@ def _import_file(name: str, path: Path, folder: Path) -> ModuleType:
         sys.modules.pop(module_name, None)
         raise
     return module
-
-
-def _entry_point_manifest(ep: importlib.metadata.EntryPoint) -> Manifest:
-    dist = ep.dist
-    meta = dist.metadata if dist is not None else {}
-    homepage = meta.get("Home-page") or ""
-    for url in meta.get_all("Project-URL") or [] if dist is not None else []:
-        homepage = homepage or url.split(",", 1)[-1].strip()
-    return parse_manifest(
-        {
-            "name": ep.name,
-            "version": dist.version if dist is not None else "?",
-            "description": meta.get("Summary") or f"pip package {dist.name if dist else ep.value}",
-            "author": meta.get("Author") or meta.get("Author-email") or "",
-            "homepage": homepage,
-        },
-        f"entry point {ep.name} = {ep.value}",
-    )

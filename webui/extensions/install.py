@@ -28,14 +28,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from webui import hookspecs
-from webui.extensions.host import (
-    ExtensionError,
-    ExtensionHost,
-    Manifest,
-    ManifestError,
-    read_manifest,
-    requirement_problems,
-)
+from webui.extensions.host import ExtensionError, ExtensionHost
+from webui.extensions.manifest import Manifest, ManifestError, read_manifest, requirement_problems
 from webui.paths import inside
 
 log = logging.getLogger(__name__)
