@@ -22,6 +22,7 @@ from conftest import REPO, cli, copy_default, rss_mb, running_server
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 from test_extension_install import make_extension
+from test_extensions import write_extension
 
 from backends.base import ModelLoadError, SamplingParams
 from backends.gbnf import MAX_GRAMMAR_CHARS, MAX_GRAMMAR_DEPTH, MAX_GRAMMAR_RULES, grammar_problem
@@ -583,3 +584,37 @@ def test_template_bounds_leave_real_templates_alone():
     assert render("{{ 2 ** 10 }}", messages) == "1024"
     with pytest.raises(TemplateError, match="too large"):
         render("{{ 7 ** 100000 }}", messages)
+
+
+# -- 11: extensions that hang at import or startup ---------------------------------------------------------
+
+
+def test_an_extension_that_loops_at_import_is_abandoned_for_real_and_its_error_stays_visible(tmp_path):
+    """It is imported in a process of its own first: that process is ended, nothing spins here, start-up
+    does not wait for a hung startup hook, and the error shows in the tab's rows and `extensions list`,
+    also after a later install."""
+    write_extension(tmp_path, "spin", "while True:\n    pass\n")
+    write_extension(tmp_path, "sleepy", "import time\n@hookimpl\ndef startup():\n    time.sleep(3600)\n")
+    write_extension(tmp_path, "fine", "@hookimpl\ndef input_modifier(text):\n    return text + '!'\n")
+    host = ExtensionHost(tmp_path, bundled_dir=None, entry_points=False, timeout_s=2)
+    started = time.monotonic()
+    host.start()
+    assert time.monotonic() - started < 2 * 2 + 3  # the checks run side by side; no startup hook is waited for
+    spin = host.get("spin")
+    assert not spin.active and "import did not finish within 2 s" in spin.error
+    assert host.get("fine").active and host.completion_prompt("hi", None) == "hi!"
+    cpu = time.process_time()
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.3  # no thread of ours is still running the loop
+    deadline = time.monotonic() + 10
+    while "startup did not return" not in host.get("sleepy").error:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    make_extension(tmp_path / "src-later", "later")
+    install(host, str(tmp_path / "src-later"))  # discover() again: the failed ones keep their errors
+    rows = {r["name"]: r for r in host.rows()}
+    assert rows["spin"]["status"] == "error" and "import did not finish" in rows["spin"]["error"]
+    listed = cli("extensions", "--user-data", str(tmp_path), "list", "--json", timeout=120)
+    rows = {r["name"]: r for r in json.loads(listed.stdout)["extensions"]}
+    assert rows["spin"]["status"] == "error" and "import did not finish" in rows["spin"]["error"]
+    assert rows["fine"]["status"] == "enabled" and not rows["fine"]["error"]

@@ -8,6 +8,10 @@ Nothing runs until the user enables it (``inglenook extensions install`` enables
 An extension that fails to import, raises in a hook, returns the wrong type or does not return
 within ``timeout_s`` is disabled for this run with its error recorded (shown in the Extensions tab
 and logged); the value it was given passes on unchanged, so the chat never sees its traceback.
+
+An installed extension is first imported in a process of its own (:data:`IMPORT_CHECK`), all of them at
+once: one that hangs or loops at import is ended there and never imported here, where a looping thread
+could not be stopped. Startup hooks run after ``start()`` returns, so a hung one delays nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import subprocess
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType, ModuleType
@@ -49,6 +55,25 @@ log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "extensions"
 DEFAULT_TIMEOUT_S = 30.0
+SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # so the checking process imports this webui
+# Run as `python -c IMPORT_CHECK ROOT KIND MODULE_NAME TARGET FOLDER`: imports the extension as the host would.
+IMPORT_CHECK = """
+import importlib, importlib.util, sys
+root, kind, name, target, folder = sys.argv[1:6]
+sys.path.insert(0, root)
+try:
+    if kind == "module":
+        importlib.import_module(target)
+    else:
+        spec = importlib.util.spec_from_file_location(name, target, submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+except BaseException as exc:
+    print(f"{type(exc).__name__}: {exc}", flush=True)
+    sys.exit(3)
+print("ok", flush=True)
+"""
 
 
 class ExtensionError(ValueError):
@@ -130,11 +155,54 @@ class ExtensionHost(ChatHooks):
 
     # -- discovery and state -----------------------------------------------------------
     def start(self) -> None:
-        """Find every extension and activate the enabled ones. Never raises because of an extension."""
+        """Find every extension and activate the enabled ones. Never raises because of an extension, and
+        waits for none longer than ``timeout_s``: the import checks run side by side, the startup hooks after
+        this returns (on a thread of their own)."""
         self.discover()
-        for ext in self.list():
-            if ext.enabled:
-                self._activate(ext)
+        enabled = [ext for ext in self.list() if ext.enabled]
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="extension-import-check") as pool:
+            errors = list(pool.map(self._check_import, enabled))
+        started = []
+        for ext, error in zip(enabled, errors, strict=True):
+            if error:
+                self._fail(ext, error)
+            elif self._activate(ext, checked=True, startup=False):
+                started.append(ext)
+        if started:
+            threading.Thread(target=self._startups, args=(started,), name="extension-startups", daemon=True).start()
+
+    def _startups(self, started: list[Extension]) -> None:
+        for ext in started:
+            if ext.active:
+                try:
+                    self._call_plain(ext, "startup", {})
+                except _HookFailed:
+                    continue
+
+    def _check_import(self, ext: Extension) -> str:
+        """Import an installed or pip extension in a process of its own first; the error ("" if none).
+
+        Bundled extensions ship with Inglenook and are imported directly."""
+        if ext.source == "bundled":
+            return ""
+        if ext.entry_point is not None:
+            kind, target, folder = "module", ext.entry_point.module, ""
+        else:
+            kind, target, folder = "file", str(ext.path / ext.manifest.module), str(ext.path)
+        command = [sys.executable, "-c", IMPORT_CHECK, SOURCE_ROOT, kind, _module_name(ext.name), target, folder]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"import did not finish within {self.timeout_s:g} s (tried in a process of its own, now ended)"
+        except OSError as exc:
+            return f"import could not be tried in a process of its own: {exc}"
+        said = (done.stdout.strip().splitlines() or [""])[-1]
+        if done.returncode == 0 and said == "ok":
+            return ""
+        if done.returncode == 3:
+            return f"import raised {said}"
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"import ended its process (exit {done.returncode}): {why}"
 
     def discover(self) -> None:
         state = self.state.read()
@@ -168,8 +236,8 @@ class ExtensionHost(ChatHooks):
         with self._lock:
             for name, ext in found.items():
                 old = self._extensions.get(name)
-                if old is not None and old.active:
-                    found[name] = old  # keep the running one
+                if old is not None and (old.active or old.error):
+                    found[name] = old  # keep the running one, and a failed one with its error
                 ext.enabled = bool(state["enabled"].get(name, False))
             self._extensions = found
             self.problems = problems
@@ -207,15 +275,22 @@ class ExtensionHost(ChatHooks):
         return f"{record['source']}: {record['origin']}{commit}"
 
     def rows(self) -> list[dict]:
-        """One dict per extension (name, version, status, source, description, error, hooks' time), in hook order."""
+        """One dict per extension (name, version, status, source, description, error, hooks' time), in hook order.
+        An enabled extension that is not running shows the error it failed with at the last start."""
+        last = self.state.read()["errors"]
         return [
             {
                 "name": ext.name,
                 "version": ext.manifest.version,
-                "status": ext.status if ext.active or ext.error else ("enabled" if ext.enabled else "disabled"),
+                "status": ext.status if ext.active or ext.error else _idle_status(ext, last),
                 "source": self.source_of(ext),
                 "description": ext.manifest.description,
-                "error": ext.error,
+                "error": ext.error
+                or (
+                    f"at the last start: {last[ext.name]}"
+                    if ext.enabled and not ext.active and ext.name in last
+                    else ""
+                ),  # fmt: skip
                 "hook_ms": {k: round(t.total_s * 1000 / max(t.calls, 1), 2) for k, t in ext.timings.items()},
             }
             for ext in self.list()
@@ -236,7 +311,12 @@ class ExtensionHost(ChatHooks):
 
     def disable(self, name: str) -> Extension:
         ext = self.get(name)
-        self.state.update(lambda s: s["enabled"].__setitem__(name, False))
+
+        def off(state: dict) -> None:
+            state["enabled"][name] = False
+            state["errors"].pop(name, None)
+
+        self.state.update(off)
         ext.enabled = False
         ext.error = ""
         self._deactivate(ext, call_shutdown=True)
@@ -268,30 +348,37 @@ class ExtensionHost(ChatHooks):
             self._deactivate(ext, call_shutdown=True)
 
     # -- activation ----------------------------------------------------------------------
-    def _activate(self, ext: Extension) -> None:
+    def _activate(self, ext: Extension, checked: bool = False, startup: bool = True) -> bool:
+        """Import, register and set up ``ext``; whether it is active. ``startup``: run its startup hook now."""
         problems = requirement_problems(ext.manifest)
         if problems:
             self._fail(ext, "; ".join(problems))
-            return
+            return False
+        if not checked and (error := self._check_import(ext)):
+            self._fail(ext, error)
+            return False
         try:
             plugin = self._timed(ext, "import", lambda: self._load(ext))
             self.pm.register(plugin, name=ext.name)
         except _HookFailed:
-            return
+            return False
         except Exception as exc:  # pluggy refused a hook's signature
             self._fail(ext, f"{type(exc).__name__}: {exc}")
-            return
+            return False
         unknown = [name for name in self._hook_names(ext) if name not in _HOOK_NAMES]
         if unknown:
             self._fail(ext, f"unknown hook(s): {', '.join(unknown)}")
-            return
+            return False
         ext.plugin, ext.active = plugin, True
         try:
             self._load_settings(ext)
-            self._call_plain(ext, "startup", {})
+            if startup:
+                self._call_plain(ext, "startup", {})
         except _HookFailed:
-            return
+            return False
+        self._forget_error(ext)
         log.info("extension %s %s enabled", ext.name, ext.manifest.version)
+        return True
 
     def _load(self, ext: Extension) -> Any:
         if ext.entry_point is not None:
@@ -341,10 +428,16 @@ class ExtensionHost(ChatHooks):
         ext.plugin = None
 
     def _fail(self, ext: Extension, message: str) -> None:
-        """Disable ``ext`` for this run and keep the reason where the tab and the CLI show it."""
+        """Disable ``ext`` for this run and keep the reason where the tab and the CLI show it (also in the
+        state file, for ``extensions list``, which starts nothing)."""
         ext.error = message
         log.error("extension %s disabled: %s", ext.name, message)
         self._deactivate(ext, call_shutdown=False)
+        self.state.update(lambda s: s["errors"].__setitem__(ext.name, message))
+
+    def _forget_error(self, ext: Extension) -> None:
+        if ext.name in self.state.read()["errors"]:
+            self.state.update(lambda s: s["errors"].pop(ext.name, None))
 
     # -- calling hooks -----------------------------------------------------------------
     def _hook_names(self, ext: Extension) -> list[str]:
@@ -601,9 +694,19 @@ def _is_messages(value: Any) -> bool:
     )
 
 
+def _idle_status(ext: Extension, last_errors: dict) -> str:
+    if not ext.enabled:
+        return "disabled"
+    return "error" if ext.name in last_errors else "enabled"
+
+
+def _module_name(name: str) -> str:
+    return f"inglenook_extension_{name.replace('-', '_')}"
+
+
 def _import_file(name: str, path: Path, folder: Path) -> ModuleType:
     """Import an extension's module afresh as a package rooted at its folder (relative imports work)."""
-    module_name = f"inglenook_extension_{name.replace('-', '_')}"
+    module_name = _module_name(name)
     spec = importlib.util.spec_from_file_location(module_name, path, submodule_search_locations=[str(folder)])
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")

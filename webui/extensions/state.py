@@ -1,4 +1,5 @@
-"""``user_data/extensions.json``: the extensions' enabled state, settings, install records and last errors."""
+"""``user_data/extensions.json``: the extensions' enabled state, settings, install records and the error each
+failed with at its last start (so ``inglenook extensions list``, which starts nothing, still shows it)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class StateFile:
         self.problem = ""
 
     def read(self) -> dict[str, dict]:
-        empty: dict[str, dict] = {"enabled": {}, "settings": {}, "installed": {}}
+        empty: dict[str, dict] = {"enabled": {}, "settings": {}, "installed": {}, "errors": {}}
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
