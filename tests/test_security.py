@@ -325,6 +325,16 @@ def test_grammar_bounds_count_groups_outside_literals_classes_and_comments():
         SamplingParams(grammar=deep_grammar(20_000)).validate()
 
 
+def test_run_refuses_a_deep_grammar_file_with_one_line(tmp_path):
+    """The CLI path: `run MODEL --grammar FILE` (the fake loader: the refusal comes before any loader)."""
+    model = tmp_path / "m.fake"
+    model.write_text(json.dumps({"reply": "a"}))
+    grammar = tmp_path / "deep.gbnf"
+    grammar.write_text(deep_grammar(20_000))
+    done = cli("run", str(model), "Hi", "--grammar", str(grammar), "--models-dir", str(tmp_path), timeout=120)
+    assert done.returncode == 1 and "grammar is refused" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def chat_data(config: dict, dep: dict, values: dict[str, object]) -> list:
     """The data array the page would send for ``dep``: every input's current value, some replaced by elem_id."""
     components = {c["id"]: c for c in config["components"]}
