@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -28,10 +29,11 @@ from backends.base import ModelLoadError, SamplingParams
 from backends.gbnf import MAX_GRAMMAR_CHARS, MAX_GRAMMAR_DEPTH, MAX_GRAMMAR_RULES, grammar_problem
 from backends.gguf_file import read_header
 from webui.access import FailureThrottle, is_ui_admin, origin_allowed
-from webui.api.auth import PUBLIC_PATHS
+from webui.api.auth import PUBLIC_PATHS, check_exposure
 from webui.api.grammar import grammar_for
 from webui.chat.history import HistoryStore, to_json
 from webui.chat.notebook import NotebookStore
+from webui.cli.options import add_serve_options, serve_settings
 from webui.extensions.host import ExtensionHost
 from webui.extensions.install import InstallError, install
 from webui.paths import UnsafeName, safe_name
@@ -628,3 +630,16 @@ def test_an_extension_that_loops_at_import_is_abandoned_for_real_and_its_error_s
     rows = {r["name"]: r for r in json.loads(listed.stdout)["extensions"]}
     assert rows["spin"]["status"] == "error" and "import did not finish" in rows["spin"]["error"]
     assert rows["fine"]["status"] == "enabled" and not rows["fine"]["error"]
+
+
+def test_admin_logins_from_the_command_line(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    add_serve_options(parser)
+    admins = tmp_path / "admins"
+    admins.write_text("root:pw\n# a comment\nops:pw2\n")
+    fields = serve_settings(parser.parse_args(["--auth", "alice:x", "--admin-auth-file", str(admins)]))
+    assert fields["ui_auth"] == [("alice", "x")] and fields["admin_auth"] == [("root", "pw"), ("ops", "pw2")]
+    with pytest.raises(ValueError, match="both as a login"):
+        serve_settings(parser.parse_args(["--auth", "root:x", "--admin-auth", "root:y"]))
+    check_exposure(Settings(host="0.0.0.0", api_key="k", admin_auth=[("root", "pw")]))  # an admin login is a login
