@@ -24,7 +24,7 @@ from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
 from webui.cli.bench_api import add_options as add_bench_api_options
 from webui.cli.options import add_serve_options, settings_from
-from webui.paths import UnsafeName, exists_quietly
+from webui.paths import UnsafeName
 from webui.presets import PresetStore
 from webui.templates.prefs import TemplatePrefs
 from webui.templates.render import build_chat_prompt
@@ -271,7 +271,10 @@ def _run_params(args: argparse.Namespace) -> SamplingParams:
         params = preset.params
     if args.grammar:
         grammar = Path(args.grammar)
-        is_file = exists_quietly(grammar) and grammar.is_file()
+        try:
+            is_file = grammar.is_file()
+        except (OSError, ValueError):  # a name too long (or odd) to be a path: a grammar name, then
+            is_file = False
         params = replace(params, grammar=grammar.read_text() if is_file else store.grammar(args.grammar))
     overrides = {
         "temperature": args.temperature,
