@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
+from backends.gbnf import grammar_problem
+
 
 class ModelLoadError(Exception):
     """A model could not be loaded; the message is meant for the user, on one line."""
@@ -140,6 +142,8 @@ class SamplingParams:
             raise ValueError(f"sampling parameter sampler_priority names unknown samplers: {', '.join(unknown)}")
         if self.dynamic_temperature and self.dynatemp_low > self.dynatemp_high:
             raise ValueError("sampling parameter dynatemp_low must not be above dynatemp_high")
+        if self.grammar and (problem := grammar_problem(self.grammar)):  # before llama.cpp's parser sees it
+            raise ValueError(f"sampling parameter grammar is refused: {problem}")
 
     def changed(self) -> set[str]:
         """Names of the fields whose value differs from the neutral default."""

@@ -22,6 +22,27 @@ MAX_KV = 100_000
 MAX_STRING = 64 * 1024 * 1024  # a chat template is a few KB; 64 MB is generous
 MAX_DIMS = 8
 KEEP_ARRAY_ITEMS = 64  # arrays longer than this are skipped, not returned
+KEEP_NUMBER_ITEMS = 1024  # ... except arrays of numbers up to this long (per-layer hyper-parameters)
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: it aborts (GGML_ASSERT) on a block_count outside 1..512
+MAX_EXPERTS = 512  # LLAMA_MAX_EXPERTS
+MAX_CONTEXT = 2**31 - 1  # read as uint32, used as int32
+MAX_WIDTH = 2**24  # embedding/feed-forward widths and head sizes: far above any real model
+MAX_HEADS = 2**16
+MAX_ALIGNMENT = 2**20
+# hyper-parameters llama.cpp reads and asserts on: key (after "{arch}.") -> (lowest, highest, per-layer array allowed)
+HPARAMS: dict[str, tuple[int, int, bool]] = {
+    "block_count": (1, MAX_LAYERS, False),
+    "context_length": (1, MAX_CONTEXT, False),
+    "embedding_length": (1, MAX_WIDTH, False),
+    "feed_forward_length": (0, MAX_WIDTH, True),
+    "attention.head_count": (0, MAX_HEADS, True),
+    "attention.head_count_kv": (0, MAX_HEADS, True),
+    "attention.key_length": (0, MAX_WIDTH, False),
+    "attention.value_length": (0, MAX_WIDTH, False),
+    "rope.dimension_count": (0, MAX_WIDTH, False),
+    "expert_count": (0, MAX_EXPERTS, False),
+    "expert_used_count": (0, MAX_EXPERTS, False),
+}
 
 # value type id -> struct format (fixed-size scalars)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -175,7 +196,7 @@ class _Reader:
                 raise self.fail(f"unknown array item type {itype}")
             if count * item_size > self.size - self.f.tell():
                 raise self.fail(f"an array claims {count} items, more than the file holds (truncated or corrupt)")
-            if count <= KEEP_ARRAY_ITEMS:
+            if count <= KEEP_ARRAY_ITEMS or (itype in _SCALARS and count <= KEEP_NUMBER_ITEMS):
                 return [self.value(itype) for _ in range(count)]
             if itype == _STRING:
                 for _ in range(count):
@@ -184,6 +205,39 @@ class _Reader:
                 self.f.seek(count * item_size, 1)
             return f"<array of {count}>"
         raise self.fail(f"unknown value type {vtype}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_hparams(header: GGUFHeader, fail) -> None:
+    """Refuse (``fail(why)`` gives the error to raise) hyper-parameters llama.cpp would abort on, or that our
+    own arithmetic cannot use: wrong types (a float ``inf``, an array, a string), out-of-range values, a
+    per-layer array whose length is not the layer count, more experts used than exist, a bad alignment."""
+    alignment = header.metadata.get("general.alignment", 32)
+    if not _is_int(alignment) or not 1 <= alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+        raise fail(f"general.alignment must be a power of two up to {MAX_ALIGNMENT}, not {alignment!r:.40}")
+    arch = header.architecture
+    if not arch:
+        return
+    layers = header.metadata.get(f"{arch}.block_count")
+    for key, (low, high, per_layer) in HPARAMS.items():
+        name = f"{arch}.{key}"
+        if name not in header.metadata:
+            continue
+        value = header.metadata[name]
+        values = value if per_layer and isinstance(value, list) else [value]
+        if per_layer and isinstance(value, list) and _is_int(layers) and len(value) != layers:
+            raise fail(f"{name} has {len(value)} per-layer values for {layers} layers")
+        for v in values:
+            if not _is_int(v):
+                raise fail(f"{name} must be a whole number{' (or one per layer)' if per_layer else ''}, not {v!r:.40}")
+            if not low <= v <= high:
+                raise fail(f"{name} = {v} is out of range ({low}..{high})")
+    experts, used = header.metadata.get(f"{arch}.expert_count", 0), header.metadata.get(f"{arch}.expert_used_count", 0)
+    if used > experts:
+        raise fail(f"{arch}.expert_used_count = {used} is more than {arch}.expert_count = {experts}")
 
 
 def read_header(path: Path) -> GGUFHeader:
@@ -212,7 +266,8 @@ def read_header(path: Path) -> GGUFHeader:
             dims = [r.unpack("<Q") for _ in range(n_dims)]
             ttype, offset = r.unpack("<I"), r.unpack("<Q")
             tensors.append((dims, ttype, offset))
-        alignment = int(header.metadata.get("general.alignment", 32) or 32)
+        check_hparams(header, r.fail)
+        alignment = header.metadata.get("general.alignment", 32)
         data_start = -(-f.tell() // alignment) * alignment
     for dims, ttype, offset in tensors:
         if ttype not in _GGML_SIZES:

@@ -10,8 +10,9 @@ import sys
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from starlette.routing import Mount
 
-from webui.api.auth import check_exposure, exposure_warning, protect
+from webui.api.auth import UiUser, check_exposure, exposure_warning, protect
 from webui.api.routes import install_api
 from webui.app import App
 from webui.ui.app import CSS, build_ui
@@ -45,11 +46,22 @@ def build_server(app: App) -> FastAPI:
         api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port,
         css=CSS + app.extensions.custom_css(), head=app.extensions.head_html(),
         footer_links=[], ssr_mode=False, allowed_paths=[str(app.characters.thumbs)],
-        auth=app.settings.ui_auth or None,
+        auth=[*app.settings.ui_auth, *app.settings.admin_auth] or None,
     )  # fmt: skip
     _quiet_queue(blocks, app)
-    protect(server, app.settings)
+    protect(server, app.settings, ui_user=_gradio_user(server))
     return server
+
+
+def _gradio_user(server: FastAPI) -> UiUser:
+    """Who is logged in to the UI, from a request's cookies: Gradio keeps its login tokens on its mounted app."""
+    gradio_app = next(r.app for r in server.routes if isinstance(r, Mount) and r.path == "")
+    names = (f"access-token-{gradio_app.cookie_id}", f"access-token-unsecure-{gradio_app.cookie_id}")
+
+    def user(cookies: dict[str, str]) -> str | None:
+        return next((gradio_app.tokens[c] for n in names if (c := cookies.get(n)) in gradio_app.tokens), None)
+
+    return user
 
 
 def _quiet_queue(blocks: gr.Blocks, app: App) -> None:

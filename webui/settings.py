@@ -28,8 +28,9 @@ class Settings:
     api_key: str | None = None  # Bearer key for /v1/*; None = open (loopback only, unless --insecure-no-auth)
     admin_key: str | None = None  # when set, loading/unloading models through the API needs this key
     ui_auth: list[tuple[str, str]] = field(default_factory=list)  # Gradio login (user, password) pairs
+    admin_auth: list[tuple[str, str]] = field(default_factory=list)  # UI logins with admin rights (webui/access.py)
     insecure_no_auth: bool = False  # allow a non-loopback bind without an API key and a login
-    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call /v1/*; none by default
+    cors_origins: list[str] = field(default_factory=list)  # other browser origins allowed to call us; none by default
     allowed_hosts: list[str] = field(default_factory=list)  # extra Host header names accepted (DNS rebinding)
     api_port: int | None = None  # also serve the API alone on this port
     max_loaded_models: int = 1  # models kept in memory at once (API model switching)

@@ -1,5 +1,5 @@
-"""Who may talk to the server: API keys, the UI login, CORS, the Host check, body size, and the
-refusal to listen beyond this machine unprotected.
+"""Who may talk to the server: API keys, the UI login, CORS and foreign origins, the Host check, body size,
+the slow-down after failed keys and logins, and the refusal to listen beyond this machine unprotected.
 
 The serve command's flags for all of this live here too (``add_serve_options`` / ``serve_settings``),
 so cli.py only wires them in.
@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import math
+from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from webui.access import FailureThrottle, logins_configured, origin_allowed
 from webui.settings import Settings
 
+log = logging.getLogger(__name__)
+
 API_PREFIX = "/v1"
+EXTENSIONS_PREFIX = "/extensions"  # extensions' own routes: the API key or a UI login, like the rest
+PUBLIC_PATHS = {"/healthz"}  # the only route of ours that answers without credentials
+LOGIN_PATHS = {"/login", "/login/"}  # Gradio's login form posts here
+SAFE_METHODS = {"GET", "HEAD"}
+CORS_HEADERS = {b"access-control-allow-origin", b"access-control-allow-credentials", b"access-control-allow-methods",
+                b"access-control-allow-headers", b"access-control-expose-headers"}  # fmt: skip
+UiUser = Callable[[dict[str, str]], "str | None"]  # the logged-in UI user of a request's cookies, if any
 WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}
 LOOPBACK_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -25,7 +39,7 @@ LOOPBACK_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 def _missing_protection(settings: Settings) -> list[str]:
     return [what for what, ok in (("an API key (--api-key)", settings.api_key), ("a UI login (--auth)",
-            settings.ui_auth)) if not ok]  # fmt: skip
+            logins_configured(settings))) if not ok]  # fmt: skip
 
 
 def exposure_warning(settings: Settings) -> str | None:
@@ -54,7 +68,8 @@ def check_exposure(settings: Settings) -> None:
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
     """OpenAI's error JSON."""
-    kind = {401: "authentication_error", 403: "permission_error", 503: "service_unavailable"}.get(status)
+    kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error",
+            503: "service_unavailable"}.get(status)  # fmt: skip
     kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -85,13 +100,31 @@ def _host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-class Guard:
-    """ASGI middleware: the Host check for everything; the API key and the body limit for /v1."""
+def _cookies(headers: dict[str, str]) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(headers.get("cookie", ""))
+    except CookieError:
+        return {}
+    return {k: m.value for k, m in jar.items()}
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+class Guard:
+    """ASGI middleware, for every path: the Host check; foreign browser origins (not ours, not --cors-origin)
+    may only read (GET/HEAD, with any CORS grant stripped), never preflight, post or open a websocket; the API
+    key (or, for extension routes, a UI login) with a per-client slow-down after failures; the body limit."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, ui_user: UiUser | None = None) -> None:
         self.app = app
         self.settings = settings
         self.hosts = allowed_host_names(settings)
+        self.ui_user = ui_user
+        self.throttle = FailureThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -103,16 +136,26 @@ class Guard:
             await _reply(scope, send, 403, f"Host {host!r} is not one this server answers to (DNS rebinding "
                          "protection); add it with --allowed-host", "host_not_allowed")  # fmt: skip
             return
+        method = scope.get("method", "GET")
+        origin = headers.get("origin")
+        if origin is not None and not origin_allowed(origin, headers.get("host", ""), self.settings):
+            if scope["type"] == "websocket" or method not in SAFE_METHODS:
+                log.warning("refused a %s %s from the foreign origin %r", method, scope.get("path"), origin)
+                await _reply(scope, send, 403, f"requests from the origin {origin!r} are refused (allow it with "
+                             "--cors-origin)", "origin_not_allowed")  # fmt: skip
+                return
+            send = _without_cors(send)
         path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+        if path in LOGIN_PATHS and method == "POST" and scope["type"] == "http":
+            await self._login(scope, receive, send)
+            return
+        api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
+        extension = path == EXTENSIONS_PREFIX or path.startswith(EXTENSIONS_PREFIX + "/")
+        if scope["type"] != "http" or not (api or extension):
             await self.app(scope, receive, send)
             return
-        if self.settings.api_key and scope.get("method") != "OPTIONS":
-            given = bearer(headers)
-            if not (key_matches(given, self.settings.api_key) or key_matches(given, self.settings.admin_key)):
-                message = "missing API key: send 'Authorization: Bearer KEY'" if not given else "invalid API key"
-                await _reply(scope, send, 401, message, "invalid_api_key")
-                return
+        if method != "OPTIONS" and not await self._allowed(scope, send, headers, api):
+            return
         limit = self.settings.api_max_body_bytes
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
@@ -120,6 +163,65 @@ class Guard:
                          "request_too_large")  # fmt: skip
             return
         await self.app(scope, _limited(receive, limit), send)
+
+    async def _allowed(self, scope: Scope, send: Send, headers: dict[str, str], api: bool) -> bool:
+        """The API key for /v1 (when set); the key or a UI login for extension routes (when either is set).
+        Replies and returns False when refused."""
+        key, logins = self.settings.api_key, logins_configured(self.settings)
+        if not key and (api or not logins):
+            return True
+        client = _client(scope)
+        if wait := self.throttle.wait_s(client):
+            await _too_many(scope, send, wait)
+            return False
+        given = bearer(headers)
+        if given and (key_matches(given, key) or key_matches(given, self.settings.admin_key)):
+            self.throttle.succeeded(client)
+            return True
+        if not api and self.ui_user is not None and self.ui_user(_cookies(headers)):
+            return True
+        self.throttle.failed(client, "API key" if given else "unauthenticated request")
+        if api or key:
+            message = "missing API key: send 'Authorization: Bearer KEY'" if not given else "invalid API key"
+        else:
+            message = "log in to the UI first (this route needs the UI login)"
+        await _reply(scope, send, 401, message, "invalid_api_key")
+        return False
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's login form, throttled per client: a 400 answer is a wrong login."""
+        client = _client(scope)
+        if wait := self.throttle.wait_s(client):
+            await _too_many(scope, send, wait)
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if message["status"] == 400:
+                    self.throttle.failed(client, "UI login")
+                elif message["status"] < 300:
+                    self.throttle.succeeded(client)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
+def _without_cors(send: Send) -> Send:
+    """Drop any Access-Control-* grant from a response to a foreign origin (Gradio reflects origins)."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [(k, v) for k, v in message.get("headers", [])
+                                              if k.lower() not in CORS_HEADERS]}  # fmt: skip
+        await send(message)
+
+    return wrapped
+
+
+async def _too_many(scope: Scope, send: Send, wait: float) -> None:
+    seconds = math.ceil(wait)
+    await _reply(scope, send, 429, f"too many failed attempts from your address: try again in {seconds} s",
+                 "too_many_failures", ((b"retry-after", str(seconds).encode()),))  # fmt: skip
 
 
 class BodyTooLarge(Exception):
@@ -141,21 +243,24 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-async def _reply(scope: Scope, send: Send, status: int, message: str, code: str) -> None:
+async def _reply(
+    scope: Scope, send: Send, status: int, message: str, code: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
     body = json.dumps(error_body(status, message, code)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def protect(server, settings: Settings) -> None:
-    """Add the guard and (only when origins are given) CORS to ``server``; CORS outermost so errors carry it."""
-    server.add_middleware(Guard, settings=settings)
+def protect(server, settings: Settings, ui_user: UiUser | None = None) -> None:
+    """Add the guard and (only when origins are given) CORS to ``server``; CORS outermost so errors carry it.
+    With CORS configured here, Gradio's own CORS layer stands aside (it checks its parent's middleware)."""
+    server.add_middleware(Guard, settings=settings, ui_user=ui_user)
     if settings.cors_origins:
         server.add_middleware(
             CORSMiddleware,

@@ -428,6 +428,8 @@ def install_api(server: FastAPI, app: App) -> None:
     @server.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict:
         path = resolve(model_id)
+        if path is None:  # a blank id
+            raise ApiError(404, "give a model id: /v1/models/{id}", "model_not_found", "model")
         return model_card(_model_id(model_id) if _model_id(model_id) in catalog() else model_id, path)
 
     # -- generation --
@@ -489,6 +491,8 @@ def install_api(server: FastAPI, app: App) -> None:
     async def model_load(body: _Load, request: Request) -> dict:
         require_admin(request)
         path = resolve(body.model_name)
+        if path is None:  # a blank name
+            raise ApiError(400, "model_name is empty", "invalid_model_name", "model_name")
         info = await _load(path, body.loader, body.settings)
         return {"status": "ok", "model_name": info.name, "loader": info.loader, "context_length": info.context_length}
 

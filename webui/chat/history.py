@@ -174,15 +174,23 @@ class HistoryStore:
         """Every readable conversation of ``owner``, newest first. Never raises for a bad file:
         a damaged one is moved aside and reported in ``problems``; temp files of saves are skipped
         (and removed once they are old enough to be crash leftovers)."""
-        folder = self.folder(owner)
         summaries: list[Summary] = []
         problems: list[Problem] = []
+        safe_name(owner, "owner")  # a bad name is the caller's mistake: UnsafeName
+        try:
+            folder = self.folder(owner)
+        except UnsafeName as exc:  # chats/<owner> is a link out of chats/: skipped, never fatal
+            log.warning("chats of %r skipped: %s", owner, exc)
+            return Listing(summaries, [Problem(self.root / owner, str(exc))])
         if not folder.is_dir():
             return Listing(summaries, problems)
         for path in sorted(folder.iterdir()):
             if path.name.startswith("."):
                 if path.name.endswith(".tmp"):
                     self._remove_stale_temp(path)
+                continue
+            if path.is_symlink():  # a link could show (and later overwrite) a file from elsewhere
+                problems.append(Problem(path, "a symbolic link, not a conversation file: skipped"))
                 continue
             if path.suffix != ".json" or not path.is_file():
                 continue
@@ -208,6 +216,9 @@ class HistoryStore:
             return []
         found = []
         for p in sorted(self.root.iterdir()):
+            if p.is_symlink():
+                log.warning("chats folder %s is a symbolic link: skipped", p)
+                continue
             try:
                 if p.is_dir() and safe_name(p.name):
                     found.append(p.name)

@@ -6,6 +6,7 @@ again when it ends (stopped or not), so a refresh or a restart shows what was th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,9 @@ from backends.base import CancelToken, GenerationError, SamplingParams
 from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, stream_completion
 from webui.engine import Engine
 from webui.files import write_atomic
+from webui.paths import is_link_out
+
+log = logging.getLogger(__name__)
 
 
 class NotebookStore:
@@ -23,6 +27,10 @@ class NotebookStore:
         self.path = Path(user_data) / "notebook" / "notebook.txt"
 
     def load(self) -> str:
+        """The saved text; "" (with one warning) when notebook.txt is a link, which could show any file."""
+        if self.path.is_symlink() or (self.path.exists() and is_link_out(self.path, self.path.parent.parent)):
+            log.warning("%s is a symbolic link or leads outside user data: not shown (saving replaces it)", self.path)
+            return ""
         try:
             return self.path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -98,6 +98,28 @@ def _shaped(messages: list[dict], info, choice: str | None, prefix: str, imperso
     return prompt
 
 
+MAX_CHARS_PER_TOKEN = 128  # no tokenizer's token is longer: text beyond n_ctx × this cannot fit, uncounted
+
+
+def _chars(messages: list[dict], start: int) -> int:
+    return sum(len(str(m.get("content") or "")) for i, m in enumerate(messages)
+               if m.get("role") == "system" or i >= start)  # fmt: skip
+
+
+def _first_that_can_fit(messages: list[dict], starts: list[int], n_ctx: int) -> int:
+    """The first turn start whose text could fit ``n_ctx`` tokens, judged by length alone (no tokenizer, no
+    engine lock): a request of megabytes is refused, or cut to its newest turns, before it is tokenized.
+    Raises ValueError when even the newest message (with the system prompt) is too long."""
+    limit = n_ctx * MAX_CHARS_PER_TOKEN
+    for start in starts:
+        if _chars(messages, start) <= limit:
+            return start
+    raise ValueError(
+        f"the prompt is {_chars(messages, starts[-1]):,} characters even with only the newest message: more than a "
+        f"context of {n_ctx:,} tokens can hold; shorten the message or load the model with a larger context length"
+    )
+
+
 def plan_prompt(
     engine: Engine,
     messages: list[dict],
@@ -132,17 +154,20 @@ def plan_prompt(
             character=character,
         )  # fmt: skip
         dropped = len(messages) - len(kept)
-        tokens = engine.count_tokens(prompt.text)
+        too_long = n_ctx > 0 and len(prompt.text) > n_ctx * MAX_CHARS_PER_TOKEN  # cannot fit: not tokenized
+        tokens = len(prompt.text) // MAX_CHARS_PER_TOKEN + 1 if too_long else engine.count_tokens(prompt.text)
         return PromptPlan(prompt.text, prompt.stop, prompt.template, prompt.chosen_by, tokens, n_ctx, dropped)
 
-    plan = attempt(0)
-    if plan.tokens <= budget or n_ctx <= 0:
-        return plan
     # Turns start at a user message; the newest message always stays. Fewer messages, fewer tokens: bisect.
     body = [i for i, m in enumerate(messages) if m.get("role") != "system"]
     starts = [i for i in body[1:] if messages[i].get("role") == "user"]
     if body and (not starts or starts[-1] != body[-1]):
         starts.append(body[-1])
+    first = _first_that_can_fit(messages, [0, *starts], n_ctx) if n_ctx > 0 else 0
+    starts = [i for i in starts if i >= first]
+    plan = attempt(first)
+    if plan.tokens <= budget or n_ctx <= 0:
+        return plan
     lo, hi, best = 0, len(starts) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2

@@ -220,7 +220,11 @@ def _run_params(args: argparse.Namespace) -> SamplingParams:
         params = preset.params
     if args.grammar:
         grammar = Path(args.grammar)
-        params = replace(params, grammar=grammar.read_text() if grammar.is_file() else store.grammar(args.grammar))
+        try:
+            is_file = grammar.is_file()
+        except (OSError, ValueError):  # a name too long (or odd) to be a path: a grammar name, then
+            is_file = False
+        params = replace(params, grammar=grammar.read_text() if is_file else store.grammar(args.grammar))
     overrides = {
         "temperature": args.temperature,
         "top_p": args.top_p,

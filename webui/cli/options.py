@@ -75,8 +75,10 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--admin-key", default=None, help="key required to load/unload models through the API")
     g.add_argument("--auth", default=None, help="UI login as user:password")
     g.add_argument("--auth-file", type=Path, default=None, help="file of user:password lines for the UI login")
+    g.add_argument("--admin-auth", default=None, help="UI login with admin rights (install extensions, load by path)")
+    g.add_argument("--admin-auth-file", type=Path, default=None, help="file of user:password lines for admin logins")
     g.add_argument("--insecure-no-auth", action="store_true", help="allow --listen without an API key and a UI login")
-    g.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed to call /v1 (repeat)")
+    g.add_argument("--cors-origin", action="append", default=[], help="other browser origin allowed (repeat)")
     g.add_argument("--allowed-host", action="append", default=[], help="extra Host header name to accept (repeat)")
     g.add_argument("--api-port", type=int, default=None, help="also serve the API alone on this port")
     g.add_argument("--max-loaded-models", type=int, default=1, help="models kept in memory at once (default: 1)")
@@ -90,12 +92,18 @@ def serve_settings(args: argparse.Namespace) -> dict:
     logins = _parse_logins(args.auth, "--auth") if args.auth else []
     if args.auth_file:
         logins += _parse_logins(_read_secret(args.auth_file, "--auth-file"), "--auth-file")
+    admins = _parse_logins(args.admin_auth, "--admin-auth") if getattr(args, "admin_auth", None) else []
+    if getattr(args, "admin_auth_file", None):
+        admins += _parse_logins(_read_secret(args.admin_auth_file, "--admin-auth-file"), "--admin-auth-file")
+    if both := sorted({u for u, _ in logins} & {u for u, _ in admins}):
+        raise ValueError(f"{', '.join(both)} given both as a login (--auth) and an admin login (--admin-auth)")
     if args.max_loaded_models < 1:
         raise ValueError("--max-loaded-models must be at least 1")
     fields = {
         "api_key": api_key,
         "admin_key": args.admin_key or None,
         "ui_auth": logins,
+        "admin_auth": admins,
         "insecure_no_auth": args.insecure_no_auth,
         "cors_origins": list(args.cors_origin),
         "allowed_hosts": list(args.allowed_host),

@@ -8,214 +8,76 @@ Nothing runs until the user enables it (``inglenook extensions install`` enables
 An extension that fails to import, raises in a hook, returns the wrong type or does not return
 within ``timeout_s`` is disabled for this run with its error recorded (shown in the Extensions tab
 and logged); the value it was given passes on unchanged, so the chat never sees its traceback.
+
+An installed extension is first imported in a process of its own (:data:`IMPORT_CHECK`), all of them at
+once: one that hangs or loops at import is ended there and never imported here, where a looping thread
+could not be stopped. Startup hooks run after ``start()`` returns, so a hung one delays nothing.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
+import subprocess
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
 import pluggy
-import yaml
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import Version
 
 from backends.base import SamplingParams, Usage
-from webui import __version__, hookspecs
-from webui.files import write_atomic
+from webui import hookspecs
+from webui.extensions.manifest import (  # ManifestError, parse_manifest, read_manifest: re-exported for callers
+    MANIFEST,
+    TGW_SCRIPT,
+    Manifest,
+    ManifestError,
+    entry_point_manifest,
+    parse_manifest,
+    read_manifest,
+    requirement_problems,
+)
+from webui.extensions.state import StateFile
 from webui.hookspecs import SETTING_TYPES, ChatHooks, Context, ReplyInfo, Setting
-from webui.paths import UnsafeName, safe_name
+
+__all__ = ["ExtensionError", "ExtensionHost", "Manifest", "ManifestError", "parse_manifest", "read_manifest",
+           "requirement_problems"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "extensions"
-MANIFEST = "extension.yaml"
-TGW_SCRIPT = "script.py"
-DEFAULT_PRIORITY = 100
 DEFAULT_TIMEOUT_S = 30.0
-REQUIRED_FIELDS = ("name", "version", "description")
-
-
-class ManifestError(ValueError):
-    """An extension.yaml that cannot be used; the message names the file and the problem."""
+SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # so the checking process imports this webui
+# Run as `python -c IMPORT_CHECK ROOT KIND MODULE_NAME TARGET FOLDER`: imports the extension as the host would.
+IMPORT_CHECK = """
+import importlib, importlib.util, sys
+root, kind, name, target, folder = sys.argv[1:6]
+sys.path.insert(0, root)
+try:
+    if kind == "module":
+        importlib.import_module(target)
+    else:
+        spec = importlib.util.spec_from_file_location(name, target, submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+except BaseException as exc:
+    print(f"{type(exc).__name__}: {exc}", flush=True)
+    sys.exit(3)
+print("ok", flush=True)
+"""
 
 
 class ExtensionError(ValueError):
     """A request about an extension that cannot be done (unknown name, already enabled, …)."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    version: str
-    description: str
-    author: str = ""
-    homepage: str = ""
-    inglenook: str = ""  # a version range such as ">=0.1,<1"; empty = any
-    python: tuple[str, ...] = ()  # pip requirements
-    priority: int = DEFAULT_PRIORITY  # lower runs earlier
-    module: str = "extension.py"
-    kind: str = "inglenook"  # or "tgw": a text-generation-webui script.py
-
-
-def check_name(name: Any) -> str:
-    """An extension name: a plain, portable folder name, lower-case letters, digits, '-' and '_'."""
-    if not isinstance(name, str):
-        raise ManifestError(f"the extension name must be text, not {type(name).__name__}")
-    try:
-        safe_name(name, "extension name")
-    except UnsafeName as exc:
-        raise ManifestError(str(exc)) from None
-    if not (name[0].isalnum() and all(c.isalnum() or c in "-_" for c in name) and name == name.lower()):
-        raise ManifestError(f"extension name {name!r} may hold only lower-case letters, digits, '-' and '_'")
-    return name
-
-
-def parse_manifest(data: Any, where: str) -> Manifest:
-    """Check an extension.yaml's content; ManifestError says what is wrong and where."""
-    if not isinstance(data, dict):
-        raise ManifestError(f"{where}: expected a mapping of fields (name, version, description, …)")
-    missing = [f for f in REQUIRED_FIELDS if not str(data.get(f) or "").strip()]
-    if missing:
-        raise ManifestError(f"{where}: missing required field(s): {', '.join(missing)}")
-    try:
-        name = check_name(data["name"])
-    except ManifestError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-    requires = data.get("requires") or {}
-    if not isinstance(requires, dict):
-        raise ManifestError(f"{where}: 'requires' must be a mapping with 'inglenook' and/or 'python'")
-    inglenook = str(requires.get("inglenook") or "").strip()
-    try:
-        SpecifierSet(inglenook)
-    except InvalidSpecifier:
-        problem = f"requires.inglenook {inglenook!r} is not a version range like '>=0.1,<1'"
-        raise ManifestError(f"{where}: {problem}") from None
-    python = requires.get("python") or []
-    if isinstance(python, str):
-        python = [python]
-    if not isinstance(python, list):
-        raise ManifestError(f"{where}: requires.python must be a list of pip requirements")
-    for req in python:
-        try:
-            Requirement(str(req))
-        except InvalidRequirement as exc:
-            raise ManifestError(f"{where}: requirement {req!r} is not valid: {exc}") from None
-    module = str(data.get("module") or "extension.py")
-    try:
-        safe_name(module, "module")
-    except UnsafeName as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-    if not module.endswith(".py"):
-        raise ManifestError(f"{where}: module {module!r} must be a .py file in the extension's folder")
-    priority = data.get("priority", DEFAULT_PRIORITY)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ManifestError(f"{where}: priority must be a whole number (lower runs earlier)")
-    return Manifest(
-        name=name,
-        version=str(data["version"]),
-        description=str(data["description"]).strip(),
-        author=str(data.get("author") or ""),
-        homepage=str(data.get("homepage") or ""),
-        inglenook=inglenook,
-        python=tuple(str(r) for r in python),
-        priority=priority,
-        module=module,
-        kind="tgw" if module == TGW_SCRIPT and data.get("tgw", True) else "inglenook",
-    )
-
-
-def read_manifest(folder: Path, fallback_name: str | None = None) -> Manifest:
-    """The manifest of an extension folder: its extension.yaml, or one made up for a text-generation-webui
-    folder that has only a ``script.py`` (named ``fallback_name`` or after the folder)."""
-    path = folder / MANIFEST
-    if path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ManifestError(f"{path}: cannot be read: {exc}") from None
-        manifest = parse_manifest(data, str(path))
-        if not (folder / manifest.module).is_file():
-            raise ManifestError(f"{path}: its module {manifest.module} is missing")
-        return manifest
-    if (folder / TGW_SCRIPT).is_file():
-        name = (fallback_name or folder.name).lower().replace(" ", "_")
-        return parse_manifest(
-            {"name": name, "version": "0", "description": "a text-generation-webui extension", "module": TGW_SCRIPT},
-            str(folder / TGW_SCRIPT),
-        )
-    raise ManifestError(f"{folder} has no {MANIFEST} (nor a text-generation-webui {TGW_SCRIPT}): not an extension")
-
-
-def requirement_problems(manifest: Manifest) -> list[str]:
-    """What in the manifest's ``requires`` this installation does not satisfy."""
-    problems = []
-    if manifest.inglenook and Version(__version__) not in SpecifierSet(manifest.inglenook):
-        problems.append(f"needs Inglenook {manifest.inglenook}, this is {__version__}")
-    for text in manifest.python:
-        req = Requirement(text)
-        if req.marker is not None and not req.marker.evaluate():
-            continue
-        try:
-            have = importlib.metadata.version(req.name)
-        except importlib.metadata.PackageNotFoundError:
-            problems.append(f"needs {text} (not installed)")
-            continue
-        if req.specifier and not req.specifier.contains(have, prereleases=True):
-            problems.append(f"needs {text} ({req.name} {have} is installed)")
-    return problems
-
-
-# --------------------------------------------------------------------------- state on disk
-
-
-class StateFile:
-    """``user_data/extensions.json``: which extensions are enabled, their settings, what was installed.
-
-    Written atomically; a damaged file is moved aside (and reported), never a reason not to start.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self.problem = ""
-
-    def read(self) -> dict[str, dict]:
-        empty: dict[str, dict] = {"enabled": {}, "settings": {}, "installed": {}}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return empty
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            self.problem = f"{self.path} could not be read ({exc}); moved aside to {aside.name}"
-            log.error(self.problem)
-            self.path.replace(aside)
-            return empty
-        if not isinstance(data, dict):
-            return empty
-        return {key: dict(data.get(key) or {}) for key in empty}
-
-    def update(self, change: Callable[[dict[str, dict]], None]) -> dict[str, dict]:
-        """Read, apply ``change`` and write back, as one step against other threads of this process."""
-        with self._lock:
-            data = self.read()
-            change(data)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
-            return data
 
 
 # --------------------------------------------------------------------------- the host
@@ -290,11 +152,54 @@ class ExtensionHost(ChatHooks):
 
     # -- discovery and state -----------------------------------------------------------
     def start(self) -> None:
-        """Find every extension and activate the enabled ones. Never raises because of an extension."""
+        """Find every extension and activate the enabled ones. Never raises because of an extension, and
+        waits for none longer than ``timeout_s``: the import checks run side by side, the startup hooks after
+        this returns (on a thread of their own)."""
         self.discover()
-        for ext in self.list():
-            if ext.enabled:
-                self._activate(ext)
+        enabled = [ext for ext in self.list() if ext.enabled]
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="extension-import-check") as pool:
+            errors = list(pool.map(self._check_import, enabled))
+        started = []
+        for ext, error in zip(enabled, errors, strict=True):
+            if error:
+                self._fail(ext, error)
+            elif self._activate(ext, checked=True, startup=False):
+                started.append(ext)
+        if started:
+            threading.Thread(target=self._startups, args=(started,), name="extension-startups", daemon=True).start()
+
+    def _startups(self, started: list[Extension]) -> None:
+        for ext in started:
+            if ext.active:
+                try:
+                    self._call_plain(ext, "startup", {})
+                except _HookFailed:
+                    continue
+
+    def _check_import(self, ext: Extension) -> str:
+        """Import an installed or pip extension in a process of its own first; the error ("" if none).
+
+        Bundled extensions ship with Inglenook and are imported directly."""
+        if ext.source == "bundled":
+            return ""
+        if ext.entry_point is not None:
+            kind, target, folder = "module", ext.entry_point.module, ""
+        else:
+            kind, target, folder = "file", str(ext.path / ext.manifest.module), str(ext.path)
+        command = [sys.executable, "-c", IMPORT_CHECK, SOURCE_ROOT, kind, _module_name(ext.name), target, folder]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"import did not finish within {self.timeout_s:g} s (tried in a process of its own, now ended)"
+        except OSError as exc:
+            return f"import could not be tried in a process of its own: {exc}"
+        said = (done.stdout.strip().splitlines() or [""])[-1]
+        if done.returncode == 0 and said == "ok":
+            return ""
+        if done.returncode == 3:
+            return f"import raised {said}"
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"import ended its process (exit {done.returncode}): {why}"
 
     def discover(self) -> None:
         state = self.state.read()
@@ -320,7 +225,7 @@ class ExtensionHost(ChatHooks):
         if self.use_entry_points:
             for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
                 try:
-                    manifest = _entry_point_manifest(ep)
+                    manifest = entry_point_manifest(ep)
                 except ManifestError as exc:
                     problems.append(str(exc))
                     continue
@@ -328,8 +233,8 @@ class ExtensionHost(ChatHooks):
         with self._lock:
             for name, ext in found.items():
                 old = self._extensions.get(name)
-                if old is not None and old.active:
-                    found[name] = old  # keep the running one
+                if old is not None and (old.active or old.error):
+                    found[name] = old  # keep the running one, and a failed one with its error
                 ext.enabled = bool(state["enabled"].get(name, False))
             self._extensions = found
             self.problems = problems
@@ -367,15 +272,22 @@ class ExtensionHost(ChatHooks):
         return f"{record['source']}: {record['origin']}{commit}"
 
     def rows(self) -> list[dict]:
-        """One dict per extension (name, version, status, source, description, error, hooks' time), in hook order."""
+        """One dict per extension (name, version, status, source, description, error, hooks' time), in hook order.
+        An enabled extension that is not running shows the error it failed with at the last start."""
+        last = self.state.read()["errors"]
         return [
             {
                 "name": ext.name,
                 "version": ext.manifest.version,
-                "status": ext.status if ext.active or ext.error else ("enabled" if ext.enabled else "disabled"),
+                "status": ext.status if ext.active or ext.error else _idle_status(ext, last),
                 "source": self.source_of(ext),
                 "description": ext.manifest.description,
-                "error": ext.error,
+                "error": ext.error
+                or (
+                    f"at the last start: {last[ext.name]}"
+                    if ext.enabled and not ext.active and ext.name in last
+                    else ""
+                ),  # fmt: skip
                 "hook_ms": {k: round(t.total_s * 1000 / max(t.calls, 1), 2) for k, t in ext.timings.items()},
             }
             for ext in self.list()
@@ -396,7 +308,12 @@ class ExtensionHost(ChatHooks):
 
     def disable(self, name: str) -> Extension:
         ext = self.get(name)
-        self.state.update(lambda s: s["enabled"].__setitem__(name, False))
+
+        def off(state: dict) -> None:
+            state["enabled"][name] = False
+            state["errors"].pop(name, None)
+
+        self.state.update(off)
         ext.enabled = False
         ext.error = ""
         self._deactivate(ext, call_shutdown=True)
@@ -428,30 +345,37 @@ class ExtensionHost(ChatHooks):
             self._deactivate(ext, call_shutdown=True)
 
     # -- activation ----------------------------------------------------------------------
-    def _activate(self, ext: Extension) -> None:
+    def _activate(self, ext: Extension, checked: bool = False, startup: bool = True) -> bool:
+        """Import, register and set up ``ext``; whether it is active. ``startup``: run its startup hook now."""
         problems = requirement_problems(ext.manifest)
         if problems:
             self._fail(ext, "; ".join(problems))
-            return
+            return False
+        if not checked and (error := self._check_import(ext)):
+            self._fail(ext, error)
+            return False
         try:
             plugin = self._timed(ext, "import", lambda: self._load(ext))
             self.pm.register(plugin, name=ext.name)
         except _HookFailed:
-            return
+            return False
         except Exception as exc:  # pluggy refused a hook's signature
             self._fail(ext, f"{type(exc).__name__}: {exc}")
-            return
+            return False
         unknown = [name for name in self._hook_names(ext) if name not in _HOOK_NAMES]
         if unknown:
             self._fail(ext, f"unknown hook(s): {', '.join(unknown)}")
-            return
+            return False
         ext.plugin, ext.active = plugin, True
         try:
             self._load_settings(ext)
-            self._call_plain(ext, "startup", {})
+            if startup:
+                self._call_plain(ext, "startup", {})
         except _HookFailed:
-            return
+            return False
+        self._forget_error(ext)
         log.info("extension %s %s enabled", ext.name, ext.manifest.version)
+        return True
 
     def _load(self, ext: Extension) -> Any:
         if ext.entry_point is not None:
@@ -501,10 +425,16 @@ class ExtensionHost(ChatHooks):
         ext.plugin = None
 
     def _fail(self, ext: Extension, message: str) -> None:
-        """Disable ``ext`` for this run and keep the reason where the tab and the CLI show it."""
+        """Disable ``ext`` for this run and keep the reason where the tab and the CLI show it (also in the
+        state file, for ``extensions list``, which starts nothing)."""
         ext.error = message
         log.error("extension %s disabled: %s", ext.name, message)
         self._deactivate(ext, call_shutdown=False)
+        self.state.update(lambda s: s["errors"].__setitem__(ext.name, message))
+
+    def _forget_error(self, ext: Extension) -> None:
+        if ext.name in self.state.read()["errors"]:
+            self.state.update(lambda s: s["errors"].pop(ext.name, None))
 
     # -- calling hooks -----------------------------------------------------------------
     def _hook_names(self, ext: Extension) -> list[str]:
@@ -761,9 +691,19 @@ def _is_messages(value: Any) -> bool:
     )
 
 
+def _idle_status(ext: Extension, last_errors: dict) -> str:
+    if not ext.enabled:
+        return "disabled"
+    return "error" if ext.name in last_errors else "enabled"
+
+
+def _module_name(name: str) -> str:
+    return f"inglenook_extension_{name.replace('-', '_')}"
+
+
 def _import_file(name: str, path: Path, folder: Path) -> ModuleType:
     """Import an extension's module afresh as a package rooted at its folder (relative imports work)."""
-    module_name = f"inglenook_extension_{name.replace('-', '_')}"
+    module_name = _module_name(name)
     spec = importlib.util.spec_from_file_location(module_name, path, submodule_search_locations=[str(folder)])
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
@@ -775,21 +715,3 @@ def _import_file(name: str, path: Path, folder: Path) -> ModuleType:
         sys.modules.pop(module_name, None)
         raise
     return module
-
-
-def _entry_point_manifest(ep: importlib.metadata.EntryPoint) -> Manifest:
-    dist = ep.dist
-    meta = dist.metadata if dist is not None else {}
-    homepage = meta.get("Home-page") or ""
-    for url in meta.get_all("Project-URL") or [] if dist is not None else []:
-        homepage = homepage or url.split(",", 1)[-1].strip()
-    return parse_manifest(
-        {
-            "name": ep.name,
-            "version": dist.version if dist is not None else "?",
-            "description": meta.get("Summary") or f"pip package {dist.name if dist else ep.value}",
-            "author": meta.get("Author") or meta.get("Author-email") or "",
-            "homepage": homepage,
-        },
-        f"entry point {ep.name} = {ep.value}",
-    )

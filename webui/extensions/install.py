@@ -4,7 +4,9 @@ A SOURCE is a git URL (cloned; the commit it got is recorded), a local folder (c
 requirement (a name, a version range or a wheel file). Everything is staged in a temporary folder
 beside ``user_data/extensions/`` and moved into place with one rename once it is known to work, so
 a failure leaves nothing behind. Python requirements go into the app's own environment only after
-``pip install --dry-run --report`` shows they change none of Inglenook's own dependencies.
+``pip install --dry-run --report`` shows they change none of Inglenook's own dependencies. Only wheels are
+accepted (``--only-binary :all:``, and a direct reference must name a ``.whl``): building a source
+distribution runs its ``setup.py``, which would run the extension's code before anyone agreed to it.
 """
 
 from __future__ import annotations
@@ -26,14 +28,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from webui import hookspecs
-from webui.extensions.host import (
-    ExtensionError,
-    ExtensionHost,
-    Manifest,
-    ManifestError,
-    read_manifest,
-    requirement_problems,
-)
+from webui.extensions.host import ExtensionError, ExtensionHost
+from webui.extensions.manifest import Manifest, ManifestError, read_manifest, requirement_problems
 from webui.paths import inside
 
 log = logging.getLogger(__name__)
@@ -270,9 +266,32 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+WHEELS_ONLY = ["--only-binary", ":all:"]
+
+
+def needs_building(requirement: str) -> str | None:
+    """Why ``requirement`` would have to be built from source (running its setup.py), or None for an index
+    requirement or a wheel. pip's ``--only-binary`` does not cover direct references (``name @ URL``), so
+    they are checked here; anything that is not a plain requirement or a wheel file is refused as well."""
+    text = requirement.strip()
+    if text.endswith(".whl") and not text.startswith("-") and "@" not in text:
+        return None  # a wheel file given by path (`extensions install x.whl`)
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        return f"{requirement!r} is not a pip requirement ({exc})"
+    if req.url and not req.url.split("#", 1)[0].split("?", 1)[0].endswith(".whl"):
+        return f"{req.name} @ {req.url} is not a wheel: it would need building (running its setup.py)"
+    return None
+
+
 def pip_plan(requirements: list[str], upgrade: bool = False) -> list[tuple[str, str]]:
-    """(name, version) of every package ``pip install`` would install or change, from a dry run."""
-    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-"]
+    """(name, version) of every package ``pip install`` would install or change, from a dry run that only
+    looks at wheels (so no package's code runs); InstallError naming a requirement that would need building."""
+    for requirement in requirements:
+        if why := needs_building(requirement):
+            raise InstallError(f"refused: {why}. Only wheels are installed for extensions. Nothing was installed.")
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", *WHEELS_ONLY]
     command += ["--disable-pip-version-check", *(["--upgrade"] if upgrade else []), *requirements]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
@@ -281,7 +300,10 @@ def pip_plan(requirements: list[str], upgrade: bool = False) -> list[tuple[str, 
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         why = next((line for line in lines if line.startswith("ERROR")), lines[-1] if lines else "no output")
-        raise InstallError(f"pip cannot install {' '.join(requirements)}: {why.removeprefix('ERROR: ')}")
+        raise InstallError(
+            f"pip cannot install {' '.join(requirements)} from wheels: {why.removeprefix('ERROR: ')} "
+            "(a requirement with no wheel for this machine would need building, which is refused)"
+        )
     report = json.loads(done.stdout)
     return [(canonicalize_name(i["metadata"]["name"]), i["metadata"]["version"]) for i in report.get("install", [])]
 
@@ -334,7 +356,7 @@ def _pip_install(
             f"({'; '.join(changed)}). Nothing was installed."
         )
     new = [name for name, _ in plan if _installed_version(name) is None]
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *WHEELS_ONLY]
     command += [*(["--upgrade"] if upgrade else []), *requirements]
     done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     if done.returncode != 0:

@@ -242,7 +242,7 @@ def _read_facts(path: Path, kind: str) -> tuple[Facts | None, str, list[str]]:
                 warnings.append(f"the file name says {claimed} but the file is {facts.quantization}")
             return facts, "", warnings
         return folder_facts(path, kind)
-    except (ModelLoadError, OSError, ValueError) as exc:
+    except (ModelLoadError, OSError, ValueError, TypeError, ArithmeticError) as exc:  # one bad file, never the list
         return None, str(exc), []
 
 

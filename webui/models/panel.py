@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from backends.base import LoadSettings, ModelLoadError
+from webui.access import is_ui_admin, logins_configured
 from webui.models.catalog import Catalog, Variant, available_memory, loader_options, natural_loader, variant_report
 from webui.models.report import panel_lines
 from webui.models.settings import (
@@ -80,19 +81,24 @@ def form_values(app: App, catalog: Catalog, loader: str | None, variant: str) ->
         return settings_values(app.load_settings_for(loader))
 
 
-def settings_from_form(app: App, loader: str, values: dict[str, object]) -> LoadSettings:
-    """The loader's settings from the form. Served beyond this machine, the settings that let a model run
-    code (UNSAFE_SETTINGS) are the command line's whatever the form sends: a remote user cannot switch them."""
+def _admin(app: App, admin: bool | None) -> bool:
+    """The caller's word (the UI handler knows who asked), else what an anonymous request would be."""
+    return is_ui_admin(app.settings, None) if admin is None else admin
+
+
+def settings_from_form(app: App, loader: str, values: dict[str, object], admin: bool | None = None) -> LoadSettings:
+    """The loader's settings from the form. Unless an admin asks (webui/access.py), the settings that let a
+    model run code (UNSAFE_SETTINGS) are the command line's whatever the form sends."""
     fields = {f.name for f in setting_fields(app.registry.get(loader).settings_type)}
     chosen = {k: v for k, v in values.items() if k in fields}
-    if not app.settings.loopback:
+    if not _admin(app, admin):
         chosen.update({k: getattr(app.settings, k) for k in UNSAFE_SETTINGS if k in fields})
     return build_settings(app.registry.get(loader).settings_type, chosen)
 
 
 def locked(app: App, name: str) -> bool:
-    """Whether the form shows ``name`` read-only (a code-running setting on a UI served beyond loopback)."""
-    return name in UNSAFE_SETTINGS and not app.settings.loopback
+    """Whether the form shows ``name`` read-only (a code-running setting, unless every user is an admin)."""
+    return name in UNSAFE_SETTINGS and not (app.settings.loopback and not logins_configured(app.settings))
 
 
 def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -> str:
@@ -105,14 +111,18 @@ def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -
     return "\n".join(f"- {line}" for line in panel_lines(report))
 
 
-def load(app: App, catalog: Catalog, typed: str, variant: str, loader: str | None, values: dict) -> str:
-    """Load the chosen variant (or what was typed in the model box) with the form's settings; a status line."""
+def load(
+    app: App, catalog: Catalog, typed: str, variant: str, loader: str | None, values: dict, admin: bool | None = None
+) -> str:
+    """Load the chosen variant (or what was typed in the model box) with the form's settings; a status line.
+    Only an admin may name a path outside the models folder."""
     hit = catalog.find(variant) if variant else None
     spec = variant if hit is not None and hit[0].name == typed else typed
+    admin = _admin(app, admin)
     try:
-        settings = settings_from_form(app, loader, values) if loader and spec == variant else None
+        settings = settings_from_form(app, loader, values, admin) if loader and spec == variant else None
         app.load_model(spec or None, loader=loader if spec == variant else None,
-                       allow_paths=app.settings.loopback, settings=settings)  # fmt: skip
+                       allow_paths=admin, settings=settings)  # fmt: skip
     except (ModelLoadError, UnsafeName, ValueError) as exc:
         return f"⚠️ {exc}"
     info = app.engine.info
@@ -127,24 +137,25 @@ def unload(app: App) -> str:
     return f"Unloaded {name}; its memory is free."
 
 
-def reload(app: App, loader: str | None, values: dict) -> str:
+def reload(app: App, loader: str | None, values: dict, admin: bool | None = None) -> str:
     loaded = app.engine.loaded
     if loaded is None:
         return "⚠️ no model is loaded, so there is nothing to reload"
     try:
-        settings = settings_from_form(app, loaded.loader.name, values) if loader == loaded.loader.name else None
+        same = loader == loaded.loader.name
+        settings = settings_from_form(app, loaded.loader.name, values, _admin(app, admin)) if same else None
         info = app.engine.reload(settings)
     except (ModelLoadError, ValueError) as exc:
         return f"⚠️ {exc}"
     return f"Reloaded {info.name} (context {info.context_length})."
 
 
-def save(app: App, catalog: Catalog, variant: str, loader: str | None, values: dict) -> str:
+def save(app: App, catalog: Catalog, variant: str, loader: str | None, values: dict, admin: bool | None = None) -> str:
     hit = catalog.find(variant) if variant else None
     if hit is None or not loader:
         return "⚠️ pick a model, a quantization and a loader first"
     try:
-        path = save_settings(app.settings.user_data, hit[1].name, loader, settings_from_form(app, loader, values))
+        path = save_settings(app.settings.user_data, hit[1].name, loader, settings_from_form(app, loader, values, admin))
     except (UnsafeName, ValueError, OSError) as exc:
         return f"⚠️ {exc}"
     return f"Saved: {hit[1].name} will load with {loader} and these settings ({path.name})."

@@ -13,7 +13,12 @@ sandbox exactly as ``transformers``' ``apply_chat_template`` would
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -54,6 +59,18 @@ class TemplateError(ValueError):
     """A template that cannot be rendered; the message names the template and says why, on one line."""
 
 
+# A chat template from a model file is untrusted code: its rendering is bounded in time and size, so a
+# loop of 10^10 steps or ``{{ 'x' * 200000000 }}`` ends with a TemplateError instead of a busy core or
+# gigabytes of memory (and never reaches the tokenizer, which runs under the engine's lock).
+RENDER_TIME_LIMIT_S = 2.0
+MAX_RENDER_CHARS = 16_000_000  # the rendered prompt; a context of 128k tokens is ~0.5M characters
+MAX_POWER_BITS = 4096  # ``a ** b`` results larger than this many bits are refused
+
+
+class _TooMuch(Exception):
+    """Raised inside the template's own frames when it runs out of time (escapes the sandbox's handlers)."""
+
+
 @dataclass
 class Prompt:
     text: str
@@ -83,8 +100,23 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     it a clear error and stops the template before anything else is evaluated.
     """
 
+    intercepted_binops = frozenset(["*", "**"])
+
     def unsafe_undefined(self, obj: object, attribute: str) -> jinja2.Undefined:
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    def call_binop(self, context, operator: str, left: object, right: object) -> object:
+        """``*`` and ``**`` with their result's size checked before it is made."""
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_RENDER_CHARS:
+                    raise SecurityError(f"a repetition of {len(seq) * times:,} items is over the limit")
+            return left * right
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            if right * math.log2(abs(left)) > MAX_POWER_BITS:
+                raise SecurityError(f"{left} ** {right} is too large")
+        return left**right
 
 
 class _Namespace(jinja2.utils.Namespace):
@@ -166,15 +198,58 @@ def render(
     chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
     variables = {"bos_token": bos_token, "eos_token": eos_token}
     try:
-        return template.render(
-            messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
-        )
+        with _time_limit(RENDER_TIME_LIMIT_S):
+            chunks = template.generate(
+                messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+            )
+            return _bounded_join(chunks, name)
+    except TemplateError:
+        raise
+    except _TooMuch:
+        raise TemplateError(
+            f"template {name!r} took longer than {RENDER_TIME_LIMIT_S:g} s to render and was stopped"
+        ) from None
     except SecurityError as exc:
         raise TemplateError(f"template {name!r} tried to reach Python internals and was stopped: {exc}") from None
     except jinja2.TemplateError as exc:
         raise TemplateError(f"template {name!r} refused the conversation: {exc}") from None
     except Exception as exc:  # a template is untrusted code: whatever it trips over is the template's error
         raise TemplateError(f"template {name!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _bounded_join(chunks: Iterator[str], name: str) -> str:
+    parts, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDER_CHARS:
+            raise TemplateError(f"template {name!r} rendered more than {MAX_RENDER_CHARS:,} characters and was stopped")
+        parts.append(chunk)
+    return "".join(parts)
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Stop the template's own code (compiled from "<template>") once ``seconds`` have passed.
+
+    A trace function on this thread only, active only in template frames: every line a template runs checks
+    the clock. Python code cannot be interrupted from outside, so this is how a render can be abandoned.
+    """
+    end = time.monotonic() + seconds
+    previous = sys.gettrace()
+
+    def in_template(frame, event, arg):
+        if time.monotonic() > end:
+            raise _TooMuch
+        return in_template
+
+    def any_frame(frame, event, arg):
+        return in_template if frame.f_code.co_filename == "<template>" else None
+
+    sys.settrace(any_frame)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 # ---------------------------------------------------------------- stop strings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from webui.access import NotAdmin, require_ui_admin
 from webui.app import App
 from webui.extensions.host import ExtensionError
 from webui.extensions.install import RIGHTS_WARNING, install
@@ -111,18 +112,32 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
     def visibility() -> list:
         return [gr.update(visible=host.get(key.split(":", 1)[1]).active) for key in shown]
 
-    def on_toggle(name: str, rev: int, on: bool):
+    def on_toggle(request: gr.Request | None, name: str, rev: int, on: bool):
+        try:  # enabling runs the extension's code: admins only, checked here whatever the page showed
+            require_ui_admin(app.settings, getattr(request, "username", None), "enabling or disabling extensions")
+        except NotAdmin as exc:
+            return table(app), f"⚠️ {exc}", gr.update(visible=False), rev, *visibility()
         text, needs_restart = toggle(app, name, on)
         return table(app), text, gr.update(visible=needs_restart), rev + 1, *visibility()
 
-    outputs = [listing, message, restart, revision, *visible_outputs]
-    enable.click(lambda n, r: on_toggle(n, r, True), [choice, revision], outputs, api_name=False)
-    disable.click(lambda n, r: on_toggle(n, r, False), [choice, revision], outputs, api_name=False)
+    def on_enable(request: gr.Request, name: str, rev: int):
+        return on_toggle(request, name, rev, True)
 
-    def on_install(text: str):
+    def on_disable(request: gr.Request, name: str, rev: int):
+        return on_toggle(request, name, rev, False)
+
+    outputs = [listing, message, restart, revision, *visible_outputs]
+    enable.click(on_enable, [choice, revision], outputs, api_name=False)
+    disable.click(on_disable, [choice, revision], outputs, api_name=False)
+
+    def on_install(request: gr.Request, text: str):
+        """The confirmation is only in the page: the admin check and the source's check happen here."""
         try:
+            require_ui_admin(app.settings, getattr(request, "username", None), "installing extensions")
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("give a Git URL, a folder or a pip requirement to install")
             installed = install(host, text)
-        except ValueError as exc:  # InstallError, ManifestError: nothing was installed
+        except (NotAdmin, ValueError) as exc:  # InstallError, ManifestError: nothing was installed
             return gr.update(visible=False), f"⚠️ {exc}", gr.skip(), gr.skip(), gr.skip()
         for name in installed:
             host.enable(name)
@@ -138,7 +153,11 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, api_name=False)
     confirm.click(on_install, source, [confirm_box, message, listing, restart, choice], api_name=False)
 
-    def on_restart():
+    def on_restart(request: gr.Request):
+        try:
+            require_ui_admin(app.settings, getattr(request, "username", None), "restarting Inglenook")
+        except NotAdmin as exc:
+            return f"⚠️ {exc}"
         restart_later(app.close)
         return "Restarting… this page reconnects in a few seconds (reload it if it does not)."
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from webui.access import is_ui_admin
 from webui.app import App
 from webui.models import panel as core
 from webui.models.catalog import Catalog
@@ -91,17 +92,22 @@ def build_model_tab(app: App, on_change) -> tuple:
         m, v = core.current(app, catalog)
         return [*on_change(app), gr.update(value=m), message]
 
-    def do_load(model_name, variant_name, loader_name, *args):
-        return after(core.load(app, catalog, model_name or "", variant_name or "", loader_name, values_of(args)))
+    def admin(request: gr.Request | None) -> bool:
+        """Decided server-side for whoever sent the event (``request`` first: Gradio fills it in)."""
+        return is_ui_admin(app.settings, getattr(request, "username", None))
+
+    def do_load(request: gr.Request, model_name, variant_name, loader_name, *args):
+        return after(core.load(app, catalog, model_name or "", variant_name or "", loader_name, values_of(args),
+                               admin=admin(request)))  # fmt: skip
 
     def do_unload():
         return after(core.unload(app))
 
-    def do_reload(model_name, variant_name, loader_name, *args):
-        return after(core.reload(app, loader_name, values_of(args)))
+    def do_reload(request: gr.Request, model_name, variant_name, loader_name, *args):
+        return after(core.reload(app, loader_name, values_of(args), admin=admin(request)))
 
-    def do_save(model_name, variant_name, loader_name, *args):
-        return core.save(app, catalog, variant_name or "", loader_name, values_of(args))
+    def do_save(request: gr.Request, model_name, variant_name, loader_name, *args):
+        return core.save(app, catalog, variant_name or "", loader_name, values_of(args), admin=admin(request))
 
     def refresh_info(variant_name, n_ctx):
         return core.info_markdown(app, catalog, variant_name or "", n_ctx)
