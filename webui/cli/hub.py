@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ def add_parser(sub) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings: our one line says it
     try:
         if args.models_command == "search":
             return _search(args)

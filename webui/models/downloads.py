@@ -26,6 +26,7 @@ from webui.files import write_atomic
 from webui.models.hub import (
     PICKLE_SUFFIXES,
     SOURCE_FILE,
+    SPLIT,
     HubConfig,
     HubError,
     Memory,
@@ -38,6 +39,7 @@ from webui.models.hub import (
     repo_files,
     safe_repo_path,
     sidecar,
+    split_part,
 )
 from webui.paths import UnsafeName, safe_name
 
@@ -255,6 +257,8 @@ class DownloadManager:
         repo, pick = parse_spec(spec)
         files = repo_files(self.config(), repo, n_ctx, Memory(None), with_fit=False)
         job = Job(uuid.uuid4().hex[:12], plan(files, pick, allow_pickle))
+        if files.gated and job.plan.items:
+            self._check_access(job.plan)
         self._check_disk(job.plan)
         with self._lock:
             running = [j for j in self._jobs.values() if j.plan.target == job.plan.target and j.state in
@@ -265,6 +269,15 @@ class DownloadManager:
             for old in [j.id for j in self._jobs.values() if j.finished][:-RECENT_JOBS]:
                 del self._jobs[old]
         return job
+
+    def _check_access(self, p: Plan) -> None:
+        """A gated repo: ask for the first file's metadata (HEAD) now, so "no access" is said before starting."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        config = self.config()
+        url = hf_hub_url(p.repo, p.items[0].file.path, revision=p.commit or None, endpoint=config.endpoint)
+        with hub_errors(config, p.repo):
+            get_hf_file_metadata(url, token=config.token or False)
 
     def _check_disk(self, p: Plan) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -406,11 +419,9 @@ def remove_model(models_dir: Path, name: str) -> list[Path]:
     removed = []
     targets = [path]
     if path.is_file() and path.name.lower().endswith(".gguf"):
-        from webui.models.hub import split_part
-
         if split_part(path.name):
-            stem = path.name[: path.name.lower().rfind("-00")]
-            targets = sorted(models_dir.glob(f"{stem}-*-of-*.gguf"))
+            stem = SPLIT.sub("", path.name)
+            targets = sorted(p for p in models_dir.glob(f"{stem}-*-of-*.gguf") if SPLIT.sub("", p.name) == stem)
         targets.append(sidecar(path))
     for t in targets:
         if t.is_dir():

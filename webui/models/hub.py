@@ -31,6 +31,7 @@ LOADABLE_TAGS = ("gguf", "safetensors", "gptq")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HEADER_PREFIX_BYTES = 16 * 2**20  # enough for a GGUF header with a 260k-token vocabulary
 MAX_CARD_BYTES = 512 * 1024
+REACH_TIMEOUT_S = 5
 SEARCH_EXPAND = ["author", "downloads", "likes", "lastModified", "gated", "tags", "cardData", "config",
                  "gguf", "safetensors", "library_name", "pipeline_tag"]  # fmt: skip
 SORTS = {"downloads": "downloads", "likes": "likes", "recent": "lastModified"}
@@ -227,13 +228,25 @@ def _api(config: HubConfig):
         raise HubOffline("offline (HF_HUB_OFFLINE is set): search and downloads are off; local models work as usual")
     from huggingface_hub import HfApi
 
+    _reachable(config)
     return HfApi(endpoint=config.endpoint, token=config.token or False)
+
+
+def _reachable(config: HubConfig) -> None:
+    """One quick request first: the client's own retries would take half a minute to say "no network"."""
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(config.endpoint, timeout=REACH_TIMEOUT_S)
+    except httpx2.TransportError as exc:
+        raise HubOffline(f"offline: cannot reach {config.endpoint} ({type(exc).__name__})") from None
 
 
 @contextlib.contextmanager
 def hub_errors(config: HubConfig, repo: str | None = None):
     """Turn the client's exceptions into one-line messages (a token never appears in them)."""
-    import httpx
+    import httpx2  # huggingface_hub's own HTTP client (a fork of httpx)
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     try:
@@ -245,7 +258,7 @@ def hub_errors(config: HubConfig, repo: str | None = None):
         raise HubError(f"{repo} was not found on {config.endpoint} (private repos need a token)") from None
     except OfflineModeIsEnabled:
         raise HubOffline("offline (HF_HUB_OFFLINE is set): search and downloads are off") from None
-    except (httpx.ConnectError, httpx.TimeoutException, ConnectionError) as exc:
+    except (httpx2.TransportError, ConnectionError) as exc:
         raise HubOffline(f"offline: cannot reach {config.endpoint} ({type(exc).__name__})") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
@@ -451,7 +464,9 @@ def fit_badge(facts: Facts | None, size: int, n_ctx: int, memory: Memory) -> dic
     """Fits in VRAM / in VRAM with N layers / in RAM / tight / does not fit, from the Model tab's estimate
     (:func:`webui.models.catalog.estimate_memory`: weights + KV cache at ``n_ctx`` + compute allowance)."""
     facts = facts or Facts()
-    estimate: MemoryEstimate = estimate_memory(facts, n_ctx, available=memory.ram, weights=size)
+    # the header's tensor bytes for the file it was read from; other quantizations in proportion to their size
+    weights = facts.weights_bytes * size // facts.file_size if facts.weights_bytes and facts.file_size else size
+    estimate: MemoryEstimate = estimate_memory(facts, n_ctx, available=memory.ram, weights=weights)
     badge = {"total": estimate.total, "kv_cache": estimate.kv_cache, "n_ctx": n_ctx, "layers_on_gpu": 0}
     if memory.vram and facts.n_layers:
         if estimate.total <= 0.9 * memory.vram:
