@@ -301,3 +301,111 @@ def test_cli_search_download_and_rm(env, hub):
     assert keep.returncode == 1 and (env["models"] / "multi-Q8_0.gguf").is_file()
     gone = _cli(hub, "models", "rm", "multi-Q8_0.gguf", "--yes", "--models-dir", str(env["models"]))
     assert gone.returncode == 0 and not list(env["models"].glob("multi-Q8_0*"))
+
+
+# -- API -------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def api(env):
+    """The real API app (keys on) over an empty models folder, through Starlette's test client."""
+    from fastapi.testclient import TestClient
+
+    from webui.api.auth import protect
+    from webui.app import App
+    from webui.server import build_api_server
+    from webui.settings import Settings
+
+    app = App.create(Settings(models_dir=env["models"], user_data=env["user_data"], api_key="user-key",
+                              admin_key="admin-key"))  # fmt: skip
+    server = build_api_server(app)
+    protect(server, app.settings)
+    try:
+        with TestClient(server, base_url="http://127.0.0.1") as client:
+            yield app, client
+    finally:
+        app.close()
+
+
+ADMIN = {"Authorization": "Bearer admin-key"}
+USER = {"Authorization": "Bearer user-key"}
+
+
+def _events(response) -> list[dict]:
+    found = []
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            found.append(json.loads(line[len("data: ") :]))
+    return found
+
+
+def test_api_downloads_with_sse_progress_and_the_model_appears_without_a_restart(api, gemma_path):
+    app, client = api
+    assert client.get("/v1/models", headers=USER).json()["data"] == []
+    refused = client.post("/v1/internal/models/download", json={"model": GEMMA_REPO}, headers=USER)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_key_required"
+    with client.stream("POST", "/v1/internal/models/download", json={"model": f"{GEMMA_REPO}:Q4_K_M"},
+                       headers=ADMIN) as response:  # fmt: skip
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        events = _events(response)
+    assert events[-1]["state"] == "done" and events[-1]["bytes"] == gemma_path.stat().st_size
+    assert events[-1]["license"] == "gemma"
+    ids = [m["id"] for m in client.get("/v1/models", headers=USER).json()["data"]]
+    assert ids == ["gemma-270m-GGUF-Q4_K_M"]
+    listed = client.get("/v1/internal/models/downloads", headers=USER).json()["data"]
+    assert [(d["target"], d["state"]) for d in listed] == [(GEMMA_FILE, "done")]
+
+
+def test_api_errors_are_clear_and_a_download_can_be_cancelled(api, hub):
+    app, client = api
+    gated = client.post("/v1/internal/models/download", json={"model": "acme/gated-GGUF"}, headers=ADMIN)
+    assert gated.status_code == 403 and f"{hub.url}/acme/gated-GGUF" in gated.json()["error"]["message"]
+    escape = client.post("/v1/internal/models/download", json={"model": "acme/escape-GGUF:../../x.gguf"},
+                         headers=ADMIN)  # fmt: skip
+    assert escape.status_code == 400 and escape.json()["error"]["code"] == "unsafe_path"
+    bad = client.post("/v1/internal/models/download", json={"model": "not a repo"}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_repo"
+    missing = client.post("/v1/internal/models/download", json={"model": "acme/nothing"}, headers=ADMIN)
+    assert missing.status_code == 404 and "acme/nothing was not found" in missing.json()["error"]["message"]
+    hub.repos["acme/slow-GGUF"].delay_per_chunk = 0.05
+    try:
+        started = client.post("/v1/internal/models/download", json={"model": "acme/slow-GGUF", "stream": False},
+                              headers=ADMIN)  # fmt: skip
+        assert started.status_code == 202
+        job_id = started.json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/internal/models/downloads/{job_id}", headers=USER).json()["bytes"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.delete(f"/v1/internal/models/downloads/{job_id}", headers=USER).status_code == 403
+        assert client.delete(f"/v1/internal/models/downloads/{job_id}", headers=ADMIN).status_code == 200
+        while (state := client.get(f"/v1/internal/models/downloads/{job_id}", headers=USER).json()["state"]) in (
+            "running", "queued"):  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert state == "cancelled"
+        assert not list((app.settings.models_dir / ".downloads").glob("*.part"))
+        assert not (app.settings.models_dir / "slow-GGUF-Q4_K_M.gguf").exists()
+    finally:
+        hub.repos["acme/slow-GGUF"].delay_per_chunk = 0
+
+
+# -- safetensors folders ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_safetensors_repo_downloads_as_a_folder_without_pickle_weights(env, hub, tiny_llama):
+    from fake_hub import folder_repo
+
+    repo = folder_repo("acme/tiny-llama", tiny_llama)
+    repo.files["pytorch_model.bin"] = FakeFile(b"\x80\x04pickle" * 100)
+    hub.add(repo)
+    files = repo_files(_config(env), "acme/tiny-llama", 2048, Memory(ram=16 * 2**30))
+    assert files.folder["kind"] == "hf" and files.folder["fit"]["kv_cache"] > 0 and not files.gguf
+    manager = DownloadManager(env["models"], env["user_data"])
+    job = manager.run(manager.prepare("acme/tiny-llama"))
+    assert job.state == "done", job.error
+    assert any("pytorch_model.bin" in s for s in job.plan.skipped)
+    folder = env["models"] / "tiny-llama"
+    assert not (folder / "pytorch_model.bin").exists()
+    assert (folder / "model.safetensors").read_bytes() == (tiny_llama / "model.safetensors").read_bytes()
+    [variant] = Catalog(env["models"]).variants()
+    assert variant.kind == "hf" and variant.error == "" and provenance(folder)["repo"] == "acme/tiny-llama"
+    with_pickle = manager.prepare("acme/tiny-llama", allow_pickle=True)
+    assert "tiny-llama/pytorch_model.bin" in [i.dest for i in with_pickle.plan.items]

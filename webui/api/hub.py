@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from webui.api.auth import error_body, is_admin
 from webui.app import App
 from webui.models.downloads import DiskFull, DownloadError
-from webui.models.hub import GatedRepo, HubError, HubOffline, UnsafeRepoPath
+from webui.models.hub import BadRepoId, GatedRepo, HubError, HubOffline, RepoNotFound, UnsafeRepoPath
 
 PROGRESS_EVERY_S = 0.5
 
@@ -33,6 +33,7 @@ class DownloadRequest(BaseModel):
 def _status(exc: Exception) -> tuple[int, str]:
     for kind, status, code in ((GatedRepo, 403, "gated_repo"), (HubOffline, 503, "hub_offline"),
                                (DiskFull, 507, "disk_full"), (UnsafeRepoPath, 400, "unsafe_path"),
+                               (BadRepoId, 400, "invalid_repo"), (RepoNotFound, 404, "repo_not_found"),
                                (DownloadError, 400, "download_error")):  # fmt: skip
         if isinstance(exc, kind):
             return status, code

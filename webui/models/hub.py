@@ -56,6 +56,14 @@ class GatedRepo(HubError):
     """A gated or private repo this token may not read."""
 
 
+class BadRepoId(HubError):
+    """Not an ``owner/name`` repo id."""
+
+
+class RepoNotFound(HubError):
+    """No such repo (or a private one this token cannot see)."""
+
+
 class UnsafeRepoPath(HubError):
     """A file name in a repo that would land outside the models folder."""
 
@@ -118,7 +126,7 @@ def forget_token(user_data: Path) -> bool:
 def check_repo_id(repo: str) -> str:
     """``owner/name`` with the hub's characters only (it becomes part of URLs and folder names)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}", repo or "") or ".." in repo:
-        raise HubError(f"{repo!r} is not a hub repo id (owner/name)")
+        raise BadRepoId(f"{repo!r} is not a hub repo id (owner/name)")
     return repo
 
 
@@ -255,7 +263,7 @@ def hub_errors(config: HubConfig, repo: str | None = None):
         raise GatedRepo(f"{repo} is gated: accept its terms at {config.repo_url(repo or '')} and log in "
                         "(HF_TOKEN or 'inglenook hub login') with a token that has access") from None  # fmt: skip
     except RepositoryNotFoundError:
-        raise HubError(f"{repo} was not found on {config.endpoint} (private repos need a token)") from None
+        raise RepoNotFound(f"{repo} was not found on {config.endpoint} (private repos need a token)") from None
     except OfflineModeIsEnabled:
         raise HubOffline("offline (HF_HUB_OFFLINE is set): search and downloads are off") from None
     except (httpx2.TransportError, ConnectionError) as exc:
