@@ -11,6 +11,7 @@ import gradio as gr
 from webui.app import App
 from webui.models import panel as core
 from webui.models.catalog import Catalog
+from webui.ui.download_panel import build_download_panel
 
 
 def _widget(field, interactive: bool):
@@ -107,6 +108,8 @@ def build_model_tab(app: App, on_change) -> tuple:
         return core.info_markdown(app, catalog, variant_name or "", n_ctx)
 
     model.input(pick_model, model, variant, api_name=False)
+    model.focus(lambda: gr.update(choices=core.model_choices(catalog)), None, model, api_name=False)  # new files
+    build_download_panel(app, model)
     variant.change(pick_variant, variant, loader, api_name=False)
     loader.change(pick_loader, [loader, variant], [*widgets.values(), info], api_name=False)
     if "n_ctx" in widgets:
