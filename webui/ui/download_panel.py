@@ -9,6 +9,7 @@ the progress bar and the list every second, and refreshes the Model dropdown whe
 from __future__ import annotations
 
 import html
+import re
 
 import gradio as gr
 
@@ -72,6 +73,7 @@ def card_markdown(files: RepoFiles, config: HubConfig) -> str:
     card = files.card.strip()
     if card.startswith("---"):
         card = card.split("\n---", 1)[-1].lstrip("-\n")  # the front matter is shown above
+    card = re.sub(r"^#{1,3} ", "#### ", card, flags=re.MULTILINE)  # the card's headings below the panel's
     return head + ("\n\n---\n\n" + card[:MAX_CARD_CHARS] if card else "\n\n(no model card)")
 
 
@@ -89,13 +91,14 @@ def progress_html(job: dict | None) -> str:
 
 
 def downloads_markdown(jobs: list[dict]) -> str:
+    """Running and finished downloads, one line each (a list, not a table: it reads on a phone too)."""
     if not jobs:
         return "No downloads yet."
-    lines = ["| Model | State | Progress | Licence |", "|---|---|---|---|"]
+    lines = ["**Downloads**"]
     for j in jobs:
         state = j["state"] + (f": {j['error']}" if j.get("error") else "")
-        lines.append(f"| {j['target']} | {state.replace('|', '/')} | {j['percent']:.0f}% of {_size(j['total'])} | "
-                     f"{j['license'] or '—'} |")  # fmt: skip
+        lines.append(f"- `{j['target']}` — {state} · {j['percent']:.0f}% of {_size(j['total'])} · "
+                     f"licence {j['license'] or 'not stated'}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -117,7 +120,7 @@ def build_download_panel(app: App, model_dropdown: gr.Dropdown) -> None:
         with gr.Accordion("Licence and model card", open=True, elem_id="hub-card-box"):
             card = gr.Markdown("", elem_id="hub-card")
         with gr.Row(equal_height=True):
-            choice = gr.Dropdown([], label="Quantization to download", scale=4, elem_id="hub-choice")
+            choice = gr.Dropdown([], label="Quantization to download", scale=4, min_width=280, elem_id="hub-choice")
             pickle = gr.Checkbox(False, label="allow pickle weights (*.bin: can run code)", scale=1,
                                  interactive=app.settings.loopback, elem_id="hub-allow-pickle")  # fmt: skip
             download = gr.Button("Download", variant="primary", scale=1, elem_id="hub-download")
