@@ -409,3 +409,41 @@ def test_a_safetensors_repo_downloads_as_a_folder_without_pickle_weights(env, hu
     assert variant.kind == "hf" and variant.error == "" and provenance(folder)["repo"] == "acme/tiny-llama"
     with_pickle = manager.prepare("acme/tiny-llama", allow_pickle=True)
     assert "tiny-llama/pytorch_model.bin" in [i.dest for i in with_pickle.plan.items]
+
+
+def _safetensors(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
+    """A valid safetensors file with zero-filled tensors (dtype, shape)."""
+    size = {"I32": 4, "F16": 2}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = size[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + b"\0" * offset
+
+
+def test_a_gptq_repo_shows_its_quantization_config_and_lands_as_a_gptq_folder(env, hub):
+    quant = {"quant_method": "gptq", "bits": 4, "group_size": 32}
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 128,
+              "quantization_config": quant}  # fmt: skip
+    weights = _safetensors({"model.layers.0.mlp.up_proj.qweight": ("I32", [16, 256]),
+                            "model.layers.0.mlp.up_proj.scales": ("F16", [4, 256])})  # fmt: skip
+    hub.add(FakeRepo("acme/tiny-GPTQ", {"config.json": FakeFile(json.dumps(config).encode(), lfs=False),
+                                        "model.safetensors": FakeFile(weights),
+                                        "README.md": FakeFile(card("acme/tiny-GPTQ", "mit"), lfs=False)},
+                     tags=["safetensors", "gptq"], config=config, license="mit"))  # fmt: skip
+    files = repo_files(_config(env), "acme/tiny-GPTQ", 1024, Memory(ram=16 * 2**30))
+    assert files.folder["kind"] == "gptq" and files.folder["quantization_config"] == quant
+    assert files.folder["size"] == len(weights) and files.folder["fit"]["kv_cache"] == 2 * 2 * (32 + 32) * 2 * 1024
+    manager = DownloadManager(env["models"], env["user_data"])
+    job = manager.run(manager.prepare("acme/tiny-GPTQ"))
+    assert job.state == "done", job.error
+    [variant] = Catalog(env["models"]).variants()
+    assert (variant.name, variant.kind, variant.quantization) == ("tiny-GPTQ", "gptq", "GPTQ 4-bit g32")
+    assert remove_model(env["models"], "tiny-GPTQ") == [env["models"] / "tiny-GPTQ"]
+    assert not (env["models"] / "tiny-GPTQ").exists()
