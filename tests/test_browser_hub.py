@@ -97,7 +97,7 @@ def test_search_download_with_progress_and_licence_then_load_and_chat(server, hu
         page.click("#load-model")
         expect(page.locator("#model-status")).to_contain_text("Loaded gemma-270m-GGUF-Q4_K_M", timeout=120_000)
         expect(page.locator("#model-header")).to_contain_text("gemma-270m-GGUF-Q4_K_M")
-        _shot(page, "hub-3-loaded", 1440, 900)
+        page.locator("#model-info-box").screenshot(path=str(SHOTS / "hub-3-model-info-1440x900.png"))
         page.locator("#chat-input textarea").fill("Hello")
         page.keyboard.press("Enter")
         expect(page.locator("#chatbot [data-testid='bot']").last).not_to_have_text(re.compile(r"^\s*$"),

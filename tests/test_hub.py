@@ -447,3 +447,16 @@ def test_a_gptq_repo_shows_its_quantization_config_and_lands_as_a_gptq_folder(en
     assert (variant.name, variant.kind, variant.quantization) == ("tiny-GPTQ", "gptq", "GPTQ 4-bit g32")
     assert remove_model(env["models"], "tiny-GPTQ") == [env["models"] / "tiny-GPTQ"]
     assert not (env["models"] / "tiny-GPTQ").exists()
+
+
+def test_a_different_file_of_the_same_name_is_never_overwritten(env):
+    env["models"].mkdir(parents=True)
+    mine = env["models"] / "multi-Q8_0.gguf"
+    mine.write_bytes(b"my own model")
+    manager = DownloadManager(env["models"], env["user_data"])
+    with pytest.raises(dl.DownloadError, match="already exists .* delete or rename it first"):
+        manager.prepare("acme/multi-GGUF:Q8_0")
+    mine.write_bytes(b"\0" * (96 * 1024))  # the same size, other bytes: caught by the sha256 before any fetch
+    job = manager.run(manager.prepare("acme/multi-GGUF:Q8_0"))
+    assert job.state == "failed" and "nothing was overwritten" in job.error
+    assert mine.read_bytes() == b"\0" * (96 * 1024)

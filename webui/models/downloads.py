@@ -284,7 +284,11 @@ class DownloadManager:
         need = 0
         for item in p.items:
             have = self._part(item.file).stat().st_size if self._part(item.file).exists() else 0
-            if not destination(self.models_dir, item.dest).exists():
+            dest = destination(self.models_dir, item.dest)
+            if dest.exists() and (not dest.is_file() or dest.stat().st_size != item.file.size):
+                raise DownloadError(f"{item.dest} already exists in the models folder and is not {p.repo}'s "
+                                    f"{item.file.path}: delete or rename it first")  # fmt: skip
+            if not dest.exists():
                 need += max(0, item.file.size - have)
         free = free_bytes(self.models_dir)
         if need + DISK_MARGIN > free:
@@ -349,9 +353,12 @@ class DownloadManager:
         from huggingface_hub.utils import build_hf_headers
 
         dest = destination(self.models_dir, item.dest)
-        if dest.is_file() and dest.stat().st_size == item.file.size and _sha_ok(dest, item.file.sha256):
-            job.done += item.file.size
-            return
+        if dest.exists():
+            if dest.is_file() and dest.stat().st_size == item.file.size and _sha_ok(dest, item.file.sha256):
+                job.done += item.file.size  # already here, whole
+                return
+            raise DownloadError(f"{item.dest} already exists in the models folder and is not {job.plan.repo}'s "
+                                f"{item.file.path}: delete or rename it first (nothing was overwritten)")  # fmt: skip
         part = self._part(item.file)
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.exists() else 0

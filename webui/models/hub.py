@@ -389,14 +389,18 @@ def fetch_small(config: HubConfig, repo: str, path: str, limit: int = MAX_CARD_B
 
     url = hf_hub_url(repo, path, endpoint=config.endpoint)
     headers = build_hf_headers(token=config.token or False, headers={"Range": f"bytes=0-{limit - 1}"})
+    data = bytearray()
     try:
-        with hub_errors(config, repo):
-            response = get_session().get(url, headers=headers, follow_redirects=True)
-            if response.status_code not in (200, 206):
+        with hub_errors(config, repo), get_session().stream("GET", url, headers=headers, follow_redirects=True) as r:
+            if r.status_code not in (200, 206):
                 return None
-            return response.content[:limit]
+            for chunk in r.iter_bytes():  # read no further than the limit, even from a server that ignores Range
+                data += chunk
+                if len(data) >= limit:
+                    break
     except HubError:
         return None
+    return bytes(data[:limit])
 
 
 def _remote_gguf_facts(config: HubConfig, repo: str, sample: RemoteFile) -> Facts | None:
