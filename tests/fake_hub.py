@@ -81,6 +81,7 @@ class FakeRepo:
     config: dict | None = None
     gguf: dict | None = None
     delay_per_chunk: float = 0.0  # seconds slept per served chunk (to kill a download midway)
+    drop_once_at: int | None = None  # cut the connection once when a response reaches this byte (a network drop)
     commit: str = ""
 
     def __post_init__(self) -> None:
@@ -217,11 +218,16 @@ def build_app(hub: FakeHub) -> FastAPI:
             return Response(status_code=status, headers=headers)
 
         def body() -> Iterator[bytes]:
+            pos = start
             for chunk in f.read(start, end):
                 if repo.delay_per_chunk:
                     time.sleep(repo.delay_per_chunk)
+                if repo.drop_once_at is not None and pos + len(chunk) > repo.drop_once_at > pos:
+                    repo.drop_once_at = None
+                    raise ConnectionAbortedError("the fake hub drops this connection (a network drop)")
                 with hub.lock:
                     hub.served[(repo.id, path)] = hub.served.get((repo.id, path), 0) + len(chunk)
+                pos += len(chunk)
                 yield chunk
 
         return StreamingResponse(body(), status_code=status, headers=headers, media_type="application/octet-stream")

@@ -223,6 +223,19 @@ def test_a_killed_download_resumes_and_fetches_only_the_rest(env, hub, gemma_pat
     assert (env["models"] / "slow-GGUF-Q4_K_M.gguf").read_bytes() == gemma_path.read_bytes()
 
 
+def test_a_network_drop_midway_resumes_without_fetching_anything_twice(env, hub, gemma_path):
+    hub.repos[GEMMA_REPO].drop_once_at = 100 * 2**20
+    try:
+        manager = DownloadManager(env["models"], env["user_data"])
+        job = manager.run(manager.prepare(GEMMA_REPO))
+        dropped = hub.repos[GEMMA_REPO].drop_once_at is None  # the server cut the connection once
+    finally:
+        hub.repos[GEMMA_REPO].drop_once_at = None
+    assert dropped and job.state == "done", job.error
+    assert hub.bytes_served(GEMMA_REPO, GEMMA_FILE) == gemma_path.stat().st_size  # the rest, not all again
+    assert (env["models"] / GEMMA_FILE).read_bytes() == gemma_path.read_bytes()
+
+
 def test_a_corrupted_byte_is_refused_and_the_file_deleted(env):
     manager = DownloadManager(env["models"], env["user_data"])
     job = manager.run(manager.prepare("acme/corrupt-GGUF"))
