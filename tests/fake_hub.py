@@ -222,7 +222,7 @@ def build_app(hub: FakeHub) -> FastAPI:
             for chunk in f.read(start, end):
                 if repo.delay_per_chunk:
                     time.sleep(repo.delay_per_chunk)
-                if repo.drop_once_at is not None and pos + len(chunk) > repo.drop_once_at > pos:
+                if repo.drop_once_at is not None and pos <= repo.drop_once_at < pos + len(chunk):
                     repo.drop_once_at = None
                     raise ConnectionAbortedError("the fake hub drops this connection (a network drop)")
                 with hub.lock:

@@ -224,7 +224,7 @@ def test_a_killed_download_resumes_and_fetches_only_the_rest(env, hub, gemma_pat
 
 
 def test_a_network_drop_midway_resumes_without_fetching_anything_twice(env, hub, gemma_path):
-    hub.repos[GEMMA_REPO].drop_once_at = 100 * 2**20
+    hub.repos[GEMMA_REPO].drop_once_at = 100 * 2**20 + 12345
     try:
         manager = DownloadManager(env["models"], env["user_data"])
         job = manager.run(manager.prepare(GEMMA_REPO))
