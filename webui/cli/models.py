@@ -8,7 +8,6 @@ from pathlib import Path
 
 from backends.base import ModelLoadError
 from backends.registry import LoaderRegistry
-from webui.cli import hub as cli_hub
 from webui.models.catalog import Catalog, available_memory, variant_report
 from webui.models.folder import resolve_model
 from webui.models.report import format_list, format_report
@@ -17,10 +16,8 @@ DEFAULT_N_CTX = 4096
 
 
 def add_parser(sub) -> None:
-    models = sub.add_parser(
-        "models", help="list or inspect the models folder; search, download or delete models (Hugging Face hub)"
-    )
-    msub = models.add_subparsers(dest="models_command", metavar="{list,inspect,search,download,rm}", required=True)
+    models = sub.add_parser("models", help="list the models folder, or inspect one model's facts and memory needs")
+    msub = models.add_subparsers(dest="models_command", metavar="{list,inspect}", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--models-dir", type=Path, default=Path("models"), help="folder of models (default: ./models)")
     common.add_argument("--json", action="store_true", help="print JSON")
@@ -34,11 +31,16 @@ def add_parser(sub) -> None:
         "quantization), a path, or 'default'. Nothing is loaded: the facts come from the file's header.",
     )
     inspect.add_argument("target", metavar="PATH_OR_NAME")
+    from webui.cli import hub as cli_hub  # search, download and rm: the Hugging Face hub (issue 14)
+
     cli_hub.add_models_parsers(msub)
+    msub.metavar = "{list,inspect,search,download,rm}"
 
 
 def run(args: argparse.Namespace) -> int:
     if args.models_command in ("search", "download", "rm"):
+        from webui.cli import hub as cli_hub
+
         return cli_hub.run_models(args)
     if args.n_ctx < 1:
         raise ValueError("--n-ctx must be at least 1")
