@@ -16,6 +16,7 @@ from webui.characters.store import CharacterStore
 from webui.chat.history import HistoryStore
 from webui.engine import Engine
 from webui.extensions.host import ExtensionHost
+from webui.models.downloads import DownloadManager
 from webui.models.folder import resolve_model
 from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
 from webui.paths import UnsafeName
@@ -32,9 +33,11 @@ class App:
     history: HistoryStore
     extensions: ExtensionHost
     characters: CharacterStore = field(init=False)  # <user_data>/characters, then the shipped characters/
+    downloads: DownloadManager = field(init=False)  # hub downloads into the models folder (UI and API share it)
 
     def __post_init__(self) -> None:
         self.characters = CharacterStore(self.settings.user_data / "characters")
+        self.downloads = DownloadManager(self.settings.models_dir, self.settings.user_data)
 
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from backends.base import CancelToken, LoadSettings, ModelInfo, ModelLoadError, Usage
 from webui.api.auth import BodyTooLarge, error_body, is_admin
 from webui.api.grammar import grammar_for
+from webui.api.hub import hub_router
 from webui.api.types import (
     ApiError,
     ChatRequest,
@@ -331,6 +332,7 @@ def _record_when_ended(pump: Pump, record: Callable) -> None:
 
 def install_api(server: FastAPI, app: App) -> None:
     """Add the /v1 routes and OpenAI-shaped error handling to ``server``."""
+    server.include_router(hub_router(app))  # hub downloads: webui/api/hub.py
     recent: deque[Finished] = deque(maxlen=RECENT)
     lock = threading.Lock()
 

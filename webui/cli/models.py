@@ -31,9 +31,17 @@ def add_parser(sub) -> None:
         "quantization), a path, or 'default'. Nothing is loaded: the facts come from the file's header.",
     )
     inspect.add_argument("target", metavar="PATH_OR_NAME")
+    from webui.cli import hub as cli_hub  # search, download and rm: the Hugging Face hub (issue 14)
+
+    cli_hub.add_models_parsers(msub)
+    msub.metavar = "{list,inspect,search,download,rm}"
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.models_command in ("search", "download", "rm"):
+        from webui.cli import hub as cli_hub
+
+        return cli_hub.run_models(args)
     if args.n_ctx < 1:
         raise ValueError("--n-ctx must be at least 1")
     catalog, registry, available = Catalog(args.models_dir), LoaderRegistry(), available_memory()

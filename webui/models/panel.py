@@ -6,11 +6,13 @@ from its defaults, the command line and what was saved for the model; Load / Unl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backends.base import LoadSettings, ModelLoadError
 from webui.access import is_ui_admin, logins_configured
 from webui.models.catalog import Catalog, Variant, available_memory, loader_options, natural_loader, variant_report
+from webui.models.hub import provenance
 from webui.models.report import panel_lines
 from webui.models.settings import (
     UNSAFE_SETTINGS,
@@ -108,7 +110,21 @@ def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -
     report = variant_report(hit[1], app.registry, int(n_ctx or app.settings.n_ctx), available_memory())
     if report["error"]:
         return f"⚠️ **{hit[1].name}** cannot be read: {report['error']}"
-    return "\n".join(f"- {line}" for line in panel_lines(report))
+    return "\n".join(f"- {line}" for line in panel_lines(report)) + provenance_markdown(hit[1].path)
+
+
+def provenance_markdown(path: Path) -> str:
+    """For a model downloaded from the hub: where from, its licence and its card (kept beside it)."""
+    source = provenance(path)
+    if not source:
+        return ""
+    card = source.get("card", "").strip()
+    if card.startswith("---"):
+        card = card.split("\n---", 1)[-1].lstrip("-\n")
+    licence_file = " (full text in its `.hub/LICENSE`)" if source.get("license_file") else ""
+    return (f"\n\n**Downloaded from [{source.get('repo')}]({source.get('url')})** · licence: "
+            f"**{source.get('license') or 'not stated'}**{licence_file}\n\n<details><summary>Model card</summary>"
+            f"\n\n{card[:6000] or '(none)'}\n\n</details>")  # fmt: skip
 
 
 def load(

@@ -12,6 +12,7 @@ from webui.access import is_ui_admin
 from webui.app import App
 from webui.models import panel as core
 from webui.models.catalog import Catalog
+from webui.ui.download_panel import build_download_panel
 
 
 def _widget(field, interactive: bool):
@@ -81,7 +82,9 @@ def build_model_tab(app: App, on_change) -> tuple:
 
     def pick_variant(variant_name):
         labels, natural = core.loader_choices(app, catalog, variant_name or "")
-        return gr.update(choices=labels, value=natural)
+        n_ctx = core.form_values(app, catalog, natural, variant_name or "").get("n_ctx")
+        # the info follows the variant even when the loader stays the same (its change event does not fire)
+        return gr.update(choices=labels, value=natural), core.info_markdown(app, catalog, variant_name or "", n_ctx)
 
     def pick_loader(loader_name, variant_name):
         values = core.form_values(app, catalog, loader_name, variant_name or "")
@@ -113,7 +116,9 @@ def build_model_tab(app: App, on_change) -> tuple:
         return core.info_markdown(app, catalog, variant_name or "", n_ctx)
 
     model.input(pick_model, model, variant, api_name=False)
-    variant.change(pick_variant, variant, loader, api_name=False)
+    model.focus(lambda: gr.update(choices=core.model_choices(catalog)), None, model, api_name=False)  # new files
+    build_download_panel(app, model)
+    variant.change(pick_variant, variant, [loader, info], api_name=False)
     loader.change(pick_loader, [loader, variant], [*widgets.values(), info], api_name=False)
     if "n_ctx" in widgets:
         widgets["n_ctx"].change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
