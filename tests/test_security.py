@@ -119,6 +119,20 @@ def test_install_handler_is_admin_only_on_the_server(tmp_path):
             assert "Installed and enabled" in output_text(result), output_text(result)
 
 
+@pytest.mark.slow
+def test_the_download_handler_is_admin_only_on_the_server(tmp_path):
+    """A logged-in user who is not an admin calls the Download panel's Download by its fn_index: refused
+    before the hub is asked anything, and no download job exists."""
+    models = tmp_path / "models"
+    models.mkdir()
+    with serve(models, tmp_path / "ud", load=False, ui_auth=[USER], admin_auth=[ADMIN]) as s:
+        with logged_in(s.url, USER) as user:
+            index = fn_index(user, s.url, "hub-download")
+            result = queue_call(user, s.url, index, ["some/repo", None, False])
+            assert "downloading models is refused" in output_text(result), output_text(result)
+        assert s.app.downloads.jobs() == []
+
+
 def test_without_logins_only_a_loopback_server_has_an_admin():
     assert is_ui_admin(Settings(host="127.0.0.1"), None)
     assert not is_ui_admin(Settings(host="0.0.0.0", insecure_no_auth=True), None)

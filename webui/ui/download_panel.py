@@ -13,6 +13,7 @@ import re
 
 import gradio as gr
 
+from webui.access import NotAdmin, is_ui_admin, require_ui_admin
 from webui.app import App
 from webui.models import panel as core
 from webui.models.catalog import Catalog
@@ -163,7 +164,11 @@ def build_download_panel(app: App, model_dropdown: gr.Dropdown) -> None:
         except (AttributeError, IndexError, KeyError):
             return gr.update()
 
-    def start(name: str, pick: str | None, allow_pickle: bool):
+    def start(request: gr.Request, name: str, pick: str | None, allow_pickle: bool):
+        try:  # downloads write into the models folder: admins only, checked here whatever the page showed
+            require_ui_admin(app.settings, getattr(request, "username", None), "downloading models")
+        except NotAdmin as exc:
+            return None, f"<div class='hub-error'>⚠️ {html.escape(str(exc))}</div>"
         if not name:
             return None, progress_html(None) + "⚠️ search and pick a repo first"
         spec = f"{name}:{pick}" if pick else name
@@ -175,8 +180,8 @@ def build_download_panel(app: App, model_dropdown: gr.Dropdown) -> None:
         app.downloads.start(job)
         return job.id, progress_html(job.as_dict())
 
-    def stop(job_id: str | None):
-        if job_id:
+    def stop(request: gr.Request, job_id: str | None):
+        if job_id and is_ui_admin(app.settings, getattr(request, "username", None)):
             app.downloads.cancel(job_id)
         return tick(job_id, None)[0]
 
