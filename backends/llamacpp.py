@@ -17,9 +17,12 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from backends.base import (
     SAMPLER_NAMES,
@@ -35,6 +38,7 @@ from backends.base import (
     StopMatcher,
     Stopwatch,
 )
+from backends.cpu import cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
 
@@ -48,6 +52,58 @@ class LlamaCppSettings(LoadSettings):
     use_mmap: bool = True
     use_mlock: bool = False
     flash_attn: bool = False
+    # llama.cpp's extra buffer types (weight repacking, and AMX on CPUs that advertise it). auto = on, unless
+    # the CPU advertises AMX: then the app's probe decides (webui/hardware.py), and without a probe, off.
+    extra_buffer_types: Literal["auto", "on", "off"] = "auto"
+
+
+# Decides ``auto`` for a model path: (use extra buffer types, why). The app supplies one that probes once per
+# machine (webui.hardware.ExtraBufferPolicy); it must pickle, as the loader travels to the model's worker process.
+AutoExtraBuffers = Callable[[Path], tuple[bool, str]]
+
+
+def decide_extra_buffers(
+    setting: str, path: Path, policy: AutoExtraBuffers | None, amx: bool | None = None
+) -> tuple[bool, str]:
+    """Whether to load with llama.cpp's extra buffer types, and the reason, in words, for the Model info panel."""
+    if setting not in ("auto", "on", "off"):
+        raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {setting!r}")
+    if setting == "on":
+        return True, "on (set explicitly)"
+    if setting == "off":
+        return False, "off (set explicitly)"
+    if amx is None:
+        amx = cpu_info().amx
+    if not amx:
+        return True, "on (auto: this CPU advertises no AMX; llama.cpp's default)"
+    if policy is None:
+        return False, "off (auto: this CPU advertises AMX and no probe was run, so the safe choice)"
+    return policy(path)
+
+
+# Llama() builds its model parameters itself and has no argument for use_extra_bufts; loads swap the defaults
+# function it calls, one load at a time (a lock, not state: it holds nothing between loads).
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """Loads inside this block get ``llama_model_params.use_extra_bufts = use_extra_bufts``."""
+    from llama_cpp import llama_cpp as lib
+
+    with _PARAMS_LOCK:
+        original = lib.llama_model_default_params
+
+        def defaults():
+            params = original()
+            params.use_extra_bufts = use_extra_bufts
+            return params
+
+        lib.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
 
 
 class LlamaCppModel(Model):
@@ -221,6 +277,9 @@ class LlamaCppLoader(Loader):
     install_hint = "pip install llama-cpp-python"
     loads = ".gguf files"
 
+    def __init__(self, auto_extra_buffers: AutoExtraBuffers | None = None) -> None:
+        self.auto_extra_buffers = auto_extra_buffers
+
     def available(self) -> str | None:
         try:
             import llama_cpp  # noqa: F401
@@ -234,6 +293,8 @@ class LlamaCppLoader(Loader):
     def check(self, path: Path, settings: LoadSettings | None = None) -> None:
         if not path.is_file():
             raise ModelLoadError(f"{path} is not a file")
+        if isinstance(settings, LlamaCppSettings) and settings.extra_buffer_types not in ("auto", "on", "off"):
+            raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {settings.extra_buffer_types!r}")
         read_header(path)
 
     def load(self, path: Path, settings: LoadSettings) -> Model:
@@ -245,8 +306,12 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError(missing)
         import llama_cpp
 
+        chosen = settings.extra_buffer_types if isinstance(settings, LlamaCppSettings) else "auto"
+        use_extra_bufts, why = decide_extra_buffers(chosen, path, self.auto_extra_buffers)
+        log.info("%s: extra buffer types %s", path.name, why)
         try:
-            llm = llama_cpp.Llama(**llama_kwargs(path, settings))
+            with model_params(use_extra_bufts):
+                llm = llama_cpp.Llama(**llama_kwargs(path, settings))
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
         vocab = llm._model.vocab
@@ -262,7 +327,10 @@ class LlamaCppLoader(Loader):
             file_size=path.stat().st_size,
             bos_token=_piece(llm, llama_cpp.llama_vocab_bos(vocab)),
             eos_token=_piece(llm, llama_cpp.llama_vocab_eos(vocab)),
-            metadata={k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
+            metadata={
+                **{k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
+                "inglenook.extra_buffer_types": why,
+            },
         )
         return LlamaCppModel(llm, info)
 

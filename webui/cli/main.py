@@ -64,6 +64,14 @@ def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         action="store_true",
         help="run Python code shipped inside a model folder (transformers/gptq): trusted sources only",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a load setting of the loader, over saved ones (repeatable), e.g. --set extra_buffer_types=off "
+        "(see 'loaders' for each loader's settings)",
+    )
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:

@@ -102,7 +102,12 @@ def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -
     report = variant_report(hit[1], app.registry, int(n_ctx or app.settings.n_ctx), available_memory())
     if report["error"]:
         return f"⚠️ **{hit[1].name}** cannot be read: {report['error']}"
-    return "\n".join(f"- {line}" for line in panel_lines(report))
+    lines = panel_lines(report)
+    loaded = app.engine.resident_info(hit[1].path)
+    if loaded is not None and "inglenook.extra_buffer_types" in loaded.metadata:
+        # what the load chose for llama.cpp's extra buffer types (AMX, repacking) and why (webui/hardware.py)
+        lines.append(f"extra buffer types (this load): {loaded.metadata['inglenook.extra_buffer_types']}")
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def load(app: App, catalog: Catalog, typed: str, variant: str, loader: str | None, values: dict) -> str:
