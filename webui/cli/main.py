@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
 from webui.cli.bench_api import add_options as add_bench_api_options
 from webui.cli.options import add_serve_options, settings_from
+from webui.logs import LEVELS, setup_logging
 from webui.paths import UnsafeName
 from webui.presets import PresetStore
 from webui.templates.prefs import TemplatePrefs
@@ -63,6 +63,12 @@ def _model_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         "--trust-remote-code",
         action="store_true",
         help="run Python code shipped inside a model folder (transformers/gptq): trusted sources only",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=LEVELS,
+        help="how much to log to stderr and to user_data/logs/inglenook.log (default: info)",
     )
     p.add_argument(
         "--set",
@@ -186,9 +192,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    keeps_file = args.command in ("serve", "run", "chat", None)  # these own a user_data folder
+    setup_logging(getattr(args, "log_level", "info"), args.user_data if keeps_file else None)
     try:
         if args.command in ("run", "chat"):
             args.chat = args.chat or args.command == "chat"
