@@ -335,10 +335,83 @@ class LlamaCppLoader(Loader):
         return LlamaCppModel(llm, info)
 
 
+def ensure_backends() -> None:
+    """Load ggml's CPU backend when llama-cpp-python was built portable (``GGML_BACKEND_DL``: one
+    ``libggml-cpu-<variant>.so`` per CPU generation beside the library, the best one chosen at run time).
+
+    ggml looks for them beside the Python executable and in the working directory, not in ``llama_cpp/lib``,
+    so without this a portable build loads no backend at all. A no-op for a native build (one libggml-cpu.so).
+    """
+    import ctypes
+
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    if not any(lib_dir.glob("libggml-cpu-*")):
+        return
+    ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml.*"))))  # the handle llama_cpp already holds
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count() == 0:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+
+
+def ggml_cpu_report() -> dict:
+    """Which ggml CPU backend this process runs (the library file, the features it was built with) and the
+    extra buffer types it offers (e.g. CPU_REPACK, AMX), as ggml itself reports them."""
+    import ctypes
+
+    import llama_cpp
+
+    ensure_backends()
+    llama_cpp.llama_backend_init()  # loads the backends of a native build (idempotent)
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml.*"))))
+    base = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.*"))))
+    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    base.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    report: dict = {"library": "", "portable": any(lib_dir.glob("libggml-cpu-*")), "features": {}, "buffer_types": []}
+    try:
+        maps = Path("/proc/self/maps").read_text()
+        report["library"] = next((Path(x.split()[-1]).name for x in maps.splitlines() if "libggml-cpu" in x), "")
+    except OSError:
+        pass
+    reg = ggml.ggml_backend_reg_by_name(b"CPU")
+    if not reg:
+        return report
+
+    class Feature(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+
+    features_fn = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_get_features")
+    if features_fn:
+        feats = ctypes.CFUNCTYPE(ctypes.POINTER(Feature), ctypes.c_void_p)(features_fn)(reg)
+        i = 0
+        while feats[i].name:
+            report["features"][feats[i].name.decode()] = feats[i].value.decode()
+            i += 1
+    bufts_fn = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if bufts_fn:
+        dev = base.ggml_backend_reg_dev_get(reg, 0)
+        bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(bufts_fn)(dev)
+        i = 0
+        while bufts and bufts[i]:
+            report["buffer_types"].append(base.ggml_backend_buft_name(bufts[i]).decode())
+            i += 1
+    return report
+
+
 def llama_kwargs(path: Path, settings: LoadSettings) -> dict:
     """The ``llama_cpp.Llama`` arguments for ``settings`` (also used by ``inglenook bench`` for its raw baseline)."""
     if not isinstance(settings, LlamaCppSettings):
         settings = LlamaCppSettings(n_ctx=settings.n_ctx, threads=settings.threads)
+    ensure_backends()  # a portable build's CPU backend, before the first Llama() (bench's raw baseline too)
     threads = settings.threads or max(1, (os.cpu_count() or 2))
     return {
         "model_path": str(path),

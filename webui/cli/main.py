@@ -17,6 +17,7 @@ from webui import __version__
 from webui.app import App
 from webui.chat.reply import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.cli import characters as cli_characters
+from webui.cli import doctor as cli_doctor
 from webui.cli import extensions as cli_extensions
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
@@ -31,6 +32,7 @@ from webui.templates.render import build_chat_prompt
 
 SUBCOMMANDS = (
     "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
+    "doctor",
 )  # fmt: skip
 
 
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_presets.add_parser(sub)
     cli_extensions.add_parser(sub)
     cli_models.add_parser(sub)
+    cli_doctor.add_parser(sub)
     return parser
 
 
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_extensions.run(args)
         if args.command == "models":
             return cli_models.run(args)
+        if args.command == "doctor":
+            return cli_doctor.run(args)
         if args.command == "bench":
             from webui.cli.bench import cmd_bench
             from webui.cli.bench_api import cmd_bench_api
