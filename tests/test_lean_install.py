@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from backends.registry import LoaderRegistry
-from webui.models.install import install_command, requirements
+from webui.models.install import install, install_command, requirements
+from webui.models.panel import install_loader
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,3 +106,39 @@ def test_refresh_registers_a_plugin_installed_while_running(tmp_path: Path, monk
     assert registry.refresh() == ["late"]
     assert registry.get("llama.cpp") is llama and registry.pick(Path("x.late")).name == "late"
     assert registry.refresh() == []
+
+
+def test_install_streams_pip_and_registers_the_loader(tmp_path: Path, monkeypatch):
+    """A real pip install of a loader package (built from a folder, into a target directory on sys.path, so
+    the shared environment is left alone): pip's lines arrive as progress, and the loader is usable afterwards."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "piped-loader"\nversion = "0.1"\n'
+        '[project.entry-points."inglenook.backends"]\npiped = "piped_loader"\n'
+        '[tool.setuptools]\npy-modules = ["piped_loader"]\n'
+    )
+    (pkg / "piped_loader.py").write_text(
+        "from backends.base import Loader\nfrom backends.hookspecs import hookimpl\n"
+        "class Piped(Loader):\n    name = 'piped'\n    def can_load(self, path):\n        return False\n"
+        "    def load(self, path, settings):\n        raise NotImplementedError\n"
+        "@hookimpl\ndef register_loaders(register):\n    register(Piped())\n"
+    )
+    target = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(target))
+    registry = LoaderRegistry()
+    lines: list[str] = []
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+           "--target", str(target), str(pkg)]  # fmt: skip
+    assert install("piped", registry, lines.append, command=cmd) is None
+    assert lines[0].startswith("$ pip install") and any("Successfully installed piped-loader" in x for x in lines)
+    assert "piped" in registry.names()
+    failed = install("nothing", registry, lines.append, command=[sys.executable, "-m", "pip", "install", "--no-index",
+                                                                  "no-such-package-here"])  # fmt: skip
+    assert failed is not None and failed.startswith("pip failed (exit 1)")
+
+
+def test_install_button_refuses_beyond_this_machine(make_app):
+    app = make_app(host="0.0.0.0", insecure_no_auth=True)
+    assert "only possible from this machine" in next(install_loader(app, "transformers"))

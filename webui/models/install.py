@@ -39,12 +39,15 @@ def install_command(loader: str) -> list[str]:
     return [sys.executable, "-m", "pip", "install", "--progress-bar", "off", *requirements(EXTRAS[loader])]
 
 
-def install(loader: str, registry: LoaderRegistry, progress: Callable[[str], None]) -> str | None:
-    """Install ``loader``'s packages, calling ``progress`` with each line pip prints; then refresh ``registry``.
+def install(
+    loader: str, registry: LoaderRegistry, progress: Callable[[str], None], command: list[str] | None = None
+) -> str | None:
+    """Install ``loader``'s packages (``command``: another pip command, for a plugin's own packages), calling
+    ``progress`` with each line pip prints; then refresh ``registry``.
 
     Returns None when the loader is available afterwards, else why not (pip's failure or the import error).
     """
-    cmd = install_command(loader)
+    cmd = command or install_command(loader)
     progress("$ " + " ".join(cmd[2:]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
@@ -58,4 +61,6 @@ def install(loader: str, registry: LoaderRegistry, progress: Callable[[str], Non
         return f"pip failed (exit {proc.returncode}): {last}"
     importlib.invalidate_caches()  # so the packages just installed import in this process
     registry.refresh()
+    if loader not in registry.names():
+        return f"the install finished but no loader named {loader!r} registered"
     return registry.get(loader).available()

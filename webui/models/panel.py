@@ -6,10 +6,14 @@ from its defaults, the command line and what was saved for the model; Load / Unl
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from backends.base import LoadSettings, ModelLoadError
 from webui.models.catalog import Catalog, Variant, available_memory, loader_options, natural_loader, variant_report
+from webui.models.install import EXTRAS, install
 from webui.models.report import panel_lines
 from webui.models.settings import (
     UNSAFE_SETTINGS,
@@ -162,3 +166,53 @@ def current(app: App, catalog: Catalog) -> tuple[str | None, str | None]:
         return None, None
     hit = catalog.find(loaded.path.name)
     return (hit[0].name, hit[1].name) if hit else (loaded.path.name, None)
+
+
+# -- loaders whose packages are missing ----------------------------------------------------------------------
+
+
+def missing_loaders(app: App) -> list[tuple[str, str]]:
+    """(name, why unavailable) of every registered loader the Install button can install."""
+    found = []
+    for name in app.registry.names():
+        problem = app.registry.get(name).available()
+        if problem is not None and name in EXTRAS:
+            found.append((name, problem))
+    return found
+
+
+def loaders_markdown(app: App) -> str:
+    missing = missing_loaders(app)
+    if not missing:
+        return "Every loader Inglenook ships is installed."
+    lines = [f"- **{name}** is not installed: {problem}" for name, problem in missing]
+    return "\n".join(lines)
+
+
+def install_loader(app: App, name: str) -> Iterator[str]:
+    """Install ``name``'s packages, yielding pip's output so far (the last lines) as it runs; the loader is usable
+    at the end, without a restart. Only on a UI served to this machine: an install runs pip as the server's user."""
+    if not app.settings.loopback:
+        yield "⚠️ installing loaders is only possible from this machine (the UI is served beyond it)"
+        return
+    if name not in EXTRAS:
+        yield f"⚠️ no install is known for {name!r}"
+        return
+    lines: queue.Queue[str | None] = queue.Queue()
+    result: list[str | None] = []
+
+    def work() -> None:
+        try:
+            result.append(install(name, app.registry, lines.put))
+        except Exception as exc:  # shown to the user, not raised into Gradio
+            result.append(f"{type(exc).__name__}: {exc}")
+        lines.put(None)
+
+    threading.Thread(target=work, name=f"install-{name}", daemon=True).start()
+    shown: list[str] = []
+    while (line := lines.get()) is not None:
+        shown = [*shown[-30:], line]
+        yield "```\n" + "\n".join(shown) + "\n```"
+    problem = result[0] if result else "the install ended without a result"
+    tail = "```\n" + "\n".join(shown[-10:]) + "\n```\n"
+    yield tail + (f"⚠️ {name} is still unavailable: {problem}" if problem else f"✅ {name} is installed and ready.")

@@ -62,6 +62,14 @@ def build_model_tab(app: App, on_change) -> tuple:
                 widgets[name] = w
     with gr.Accordion("Model info", open=False, elem_id="model-info-box"):
         info = gr.Markdown(core.info_markdown(app, catalog, variant0 or "", values0.get("n_ctx")), elem_id="model-info")
+    missing0 = [name for name, _ in core.missing_loaders(app)]
+    with gr.Accordion("Install loaders", open=False, visible=bool(missing0), elem_id="install-loaders"):
+        missing_md = gr.Markdown(core.loaders_markdown(app), elem_id="missing-loaders")
+        with gr.Row():
+            to_install = gr.Dropdown(choices=missing0, value=missing0[0] if missing0 else None, label="Loader",
+                                     scale=3, elem_id="install-loader-choice")  # fmt: skip
+            install = gr.Button("Install", scale=1, elem_id="install-loader")
+        install_log = gr.Markdown("", elem_id="install-loader-log")
     names = list(widgets)
     inputs = [model, variant, loader, *widgets.values()]
 
@@ -106,6 +114,15 @@ def build_model_tab(app: App, on_change) -> tuple:
     def refresh_info(variant_name, n_ctx):
         return core.info_markdown(app, catalog, variant_name or "", n_ctx)
 
+    def do_install(name, variant_name):
+        for text in core.install_loader(app, name or ""):
+            yield text, gr.update(), gr.update(), gr.update()
+        missing = [n for n, _ in core.missing_loaders(app)]
+        labels, natural = core.loader_choices(app, catalog, variant_name or "")
+        yield (text, core.loaders_markdown(app), gr.update(choices=missing, value=missing[0] if missing else None),
+               gr.update(choices=labels, value=natural))  # fmt: skip
+
+    install.click(do_install, [to_install, variant], [install_log, missing_md, to_install, loader], api_name=False)
     model.input(pick_model, model, variant, api_name=False)
     variant.change(pick_variant, variant, loader, api_name=False)
     loader.change(pick_loader, [loader, variant], [*widgets.values(), info], api_name=False)
