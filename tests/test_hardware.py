@@ -175,3 +175,40 @@ def test_real_probe_runs_the_model(gemma_path: Path):
     assert result == ProbeResult(True, False, "decoded a token")
     broken = run_probe(gemma_path.with_name("missing.gguf"), timeout_s=300)
     assert not broken.ok and not broken.crashed and broken.detail.startswith("exit 1")
+
+
+@pytest.mark.slow
+def test_model_info_panel_says_what_the_load_chose(make_app, gemma_path: Path):
+    """The Model tab's info panel, for the loaded model: the extra buffer types choice and its reason."""
+    from webui.models import panel
+    from webui.models.catalog import Catalog
+
+    app = make_app(load_overrides={"extra_buffer_types": "off"})
+    app.load_model(gemma_path.name)
+    text = panel.info_markdown(app, Catalog(app.settings.models_dir), gemma_path.name, 2048)
+    assert "- extra buffer types (this load): off (set explicitly)" in text
+    app.engine.unload()
+    assert "extra buffer types" not in panel.info_markdown(app, Catalog(app.settings.models_dir), gemma_path.name, 2048)
+
+
+@pytest.mark.slow
+def test_api_load_setting_overrides_auto(make_app, gemma_path: Path):
+    """/v1/internal/model/load's settings set extra_buffer_types; model info reports the choice; a bad value is
+    refused before anything is unloaded."""
+    from fastapi.testclient import TestClient
+
+    from webui.server import build_api_server
+
+    app = make_app()
+    client = TestClient(build_api_server(app))
+    r = client.post(
+        "/v1/internal/model/load", json={"model_name": gemma_path.name, "settings": {"extra_buffer_types": "off"}}
+    )
+    assert r.status_code == 200, r.text
+    info = client.get("/v1/internal/model/info").json()["info"]
+    assert info["metadata"]["inglenook.extra_buffer_types"] == "off (set explicitly)"
+    bad = client.post(
+        "/v1/internal/model/load", json={"model_name": gemma_path.name, "settings": {"extra_buffer_types": "x"}}
+    )
+    assert bad.status_code >= 400 and "auto, on or off" in bad.text
+    assert client.get("/v1/internal/model/info").json()["model_name"] == info["name"]

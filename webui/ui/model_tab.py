@@ -128,6 +128,8 @@ def build_model_tab(app: App, on_change) -> tuple:
     loader.change(pick_loader, [loader, variant], [*widgets.values(), info], api_name=False)
     if "n_ctx" in widgets:
         widgets["n_ctx"].change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
+        # after a load/unload/reload (each sets the status line) the panel says what the load chose
+        status.change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
     return (
         status,
         (load, do_load, inputs),
