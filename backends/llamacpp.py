@@ -349,11 +349,19 @@ def ensure_backends() -> None:
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     if not any(lib_dir.glob("libggml-cpu-*")):
         return
-    ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml.*"))))  # the handle llama_cpp already holds
+    ggml = _ggml()
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     if ggml.ggml_backend_reg_count() == 0:
         ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
         ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+
+
+def _ggml():
+    """ggml's functions as libllama sees them: looked up through libllama's own handle (its dependencies), never
+    by opening a libggml file again (the wheel holds copies, not links: a second copy has its own registry)."""
+    from llama_cpp import llama_cpp as lib
+
+    return lib._lib
 
 
 def ggml_cpu_report() -> dict:
@@ -366,8 +374,7 @@ def ggml_cpu_report() -> dict:
     ensure_backends()
     llama_cpp.llama_backend_init()  # loads the backends of a native build (idempotent)
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    ggml = ctypes.CDLL(str(next(lib_dir.glob("libggml.*"))))
-    base = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.*"))))
+    ggml = base = _ggml()
     ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
     base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p

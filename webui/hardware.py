@@ -160,8 +160,9 @@ def _probe_main(path: str) -> int:
     """The probe itself: a load with extra buffer types on and a one-token decode (a fault kills this process)."""
     import llama_cpp
 
-    from backends.llamacpp import model_params
+    from backends.llamacpp import ensure_backends, model_params
 
+    ensure_backends()  # a portable build's CPU backend
     with model_params(True):
         llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_batch=64, verbose=False)
     tokens = llm.tokenize(b"Hello", add_bos=True)
