@@ -80,7 +80,7 @@ class GptqLoader(Loader):
     description = "GPTQ checkpoints through GPTQModel (CUDA kernels on a GPU, a torch kernel on CPU)"
     settings_type = GptqSettings
     supported_params = SUPPORTED_PARAMS
-    install_hint = "pip install gptqmodel"
+    install_hint = 'inglenook loaders install gptq (or: pip install "inglenook[torch]")'
     loads = 'Hugging Face folders whose config.json has quantization_config.quant_method "gptq"'
 
     def available(self) -> str | None:

@@ -17,9 +17,12 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from backends.base import (
     SAMPLER_NAMES,
@@ -35,6 +38,7 @@ from backends.base import (
     StopMatcher,
     Stopwatch,
 )
+from backends.cpu import cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
 
@@ -48,6 +52,58 @@ class LlamaCppSettings(LoadSettings):
     use_mmap: bool = True
     use_mlock: bool = False
     flash_attn: bool = False
+    # llama.cpp's extra buffer types (weight repacking, and AMX on CPUs that advertise it). auto = on, unless
+    # the CPU advertises AMX: then the app's probe decides (webui/hardware.py), and without a probe, off.
+    extra_buffer_types: Literal["auto", "on", "off"] = "auto"
+
+
+# Decides ``auto`` for a model path: (use extra buffer types, why). The app supplies one that probes once per
+# machine (webui.hardware.ExtraBufferPolicy); it must pickle, as the loader travels to the model's worker process.
+AutoExtraBuffers = Callable[[Path], tuple[bool, str]]
+
+
+def decide_extra_buffers(
+    setting: str, path: Path, policy: AutoExtraBuffers | None, amx: bool | None = None
+) -> tuple[bool, str]:
+    """Whether to load with llama.cpp's extra buffer types, and the reason, in words, for the Model info panel."""
+    if setting not in ("auto", "on", "off"):
+        raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {setting!r}")
+    if setting == "on":
+        return True, "on (set explicitly)"
+    if setting == "off":
+        return False, "off (set explicitly)"
+    if amx is None:
+        amx = cpu_info().amx
+    if not amx:
+        return True, "on (auto: this CPU advertises no AMX; llama.cpp's default)"
+    if policy is None:
+        return False, "off (auto: this CPU advertises AMX and no probe was run, so the safe choice)"
+    return policy(path)
+
+
+# Llama() builds its model parameters itself and has no argument for use_extra_bufts; loads swap the defaults
+# function it calls, one load at a time (a lock, not state: it holds nothing between loads).
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """Loads inside this block get ``llama_model_params.use_extra_bufts = use_extra_bufts``."""
+    from llama_cpp import llama_cpp as lib
+
+    with _PARAMS_LOCK:
+        original = lib.llama_model_default_params
+
+        def defaults():
+            params = original()
+            params.use_extra_bufts = use_extra_bufts
+            return params
+
+        lib.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
 
 
 class LlamaCppModel(Model):
@@ -221,6 +277,9 @@ class LlamaCppLoader(Loader):
     install_hint = "pip install llama-cpp-python"
     loads = ".gguf files"
 
+    def __init__(self, auto_extra_buffers: AutoExtraBuffers | None = None) -> None:
+        self.auto_extra_buffers = auto_extra_buffers
+
     def available(self) -> str | None:
         try:
             import llama_cpp  # noqa: F401
@@ -234,6 +293,8 @@ class LlamaCppLoader(Loader):
     def check(self, path: Path, settings: LoadSettings | None = None) -> None:
         if not path.is_file():
             raise ModelLoadError(f"{path} is not a file")
+        if isinstance(settings, LlamaCppSettings) and settings.extra_buffer_types not in ("auto", "on", "off"):
+            raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {settings.extra_buffer_types!r}")
         read_header(path)
 
     def load(self, path: Path, settings: LoadSettings) -> Model:
@@ -245,8 +306,12 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError(missing)
         import llama_cpp
 
+        chosen = settings.extra_buffer_types if isinstance(settings, LlamaCppSettings) else "auto"
+        use_extra_bufts, why = decide_extra_buffers(chosen, path, self.auto_extra_buffers)
+        log.info("%s: extra buffer types %s", path.name, why)
         try:
-            llm = llama_cpp.Llama(**llama_kwargs(path, settings))
+            with model_params(use_extra_bufts):
+                llm = llama_cpp.Llama(**llama_kwargs(path, settings))
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
         vocab = llm._model.vocab
@@ -262,15 +327,98 @@ class LlamaCppLoader(Loader):
             file_size=path.stat().st_size,
             bos_token=_piece(llm, llama_cpp.llama_vocab_bos(vocab)),
             eos_token=_piece(llm, llama_cpp.llama_vocab_eos(vocab)),
-            metadata={k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
+            metadata={
+                **{k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
+                "inglenook.extra_buffer_types": why,
+            },
         )
         return LlamaCppModel(llm, info)
+
+
+def ensure_backends() -> None:
+    """Load ggml's CPU backend when llama-cpp-python was built portable (``GGML_BACKEND_DL``: one
+    ``libggml-cpu-<variant>.so`` per CPU generation beside the library, the best one chosen at run time).
+
+    ggml looks for them beside the Python executable and in the working directory, not in ``llama_cpp/lib``,
+    so without this a portable build loads no backend at all. A no-op for a native build (one libggml-cpu.so).
+    """
+    import ctypes
+
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    if not any(lib_dir.glob("libggml-cpu-*")):
+        return
+    ggml = _ggml()
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count() == 0:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+
+
+def _ggml():
+    """ggml's functions as libllama sees them: looked up through libllama's own handle (its dependencies), never
+    by opening a libggml file again (the wheel holds copies, not links: a second copy has its own registry)."""
+    from llama_cpp import llama_cpp as lib
+
+    return lib._lib
+
+
+def ggml_cpu_report() -> dict:
+    """Which ggml CPU backend this process runs (the library file, the features it was built with) and the
+    extra buffer types it offers (e.g. CPU_REPACK, AMX), as ggml itself reports them."""
+    import ctypes
+
+    import llama_cpp
+
+    ensure_backends()
+    llama_cpp.llama_backend_init()  # loads the backends of a native build (idempotent)
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    ggml = base = _ggml()
+    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    base.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    report: dict = {"library": "", "portable": any(lib_dir.glob("libggml-cpu-*")), "features": {}, "buffer_types": []}
+    try:
+        maps = Path("/proc/self/maps").read_text()
+        report["library"] = next((Path(x.split()[-1]).name for x in maps.splitlines() if "libggml-cpu" in x), "")
+    except OSError:
+        pass
+    reg = ggml.ggml_backend_reg_by_name(b"CPU")
+    if not reg:
+        return report
+
+    class Feature(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+
+    features_fn = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_get_features")
+    if features_fn:
+        feats = ctypes.CFUNCTYPE(ctypes.POINTER(Feature), ctypes.c_void_p)(features_fn)(reg)
+        i = 0
+        while feats[i].name:
+            report["features"][feats[i].name.decode()] = feats[i].value.decode()
+            i += 1
+    bufts_fn = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if bufts_fn:
+        dev = base.ggml_backend_reg_dev_get(reg, 0)
+        bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(bufts_fn)(dev)
+        i = 0
+        while bufts and bufts[i]:
+            report["buffer_types"].append(base.ggml_backend_buft_name(bufts[i]).decode())
+            i += 1
+    return report
 
 
 def llama_kwargs(path: Path, settings: LoadSettings) -> dict:
     """The ``llama_cpp.Llama`` arguments for ``settings`` (also used by ``inglenook bench`` for its raw baseline)."""
     if not isinstance(settings, LlamaCppSettings):
         settings = LlamaCppSettings(n_ctx=settings.n_ctx, threads=settings.threads)
+    ensure_backends()  # a portable build's CPU backend, before the first Llama() (bench's raw baseline too)
     threads = settings.threads or max(1, (os.cpu_count() or 2))
     return {
         "model_path": str(path),

@@ -75,6 +75,20 @@ class LoaderRegistry:
                 else:
                     self._loaders[loader.name] = loader
 
+    def refresh(self, load_entry_points: bool = True) -> list[str]:
+        """Pick up plugins installed since this registry was built (e.g. by ``inglenook loaders install``);
+        the loaders already known stay as they are. Returns the names of the new loaders."""
+        before = set(self._loaders)
+        if load_entry_points:
+            importlib.invalidate_caches()
+            self._add_entry_points()
+        known = dict(self._loaders)
+        self._loaders = {}
+        self._collect()
+        self._loaders = {**known, **{k: v for k, v in self._loaders.items() if k not in known}}
+        self.errors = list({(e.source, e.error): e for e in self.errors}.values())  # a plugin failing again
+        return [name for name in self._loaders if name not in before]
+
     def _fail(self, source: str, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
         log.warning("loader plugin %s is disabled: %s", source, message)

@@ -395,7 +395,7 @@ class TransformersLoader(Loader):
     description = "Hugging Face model folders (config.json + safetensors) on CPU or CUDA; also .gguf (dequantized)"
     settings_type = TransformersSettings
     supported_params = SUPPORTED_PARAMS
-    install_hint = "pip install torch==2.14.1 transformers==5.23.0"
+    install_hint = 'inglenook loaders install transformers (or: pip install "inglenook[torch]")'
     loads = "Hugging Face folders (config.json + *.safetensors); .gguf files via gguf_file= (dequantized)"
 
     def available(self) -> str | None:

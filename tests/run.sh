@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine, in one command: `bash tests/run.sh` (extra args go to pytest).
-# Creates .venv if needed, installs Inglenook with its test extras (pip's wheel cache keeps the
-# llama-cpp-python build from repeating), installs Debian's Chromium for the browser tests, runs pytest.
+# Creates .venv if needed, installs Inglenook with its test and torch extras (install.sh: llama-cpp-python is
+# built portable once into ~/.cache/inglenook/wheels; cache that folder in CI), installs Debian's Chromium for
+# the browser tests, runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,9 @@ if ! [ -x /usr/bin/chromium ]; then
     fi
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# Everything: the portable llama.cpp build (built once into a wheel folder, see install.sh), the torch loaders
+# (CI tests all three loaders) and the test tools.
+bash install.sh test,torch
 # The test loader plugin (tests/plugins/fake_loader) is installed like any third-party loader: an entry point.
-.venv/bin/python -m pip install -q -e ".[test]" -e tests/plugins/fake_loader
+.venv/bin/python -m pip install -q -e tests/plugins/fake_loader
 exec .venv/bin/python -m pytest "$@"

@@ -39,7 +39,7 @@ def test_a_loader_with_a_missing_dependency_is_unavailable_with_a_hint_and_the_o
     assert listed.returncode == 0, listed.stderr
     found = {item["name"]: item for item in json.loads(listed.stdout)}
     assert found["gptq"]["available"] is False
-    assert "pip install gptqmodel" in found["gptq"]["problem"]
+    assert "inglenook loaders install gptq" in found["gptq"]["problem"]
     assert found["llama.cpp"]["available"] and found["transformers"]["available"]
     text = _blocked("loaders")
     assert "gptq  (UNAVAILABLE" in text.stdout
@@ -55,7 +55,7 @@ def test_a_loader_with_a_missing_dependency_is_unavailable_with_a_hint_and_the_o
 def test_loading_a_gptq_folder_without_gptqmodel_says_how_to_install_it(tiny_gptq):
     ran = _blocked("run", str(tiny_gptq), "Hello", "--max-tokens", "2")
     assert ran.returncode == 1
-    assert "loader gptq is unavailable" in ran.stderr and "pip install gptqmodel" in ran.stderr
+    assert "loader gptq is unavailable" in ran.stderr and "inglenook loaders install gptq" in ran.stderr
 
 
 def test_run_refuses_pickle_weights_unless_allowed(tiny_llama, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from backends.base import LoadSettings, ModelInfo, ModelLoadError
 from backends.registry import LoaderRegistry
+from webui import hardware
 from webui.characters.store import CharacterStore
 from webui.chat.history import HistoryStore
 from webui.engine import Engine
@@ -42,6 +43,7 @@ class App:
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
+        hardware.attach(registry, settings.user_data)  # extra_buffer_types=auto: probe once per machine (AMX)
         engine, extensions = Engine(registry, settings.max_loaded_models), ExtensionHost(settings.user_data)
         engine.extensions = extensions  # every generation through webui.chat.reply runs the enabled hooks
         extensions.start()  # never raises because of an extension

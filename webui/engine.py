@@ -298,6 +298,7 @@ class Engine:
     def _close_one(loaded: Loaded) -> None:
         loaded.model.close()
         gc.collect()
+        log.info("unloaded %s", loaded.path.name)
 
     # -- generation -------------------------------------------------------------------
     def generate(

@@ -15,6 +15,7 @@ from starlette.routing import Mount
 from webui.api.auth import UiUser, check_exposure, exposure_warning, protect
 from webui.api.routes import install_api
 from webui.app import App
+from webui.logs import RequestLog
 from webui.ui.app import CSS, build_ui
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ PROGRESS_POLL_S = 0.1
 def build_api_server(app: App) -> FastAPI:
     """The FastAPI app with /healthz and the /v1 API (the UI is mounted on it by :func:`build_server`)."""
     api = FastAPI(title="Inglenook", docs_url=None, redoc_url=None, openapi_url=None)
+    api.add_middleware(RequestLog)  # one log line per request: method, path, status, time, model, tokens
 
     @api.get("/healthz", include_in_schema=False)
     def healthz() -> dict:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 
 from backends.base import SamplingParams
 from backends.registry import LoaderRegistry
+from webui.models.install import EXTRAS, install
 
 
 def add_parser(sub) -> None:
@@ -20,6 +22,14 @@ def add_parser(sub) -> None:
         help="list the loaders, whether their dependencies import, what they load and which samplers they honour",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of loaders")
+    lsub = p.add_subparsers(dest="loaders_command", metavar="{install}")
+    install = lsub.add_parser(
+        "install",
+        help="install a loader's packages into this environment (transformers, gptq: the torch extra)",
+        description="Runs pip install with the packages of Inglenook's [torch] extra (torch, transformers, "
+        "GPTQModel, accelerate), printing pip's progress; then checks the loader imports.",
+    )
+    install.add_argument("loader", choices=sorted(EXTRAS), help="the loader to install")
 
 
 def describe(registry: LoaderRegistry) -> list[dict]:
@@ -48,6 +58,14 @@ def describe(registry: LoaderRegistry) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "loaders_command", None) == "install":
+        registry = LoaderRegistry()
+        problem = install(args.loader, registry, lambda line: print(line, flush=True))
+        if problem:
+            print(f"error: {args.loader} is still unavailable: {problem}", file=sys.stderr)
+            return 1
+        print(f"{args.loader} is installed and available.")
+        return 0
     found = describe(LoaderRegistry())
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))

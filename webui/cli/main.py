@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,12 +18,14 @@ from webui.app import App
 from webui.chat.reply import Reply, default_params, format_stats, stream_chat, stream_completion
 from webui.cli import bench as cli_bench
 from webui.cli import characters as cli_characters
+from webui.cli import doctor as cli_doctor
 from webui.cli import extensions as cli_extensions
 from webui.cli import hub as cli_hub
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
 from webui.cli.options import add_model_options, add_models_dir, add_serve_options, settings_from
+from webui.logs import setup_logging
 from webui.paths import UnsafeName
 from webui.presets import PresetStore
 from webui.templates.prefs import TemplatePrefs
@@ -32,7 +33,7 @@ from webui.templates.render import build_chat_prompt
 
 SUBCOMMANDS = (
     "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
-    "pull", "hub",
+    "pull", "hub", "doctor",
 )  # fmt: skip
 
 
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_extensions.add_parser(sub)
     cli_models.add_parser(sub)
     cli_hub.add_parser(sub)
+    cli_doctor.add_parser(sub)
     return parser
 
 
@@ -133,9 +135,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    keeps_file = args.command in ("serve", "run", "chat", None)  # these own a user_data folder
+    setup_logging(getattr(args, "log_level", "info"), args.user_data if keeps_file else None)
     try:
         if args.command in ("run", "chat"):
             args.chat = args.chat or args.command == "chat"
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_models.run(args)
         if args.command in ("pull", "hub"):
             return cli_hub.run_pull(args) if args.command == "pull" else cli_hub.run_hub(args)
+        if args.command == "doctor":
+            return cli_doctor.run(args)
         if args.command == "bench":
             return cli_bench.run(args)
         return cmd_serve(args)

@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from webui.logs import LEVELS
 from webui.settings import API_KEY_ENV, Settings
 
 
@@ -46,6 +47,20 @@ def add_model_options(p: argparse.ArgumentParser, with_model: bool = True) -> No
         action="store_true",
         help="run Python code shipped inside a model folder (transformers/gptq): trusted sources only",
     )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=LEVELS,
+        help="how much to log to stderr and to user_data/logs/inglenook.log (default: info)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a load setting of the loader, over saved ones (repeatable), e.g. --set extra_buffer_types=off "
+        "(see 'loaders' for each loader's settings)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -60,10 +75,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
         n_ctx=args.n_ctx or 4096,
         allow_pickle=getattr(args, "allow_pickle", False),
         trust_remote_code=getattr(args, "trust_remote_code", False),
-        load_overrides={k: v for k, v in (("n_ctx", args.n_ctx), ("threads", args.threads)) if v is not None},
+        load_overrides={
+            **{k: v for k, v in (("n_ctx", args.n_ctx), ("threads", args.threads)) if v is not None},
+            **parse_set(getattr(args, "set", None) or []),
+        },
         stream_interval_s=max(0, getattr(args, "stream_interval_ms", 50)) / 1000,
     )
     return replace(settings, **serve_settings(args))  # the API and access flags (webui/api_auth.py)
+
+
+def parse_set(pairs: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` options as a dict; the loader's settings type checks each value when it is built."""
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set expects NAME=VALUE, e.g. --set extra_buffer_types=off (got {pair!r})")
+        found[name.strip()] = value.strip()
+    return found
 
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:

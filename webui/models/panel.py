@@ -6,13 +6,17 @@ from its defaults, the command line and what was saved for the model; Load / Unl
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backends.base import LoadSettings, ModelLoadError
-from webui.access import is_ui_admin, logins_configured
+from webui.access import ADMIN_REFUSAL, is_ui_admin, logins_configured
 from webui.models.catalog import Catalog, Variant, available_memory, loader_options, natural_loader, variant_report
 from webui.models.hub import provenance
+from webui.models.install import EXTRAS, install
 from webui.models.report import panel_lines
 from webui.models.settings import (
     UNSAFE_SETTINGS,
@@ -110,7 +114,12 @@ def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -
     report = variant_report(hit[1], app.registry, int(n_ctx or app.settings.n_ctx), available_memory())
     if report["error"]:
         return f"⚠️ **{hit[1].name}** cannot be read: {report['error']}"
-    return "\n".join(f"- {line}" for line in panel_lines(report)) + provenance_markdown(hit[1].path)
+    lines = panel_lines(report)
+    loaded = app.engine.resident_info(hit[1].path)
+    if loaded is not None and "inglenook.extra_buffer_types" in loaded.metadata:
+        # what the load chose for llama.cpp's extra buffer types (AMX, repacking) and why (webui/hardware.py)
+        lines.append(f"extra buffer types (this load): {loaded.metadata['inglenook.extra_buffer_types']}")
+    return "\n".join(f"- {line}" for line in lines) + provenance_markdown(hit[1].path)
 
 
 def provenance_markdown(path: Path) -> str:
@@ -184,3 +193,53 @@ def current(app: App, catalog: Catalog) -> tuple[str | None, str | None]:
         return None, None
     hit = catalog.find(loaded.path.name)
     return (hit[0].name, hit[1].name) if hit else (loaded.path.name, None)
+
+
+# -- loaders whose packages are missing ----------------------------------------------------------------------
+
+
+def missing_loaders(app: App) -> list[tuple[str, str]]:
+    """(name, why unavailable) of every registered loader the Install button can install."""
+    found = []
+    for name in app.registry.names():
+        problem = app.registry.get(name).available()
+        if problem is not None and name in EXTRAS:
+            found.append((name, problem))
+    return found
+
+
+def loaders_markdown(app: App) -> str:
+    missing = missing_loaders(app)
+    if not missing:
+        return "Every loader Inglenook ships is installed."
+    lines = [f"- **{name}** is not installed: {problem}" for name, problem in missing]
+    return "\n".join(lines)
+
+
+def install_loader(app: App, name: str, admin: bool | None = None) -> Iterator[str]:
+    """Install ``name``'s packages, yielding pip's output so far (the last lines) as it runs; the loader is usable
+    at the end, without a restart. Admins only (webui/access.py): an install runs pip as the server's user."""
+    if not _admin(app, admin):
+        yield f"⚠️ installing loaders is refused: {ADMIN_REFUSAL}"
+        return
+    if name not in EXTRAS:
+        yield f"⚠️ no install is known for {name!r}"
+        return
+    lines: queue.Queue[str | None] = queue.Queue()
+    result: list[str | None] = []
+
+    def work() -> None:
+        try:
+            result.append(install(name, app.registry, lines.put))
+        except Exception as exc:  # shown to the user, not raised into Gradio
+            result.append(f"{type(exc).__name__}: {exc}")
+        lines.put(None)
+
+    threading.Thread(target=work, name=f"install-{name}", daemon=True).start()
+    shown: list[str] = []
+    while (line := lines.get()) is not None:
+        shown = [*shown[-30:], line]
+        yield "```\n" + "\n".join(shown) + "\n```"
+    problem = result[0] if result else "the install ended without a result"
+    tail = "```\n" + "\n".join(shown[-10:]) + "\n```\n"
+    yield tail + (f"⚠️ {name} is still unavailable: {problem}" if problem else f"✅ {name} is installed and ready.")

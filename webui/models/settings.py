@@ -34,6 +34,7 @@ LABELS = {
     "use_mmap": "mmap (map the file instead of reading it)",
     "use_mlock": "mlock (keep the weights in RAM)",
     "flash_attn": "Flash attention",
+    "extra_buffer_types": "Extra buffer types (weight repacking, AMX; auto: on unless an AMX probe crashed here)",
     "dtype": "dtype",
     "device": "Device",
     "trust_remote_code": "Trust remote code (runs the model folder's Python code)",

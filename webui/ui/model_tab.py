@@ -64,6 +64,14 @@ def build_model_tab(app: App, on_change) -> tuple:
                 widgets[name] = w
     with gr.Accordion("Model info", open=False, elem_id="model-info-box"):
         info = gr.Markdown(core.info_markdown(app, catalog, variant0 or "", values0.get("n_ctx")), elem_id="model-info")
+    missing0 = [name for name, _ in core.missing_loaders(app)]
+    with gr.Accordion("Install loaders", open=False, visible=bool(missing0), elem_id="install-loaders"):
+        missing_md = gr.Markdown(core.loaders_markdown(app), elem_id="missing-loaders")
+        with gr.Row():
+            to_install = gr.Dropdown(choices=missing0, value=missing0[0] if missing0 else None, label="Loader",
+                                     scale=3, elem_id="install-loader-choice")  # fmt: skip
+            install = gr.Button("Install", scale=1, elem_id="install-loader")
+        install_log = gr.Markdown("", elem_id="install-loader-log")
     names = list(widgets)
     inputs = [model, variant, loader, *widgets.values()]
 
@@ -115,6 +123,15 @@ def build_model_tab(app: App, on_change) -> tuple:
     def refresh_info(variant_name, n_ctx):
         return core.info_markdown(app, catalog, variant_name or "", n_ctx)
 
+    def do_install(request: gr.Request, name, variant_name):
+        for text in core.install_loader(app, name or "", admin=admin(request)):
+            yield text, gr.update(), gr.update(), gr.update()
+        missing = [n for n, _ in core.missing_loaders(app)]
+        labels, natural = core.loader_choices(app, catalog, variant_name or "")
+        yield (text, core.loaders_markdown(app), gr.update(choices=missing, value=missing[0] if missing else None),
+               gr.update(choices=labels, value=natural))  # fmt: skip
+
+    install.click(do_install, [to_install, variant], [install_log, missing_md, to_install, loader], api_name=False)
     model.input(pick_model, model, variant, api_name=False)
     model.focus(lambda: gr.update(choices=core.model_choices(catalog)), None, model, api_name=False)  # new files
     build_download_panel(app, model)
@@ -122,6 +139,8 @@ def build_model_tab(app: App, on_change) -> tuple:
     loader.change(pick_loader, [loader, variant], [*widgets.values(), info], api_name=False)
     if "n_ctx" in widgets:
         widgets["n_ctx"].change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
+        # after a load/unload/reload (each sets the status line) the panel says what the load chose
+        status.change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
     return (
         status,
         (load, do_load, inputs),
