@@ -1,4 +1,4 @@
-"""The application object: settings, loaders and engine, built once and passed around.
+"""The application object: settings, loaders, engine and the chat service, built once and passed around.
 
 There is no module-level mutable state in Inglenook: the CLI builds one
 :class:`App` and hands it to the server, the UI and the commands.
@@ -14,11 +14,13 @@ from backends.base import LoadSettings, ModelInfo, ModelLoadError
 from backends.registry import LoaderRegistry
 from webui.characters.store import CharacterStore
 from webui.chat.history import HistoryStore
+from webui.chat.service import Chat
 from webui.engine import Engine
 from webui.extensions.host import ExtensionHost
 from webui.models.folder import resolve_model
 from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
 from webui.paths import UnsafeName
+from webui.presets import PresetStore
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,15 +34,18 @@ class App:
     history: HistoryStore
     extensions: ExtensionHost
     characters: CharacterStore = field(init=False)  # <user_data>/characters, then the shipped characters/
+    presets: PresetStore = field(init=False)  # <user_data>/presets, then the shipped presets/
+    chat: Chat = field(init=False)  # every generation: the engine with the enabled extensions' hooks around it
 
     def __post_init__(self) -> None:
         self.characters = CharacterStore(self.settings.user_data / "characters")
+        self.presets = PresetStore(self.settings.user_data)
+        self.chat = Chat(self.engine, self.history, self.extensions)
 
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
         registry = registry or LoaderRegistry()
         engine, extensions = Engine(registry, settings.max_loaded_models), ExtensionHost(settings.user_data)
-        engine.extensions = extensions  # every generation through webui.chat.reply runs the enabled hooks
         extensions.start()  # never raises because of an extension
         return cls(settings, registry, engine, HistoryStore(settings.user_data), extensions)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import ModelInfo
+from backends.base import ModelInfo, PromptTooLong
 from webui.characters.store import Character
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT, add_stop, chat_instruct_messages, chat_messages, check_mode
 from webui.engine import Engine
@@ -117,7 +117,7 @@ def plan_prompt(
     counted with the active model's tokenizer.
 
     ``reserve`` is capped at half the context, so a large max-new-tokens setting cannot crowd out the chat.
-    Raises ValueError (TemplateError, or a message saying how long the newest message is) if nothing fits.
+    Raises ValueError (TemplateError, or PromptTooLong saying how long the newest message is) if nothing fits.
     """
     info = info or engine.info
     if info is None:
@@ -156,7 +156,7 @@ def plan_prompt(
     smallest = attempt(starts[-1]) if starts else plan
     if smallest.tokens < n_ctx:  # fits, with less room for the reply than asked for
         return smallest
-    raise ValueError(
+    raise PromptTooLong(
         f"the prompt is {smallest.tokens:,} tokens even with only the newest message, but the context holds "
         f"{n_ctx:,}; shorten the message or load the model with a larger context length"
     )

@@ -15,22 +15,20 @@ from backends.base import CancelToken, SamplingParams
 from webui.app import App
 from webui.characters.store import Character, CharacterError
 from webui.chat.actions import (
-    continue_reply,
     edit_message,
     export_conversation,
-    impersonate,
     import_conversation,
     page_version,
     preview_prompt,
     prompt_summary,
-    regenerate,
     remove_last,
     template_status,
     version_label,
 )
 from webui.chat.history import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
-from webui.chat.reply import Reply, chat_turn, throttle
+from webui.chat.reply import Reply, throttle
+from webui.chat.service import TurnOptions
 from webui.paths import UnsafeName
 from webui.presets import PresetError, params_from_form
 from webui.templates.library import template_names
@@ -333,16 +331,14 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         conv, speaker = locate(conv_id, chosen_mode, key)
         cancel = cancels[request.session_hash] = CancelToken()
         replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
+        options = TurnOptions(
+            system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker,
+            cancel=cancel,
+        )  # fmt: skip
         if action == "continue":
-            turn = continue_reply(
-                app.engine, app.history, conv, params, system_text or "", cancel, template=chosen_template(),
-                character=speaker,
-            )  # fmt: skip
+            turn = app.chat.continue_reply(conv, params, options)
         else:
-            turn = regenerate(
-                app.engine, app.history, conv, params, system_text or "", cancel, template=chosen_template(),
-                start_with=prefix or "", character=speaker,
-            )  # fmt: skip
+            turn = app.chat.regenerate(conv, params, options)
         keep = -1 if replacing else None
         yield gr.skip(), conv.id, display_messages(conv.ui_history()[:keep], Reply()), "", *BUSY, *(gr.skip(),) * 3
         yield from stream(request, conv, turn, cancel, keep, (system_text, prefix, n, chosen_mode, key))
@@ -366,10 +362,11 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         n = params.max_new_tokens
         conv, speaker = locate(conv_id, chosen_mode, key)
         cancel = cancels[request.session_hash] = CancelToken()
-        turn = chat_turn(
-            app.engine, app.history, conv, text, params, system_text or "", cancel, speaker,
-            template=chosen_template(), start_with=prefix or "",
+        options = TurnOptions(
+            system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker,
+            cancel=cancel,
         )  # fmt: skip
+        turn = app.chat.turn(conv, text, params, options)
         pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
         yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, *(gr.skip(),) * 3
         yield from stream(request, conv, turn, cancel, None, (system_text, prefix, n, chosen_mode, key), restore=text)
@@ -392,10 +389,11 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             return
         conv, speaker = locate(conv_id, chosen_mode, key)
         cancel = cancels[request.session_hash] = CancelToken()
-        turn = impersonate(
-            app.engine, conv, params, system_text or "", cancel, template=chosen_template(), draft=draft or "",
-            character=speaker,
+        options = TurnOptions(
+            system=system_text or "", template=chosen_template(), start_with=draft or "", character=speaker,
+            cancel=cancel,
         )  # fmt: skip
+        turn = app.chat.impersonate(conv, params, options)
         final = Reply(done=True)
         try:
             yield gr.skip(), "", *BUSY
