@@ -358,7 +358,7 @@ def test_internal_load_takes_loader_settings_but_never_unsafe_ones(served):
         ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n must be 1"),
-        ({"messages": [{"role": "user", "content": "x"}], "preset": "Creative"}, 400, "preset"),
+        ({"messages": [{"role": "user", "content": "x"}], "preset": "No Such Preset"}, 404, "no preset named"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "nope"}, 404, "not found"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "../../etc/passwd"}, 400, "path separators"),
         ({"messages": [{"role": "user", "content": "x" * 20000}], "max_tokens": 2}, 400, "context"),

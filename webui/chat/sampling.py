@@ -97,3 +97,9 @@ def resolve_params(
             raise ValueError(f"{exc} (from the {name})" if name != "request" else str(exc)) from None
         unknown += [f"{name}: {k}" for k in extra]
     return Resolved(params, unknown)
+
+
+def preset_params(info: ModelInfo | None, preset: Preset, choice: str | None = None) -> Resolved:
+    """What the Parameters tab shows when ``preset`` is picked for ``info``'s model (template ``choice``): the
+    policy with the named preset and no explicit fields yet (the user's slider moves are the explicit layer)."""
+    return resolve_params(rule=rule_settings(info, choice), preset=preset)
