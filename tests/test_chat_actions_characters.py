@@ -173,7 +173,7 @@ def test_a_long_character_chat_drops_its_oldest_turns_but_keeps_the_persona(app,
     untrimmed = render_prompt(messages, app.engine.info, mode="chat", character=wren).text
     assert app.engine.count_tokens(untrimmed) > N_CTX
 
-    plan = plan_prompt(app.engine, messages, reserve=200, mode="chat", character=wren)
+    plan = plan_prompt(app.engine, messages, TurnOptions(mode="chat", character=wren), reserve=200)
     assert plan.dropped > 0 and plan.tokens <= N_CTX - 200
     assert "SYSTEM: be brief.\n\nWren keeps a small inn" in plan.text, "system prompt and persona stay"
     assert "Question 0:" not in plan.text and "Answer 11:" in plan.text
@@ -187,7 +187,7 @@ def test_a_long_character_chat_drops_its_oldest_turns_but_keeps_the_persona(app,
 
 def test_the_prompt_preview_of_a_character_chat_is_what_the_send_uses(app, store, wren):
     conversation = wren_chat(app, store, "chat-instruct")
-    plan = preview_prompt(app.engine, conversation, "", "Hello there.", character=wren)
+    plan = preview_prompt(app.engine, conversation, TurnOptions(character=wren), "Hello there.")
     assert 'Write a single reply for the character "Wren"' in plan.text
     assert plan.text.endswith("<start_of_turn>model\nWren:")
     final = last(chat_with(app, store).turn(conversation, "Hello there.", greedy(4), TurnOptions(character=wren)))

@@ -8,12 +8,12 @@ other front end, only calls these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backends.base import ModelInfo, SamplingParams
-from webui.characters.store import Character
 from webui.chat.history import Conversation, HistoryError, HistoryStore, Message
+from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.prompting import PromptPlan, plan_prompt
 from webui.chat.reply import prompt_messages
 from webui.chat.sampling import default_params, known_settings, unknown_settings
@@ -95,36 +95,33 @@ def template_status(info: ModelInfo | None, choice: str | None = None, presets: 
 def preview_prompt(
     engine: Engine,
     conversation: Conversation,
-    system: str = "",
+    options: TurnOptions = PLAIN,
     draft: str = "",
     *,
-    template: str | None = None,
-    start_with: str = "",
     max_new_tokens: int = 0,
-    character: Character | None = None,
 ) -> PromptPlan | None:
-    """The exact prompt the next send would produce (with ``draft`` as the user's message, if any).
+    """The exact prompt the next send would produce (with ``draft`` as the user's message, if any), asked for
+    with ``options`` (system prompt, template, start reply with, character) in the conversation's mode.
 
     None when there is nothing to send yet. Raises ValueError when it cannot be built (the same error the
     send would show).
     """
-    messages = prompt_messages(conversation, system)
+    messages = prompt_messages(conversation, options.system)
     if draft.strip():
         messages.append({"role": "user", "content": draft})
     if not any(m["role"] != "system" for m in messages):
         return None
-    return plan_prompt(
-        engine, messages, choice=template, prefix=start_with, reserve=max_new_tokens, mode=conversation.mode,
-        character=character,
-    )  # fmt: skip
+    return plan_prompt(engine, messages, replace(options, mode=conversation.mode), reserve=max_new_tokens)
 
 
-def prompt_summary(engine: Engine, conversation: Conversation, system: str = "", **kw) -> str:
+def prompt_summary(
+    engine: Engine, conversation: Conversation, options: TurnOptions = PLAIN, draft: str = "", **kw
+) -> str:
     """The token-count line for the chat tab, or the reason there is none."""
     if engine.info is None:
         return ""
     try:
-        plan = preview_prompt(engine, conversation, system, **kw)
+        plan = preview_prompt(engine, conversation, options, draft, **kw)
     except ValueError as exc:
         return f"⚠️ {exc}"
     if plan is None:

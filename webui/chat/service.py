@@ -12,37 +12,17 @@ before generation starts, a reply when it ends (stopped or not); a failed one ch
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, ModelNotLoaded, SamplingParams
-from webui.characters.store import Character
 from webui.chat.history import Conversation, HistoryError, HistoryStore
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT
+from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.prompting import plan_prompt
 from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, format_stats, prompt_messages
 from webui.engine import Engine
 from webui.hookspecs import ChatHooks
-
-
-@dataclass(frozen=True)
-class TurnOptions:
-    """How a reply is asked for, besides the messages and the sampling parameters.
-
-    ``template``: the user's choice of prompt template (None: chosen for the model). ``start_with``: text the
-    reply starts with (kept in the reply; for an impersonation, the draft the user's line starts with).
-    ``mode``: the chat mode (:mod:`webui.chat.modes`; None: instruct, or a conversation's own mode),
-    spoken by ``character``. ``model``: the model to answer with (the API's ``model`` field; default the
-    active one). ``cancel``: set it to stop the reply.
-    """
-
-    system: str = ""
-    template: str | None = None
-    start_with: str = ""
-    character: Character | None = None
-    mode: str | None = None
-    model: ModelInfo | None = None
-    cancel: CancelToken | None = None
 
 
 class Chat:
@@ -56,7 +36,7 @@ class Chat:
     # ------------------------------------------------------------------ streams without a saved conversation
 
     def stream(
-        self, messages: list[dict], params: SamplingParams, options: TurnOptions = TurnOptions(), *,
+        self, messages: list[dict], params: SamplingParams, options: TurnOptions = PLAIN, *,
         impersonate: bool = False,
     ) -> Iterator[Reply]:  # fmt: skip
         """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's).
@@ -77,8 +57,8 @@ class Chat:
         messages = hooks.chat_messages(messages, info.name)  # input, chat input, history modifiers
         try:
             plan = plan_prompt(
-                engine, messages, choice=options.template, prefix=prefix, impersonate=impersonate,
-                reserve=params.max_new_tokens, mode=mode, character=character, info=info,
+                engine, messages, replace(options, mode=mode, model=info), impersonate=impersonate,
+                reserve=params.max_new_tokens,
             )  # fmt: skip
         except ValueError as exc:
             yield _failed(exc)
@@ -97,7 +77,7 @@ class Chat:
             )  # fmt: skip
             yield self._finished(reply, "chat", info.name) if reply.done and not impersonate else reply
 
-    def complete(self, prompt: str, params: SamplingParams, options: TurnOptions = TurnOptions()) -> Iterator[Reply]:
+    def complete(self, prompt: str, params: SamplingParams, options: TurnOptions = PLAIN) -> Iterator[Reply]:
         """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``, the API); ``options``: its
         ``model`` and ``cancel``."""
         info = options.model or self.engine.info
@@ -111,7 +91,7 @@ class Chat:
     # ------------------------------------------------------------------ a saved conversation
 
     def turn(
-        self, conversation: Conversation, text: str, params: SamplingParams, options: TurnOptions = TurnOptions()
+        self, conversation: Conversation, text: str, params: SamplingParams, options: TurnOptions = PLAIN
     ) -> Iterator[Reply]:
         """One exchange of a saved conversation (in its mode, spoken by ``options.character`` if given): the
         user's message is saved before generation starts, the reply (with its stats line) as soon as it ends,
@@ -135,7 +115,7 @@ class Chat:
         yield final
 
     def regenerate(
-        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = TurnOptions()
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = PLAIN
     ) -> Iterator[Reply]:
         """A new version of the last reply; the older versions stay, to page back to
         (:func:`webui.chat.actions.page_version`).
@@ -163,7 +143,7 @@ class Chat:
         yield final
 
     def continue_reply(
-        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = TurnOptions()
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = PLAIN
     ) -> Iterator[Reply]:
         """Extend the last reply where it ends: the model is prompted with the reply so far and goes on
         (``options.start_with`` is not used). ``Reply.text`` is the whole reply (old text + new); the shown
@@ -183,7 +163,7 @@ class Chat:
         yield final
 
     def impersonate(
-        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = TurnOptions()
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = PLAIN
     ) -> Iterator[Reply]:
         """The model writes the user's next message (starting from ``options.start_with``, the draft already in
         the box). Nothing is saved: the text goes into the message box for the user to send, change or discard.

@@ -208,10 +208,10 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         value = conv.id if any(cid == conv.id for _, cid in choices) else None
         key = character_of(conv.owner)
         speaker = speaker_for(conv, chosen_mode)
-        count = prompt_summary(
-            app.engine, conv, system_text or "", template=chosen_template(), start_with=prefix or "",
-            max_new_tokens=int(n or 0), character=speaker,
-        )  # fmt: skip
+        options = TurnOptions(
+            system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
+        )
+        count = prompt_summary(app.engine, conv, options, max_new_tokens=int(n or 0))
         thumb = app.characters.thumbnail(key) if speaker is not None else None
         shown = gr.update(
             value=display_messages(conv.ui_history()), avatar_images=(None, str(thumb) if thumb else None)
@@ -431,10 +431,10 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     def show_the_prompt(draft, conv_id, system_text, prefix, n, chosen_mode, key):
         conv, speaker = locate_conv(conv_id, chosen_mode, key)
         try:
-            plan = preview_prompt(
-                app.engine, conv, system_text or "", draft or "", template=chosen_template(),
-                start_with=prefix or "", max_new_tokens=int(n or 0), character=speaker,
-            )  # fmt: skip
+            options = TurnOptions(
+                system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
+            )
+            plan = preview_prompt(app.engine, conv, options, draft or "", max_new_tokens=int(n or 0))
         except ValueError as exc:
             return f"⚠️ {exc}", gr.skip()
         if plan is None:
