@@ -59,7 +59,9 @@ def install_error_handlers(server: FastAPI) -> None:
 
     @server.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.code, exc.param)
+        response = error_response(exc.status, exc.message, exc.code, exc.param)
+        response.headers.update(exc.headers)
+        return response
 
     @server.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,8 +22,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
 
 from backends.base import CancelToken, LoadSettings, ModelInfo, ModelLoadError, SamplingParams
 from webui.api.auth import is_admin
@@ -300,6 +302,24 @@ async def tokenize(app: App, body: _Text) -> list[int]:
     return await run_in_threadpool(model.tokenize, body.text, body.add_special)
 
 
+# -- what is not a route ---------------------------------------------------------------------------------------
+
+fallback_router = APIRouter()
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@fallback_router.api_route("/v1/{rest:path}", methods=ANY_METHOD, include_in_schema=False)
+async def no_such_route(request: Request, rest: str) -> None:
+    """Anything under /v1 that no route serves: OpenAI's error shape (404, or 405 naming the methods that work),
+    not FastAPI's ``{"detail": …}`` nor the UI's page."""
+    routes = (r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute))
+    allowed = sorted({m for r in routes if r.matches(request.scope)[0] == Match.PARTIAL for m in r.methods})
+    if allowed:
+        raise ApiError(405, f"{request.url.path} takes {', '.join(allowed)}, not {request.method}",
+                       "method_not_allowed", headers={"Allow": ", ".join(allowed)})  # fmt: skip
+    raise ApiError(404, f"there is no {request.url.path} in this API", "not_found")
+
+
 # -- the API on a server ------------------------------------------------------------------------------------
 
 # Every router the API serves; another one (hub downloads, embeddings …) is one more line here.
@@ -307,12 +327,16 @@ ROUTERS: tuple[APIRouter, ...] = (models_router, generation_router, internal_rou
 
 
 def install_api(server: FastAPI, app: App) -> None:
-    """Add the /v1 routes and OpenAI-shaped error handling to ``server`` (which then serves ``app``)."""
+    """Add the /v1 routes and OpenAI-shaped error handling to ``server`` (which then serves ``app``).
+
+    A /v1 route added to ``server`` after this call would be shadowed by the fallback: add its router to
+    :data:`ROUTERS` instead."""
     server.state.inglenook_app = app
     server.state.inglenook_generations = Generations()
     install_error_handlers(server)
     for router in ROUTERS:
         server.include_router(router)
+    server.include_router(fallback_router)  # last: only what no router above serves
 
 
 def _headers(request: Request) -> dict[str, str]:

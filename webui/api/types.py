@@ -20,9 +20,13 @@ MAX_STOP_STRINGS = 4  # as OpenAI
 class ApiError(Exception):
     """A request we refuse; rendered as OpenAI's error JSON with ``status``."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
 
 
 class StreamOptions(BaseModel):
