@@ -157,7 +157,7 @@ def test_logprobs_for_each_token_with_the_likeliest_alternatives(client):
 
 
 def test_chat_uses_the_models_prompt_template_like_the_ui(client, served):
-    """The API's chat path is webui.chat.reply.stream_chat: same prompt as the UI, so the same prompt token count."""
+    """The API's chat path is webui.chat.service.Chat.stream: same prompt as the UI, so the same prompt token count."""
     from webui.templates.render import build_chat_prompt
 
     r = client.chat.completions.create(model=GEMMA, messages=CHAT, max_tokens=1, temperature=0)
