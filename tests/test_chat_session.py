@@ -109,3 +109,8 @@ def test_impersonate_streams_into_the_message_box(quick):
     assert updates[0] == ChatUpdate(note="", busy=True)
     assert updates[-1].busy is False and updates[-1].message == "Hello there, friend."
     assert not sessions.busy("s")
+
+
+def test_the_chat_service_holds_the_hooks_not_the_engine(quick):
+    assert quick.chat.hooks is quick.extensions and quick.chat.engine is quick.engine
+    assert not hasattr(quick.engine, "extensions")

@@ -312,7 +312,8 @@ ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 async def no_such_route(request: Request, rest: str) -> None:
     """Anything under /v1 that no route serves: OpenAI's error shape (404, or 405 naming the methods that work),
     not FastAPI's ``{"detail": …}`` nor the UI's page."""
-    routes = (r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute))
+    routers = request.app.state.inglenook_routers
+    routes = (r for router in routers for r in router.routes if isinstance(r, APIRoute))
     allowed = sorted({m for r in routes if r.matches(request.scope)[0] == Match.PARTIAL for m in r.methods})
     if allowed:
         raise ApiError(405, f"{request.url.path} takes {', '.join(allowed)}, not {request.method}",
@@ -330,11 +331,13 @@ def install_api(server: FastAPI, app: App) -> None:
     """Add the /v1 routes and OpenAI-shaped error handling to ``server`` (which then serves ``app``).
 
     A /v1 route added to ``server`` after this call would be shadowed by the fallback: add its router to
-    :data:`ROUTERS` instead."""
+    :data:`ROUTERS` (or to ``routers`` below, for one built per app) instead."""
+    routers = [*ROUTERS]  # a router built for this app (its own closure) is appended here
     server.state.inglenook_app = app
     server.state.inglenook_generations = Generations()
+    server.state.inglenook_routers = routers  # for the fallback's 405s
     install_error_handlers(server)
-    for router in ROUTERS:
+    for router in routers:
         server.include_router(router)
     server.include_router(fallback_router)  # last: only what no router above serves
 
