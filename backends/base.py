@@ -7,13 +7,14 @@ about Gradio, HTTP or the chat layer, so any front end can drive any loader.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from backends.gbnf import grammar_problem
 
@@ -24,6 +25,30 @@ class ModelLoadError(Exception):
 
 class GenerationError(Exception):
     """A generation failed inside the engine; the message is meant for the user."""
+
+
+# Typed failures: raised by loaders, the engine and the chat core, told apart by type (never by wording) where
+# a face needs to (the API maps each to an HTTP status in webui/api/errors.py). Every message is for the user.
+
+
+class BadRequest(ValueError):
+    """What was asked for cannot be done as asked (a bad value, a missing part); the asker can fix it."""
+
+
+class ModelNotFound(ModelLoadError, LookupError):
+    """No model of that name or path exists."""
+
+
+class ModelNotLoaded(GenerationError):
+    """The generation needs a model that is not loaded (none is, or the named one was unloaded)."""
+
+
+class PromptTooLong(GenerationError, BadRequest):
+    """The prompt does not fit in the model's context, even with the oldest turns left out."""
+
+
+class Busy(GenerationError):
+    """The engine cannot take this request now (try again later)."""
 
 
 @dataclass
@@ -145,6 +170,34 @@ class SamplingParams:
         if self.grammar and (problem := grammar_problem(self.grammar)):  # before llama.cpp's parser sees it
             raise ValueError(f"sampling parameter grammar is refused: {problem}")
 
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], base: SamplingParams | None = None
+    ) -> tuple[SamplingParams, list[str]]:
+        """``base`` (default: neutral) with ``values`` applied and checked, and the keys that are not parameters.
+
+        The one coercer from a dict (presets, API bodies, models.yaml rules, extensions' state): a whole number
+        where a decimal is expected is fine, an integral decimal where a whole number is expected too, and the
+        text forms preset files use for lists; anything else of the wrong type is a ValueError naming the key
+        (from :meth:`validate`). text-generation-webui's and OpenAI's names for a field are accepted
+        (:data:`ALIASES`).
+        """
+        if not isinstance(values, Mapping):
+            raise ValueError(f"sampling parameters must be a mapping of names to values, not {type(values).__name__}")
+        known: dict[str, Any] = {}
+        unknown: list[str] = []
+        names = {f.name: f for f in fields(cls)}
+        for key, value in values.items():
+            name = ALIASES.get(str(key), str(key))
+            if name not in names:
+                unknown.append(str(key))
+                continue
+            known[name] = _coerce(name, field_kind(names[name].type), value)
+        start = base if base is not None else cls()
+        params = cls(**{**{f.name: getattr(start, f.name) for f in fields(cls)}, **known})
+        params.validate()
+        return params, unknown
+
     def changed(self) -> set[str]:
         """Names of the fields whose value differs from the neutral default."""
         neutral = SamplingParams()
@@ -153,6 +206,28 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or not self.do_sample
+
+
+# Other programs' names for a field (text-generation-webui, llama.cpp, OpenAI).
+ALIASES = {"max_tokens": "max_new_tokens", "repeat_penalty": "repetition_penalty", "stopping_strings": "stop"}
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """``value`` in the field's type where the conversion loses nothing; unchanged otherwise (then
+    :meth:`SamplingParams.validate` names the key)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if name == "sampler_priority" and isinstance(value, str):  # text-generation-webui's UI keeps it one per line
+        return [s.strip() for s in value.replace(",", "\n").splitlines() if s.strip()]
+    if name == "stop" and isinstance(value, str):
+        return [value] if value else []
+    if name == "dry_sequence_breakers" and isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return ", ".join(json.dumps(s) for s in value)
+    if kind is list and isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def field_kind(annotation) -> type:

@@ -34,6 +34,8 @@ from backends.base import (
     Model,
     ModelInfo,
     ModelLoadError,
+    ModelNotLoaded,
+    PromptTooLong,
     SamplingParams,
     StopMatcher,
     Stopwatch,
@@ -129,12 +131,12 @@ class LlamaCppModel(Model):
 
     def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
         if self._llm is None:
-            raise GenerationError("the model was unloaded")
+            raise ModelNotLoaded("the model was unloaded")
         watch = Stopwatch()
         prompt_tokens = self.tokenize(prompt)
         n_ctx = _usable_ctx(self._llm)
         if len(prompt_tokens) >= n_ctx:
-            raise GenerationError(
+            raise PromptTooLong(
                 f"the prompt is {len(prompt_tokens)} tokens but the context holds {n_ctx}; "
                 "shorten it or load the model with a larger context length"
             )

@@ -28,12 +28,13 @@ from pathlib import Path
 from backends.base import (
     CancelToken,
     Chunk,
-    GenerationError,
     Loader,
     LoadSettings,
     Model,
     ModelInfo,
     ModelLoadError,
+    ModelNotLoaded,
+    PromptTooLong,
     SamplingParams,
     StopMatcher,
     Stopwatch,
@@ -159,12 +160,12 @@ class TransformersModel(Model):
 
     def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
         if self._model is None:
-            raise GenerationError("the model was unloaded")
+            raise ModelNotLoaded("the model was unloaded")
         torch = self._torch
         watch = Stopwatch()
         prompt_ids = self.tokenize(prompt)
         if len(prompt_ids) >= self._n_ctx:
-            raise GenerationError(
+            raise PromptTooLong(
                 f"the prompt is {len(prompt_ids)} tokens but the context holds {self._n_ctx}; "
                 "shorten it or load the model with a larger context length"
             )

@@ -159,7 +159,7 @@ def test_logprobs_for_each_token_with_the_likeliest_alternatives(client):
 
 
 def test_chat_uses_the_models_prompt_template_like_the_ui(client, served):
-    """The API's chat path is webui.chat.reply.stream_chat: same prompt as the UI, so the same prompt token count."""
+    """The API's chat path is webui.chat.service.Chat.stream: same prompt as the UI, so the same prompt token count."""
     from webui.templates.render import build_chat_prompt
 
     r = client.chat.completions.create(model=GEMMA, messages=CHAT, max_tokens=1, temperature=0)
@@ -360,7 +360,7 @@ def test_internal_load_takes_loader_settings_but_never_unsafe_ones(served):
         ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n must be 1"),
-        ({"messages": [{"role": "user", "content": "x"}], "preset": "Creative"}, 400, "preset"),
+        ({"messages": [{"role": "user", "content": "x"}], "preset": "No Such Preset"}, 404, "no preset named"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "nope"}, 404, "not found"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "../../etc/passwd"}, 400, "path separators"),
         ({"messages": [{"role": "user", "content": "x" * 20000}], "max_tokens": 2}, 400, "context"),

@@ -9,7 +9,6 @@ from conftest import greedy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from webui.chat.reply import stream_chat, stream_completion
 from webui.extension_api import ReplyInfo
 from webui.extensions.host import ExtensionHost
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab, table, toggle
@@ -58,12 +57,12 @@ def test_memory_note_over_http_and_its_routes_go_away_when_disabled(tmp_path):
 def test_memory_reaches_the_model_in_a_real_chat(make_app, tmp_path):
     app = make_app()
     app.start()
-    before = list(stream_chat(app.engine, QUESTION, greedy(4)))[-1]
+    before = list(app.chat.stream(QUESTION, greedy(4)))[-1]
     app.extensions.enable("memory")
     app.extensions.get("memory").plugin.write_note(
         app.extensions.context(app.extensions.get("memory")), "The user's name is Ada and she likes tea."
     )
-    after = list(stream_chat(app.engine, QUESTION, greedy(4)))[-1]
+    after = list(app.chat.stream(QUESTION, greedy(4)))[-1]
     assert after.usage.prompt_tokens > before.usage.prompt_tokens + 10  # the note is in the prompt
     saved_chat_untouched = app.history.list("instruct").conversations == []
     assert saved_chat_untouched
@@ -77,8 +76,8 @@ def test_generation_stats_records_every_reply_and_keeps_the_newest(make_app):
     ext = app.extensions.get("generation_stats")
     stats = ext.plugin
     context = app.extensions.context(ext)
-    finals = [list(stream_completion(app.engine, "Once upon a time", greedy(n)))[-1] for n in (3, 5)]
-    finals.append(list(stream_chat(app.engine, QUESTION, greedy(4)))[-1])
+    finals = [list(app.chat.complete("Once upon a time", greedy(n)))[-1] for n in (3, 5)]
+    finals.append(list(app.chat.stream(QUESTION, greedy(4)))[-1])
     rows = stats.read_rows(context)
     assert [r["completion_tokens"] for r in rows] == [f.usage.completion_tokens for f in finals]
     assert [r["mode"] for r in rows] == ["completion", "completion", "chat"]

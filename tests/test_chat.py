@@ -8,7 +8,8 @@ import pytest
 from conftest import greedy
 
 from backends.base import ModelInfo, Usage
-from webui.chat.reply import Reply, chat_turn, format_stats, stream_chat, stream_completion, throttle
+from webui.chat.reply import Reply, format_stats, throttle
+from webui.chat.service import TurnOptions
 from webui.templates.render import build_chat_prompt
 from webui.ui.chat_tab import display_messages
 
@@ -51,7 +52,7 @@ def test_unknown_roles_are_refused():
 def test_a_chat_reply_streams_and_ends_with_stats(make_app):
     app = make_app()
     app.start()
-    replies = list(stream_chat(app.engine, [{"role": "user", "content": "Say hello."}], greedy(12)))
+    replies = list(app.chat.stream([{"role": "user", "content": "Say hello."}], greedy(12)))
     assert len(replies) >= 2
     final = replies[-1]
     assert final.done and final.error is None
@@ -64,12 +65,12 @@ def test_a_chat_reply_streams_and_ends_with_stats(make_app):
 @pytest.mark.slow
 def test_completion_errors_become_a_final_reply_not_an_exception(make_app):
     app = make_app()
-    [reply] = list(stream_completion(app.engine, "hi", greedy(3)))  # nothing loaded yet
+    [reply] = list(app.chat.complete("hi", greedy(3)))  # nothing loaded yet
     assert reply.done and reply.error == "no model is loaded"
     app.start()
-    [reply] = list(stream_chat(app.engine, [{"role": "user", "content": "x" * 1_000_001}], greedy(3)))
+    [reply] = list(app.chat.stream([{"role": "user", "content": "x" * 1_000_001}], greedy(3)))
     assert "longer than" in reply.error
-    final = list(stream_completion(app.engine, "word " * 5000, greedy(3)))[-1]
+    final = list(app.chat.complete("word " * 5000, greedy(3)))[-1]
     assert "context holds" in final.error
 
 
@@ -125,7 +126,7 @@ def test_a_chat_turn_saves_the_message_before_generating_and_the_reply_with_its_
     app = make_app()
     app.start()
     conv = app.history.new("instruct")
-    turn = chat_turn(app.engine, app.history, conv, "Hello there.", greedy(6))
+    turn = app.chat.turn(conv, "Hello there.", greedy(6))
     first = next(turn)  # the reply has begun: the user's message is already on disk
     assert not first.done
     on_disk = app.history.load("instruct", conv.id)
@@ -142,10 +143,10 @@ def test_a_turn_that_fails_before_any_text_takes_its_message_back_out(make_app):
     app = make_app()
     app.start()
     conv = app.history.new("instruct")
-    final = list(chat_turn(app.engine, app.history, conv, "word " * 5000, greedy(3)))[-1]
+    final = list(app.chat.turn(conv, "word " * 5000, greedy(3)))[-1]
     assert "context holds" in final.error
     assert app.history.load("instruct", conv.id).messages == []
-    assert list(chat_turn(app.engine, app.history, conv, "   ", greedy(3)))[-1].error  # empty: refused
+    assert list(app.chat.turn(conv, "   ", greedy(3)))[-1].error  # empty: refused
 
 
 @pytest.mark.slow
@@ -156,9 +157,7 @@ def test_a_turn_stopped_mid_reply_keeps_what_was_said(make_app):
     app.start()
     conv = app.history.new("instruct")
     cancel = CancelToken()
-    for reply in chat_turn(
-        app.engine, app.history, conv, "Tell a long story.", greedy(500, ban_eos_token=True), cancel=cancel
-    ):
+    for reply in app.chat.turn(conv, "Tell a long story.", greedy(500, ban_eos_token=True), TurnOptions(cancel=cancel)):
         if len(reply.text) > 10:
             cancel.cancel()
     saved = app.history.load("instruct", conv.id).ui_history()

@@ -16,15 +16,12 @@ from conftest import greedy
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.app import App
 from webui.chat.actions import (
-    continue_reply,
     edit_message,
     export_conversation,
-    impersonate,
     import_conversation,
     page_version,
     preview_prompt,
     prompt_summary,
-    regenerate,
     remove_last,
     template_status,
     version_label,
@@ -33,7 +30,8 @@ from webui.chat.conversation import HistoryError
 from webui.chat.history import HistoryStore
 from webui.chat.notebook import NotebookStore, generate, token_count
 from webui.chat.prompting import plan_prompt, render_prompt
-from webui.chat.reply import chat_turn, default_params, prompt_messages, stream_chat
+from webui.chat.reply import default_params, prompt_messages
+from webui.chat.service import Chat, TurnOptions
 from webui.paths import UnsafeName
 from webui.settings import Settings
 from webui.templates.prefs import TemplatePrefs
@@ -54,6 +52,11 @@ def app(models_dir: Path, tmp_path_factory) -> App:
 @pytest.fixture
 def store(tmp_path: Path) -> HistoryStore:
     return HistoryStore(tmp_path / "user_data")
+
+
+def chat_with(app: App, store: HistoryStore) -> Chat:
+    """The app's chat service, saving into this test's own history store."""
+    return Chat(app.engine, store, app.extensions)
 
 
 def last(replies) -> object:
@@ -83,8 +86,8 @@ def sampled(seed: int, n: int = 12) -> SamplingParams:
 @pytest.mark.slow
 def test_regenerate_keeps_the_old_reply_as_a_version_and_paging_picks_either(app, store):
     conversation = store.new(OWNER)
-    first = last(chat_turn(app.engine, store, conversation, "Tell me a word.", sampled(1)))
-    second = last(regenerate(app.engine, store, conversation, sampled(2)))
+    first = last(chat_with(app, store).turn(conversation, "Tell me a word.", sampled(1)))
+    second = last(chat_with(app, store).regenerate(conversation, sampled(2)))
     assert first.error is None and second.error is None
     assert first.text != second.text, "different seeds give different replies"
     assert [m.role for m in conversation.messages] == ["user", "assistant"], "a version, not a new message"
@@ -105,10 +108,10 @@ def test_regenerate_keeps_the_old_reply_as_a_version_and_paging_picks_either(app
 @pytest.mark.slow
 def test_regenerate_answers_a_last_user_message_and_refuses_an_empty_chat(app, store):
     conversation = store.new(OWNER)
-    assert "empty" in last(regenerate(app.engine, store, conversation, greedy(4))).error
+    assert "empty" in last(chat_with(app, store).regenerate(conversation, greedy(4))).error
     conversation.append("user", "Hello?")
     store.save(conversation)
-    final = last(regenerate(app.engine, store, conversation, greedy(6)))
+    final = last(chat_with(app, store).regenerate(conversation, greedy(6)))
     assert [m.role for m in store.load(OWNER, conversation.id).messages] == ["user", "assistant"]
     assert store.load(OWNER, conversation.id).messages[-1].content == final.text
 
@@ -116,7 +119,7 @@ def test_regenerate_answers_a_last_user_message_and_refuses_an_empty_chat(app, s
 @pytest.mark.slow
 def test_a_failed_regeneration_keeps_the_reply_it_would_have_replaced(app, store):
     conversation = said(store, ("Hi", "Hello there."))
-    final = last(regenerate(app.engine, store, conversation, greedy(4), system="x" * 2_000_000))
+    final = last(chat_with(app, store).regenerate(conversation, greedy(4), TurnOptions(system="x" * 2_000_000)))
     assert "longer than" in final.error
     saved = store.load(OWNER, conversation.id).messages[-1]
     assert saved.content == "Hello there." and len(saved.versions) == 1
@@ -128,8 +131,8 @@ def test_a_failed_regeneration_keeps_the_reply_it_would_have_replaced(app, store
 @pytest.mark.slow
 def test_continue_extends_the_last_reply_from_where_it_stopped(app, store):
     conversation = store.new(OWNER)
-    first = last(chat_turn(app.engine, store, conversation, "Write a long poem.", greedy(6, ban_eos_token=True)))
-    final = last(continue_reply(app.engine, store, conversation, greedy(6, ban_eos_token=True)))
+    first = last(chat_with(app, store).turn(conversation, "Write a long poem.", greedy(6, ban_eos_token=True)))
+    final = last(chat_with(app, store).continue_reply(conversation, greedy(6, ban_eos_token=True)))
     assert final.error is None
     assert final.text.startswith(first.text) and len(final.text) > len(first.text)
     assert final.prompt.text.endswith("<start_of_turn>model\n" + first.text), "the reply is open, not closed"
@@ -141,13 +144,15 @@ def test_continue_extends_the_last_reply_from_where_it_stopped(app, store):
 @pytest.mark.slow
 def test_continue_needs_a_reply(app, store):
     conversation = store.new(OWNER)
-    assert "no reply to continue" in last(continue_reply(app.engine, store, conversation, greedy(4))).error
+    assert "no reply to continue" in last(chat_with(app, store).continue_reply(conversation, greedy(4))).error
 
 
 @pytest.mark.slow
 def test_start_reply_with_makes_the_reply_begin_with_the_text_and_keeps_it(app, store):
     conversation = store.new(OWNER)
-    final = last(chat_turn(app.engine, store, conversation, "Greet me.", greedy(8), start_with="Dear friend,"))
+    final = last(
+        chat_with(app, store).turn(conversation, "Greet me.", greedy(8), TurnOptions(start_with="Dear friend,"))
+    )
     assert final.prompt.text.endswith("<start_of_turn>model\nDear friend,")
     assert final.text.startswith("Dear friend,") and len(final.text) > len("Dear friend,")
     assert store.load(OWNER, conversation.id).messages[-1].content == final.text
@@ -157,7 +162,7 @@ def test_start_reply_with_makes_the_reply_begin_with_the_text_and_keeps_it(app, 
 def test_impersonate_writes_the_users_next_message_and_saves_nothing(app, store):
     conversation = said(store, ("What is your favourite colour?", "Blue. And yours?"))
     before = store.path(OWNER, conversation.id).read_bytes()
-    final = last(impersonate(app.engine, conversation, greedy(12, ban_eos_token=True), draft="I think"))
+    final = last(app.chat.impersonate(conversation, greedy(12, ban_eos_token=True), TurnOptions(start_with="I think")))
     assert final.error is None
     assert final.prompt.text.endswith("<start_of_turn>user\nI think"), "a user turn is opened for the model"
     assert final.text.startswith("I think") and len(final.text) > len("I think")
@@ -200,7 +205,7 @@ def test_editing_a_middle_message_drops_what_followed_and_regenerates_from_there
         "Nice.",
         "My dog is Max.",
     ]
-    final = last(regenerate(app.engine, store, conversation, greedy(6)))
+    final = last(chat_with(app, store).regenerate(conversation, greedy(6)))
     assert final.prompt.text.endswith("My dog is Max.<end_of_turn>\n<start_of_turn>model\n")
     assert "Rex" not in final.prompt.text and "Bye" not in final.prompt.text
     saved = store.load(OWNER, conversation.id).messages
@@ -251,7 +256,7 @@ def test_a_long_chat_drops_its_oldest_turns_but_keeps_the_system_prompt(app, sto
     kept = plan.text.split("SYSTEM: you are a sailor.\n\n", 1)[1]
     assert kept.startswith("Question ")
 
-    final = last(stream_chat(app.engine, messages, greedy(4)))
+    final = last(app.chat.stream(messages, greedy(4)))
     assert final.error is None, "without trimming this prompt would not fit"
     assert final.usage.prompt_tokens == final.prompt.tokens, "the count shown is the count the model saw"
 
@@ -259,7 +264,7 @@ def test_a_long_chat_drops_its_oldest_turns_but_keeps_the_system_prompt(app, sto
 @pytest.mark.slow
 def test_a_newest_message_too_long_for_the_context_is_a_clear_error(app, store):
     conversation = store.new(OWNER)
-    final = last(chat_turn(app.engine, store, conversation, "word " * 3000, greedy(3)))
+    final = last(chat_with(app, store).turn(conversation, "word " * 3000, greedy(3)))
     assert "context holds 1,024" in final.error and "newest message" in final.error
     assert store.load(OWNER, conversation.id).messages == []
 
@@ -267,8 +272,8 @@ def test_a_newest_message_too_long_for_the_context_is_a_clear_error(app, store):
 @pytest.mark.slow
 def test_the_token_count_line_measures_the_next_prompt(app, store):
     conversation = said(store, ("Hi", "Hello!"))
-    summary = prompt_summary(app.engine, conversation, "Be brief.", draft="How are you?")
-    plan = preview_prompt(app.engine, conversation, "Be brief.", "How are you?")
+    summary = prompt_summary(app.engine, conversation, TurnOptions(system="Be brief."), draft="How are you?")
+    plan = preview_prompt(app.engine, conversation, TurnOptions(system="Be brief."), "How are you?")
     assert plan.text.endswith("How are you?<end_of_turn>\n<start_of_turn>model\n")
     assert summary == f"prompt {app.engine.count_tokens(plan.text):,} / 1,024 tokens"
     assert prompt_summary(app.engine, store.new(OWNER)) == "prompt 0 / 1,024 tokens"
@@ -287,7 +292,7 @@ def test_a_template_chosen_for_a_model_is_remembered_and_used(app, tmp_path):
     data = json.loads((tmp_path / "user_data" / "model_templates.json").read_text())
     assert data == {"schema_version": 1, "templates": {name: "chatml"}}
 
-    final = last(stream_chat(app.engine, [{"role": "user", "content": "Hi"}], greedy(3), template=prefs.get(name)))
+    final = last(app.chat.stream([{"role": "user", "content": "Hi"}], greedy(3), TurnOptions(template=prefs.get(name))))
     assert final.prompt.template == "chatml" and final.prompt.chosen_by == "user choice"
     assert final.prompt.text.endswith("<|im_start|>assistant\n")
     assert template_status(app.engine.info, "chatml").chosen_by == "user choice"
@@ -388,7 +393,7 @@ def test_an_import_that_is_not_a_conversation_is_a_clear_error_and_writes_nothin
 def test_the_notebook_continues_its_text_raw_and_saves_it(app, tmp_path):
     notebook = NotebookStore(tmp_path)
     text = "The three primary colours are"
-    replies = list(generate(app.engine, notebook, text, greedy(8)))
+    replies = list(generate(app.chat, notebook, text, greedy(8)))
     final = replies[-1]
     assert final.done and final.error is None
     assert all(r.text.startswith(text) for r in replies)
@@ -402,7 +407,7 @@ def test_the_notebook_continues_its_text_raw_and_saves_it(app, tmp_path):
 def test_a_stopped_notebook_keeps_what_was_written(app, tmp_path):
     notebook = NotebookStore(tmp_path)
     cancel = CancelToken()
-    for reply in generate(app.engine, notebook, "Once upon a time", greedy(400, ban_eos_token=True), cancel):
+    for reply in generate(app.chat, notebook, "Once upon a time", greedy(400, ban_eos_token=True), cancel):
         if len(reply.text) > len("Once upon a time") + 10:
             cancel.cancel()
     assert reply.finish_reason == "cancelled"
@@ -411,7 +416,7 @@ def test_a_stopped_notebook_keeps_what_was_written(app, tmp_path):
 
 @pytest.mark.slow
 def test_an_empty_notebook_is_refused(app, tmp_path):
-    final = last(generate(app.engine, NotebookStore(tmp_path), "   ", greedy(3)))
+    final = last(generate(app.chat, NotebookStore(tmp_path), "   ", greedy(3)))
     assert "write something" in final.error
     assert NotebookStore(tmp_path).load() == ""
 

@@ -15,11 +15,12 @@ from conftest import greedy
 from backends.base import ModelInfo
 from webui.app import App
 from webui.characters.store import Character
-from webui.chat.actions import continue_reply, impersonate, preview_prompt, regenerate, version_label
+from webui.chat.actions import preview_prompt, version_label
 from webui.chat.history import HistoryStore
 from webui.chat.modes import start_conversation
 from webui.chat.prompting import plan_prompt, render_prompt
-from webui.chat.reply import chat_turn, prompt_messages
+from webui.chat.reply import prompt_messages
+from webui.chat.service import Chat, TurnOptions
 from webui.settings import Settings
 
 pytestmark = pytest.mark.slow  # real models, servers or browsers
@@ -59,6 +60,11 @@ def store(tmp_path: Path) -> HistoryStore:
 @pytest.fixture
 def wren(app: App) -> Character:
     return app.characters.load("Wren")  # shipped
+
+
+def chat_with(app: App, store: HistoryStore) -> Chat:
+    """The app's chat service, saving into this test's own history store."""
+    return Chat(app.engine, store, app.extensions)
 
 
 def last(replies) -> object:
@@ -104,8 +110,8 @@ def test_impersonating_with_a_character_opens_the_users_turn_and_stops_at_the_ch
 
 def test_start_reply_with_in_a_chat_with_a_character(app, store, wren):
     conversation = wren_chat(app, store)
-    final = last(chat_turn(app.engine, store, conversation, "Is there tea?", greedy(8), character=wren,
-                           start_with="Of course,"))  # fmt: skip
+    options = TurnOptions(character=wren, start_with="Of course,")
+    final = last(chat_with(app, store).turn(conversation, "Is there tea?", greedy(8), options))
     assert final.error is None
     assert "keeps a small inn at the edge of a fen" in final.prompt.text, "the persona is in the prompt"
     assert final.prompt.text.endswith("<start_of_turn>model\nOf course,")
@@ -117,8 +123,10 @@ def test_start_reply_with_in_a_chat_with_a_character(app, store, wren):
 
 def test_regenerate_in_a_chat_with_a_character_keeps_both_versions(app, store, wren):
     conversation = wren_chat(app, store)
-    first = last(chat_turn(app.engine, store, conversation, "Tell me a story.", greedy(6), character=wren))
-    second = last(regenerate(app.engine, store, conversation, greedy(6), character=wren, start_with="Once,"))
+    first = last(chat_with(app, store).turn(conversation, "Tell me a story.", greedy(6), TurnOptions(character=wren)))
+    second = last(
+        chat_with(app, store).regenerate(conversation, greedy(6), TurnOptions(character=wren, start_with="Once,"))
+    )
     assert second.error is None and "keeps a small inn" in second.prompt.text
     assert second.prompt.text.endswith("Tell me a story.<end_of_turn>\n<start_of_turn>model\nOnce,")
     saved = store.load(WREN_OWNER, conversation.id)
@@ -129,10 +137,15 @@ def test_regenerate_in_a_chat_with_a_character_keeps_both_versions(app, store, w
 @pytest.mark.parametrize("mode", ["chat", "chat-instruct"])
 def test_continue_in_a_character_chat_goes_on_from_the_reply_so_far(app, store, wren, mode):
     conversation = wren_chat(app, store, mode)
-    first = last(chat_turn(app.engine, store, conversation, "Describe the fen.", greedy(6, ban_eos_token=True),
-                           character=wren))  # fmt: skip
+    first = last(
+        chat_with(app, store).turn(
+            conversation, "Describe the fen.", greedy(6, ban_eos_token=True), TurnOptions(character=wren)
+        )
+    )
     assert first.error is None and first.text.strip()
-    final = last(continue_reply(app.engine, store, conversation, greedy(6, ban_eos_token=True), character=wren))
+    final = last(
+        chat_with(app, store).continue_reply(conversation, greedy(6, ban_eos_token=True), TurnOptions(character=wren))
+    )
     assert final.error is None
     assert final.text.startswith(first.text) and len(final.text) > len(first.text)
     opening = "<start_of_turn>model\n" if mode == "chat" else "<start_of_turn>model\nWren: "
@@ -146,7 +159,7 @@ def test_impersonate_in_a_character_chat_writes_the_users_line_and_saves_nothing
     conversation.append("assistant", "Always. Sit down.")
     store.save(conversation)
     before = store.path(WREN_OWNER, conversation.id).read_text(encoding="utf-8")
-    final = last(impersonate(app.engine, conversation, greedy(6), character=wren))
+    final = last(app.chat.impersonate(conversation, greedy(6), TurnOptions(character=wren)))
     assert final.error is None and final.text.strip()
     assert final.prompt.text.endswith("<start_of_turn>user\n") and "keeps a small inn" in final.prompt.text
     assert store.path(WREN_OWNER, conversation.id).read_text(encoding="utf-8") == before
@@ -162,23 +175,23 @@ def test_a_long_character_chat_drops_its_oldest_turns_but_keeps_the_persona(app,
     untrimmed = render_prompt(messages, app.engine.info, mode="chat", character=wren).text
     assert app.engine.count_tokens(untrimmed) > N_CTX
 
-    plan = plan_prompt(app.engine, messages, reserve=200, mode="chat", character=wren)
+    plan = plan_prompt(app.engine, messages, TurnOptions(mode="chat", character=wren), reserve=200)
     assert plan.dropped > 0 and plan.tokens <= N_CTX - 200
     assert "SYSTEM: be brief.\n\nWren keeps a small inn" in plan.text, "system prompt and persona stay"
     assert "Question 0:" not in plan.text and "Answer 11:" in plan.text
     assert plan.text.endswith("The newest question?<end_of_turn>\n<start_of_turn>model\n")
     assert "\nTraveller:" in plan.stop
 
-    final = last(chat_turn(app.engine, store, conversation, "And the birds?", greedy(4), character=wren))
+    final = last(chat_with(app, store).turn(conversation, "And the birds?", greedy(4), TurnOptions(character=wren)))
     assert final.error is None, "without trimming this prompt would not fit"
     assert final.prompt.dropped > 0 and "Wren keeps a small inn" in final.prompt.text
 
 
 def test_the_prompt_preview_of_a_character_chat_is_what_the_send_uses(app, store, wren):
     conversation = wren_chat(app, store, "chat-instruct")
-    plan = preview_prompt(app.engine, conversation, "", "Hello there.", character=wren)
+    plan = preview_prompt(app.engine, conversation, TurnOptions(character=wren), "Hello there.")
     assert 'Write a single reply for the character "Wren"' in plan.text
     assert plan.text.endswith("<start_of_turn>model\nWren:")
-    final = last(chat_turn(app.engine, store, conversation, "Hello there.", greedy(4), character=wren))
+    final = last(chat_with(app, store).turn(conversation, "Hello there.", greedy(4), TurnOptions(character=wren)))
     assert final.prompt.text == plan.text
     assert not final.text.startswith(" "), "the space after 'Wren:' is not part of the reply"

@@ -19,7 +19,7 @@ from webui.chat.modes import (
     owner_for,
     start_conversation,
 )
-from webui.chat.reply import chat_turn
+from webui.chat.service import TurnOptions
 from webui.paths import UnsafeName
 
 GEMMA = ModelInfo(name="g", loader="llama.cpp", path="g.gguf", architecture="gemma3")
@@ -123,7 +123,7 @@ def test_a_chat_as_a_character_streams_on_the_real_model_and_is_stored_under_tha
     app.start()
     wren = app.characters.load("Wren")  # shipped
     conv = start_conversation(app.history, app.characters, "chat", "Wren")
-    replies = list(chat_turn(app.engine, app.history, conv, "Is the causeway safe?", greedy(16), character=wren))
+    replies = list(app.chat.turn(conv, "Is the causeway safe?", greedy(16), TurnOptions(character=wren)))
     final = replies[-1]
     assert final.done and final.error is None and final.text.strip()
     assert len(replies) > 2  # it streamed: several updates before the last
@@ -183,7 +183,7 @@ def test_a_chat_instruct_reply_on_the_real_model_has_no_leading_space_and_is_sto
     app.start()
     conv = start_conversation(app.history, app.characters, "chat-instruct", "Wren")
     assert conv.mode == "chat-instruct"
-    replies = list(chat_turn(app.engine, app.history, conv, "Hello!", greedy(8), character=app.characters.load("Wren")))
+    replies = list(app.chat.turn(conv, "Hello!", greedy(8), TurnOptions(character=app.characters.load("Wren"))))
     final = replies[-1]
     assert final.done and final.error is None and final.text == final.text.lstrip()
     assert app.history.load("character-Wren", conv.id).chat_messages()[-1]["content"] == final.text

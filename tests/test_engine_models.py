@@ -9,7 +9,7 @@ from conftest import collect, greedy
 
 from backends.llamacpp import LlamaCppSettings
 from webui.app import App
-from webui.chat.reply import stream_completion
+from webui.chat.service import TurnOptions
 from webui.settings import Settings
 
 pytestmark = pytest.mark.slow  # real models, servers or browsers
@@ -37,7 +37,7 @@ def test_one_model_at_a_time_by_default(make_two):
     app.load_model(COPY)
     assert [m.model.info.name for m in app.engine.resident] == [COPY]
     # a request made for the first model gets it back (reloaded as it was loaded)
-    final = list(stream_completion(app.engine, "Hello", greedy(2), model=first))[-1]
+    final = list(app.chat.complete("Hello", greedy(2), TurnOptions(model=first)))[-1]
     assert final.error is None and final.usage.completion_tokens == 2
     assert app.engine.info.name == GEMMA
     assert [m.model.info.name for m in app.engine.resident] == [GEMMA]

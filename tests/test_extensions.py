@@ -16,9 +16,8 @@ from conftest import cli, greedy
 from fastapi.testclient import TestClient
 
 from backends.base import SamplingParams
-from webui.chat.actions import continue_reply, impersonate, regenerate
 from webui.chat.modes import start_conversation
-from webui.chat.reply import chat_turn, stream_chat, stream_completion
+from webui.chat.service import TurnOptions
 from webui.extensions.host import ExtensionHost, ManifestError, parse_manifest
 from webui.extensions.tgw import from_tgw_history, to_tgw_history
 from webui.server import build_api_server
@@ -106,11 +105,11 @@ def test_hooks_act_through_the_chat_functions_with_the_real_model(make_app, tmp_
     write_extension(tmp_path / "user_data", "everywhere", HOOKS_EVERYWHERE)
     app = make_app()
     app.start()
-    final = list(stream_chat(app.engine, [{"role": "user", "content": "Name a colour."}], greedy(40)))[-1]
+    final = list(app.chat.stream([{"role": "user", "content": "Name a colour."}], greedy(40)))[-1]
     assert final.error is None
     assert final.usage.completion_tokens <= 4  # state_modifier capped it
     assert final.text == "[chat] " + final.raw_text.upper()  # the raw reply is kept beside the modified one
-    final = list(stream_completion(app.engine, "The sky is", greedy(40)))[-1]
+    final = list(app.chat.complete("The sky is", greedy(40)))[-1]
     assert final.text.startswith("[completion] ") and final.usage.completion_tokens <= 4
 
 
@@ -120,7 +119,7 @@ def test_the_ui_path_saves_the_modified_reply(make_app, tmp_path):
     app = make_app()
     app.start()
     conv = app.history.new("instruct")
-    final = list(chat_turn(app.engine, app.history, conv, "Hello", greedy(40)))[-1]
+    final = list(app.chat.turn(conv, "Hello", greedy(40)))[-1]
     saved = app.history.load("instruct", conv.id)
     assert saved.messages[-1].content == final.text and final.text.startswith("[chat] ")  # what people read
     # ...while the model is shown its own words in later prompts, as TGW keeps `internal` apart from `visible`
@@ -137,24 +136,24 @@ def test_hooks_act_on_chat_actions_in_character_modes_for_a_named_model(make_app
     wren = app.characters.load("Wren")
     for mode in ("chat", "chat-instruct"):
         conv = start_conversation(app.history, app.characters, mode, "Wren")
-        final = list(chat_turn(app.engine, app.history, conv, "Hello", greedy(40), character=wren))[-1]
+        final = list(app.chat.turn(conv, "Hello", greedy(40), TurnOptions(character=wren)))[-1]
         assert final.error is None and final.usage.completion_tokens <= 4, mode
         assert final.text == "[chat] " + final.raw_text.upper(), mode
-        again = list(regenerate(app.engine, app.history, conv, greedy(40), character=wren, start_with="Well"))[-1]
+        again = list(app.chat.regenerate(conv, greedy(40), TurnOptions(character=wren, start_with="Well")))[-1]
         assert again.raw_text.startswith("Well") and again.text == "[chat] " + again.raw_text.upper(), mode
         assert conv.messages[-1].content == again.text  # the saved version is the modified one
-        more = list(continue_reply(app.engine, app.history, conv, greedy(40), character=wren))[-1]
+        more = list(app.chat.continue_reply(conv, greedy(40), TurnOptions(character=wren)))[-1]
         # the model goes on from its own words, not from the decorated ones
         assert more.raw_text.startswith(again.raw_text) and more.text == "[chat] " + more.raw_text.upper(), mode
         assert conv.messages[-1].model_text == more.raw_text, mode
         # an impersonation is the user's own line: sampling hooks act, the reply's output hook does not
-        line = list(impersonate(app.engine, conv, greedy(40), character=wren, draft="I"))[-1]
+        line = list(app.chat.impersonate(conv, greedy(40), TurnOptions(character=wren, start_with="I")))[-1]
         assert line.text.startswith("I") and not line.text.startswith("[chat]") and line.raw_text == "", mode
         assert line.usage.completion_tokens <= 4, mode
     named = app.engine.info  # the API passes the model a request names
-    final = list(stream_chat(app.engine, [{"role": "user", "content": "Hi"}], greedy(40), model=named))[-1]
+    final = list(app.chat.stream([{"role": "user", "content": "Hi"}], greedy(40), TurnOptions(model=named)))[-1]
     assert final.text == "[chat] " + final.raw_text.upper() and final.usage.completion_tokens <= 4
-    final = list(stream_completion(app.engine, "The sky is", greedy(40), model=named))[-1]
+    final = list(app.chat.complete("The sky is", greedy(40), TurnOptions(model=named)))[-1]
     assert final.text == "[completion] " + final.raw_text.upper() and final.usage.completion_tokens <= 4
 
 
@@ -235,7 +234,7 @@ def test_an_extension_that_fails_to_import_is_reported_and_the_rest_work(make_ap
     app.start()
     broken = app.extensions.get("broken")
     assert broken.status == "error" and "No module named 'no_such_module_anywhere'" in broken.error
-    final = list(stream_completion(app.engine, "Hello", greedy(3)))[-1]
+    final = list(app.chat.complete("Hello", greedy(3)))[-1]
     assert final.error is None and final.text.startswith("ok: ")
 
 
@@ -250,13 +249,13 @@ def test_a_raising_hook_is_disabled_and_the_chat_gets_no_traceback(make_app, tmp
     )
     app = make_app()
     app.start()
-    final = list(stream_completion(app.engine, "Hello", greedy(3)))[-1]
+    final = list(app.chat.complete("Hello", greedy(3)))[-1]
     assert final.error is None and final.text == final.raw_text + " (after)"
     assert "Traceback" not in final.text and "boom" not in final.text
     raiser = app.extensions.get("raiser")
     assert not raiser.active and raiser.error == "output_modifier raised RuntimeError: boom"
     assert any("raiser disabled" in r.getMessage() for r in caplog.records)
-    final = list(stream_completion(app.engine, "Hello", greedy(3)))[-1]  # and it stays out of the way
+    final = list(app.chat.complete("Hello", greedy(3)))[-1]  # and it stays out of the way
     assert final.text.endswith(" (after)")
 
 
@@ -409,7 +408,7 @@ def test_a_tgw_extension_acts_in_a_real_chat(make_app, tmp_path):
     tgw_extension(tmp_path / "user_data")
     app = make_app()
     app.start()
-    final = list(stream_chat(app.engine, [{"role": "user", "content": "Hello"}], greedy(40)))[-1]
+    final = list(app.chat.stream([{"role": "user", "content": "Hello"}], greedy(40)))[-1]
     assert final.error is None and final.raw_text.startswith("Well,")  # bot prefix put in the reply's mouth
     assert final.usage.completion_tokens <= 5  # state_modifier
     assert final.text == final.raw_text.replace("a", "4")

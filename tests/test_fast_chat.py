@@ -12,16 +12,15 @@ import pytest
 from conftest import FAKE_HELLO, SLOW_WORDS, greedy
 
 from backends.base import CancelToken, SamplingParams
-from webui.chat.actions import continue_reply, edit_message, impersonate, page_version, regenerate, remove_last
+from webui.chat.actions import edit_message, page_version, remove_last
 from webui.chat.conversation import INSTRUCT_OWNER
 from webui.chat.modes import owner_for, start_conversation
-from webui.chat.reply import chat_turn, stream_chat
+from webui.chat.options import TurnOptions
+from webui.chat.session import ChatSessions, display_messages
 from webui.ui.chat_tab import (
     chat_owner,
     continue_conversation,
     conversation_choices,
-    display_messages,
-    ignored_note,
     open_conversation,
     startup_problems,
 )
@@ -39,7 +38,7 @@ def saved(app, conversation) -> list[tuple[str, str]]:
 
 def test_a_turn_saves_the_message_before_generating_and_the_reply_with_its_stats(fake_app):
     conversation = fake_app.history.new(INSTRUCT_OWNER)
-    turn = chat_turn(fake_app.engine, fake_app.history, conversation, "Hi there", greedy())
+    turn = fake_app.chat.turn(conversation, "Hi there", greedy())
     first = next(turn)
     assert not first.done
     assert saved(fake_app, conversation) == [("user", "Hi there")]  # on disk before the reply is finished
@@ -53,7 +52,7 @@ def test_a_turn_saves_the_message_before_generating_and_the_reply_with_its_stats
 def test_a_turn_stopped_mid_reply_keeps_what_was_said(make_fake_app):
     app = make_fake_app("slow.fake")
     conversation, cancel = app.history.new(INSTRUCT_OWNER), CancelToken()
-    for reply in chat_turn(app.engine, app.history, conversation, "Go on", greedy(SLOW_WORDS), cancel=cancel):
+    for reply in app.chat.turn(conversation, "Go on", greedy(SLOW_WORDS), TurnOptions(cancel=cancel)):
         if len(reply.text.split()) >= 3:
             cancel.cancel()
     kept = app.history.load(conversation.owner, conversation.id).messages[-1]
@@ -63,10 +62,10 @@ def test_a_turn_stopped_mid_reply_keeps_what_was_said(make_fake_app):
 
 def test_a_turn_that_fails_before_any_text_takes_its_message_back_out(fake_app):
     conversation = fake_app.history.new(INSTRUCT_OWNER)
-    chat_turn_ok = last(chat_turn(fake_app.engine, fake_app.history, conversation, "first", greedy()))
+    chat_turn_ok = last(fake_app.chat.turn(conversation, "first", greedy()))
     assert chat_turn_ok.error is None
     fake_app.engine.unload()
-    final = last(chat_turn(fake_app.engine, fake_app.history, conversation, "second", greedy()))
+    final = last(fake_app.chat.turn(conversation, "second", greedy()))
     assert final.error and "no model is loaded" in final.error
     assert saved(fake_app, conversation) == [("user", "first"), ("assistant", FAKE_HELLO)]
 
@@ -75,8 +74,8 @@ def test_regenerate_adds_a_version_and_paging_shows_either(make_fake_app):
     app = make_fake_app("seeded.fake")
     conversation = app.history.new(INSTRUCT_OWNER)
     sampled = lambda seed: SamplingParams(temperature=1.0, seed=seed)  # noqa: E731
-    first = last(chat_turn(app.engine, app.history, conversation, "Pick one", sampled(1))).text
-    regenerated = (last(regenerate(app.engine, app.history, conversation, sampled(s))).text for s in range(2, 20))
+    first = last(app.chat.turn(conversation, "Pick one", sampled(1))).text
+    regenerated = (last(app.chat.regenerate(conversation, sampled(s))).text for s in range(2, 20))
     second = next(text for text in regenerated if text != first)
     message = app.history.load(conversation.owner, conversation.id).messages[-1]
     assert [v.content for v in message.versions][0] == first and message.content == second
@@ -89,13 +88,13 @@ def test_regenerate_adds_a_version_and_paging_shows_either(make_fake_app):
 
 def test_continue_extends_the_last_reply_and_impersonate_saves_nothing(fake_app):
     conversation = fake_app.history.new(INSTRUCT_OWNER)
-    last(chat_turn(fake_app.engine, fake_app.history, conversation, "Hi", greedy()))
-    final = last(continue_reply(fake_app.engine, fake_app.history, conversation, greedy()))
+    last(fake_app.chat.turn(conversation, "Hi", greedy()))
+    final = last(fake_app.chat.continue_reply(conversation, greedy()))
     assert final.error is None and final.text == FAKE_HELLO + FAKE_HELLO
     assert saved(fake_app, conversation)[-1] == ("assistant", FAKE_HELLO + FAKE_HELLO)
 
     before = saved(fake_app, conversation)
-    written = last(impersonate(fake_app.engine, conversation, greedy(), draft="I think "))
+    written = last(fake_app.chat.impersonate(conversation, greedy(), TurnOptions(start_with="I think ")))
     assert written.text == "I think " + FAKE_HELLO
     assert saved(fake_app, conversation) == before
 
@@ -103,13 +102,13 @@ def test_continue_extends_the_last_reply_and_impersonate_saves_nothing(fake_app)
 def test_remove_last_and_edit_are_saved(fake_app):
     conversation = fake_app.history.new(INSTRUCT_OWNER)
     for text in ("one", "two"):
-        last(chat_turn(fake_app.engine, fake_app.history, conversation, text, greedy()))
+        last(fake_app.chat.turn(conversation, text, greedy()))
     removed = remove_last(fake_app.history, conversation)
     assert [m.content for m in removed] == ["two", FAKE_HELLO]
     assert saved(fake_app, conversation) == [("user", "one"), ("assistant", FAKE_HELLO)]
     edit_message(fake_app.history, conversation, 0, "uno")
     assert saved(fake_app, conversation) == [("user", "uno")]  # what followed the edit is dropped
-    final = last(regenerate(fake_app.engine, fake_app.history, conversation, greedy()))
+    final = last(fake_app.chat.regenerate(conversation, greedy()))
     assert final.text == FAKE_HELLO and saved(fake_app, conversation)[-1] == ("assistant", FAKE_HELLO)
 
 
@@ -120,7 +119,7 @@ def test_a_character_chat_opens_with_its_greeting_and_is_saved_under_the_charact
     greeting = saved(app, conversation)
     assert len(greeting) == 1 and greeting[0][0] == "assistant"
     character = app.characters.load("Wren")
-    final = last(chat_turn(app.engine, app.history, conversation, "Is there tea?", greedy(), character=character))
+    final = last(app.chat.turn(conversation, "Is there tea?", greedy(), TurnOptions(character=character)))
     # chat-instruct ends the prompt with the character's name: the echo model repeats that last line
     assert final.error is None and final.text.startswith("You said: ") and final.text.endswith(f"{character.name}:")
     assert [role for role, _ in saved(app, conversation)] == ["assistant", "user", "assistant"]
@@ -130,7 +129,7 @@ def test_a_character_chat_opens_with_its_greeting_and_is_saved_under_the_charact
 def test_instruct_mode_puts_the_users_message_last(make_fake_app):
     app = make_fake_app("echo.fake")
     messages = [{"role": "user", "content": "a question"}]
-    final = last(stream_chat(app.engine, messages, greedy(), mode="instruct"))
+    final = last(app.chat.stream(messages, greedy(), TurnOptions(mode="instruct")))
     assert final.text.startswith("You said: ") and final.prompt is not None
 
 
@@ -140,7 +139,7 @@ def test_instruct_mode_puts_the_users_message_last(make_fake_app):
 def test_the_chat_shows_each_reply_with_its_stats_and_the_reply_in_flight(fake_app):
     conversation = fake_app.history.new(INSTRUCT_OWNER)
     pending = None
-    for reply in chat_turn(fake_app.engine, fake_app.history, conversation, "Hi", greedy()):
+    for reply in fake_app.chat.turn(conversation, "Hi", greedy()):
         if not reply.done:
             pending = reply
             shown = display_messages(conversation.ui_history(), pending)
@@ -153,9 +152,9 @@ def test_the_chat_shows_each_reply_with_its_stats_and_the_reply_in_flight(fake_a
 
 def test_the_picker_opens_the_newest_conversation_and_a_message_never_lands_in_another(fake_app):
     older = fake_app.history.new(INSTRUCT_OWNER)
-    last(chat_turn(fake_app.engine, fake_app.history, older, "older", greedy()))
+    last(fake_app.chat.turn(older, "older", greedy()))
     newer = fake_app.history.new(INSTRUCT_OWNER)
-    last(chat_turn(fake_app.engine, fake_app.history, newer, "newer", greedy()))
+    last(fake_app.chat.turn(newer, "newer", greedy()))
     assert [c for _, c in conversation_choices(fake_app)] == [newer.id, older.id]
     assert open_conversation(fake_app, "").id == newer.id
     assert open_conversation(fake_app, older.id).id == older.id
@@ -171,17 +170,18 @@ def test_unusable_characters_fall_back_to_instruct_and_damaged_files_are_reporte
     assert chat_owner(fake_app, "chat", "Nobody") == INSTRUCT_OWNER
     assert chat_owner(fake_app, "chat", "../x") == INSTRUCT_OWNER
     conversation = fake_app.history.new(INSTRUCT_OWNER)
-    last(chat_turn(fake_app.engine, fake_app.history, conversation, "hi", greedy()))
+    last(fake_app.chat.turn(conversation, "hi", greedy()))
     fake_app.history.path(INSTRUCT_OWNER, conversation.id).write_text("{ truncated")
     problems = startup_problems(fake_app)
     assert len(problems) == 1 and problems[0].startswith(f"{INSTRUCT_OWNER}/{conversation.id}.json")
 
 
 def test_the_note_names_parameters_the_fake_loader_ignored(fake_app):
-    final = last(stream_chat(fake_app.engine, [{"role": "user", "content": "hi"}], SamplingParams(top_k=3)))
+    final = last(fake_app.chat.stream([{"role": "user", "content": "hi"}], SamplingParams(top_k=3)))
     assert "top_k" in final.ignored_params
-    assert ignored_note(fake_app, final.ignored_params) == "ℹ️ fake ignored: top_k"
-    assert ignored_note(fake_app, []) == ""
+    sessions = ChatSessions(fake_app.chat, interval_s=0)
+    assert sessions.ignored_note(final.ignored_params) == "ℹ️ fake ignored: top_k"
+    assert sessions.ignored_note([]) == ""
 
 
 @pytest.mark.parametrize("mode", ["chat", "chat-instruct", "instruct"])
@@ -189,5 +189,5 @@ def test_every_mode_answers_on_the_fake_model(make_fake_app, mode):
     app = make_fake_app("hello.fake")
     conversation = start_conversation(app.history, app.characters, mode, "Wren")
     character = app.characters.load("Wren") if mode != "instruct" else None
-    final = last(chat_turn(app.engine, app.history, conversation, "Hello", greedy(), character=character))
+    final = last(app.chat.turn(conversation, "Hello", greedy(), TurnOptions(character=character)))
     assert final.error is None and final.text.strip() == FAKE_HELLO

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -106,6 +107,9 @@ def test_startup_api_routes_ui_and_shutdown_run_when_they_should(make_fake_app, 
     events = user_data / "extension_data" / "lifecycle" / "events"
     ext = app.extensions.get("lifecycle")
     assert ext.active, ext.error
+    deadline = time.monotonic() + 30  # startup hooks run on their own thread once start() has returned
+    while not events.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert events.read_text() == "startup\n"
 
     server = build_server(app)  # builds the page: the ui hook runs for its tab

@@ -258,7 +258,8 @@ def test_a_file_name_that_climbs_out_is_refused_and_nothing_lands_outside(env, t
         DownloadManager(env["models"], env["user_data"]).prepare("acme/escape-GGUF:../../x.gguf")
     job = DownloadManager(env["models"], env["user_data"]).prepare("acme/escape-GGUF")
     assert [i.dest for i in job.plan.items] == ["ok-Q4_0.gguf"]
-    assert not list(tmp_path.parent.rglob("x.gguf"))
+    climbed = (env["models"] / "../../x.gguf").resolve()  # where the name points, outside the models folder
+    assert not climbed.exists() and not list(env["models"].rglob("x.gguf"))
 
 
 def test_a_gated_repo_needs_a_token_which_goes_only_to_the_hub_and_is_never_printed(env, hub):

@@ -1,4 +1,4 @@
-"""The application object: settings, loaders and engine, built once and passed around.
+"""The application object: settings, loaders, engine and the chat service, built once and passed around.
 
 There is no module-level mutable state in Inglenook: the CLI builds one
 :class:`App` and hands it to the server, the UI and the commands.
@@ -15,12 +15,14 @@ from backends.registry import LoaderRegistry
 from webui import hardware
 from webui.characters.store import CharacterStore
 from webui.chat.history import HistoryStore
+from webui.chat.service import Chat
 from webui.engine import Engine
 from webui.extensions.host import ExtensionHost
 from webui.models.downloads import DownloadManager
 from webui.models.folder import resolve_model
 from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
 from webui.paths import UnsafeName
+from webui.presets import PresetStore
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,13 @@ class App:
     extensions: ExtensionHost
     characters: CharacterStore = field(init=False)  # <user_data>/characters, then the shipped characters/
     downloads: DownloadManager = field(init=False)  # hub downloads into the models folder (UI and API share it)
+    presets: PresetStore = field(init=False)  # <user_data>/presets, then the shipped presets/
+    chat: Chat = field(init=False)  # every generation: the engine with the enabled extensions' hooks around it
 
     def __post_init__(self) -> None:
         self.characters = CharacterStore(self.settings.user_data / "characters")
+        self.presets = PresetStore(self.settings.user_data)
+        self.chat = Chat(self.engine, self.history, self.extensions)
         self.downloads = DownloadManager(self.settings.models_dir, self.settings.user_data)
 
     @classmethod
@@ -45,7 +51,6 @@ class App:
         registry = registry or LoaderRegistry()
         hardware.attach(registry, settings.user_data)  # extra_buffer_types=auto: probe once per machine (AMX)
         engine, extensions = Engine(registry, settings.max_loaded_models), ExtensionHost(settings.user_data)
-        engine.extensions = extensions  # every generation through webui.chat.reply runs the enabled hooks
         extensions.start()  # never raises because of an extension
         return cls(settings, registry, engine, HistoryStore(settings.user_data), extensions)
 

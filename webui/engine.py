@@ -34,7 +34,6 @@ from backends.base import (
     Usage,
 )
 from backends.registry import LoaderRegistry
-from webui.hookspecs import ChatHooks
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,6 @@ class Engine:
         self._admin = threading.Lock()  # one load/unload at a time
         self._active: CancelToken | None = None
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inglenook-decode")
-        self.extensions = ChatHooks()  # the hooks webui.chat.reply runs around generations; the App sets its host
         self._busy_listeners: list[Callable[[bool], None]] = []
 
     def on_busy(self, listener: Callable[[bool], None]) -> None:

@@ -97,17 +97,6 @@ class ReplyInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-MODIFIER_HOOKS = (
-    "input_modifier",
-    "chat_input_modifier",
-    "history_modifier",
-    "state_modifier",
-    "custom_prompt",
-    "bot_prefix_modifier",
-    "output_modifier",
-)
-
-
 @hookspec
 def input_modifier(text: str, context: Context) -> str | None:
     """The user's message (chat) or the prompt (notebook, ``inglenook run``) before it reaches the model."""
@@ -170,7 +159,7 @@ def shutdown(context: Context) -> None:
 
 
 class ChatHooks:
-    """The calls :mod:`webui.chat.reply` makes around every generation. This base changes nothing
+    """The calls :class:`webui.chat.service.Chat` makes around every generation. This base changes nothing
     (an engine without extensions); :class:`webui.extensions.host.ExtensionHost` runs the hooks."""
 
     def chat_messages(self, messages: list[dict], model: str | None) -> list[dict]:

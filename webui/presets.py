@@ -10,7 +10,6 @@ Grammars: ``presets/grammars/*.gbnf`` shipped, ``user_data/grammars/*.gbnf`` the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from backends.base import SamplingParams, field_kind
+from backends.base import SamplingParams
 from webui.files import write_atomic
 from webui.paths import inside, safe_name
 
@@ -27,7 +26,6 @@ NOT_PRESETS = {"models"}  # presets/models.yaml holds the template rules, not sa
 DEFAULT_PRESET = "Balanced"
 MAX_FILE_BYTES = 1_000_000
 FIELDS = {f.name: f for f in fields(SamplingParams)}
-ALIASES = {"max_tokens": "max_new_tokens", "repeat_penalty": "repetition_penalty", "stopping_strings": "stop"}
 
 
 class PresetError(ValueError):
@@ -54,22 +52,13 @@ class Preset:
 def params_from(values: Mapping[str, Any], base: SamplingParams | None = None) -> tuple[SamplingParams, list[str]]:
     """``base`` (default: neutral) with ``values`` applied, checked; and the keys that are not parameters.
 
-    Values are taken as YAML gives them: a whole number where a decimal is expected is fine, text where a
-    number is expected is an error naming the key. Raises ValueError naming the first bad key.
+    :meth:`SamplingParams.from_dict` (the one coercer) with a preset's error type: PresetError naming the
+    first bad key.
     """
-    if not isinstance(values, Mapping):
-        raise PresetError(f"a preset must be a mapping of parameter names to values, not {type(values).__name__}")
-    known: dict[str, Any] = {}
-    unknown: list[str] = []
-    for key, value in values.items():
-        name = ALIASES.get(str(key), str(key))
-        if name not in FIELDS:
-            unknown.append(str(key))
-            continue
-        known[name] = _coerce(name, value)
-    params = SamplingParams(**{**_as_dict(base or SamplingParams()), **known})
-    params.validate()
-    return params, unknown
+    try:
+        return SamplingParams.from_dict(values, base)
+    except ValueError as exc:
+        raise PresetError(str(exc)) from None
 
 
 def changed_values(params: SamplingParams) -> dict[str, Any]:
@@ -86,23 +75,6 @@ def to_yaml(params: SamplingParams) -> str:
 
 def _as_dict(params: SamplingParams) -> dict[str, Any]:
     return {f.name: getattr(params, f.name) for f in fields(params)}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """``value`` in the type of field ``name`` where the conversion loses nothing; unchanged otherwise
-    (then :meth:`SamplingParams.validate` names the key)."""
-    kind = field_kind(FIELDS[name].type)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if name == "sampler_priority" and isinstance(value, str):  # text-generation-webui's UI keeps it one per line
-        return [s.strip() for s in value.replace(",", "\n").splitlines() if s.strip()]
-    if name == "stop" and isinstance(value, str):
-        return [value] if value else []
-    if name == "dry_sequence_breakers" and isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return ", ".join(json.dumps(s) for s in value)
-    return value
 
 
 def parse_preset(text: str, name: str = "preset") -> tuple[SamplingParams, list[str]]:

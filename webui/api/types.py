@@ -7,8 +7,7 @@ later) is applied generically, type-checked against the field's default.
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,9 +20,13 @@ MAX_STOP_STRINGS = 4  # as OpenAI
 class ApiError(Exception):
     """A request we refuse; rendered as OpenAI's error JSON with ``status``."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
 
 
 class StreamOptions(BaseModel):
@@ -93,18 +96,23 @@ class CompletionRequest(_Common):
 
 # -- fields → SamplingParams -----------------------------------------------------------------------
 
-_SAMPLING_FIELDS = {f.name: f for f in fields(SamplingParams)}
-_NOT_FROM_EXTRA = {"grammar"}  # set through response_format, where the grammar is built for the model
+_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+_OPENAI_NAMES = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed")
 
 
-def sampling_params(body: _Common, default_max_tokens: int) -> tuple[SamplingParams, list[str]]:
-    """The request's SamplingParams (neutral defaults, like OpenAI's) and the extra fields it ignored."""
+def request_values(body: _Common) -> tuple[dict[str, Any], list[str]]:
+    """The sampling values the request sets explicitly (OpenAI's fields, and any body field named like a
+    :class:`SamplingParams` field, ``grammar`` included), and the extra fields it ignored.
+
+    These are the last layer of :func:`webui.chat.sampling.resolve_params` (model rule → preset → request), where
+    :meth:`SamplingParams.from_dict` checks them.
+    """
     unsupported(body)
-    values: dict[str, Any] = {"max_new_tokens": default_max_tokens}
+    values: dict[str, Any] = {}
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
     if max_tokens is not None:
         values["max_new_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
+    for name in _OPENAI_NAMES:
         if getattr(body, name) is not None:
             values[name] = getattr(body, name)
     if body.stop is not None:
@@ -114,36 +122,14 @@ def sampling_params(body: _Common, default_max_tokens: int) -> tuple[SamplingPar
         values["stop"] = stops
     ignored = []
     for name, value in (body.model_extra or {}).items():
-        field = _SAMPLING_FIELDS.get(name)
-        if field is None or name in _NOT_FROM_EXTRA or name in values:
+        if name not in _SAMPLING_FIELDS or name in values:
             ignored.append(name)
             continue
-        values[name] = _coerce(name, value, getattr(SamplingParams(), name))
-    params = replace(SamplingParams(), **values)
-    try:
-        params.validate()
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return params, sorted(ignored)
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the type of the field's default (bool, int, float, str, list of str)."""
-    ok = False
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, list):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if not ok:
-        raise ApiError(400, f"{name} must be a {type(default).__name__}, got {json.dumps(value)[:50]}", param=name)
-    return value
+        values[name] = value
+    grammar_too = values.get("grammar") and getattr(body, "response_format", None) is not None
+    if grammar_too and body.response_format.type != "text":
+        raise ApiError(400, "send either grammar or response_format, not both", param="grammar")
+    return values, sorted(ignored)
 
 
 def unsupported(body: _Common) -> None:

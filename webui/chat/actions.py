@@ -1,126 +1,27 @@
-"""Chat actions beyond sending a message: regenerate, continue, impersonate, remove last, edit, page versions,
-plus what the chat tab shows about the next prompt (its template, its exact text, its token count).
+"""Chat actions that generate nothing: remove last, edit, page versions, export and import, plus what the chat
+tab shows about the next prompt (its template, its exact text, its token count). The ones that generate
+(send, regenerate, continue, impersonate) are :class:`webui.chat.service.Chat`'s.
 
-Each action that changes a conversation saves it atomically as soon as the change is made, like
-:func:`webui.chat.reply.chat_turn`: a reply is saved when it ends (stopped or not); a failed one changes nothing.
-The UI, and any other front end, only calls these.
+Each action that changes a conversation saves it atomically as soon as the change is made. The UI, and any
+other front end, only calls these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from backends.base import CancelToken, ModelInfo, SamplingParams
-from webui.characters.store import Character
+from backends.base import ModelInfo, SamplingParams
 from webui.chat.conversation import Conversation, HistoryError, Message
 from webui.chat.history import HistoryStore
+from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.prompting import PromptPlan, plan_prompt
-from webui.chat.reply import (
-    Reply,
-    default_params,
-    format_stats,
-    prompt_messages,
-    reply_in,
-    stream_chat,
-    unknown_settings,
-)
+from webui.chat.reply import prompt_messages
+from webui.chat.sampling import default_params, known_settings, unknown_settings
 from webui.engine import Engine
 from webui.paths import UnsafeName
 from webui.templates.library import PRESETS_DIR
 from webui.templates.render import TemplateError, select_template
-
-
-def regenerate(
-    engine: Engine,
-    store: HistoryStore,
-    conversation: Conversation,
-    params: SamplingParams,
-    system: str = "",
-    cancel: CancelToken | None = None,
-    *,
-    template: str | None = None,
-    start_with: str = "",
-    character: Character | None = None,
-) -> Iterator[Reply]:
-    """A new version of the last reply; the older versions stay, to page back to (:func:`page_version`).
-
-    If the conversation ends with the user's message (its reply failed, was removed, or the message was just
-    edited), a reply to it is generated. A regeneration that yields no text leaves the conversation as it was.
-    """
-    if not conversation.messages:
-        yield Reply(done=True, error="nothing to regenerate: the conversation is empty")
-        return
-    replacing = conversation.messages[-1].role == "assistant"
-    upto = len(conversation.messages) - 1 if replacing else None
-    messages = prompt_messages(conversation, system, upto)
-    final = yield from reply_in(
-        engine, conversation, messages, params, cancel, template=template, prefix=start_with, character=character
-    )
-    if final.text.strip():
-        stats = format_stats(final.usage, final.finish_reason)
-        if replacing:
-            conversation.regenerate(final.text, stats, final.raw_text)
-        else:
-            conversation.append("assistant", final.text, stats, final.raw_text)
-        store.save(conversation)
-    else:
-        final.error = final.error or "the model produced no text"
-    yield final
-
-
-def continue_reply(
-    engine: Engine,
-    store: HistoryStore,
-    conversation: Conversation,
-    params: SamplingParams,
-    system: str = "",
-    cancel: CancelToken | None = None,
-    *,
-    template: str | None = None,
-    character: Character | None = None,
-) -> Iterator[Reply]:
-    """Extend the last reply where it ends: the model is prompted with the reply so far and goes on.
-
-    ``Reply.text`` is the whole reply (old text + new); the shown version is replaced by it when done.
-    """
-    if not conversation.messages or conversation.messages[-1].role != "assistant":
-        yield Reply(done=True, error="there is no reply to continue")
-        return
-    so_far = conversation.messages[-1].model_text
-    messages = prompt_messages(conversation, system, len(conversation.messages) - 1)
-    final = yield from reply_in(
-        engine, conversation, messages, params, cancel, template=template, prefix=so_far, character=character
-    )
-    if final.text.strip() and final.text != so_far:
-        conversation.update_reply(final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
-        store.save(conversation)
-    elif not final.error:
-        final.error = "the model had nothing to add"
-    yield final
-
-
-def impersonate(
-    engine: Engine,
-    conversation: Conversation,
-    params: SamplingParams,
-    system: str = "",
-    cancel: CancelToken | None = None,
-    *,
-    template: str | None = None,
-    draft: str = "",
-    character: Character | None = None,
-) -> Iterator[Reply]:
-    """The model writes the user's next message (starting from ``draft``, the text already in the box).
-
-    Nothing is saved: the text goes into the message box for the user to send, change or discard.
-    """
-    messages = prompt_messages(conversation, system)
-    yield from stream_chat(
-        engine, messages, params, cancel, template=template, prefix=draft, impersonate=True, mode=conversation.mode,
-        character=character,
-    )  # fmt: skip
 
 
 def remove_last(store: HistoryStore, conversation: Conversation) -> list[Message]:
@@ -188,44 +89,40 @@ def template_status(info: ModelInfo | None, choice: str | None = None, presets: 
         unknown = unknown_settings(selection.settings)
         if unknown:
             note += f" ⚠️ Not sampling settings, ignored: {', '.join(unknown)}."
-    known = {f.name for f in fields(SamplingParams)}
-    own = {k: v for k, v in selection.settings.items() if k in known}
+    own = known_settings(selection.settings)
     return TemplateStatus(selection.name, selection.chosen_by, default_params(own), note, own)
 
 
 def preview_prompt(
     engine: Engine,
     conversation: Conversation,
-    system: str = "",
+    options: TurnOptions = PLAIN,
     draft: str = "",
     *,
-    template: str | None = None,
-    start_with: str = "",
     max_new_tokens: int = 0,
-    character: Character | None = None,
 ) -> PromptPlan | None:
-    """The exact prompt the next send would produce (with ``draft`` as the user's message, if any).
+    """The exact prompt the next send would produce (with ``draft`` as the user's message, if any), asked for
+    with ``options`` (system prompt, template, start reply with, character) in the conversation's mode.
 
     None when there is nothing to send yet. Raises ValueError when it cannot be built (the same error the
     send would show).
     """
-    messages = prompt_messages(conversation, system)
+    messages = prompt_messages(conversation, options.system)
     if draft.strip():
         messages.append({"role": "user", "content": draft})
     if not any(m["role"] != "system" for m in messages):
         return None
-    return plan_prompt(
-        engine, messages, choice=template, prefix=start_with, reserve=max_new_tokens, mode=conversation.mode,
-        character=character,
-    )  # fmt: skip
+    return plan_prompt(engine, messages, replace(options, mode=conversation.mode), reserve=max_new_tokens)
 
 
-def prompt_summary(engine: Engine, conversation: Conversation, system: str = "", **kw) -> str:
+def prompt_summary(
+    engine: Engine, conversation: Conversation, options: TurnOptions = PLAIN, draft: str = "", **kw
+) -> str:
     """The token-count line for the chat tab, or the reason there is none."""
     if engine.info is None:
         return ""
     try:
-        plan = preview_prompt(engine, conversation, system, **kw)
+        plan = preview_prompt(engine, conversation, options, draft, **kw)
     except ValueError as exc:
         return f"⚠️ {exc}"
     if plan is None:

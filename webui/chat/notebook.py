@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, GenerationError, SamplingParams
-from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, stream_completion
+from webui.chat.reply import MAX_MESSAGE_CHARS, Reply
+from webui.chat.service import Chat, TurnOptions
 from webui.engine import Engine
 from webui.files import write_atomic
 from webui.paths import is_link_out
@@ -44,7 +45,7 @@ class NotebookStore:
 
 
 def generate(
-    engine: Engine, store: NotebookStore, text: str, params: SamplingParams, cancel: CancelToken | None = None
+    chat: Chat, store: NotebookStore, text: str, params: SamplingParams, cancel: CancelToken | None = None
 ) -> Iterator[Reply]:
     """Continue ``text``; each ``Reply.text`` is the whole notebook (the text, then what the model wrote)."""
     if not text.strip():
@@ -55,7 +56,7 @@ def generate(
         return
     store.save(text)
     final = Reply(text=text, done=True)
-    for reply in stream_completion(engine, text, params, cancel):
+    for reply in chat.complete(text, params, TurnOptions(cancel=cancel)):
         final = replace(reply, text=text + reply.text, ignored_params=list(reply.ignored_params))
         yield final
     if final.text != text:

@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import ModelInfo
+from backends.base import PromptTooLong
 from webui.characters.store import Character
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT, add_stop, chat_instruct_messages, chat_messages, check_mode
+from webui.chat.options import PLAIN, TurnOptions
 from webui.engine import Engine
 from webui.templates.library import PRESETS_DIR
 from webui.templates.render import Prompt, TemplateError, build_chat_prompt, stops_between
@@ -123,27 +124,25 @@ def _first_that_can_fit(messages: list[dict], starts: list[int], n_ctx: int) -> 
 def plan_prompt(
     engine: Engine,
     messages: list[dict],
+    options: TurnOptions = PLAIN,
     *,
-    choice: str | None = None,
-    prefix: str = "",
     impersonate: bool = False,
     reserve: int = 0,
     presets: Path = PRESETS_DIR,
-    mode: str = INSTRUCT,
-    character: Character | None = None,
-    info: ModelInfo | None = None,
 ) -> PromptPlan:
     """Render ``messages`` and fit them into the loaded model's context, leaving ``reserve`` tokens for the reply.
 
-    ``info``: the model the prompt is for (the API's ``model`` field); default the active one. Tokens are
-    counted with the active model's tokenizer.
+    ``options``: the template choice, the text the reply starts with (``start_with``), the mode and character,
+    and the model the prompt is for (``model``, the API's ``model`` field; default the active one). Tokens are
+    counted with the active model's tokenizer. ``impersonate``: the model writes the user's next message.
 
     ``reserve`` is capped at half the context, so a large max-new-tokens setting cannot crowd out the chat.
-    Raises ValueError (TemplateError, or a message saying how long the newest message is) if nothing fits.
+    Raises ValueError (TemplateError, or PromptTooLong saying how long the newest message is) if nothing fits.
     """
-    info = info or engine.info
+    info = options.model or engine.info
     if info is None:
         raise ValueError("no model is loaded")
+    choice, prefix, mode, character = options.template, options.start_with, options.mode or INSTRUCT, options.character
     n_ctx = info.context_length
     budget = n_ctx - min(max(reserve, 0), n_ctx // 2)
 
@@ -181,7 +180,7 @@ def plan_prompt(
     smallest = attempt(starts[-1]) if starts else plan
     if smallest.tokens < n_ctx:  # fits, with less room for the reply than asked for
         return smallest
-    raise ValueError(
+    raise PromptTooLong(
         f"the prompt is {smallest.tokens:,} tokens even with only the newest message, but the context holds "
         f"{n_ctx:,}; shorten the message or load the model with a larger context length"
     )

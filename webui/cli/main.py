@@ -15,7 +15,9 @@ from pathlib import Path
 from backends.base import CancelToken, ModelInfo, ModelLoadError, SamplingParams
 from webui import __version__
 from webui.app import App
-from webui.chat.reply import Reply, default_params, format_stats, stream_chat, stream_completion
+from webui.chat.reply import Reply, format_stats
+from webui.chat.sampling import resolve_params, rule_settings
+from webui.chat.service import TurnOptions
 from webui.cli import bench as cli_bench
 from webui.cli import characters as cli_characters
 from webui.cli import doctor as cli_doctor
@@ -218,22 +220,13 @@ def _template_info(spec: str, models_dir: Path) -> ModelInfo:
     return model_template_info(resolve_model(spec, models_dir))
 
 
-def _run_params(args: argparse.Namespace) -> SamplingParams:
-    params = default_params()
-    store = PresetStore(args.user_data)
-    if args.preset:
-        preset = store.load(args.preset)
-        if preset.warning:
-            print(f"warning: {preset.warning}", file=sys.stderr)
-        params = preset.params
-    if args.grammar:
-        grammar = Path(args.grammar)
-        try:
-            is_file = grammar.is_file()
-        except (OSError, ValueError):  # a name too long (or odd) to be a path: a grammar name, then
-            is_file = False
-        params = replace(params, grammar=grammar.read_text() if is_file else store.grammar(args.grammar))
-    overrides = {
+def _run_params(args: argparse.Namespace, info: ModelInfo, store: PresetStore) -> SamplingParams:
+    """The sampling parameters of ``inglenook run``, by the policy every face uses (webui.chat.sampling):
+    the default (or, with --preset, neutral) → the model's models.yaml rule → --preset → the flags given."""
+    preset = store.load(args.preset) if args.preset else None
+    if preset is not None and preset.warning:
+        print(f"warning: {preset.warning}", file=sys.stderr)
+    flags = {
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
@@ -242,27 +235,43 @@ def _run_params(args: argparse.Namespace) -> SamplingParams:
         "max_new_tokens": args.max_tokens,
         "seed": args.seed,
     }
-    params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
-    params = replace(params, stop=[*params.stop, *args.stop])
+    explicit = {k: v for k, v in flags.items() if v is not None}
+    if args.grammar:
+        grammar = Path(args.grammar)
+        try:
+            is_file = grammar.is_file()
+        except (OSError, ValueError):  # a name too long (or odd) to be a path: a grammar name, then
+            is_file = False
+        explicit["grammar"] = grammar.read_text() if is_file else store.grammar(args.grammar)
+    rule = rule_settings(info, TemplatePrefs(args.user_data).get(info.name))
+    resolved = resolve_params(rule=rule, preset=preset, explicit=explicit)
+    for note in resolved.unknown:
+        print(f"warning: not a sampling parameter, ignored: {note}", file=sys.stderr)
+    params = resolved.params
+    if args.stop:
+        params = replace(params, stop=[*params.stop, *args.stop])
     params.validate()
     return params
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    params = _run_params(args)
+    store = PresetStore(args.user_data)
+    if args.preset:
+        store.load(args.preset)  # a preset that does not exist fails before the model loads
     app = App.create(settings_from(args))
     info = app.load_model(args.model, args.loader)
     try:
+        params = _run_params(args, info, store)
         if args.prompt is None:
             return _interactive(app, params, args.system)
         if args.chat:
             messages = [{"role": "system", "content": args.system}] if args.system else []
             chosen = TemplatePrefs(app.settings.user_data).get(info.name)  # the template picked in the UI
-            replies = stream_chat(
-                app.engine, [*messages, {"role": "user", "content": args.prompt}], params, template=chosen
+            replies = app.chat.stream(
+                [*messages, {"role": "user", "content": args.prompt}], params, TurnOptions(template=chosen)
             )
         else:
-            replies = stream_completion(app.engine, args.prompt, params)
+            replies = app.chat.complete(args.prompt, params)
         final = _print_stream(replies, echo=not args.json)
         if args.json:
             print(json.dumps(_run_result(info.name, info.loader, final), ensure_ascii=False))
@@ -327,7 +336,7 @@ def _interactive(app: App, params: SamplingParams, system: str) -> int:
         messages.append({"role": "user", "content": text})
         cancel = CancelToken()
         chosen = TemplatePrefs(app.settings.user_data).get(info.name)  # the template picked in the UI
-        replies = stream_chat(app.engine, messages, params, cancel, template=chosen)
+        replies = app.chat.stream(messages, params, TurnOptions(template=chosen, cancel=cancel))
         final = Reply(done=True)
         try:
             final = _print_stream(replies, echo=True)

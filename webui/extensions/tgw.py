@@ -20,6 +20,8 @@ from webui.hookspecs import SETTING_TYPES, Context, Setting, hookimpl
 if TYPE_CHECKING:
     from webui.extensions.host import Extension
 
+SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingParams))
+
 RESERVED_PARAMS = ("display_name", "is_tab")
 
 
@@ -142,15 +144,12 @@ def _state(context: Context, params: SamplingParams | None = None) -> dict[str, 
 
 
 def params_from_state(state: Any, params: SamplingParams) -> SamplingParams:
-    """SamplingParams with the fields a TGW ``state_modifier`` changed (same names, same types)."""
+    """SamplingParams with the fields a TGW ``state_modifier`` changed (same names, same types), through the one
+    coercer (:meth:`SamplingParams.from_dict`); the state's other keys (mode, name1, …) are not parameters."""
     if not isinstance(state, dict):
         raise TypeError(f"state_modifier returned {type(state).__name__}, expected the state dict")
-    changes = {}
-    for f in fields(SamplingParams):
-        if f.name in state and state[f.name] != getattr(params, f.name):
-            current = getattr(params, f.name)
-            changes[f.name] = list(state[f.name]) if isinstance(current, list) else type(current)(state[f.name])
-    return SamplingParams(**{**asdict(params), **changes})
+    changed = {k: v for k, v in state.items() if k in SAMPLING_FIELDS and v != getattr(params, k)}
+    return SamplingParams.from_dict(changed, params)[0]
 
 
 def to_tgw_history(messages: list[dict]) -> tuple[list[dict], dict[str, list[list[str]]]]:

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 
-from backends.base import ModelLoadError
+from backends.base import ModelLoadError, ModelNotFound
 from webui.paths import MAX_PATH_TEXT, UnsafeName, exists_quietly, inside
 
 DEFAULT_ALIASES = {"", "default"}
@@ -153,7 +153,7 @@ def resolve_model(spec: str | None, models_dir: Path, allow_paths: bool = True) 
     if exists_quietly(given):
         return _check_model_path(given)
     if is_path:
-        raise ModelLoadError(f"model not found: {spec} does not exist")
+        raise ModelNotFound(f"model not found: {spec} does not exist")
     for candidate in (spec, f"{spec}.gguf"):
         try:
             path = inside(models_dir, candidate, "model name", follow_links=True)
@@ -162,7 +162,7 @@ def resolve_model(spec: str | None, models_dir: Path, allow_paths: bool = True) 
         if path.exists():
             return _check_model_path(path)
     names = ", ".join(e.name for e in list_models(models_dir)) or "none"
-    raise ModelLoadError(f"model not found: no {spec!r} in {models_dir} (available: {names})")
+    raise ModelNotFound(f"model not found: no {spec!r} in {models_dir} (available: {names})")
 
 
 def _check_model_path(path: Path) -> Path:

@@ -1,9 +1,8 @@
-"""The Chat tab: widgets wired to :mod:`webui.chat.reply` and :mod:`webui.chat.actions`. No logic a test would want
-lives here."""
+"""The Chat tab: widgets wired to :mod:`webui.chat.session` (the replies in flight, as named updates),
+:class:`webui.chat.service.Chat` and :mod:`webui.chat.actions`. No logic a test would want lives here."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,61 +10,26 @@ from pathlib import Path
 
 import gradio as gr
 
-from backends.base import CancelToken, SamplingParams
 from webui.app import App
 from webui.characters.store import Character, CharacterError
 from webui.chat.actions import (
-    continue_reply,
     edit_message,
     export_conversation,
-    impersonate,
     import_conversation,
     page_version,
     preview_prompt,
     prompt_summary,
-    regenerate,
     remove_last,
     template_status,
     version_label,
 )
 from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
-from webui.chat.reply import Reply, chat_turn, throttle
+from webui.chat.service import TurnOptions
+from webui.chat.session import ChatSessions, ChatUpdate, display_messages, without_stats
 from webui.paths import UnsafeName
-from webui.presets import PresetError, params_from_form
 from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
-
-STATS_SPAN = re.compile(r"\s*<span class='inglenook-stats'>.*?</span>\s*$", re.DOTALL)
-
-
-def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
-    """What the chatbot shows: the history, each reply followed by its stats line, then the reply in flight."""
-    shown = []
-    for m in history:
-        content = m["content"]
-        if m.get("stats"):
-            content = f"{content}\n\n<span class='inglenook-stats'>{m['stats']}</span>"
-        shown.append({"role": m["role"], "content": content})
-    if pending is not None:
-        shown.append({"role": "assistant", "content": pending.text or "…"})
-    return shown
-
-
-def without_stats(content: object) -> str:
-    """A message as the user edited it in the chatbot, without the stats line the chatbot showed under it."""
-    if isinstance(content, list):  # Gradio may hand back [{"type": "text", "text": ...}]
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return STATS_SPAN.sub("", str(content or ""))
-
-
-def ignored_note(app: App, ignored: list[str]) -> str:
-    """The line under the chat when the loader did not honour some parameters the user set."""
-    if not ignored:
-        return ""
-    loader = app.engine.info.loader if app.engine.info else "the loader"
-    return f"ℹ️ {loader} ignored: {', '.join(ignored)}"
-
 
 # (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
 BUSY = (gr.update(interactive=False), gr.update(interactive=True))
@@ -141,7 +105,7 @@ class ChatTab:
 
 def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name."""
-    cancels: dict[str, CancelToken] = {}  # session -> its generation in flight (per UI, not module-level)
+    sessions = ChatSessions(app.chat, app.settings.stream_interval_s)  # per UI, not module-level
     rule_knobs = list(params_inputs)  # a models.yaml rule may set any of them
     prefs = TemplatePrefs(app.settings.user_data)
     notices = startup_problems(app)
@@ -216,13 +180,6 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         info = app.engine.info
         return prefs.get(info.name) if info else None
 
-    def params_from(sampling: dict) -> SamplingParams:
-        """The Parameters tab's values as SamplingParams; ValueError naming a bad key."""
-        try:
-            return params_from_form(sampling)
-        except (PresetError, TypeError) as exc:
-            raise ValueError(str(exc)) from exc
-
     def speaker_for(conv: Conversation, chosen_mode: str | None = None) -> Character | None:
         """The character speaking in ``conv`` (None in instruct); ``conv`` takes the picked character mode."""
         key = character_of(conv.owner)
@@ -236,7 +193,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             conv.mode = chosen_mode
         return speaker
 
-    def locate(conv_id: str, chosen_mode: str, key: str | None) -> tuple[Conversation, Character | None]:
+    def locate_conv(conv_id: str, chosen_mode: str, key: str | None) -> tuple[Conversation, Character | None]:
         """The conversation an action acts on (of the picked mode and character) and who speaks in it."""
         conv = continue_conversation(app, conv_id or "", chat_owner(app, chosen_mode, key))
         return conv, speaker_for(conv, chosen_mode)
@@ -251,10 +208,10 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         value = conv.id if any(cid == conv.id for _, cid in choices) else None
         key = character_of(conv.owner)
         speaker = speaker_for(conv, chosen_mode)
-        count = prompt_summary(
-            app.engine, conv, system_text or "", template=chosen_template(), start_with=prefix or "",
-            max_new_tokens=int(n or 0), character=speaker,
-        )  # fmt: skip
+        options = TurnOptions(
+            system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
+        )
+        count = prompt_summary(app.engine, conv, options, max_new_tokens=int(n or 0))
         thumb = app.characters.thumbnail(key) if speaker is not None else None
         shown = gr.update(
             value=display_messages(conv.ui_history()), avatar_images=(None, str(thumb) if thumb else None)
@@ -290,89 +247,50 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         return (*show(open_conversation(app, conversation_id, owner), note, system_text), *template_view())
 
     def busy(request: gr.Request) -> bool:
-        return request.session_hash in cancels
+        return sessions.busy(request.session_hash)
 
-    def stream(
-        request, conv: Conversation, turn: Iterator[Reply], cancel: CancelToken, keep: int | None, ctx,
-        restore: str | None = None,
-    ):  # fmt: skip
-        """Drive a reply into the chatbot (``keep``: how many saved messages to show above it) and end idle.
+    def outputs(update: ChatUpdate, ctx) -> tuple:
+        """A ChatUpdate as the streaming handlers' outputs (message, id, chatbot, note, Send, Stop, picker,
+        version label, token count)."""
+        picker_update = label = count = gr.skip()
+        if update.shown is not None:
+            picker_update, _, _, _, label, count, *_ = show(update.shown, "", *ctx)
+        buttons = (gr.skip(), gr.skip()) if update.busy is None else (BUSY if update.busy else IDLE)
+        head = (update.message, update.conversation_id, update.chat, update.note)
+        return (*(gr.skip() if v is None else v for v in head), *buttons, picker_update, label, count)
 
-        ``restore``: the message just sent; if the turn added nothing (no reply), it goes back into the box.
-        """
-        before = len(conv.messages)
-        final = Reply(done=True)
+    def relay(updates: Iterator[ChatUpdate], ctx):
+        """Each update as outputs; closing the handler (the page went away) closes the session's stream."""
         try:
-            for reply in throttle(turn, app.settings.stream_interval_s):
-                final = reply
-                if not reply.done:
-                    shown = display_messages(conv.ui_history()[:keep], reply)
-                    yield gr.skip(), gr.skip(), shown, gr.skip(), *BUSY, gr.skip(), gr.skip(), gr.skip()
-        finally:  # also when the page goes away mid-reply: stop generating for nobody
-            cancels.pop(request.session_hash, None)
-            if not final.done:
-                cancel.cancel()
-        picker_update, cid, _, _, label, count, *_ = show(conv, "", *ctx)
-        note = f"⚠️ {final.error}" if final.error else ignored_note(app, final.ignored_params)
-        shown = display_messages(conv.ui_history())  # a plain value: API clients read the chat from it
-        box = restore if restore is not None and len(conv.messages) <= before else gr.skip()
-        yield box, cid, shown, note, *IDLE, picker_update, label, count
+            for update in updates:
+                yield outputs(update, ctx)
+        finally:
+            updates.close()
+
+    def locator(conv_id, system_text, prefix, chosen_mode, key):
+        """Finds the conversation and the turn's options, once the session has checked the action can go ahead."""
+
+        def locate() -> tuple[Conversation, TurnOptions]:
+            conv, speaker = locate_conv(conv_id, chosen_mode, key)
+            options = TurnOptions(
+                system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
+            )
+            return conv, options
+
+        return locate
 
     def generation(action, request, conv_id, system_text, prefix, sampling, chosen_mode, key):
         """Regenerate or continue the conversation ``conv_id`` (streaming)."""
-        if busy(request):
-            note = "A reply is still streaming: wait for it or press Stop."
-            yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, *(gr.skip(),) * 3
-            return
-        try:
-            params = params_from(sampling)
-        except ValueError as exc:
-            yield gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", *(gr.skip(),) * 5
-            return
-        n = params.max_new_tokens
-        conv, speaker = locate(conv_id, chosen_mode, key)
-        cancel = cancels[request.session_hash] = CancelToken()
-        replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
-        if action == "continue":
-            turn = continue_reply(
-                app.engine, app.history, conv, params, system_text or "", cancel, template=chosen_template(),
-                character=speaker,
-            )  # fmt: skip
-        else:
-            turn = regenerate(
-                app.engine, app.history, conv, params, system_text or "", cancel, template=chosen_template(),
-                start_with=prefix or "", character=speaker,
-            )  # fmt: skip
-        keep = -1 if replacing else None
-        yield gr.skip(), conv.id, display_messages(conv.ui_history()[:keep], Reply()), "", *BUSY, *(gr.skip(),) * 3
-        yield from stream(request, conv, turn, cancel, keep, (system_text, prefix, n, chosen_mode, key))
+        ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
+        where = locator(conv_id, system_text, prefix, chosen_mode, key)
+        yield from relay(sessions.again(request.session_hash, action, sampling, where), ctx)
 
     # ------------------------------------------------------------------ handlers
 
     def respond(text, conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
-        text = (text or "").strip()
-        if busy(request):  # Enter pressed again while this tab's reply still streams
-            note = "A reply is still streaming: wait for it or press Stop."
-            yield gr.skip(), gr.skip(), gr.skip(), note, *BUSY, *(gr.skip(),) * 3
-            return
-        if not text:
-            yield gr.skip(), gr.skip(), gr.skip(), "Type a message first.", *(gr.skip(),) * 5
-            return
-        try:
-            params = params_from(sampling)
-        except ValueError as exc:
-            yield gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", *(gr.skip(),) * 5
-            return
-        n = params.max_new_tokens
-        conv, speaker = locate(conv_id, chosen_mode, key)
-        cancel = cancels[request.session_hash] = CancelToken()
-        turn = chat_turn(
-            app.engine, app.history, conv, text, params, system_text or "", cancel, speaker,
-            template=chosen_template(), start_with=prefix or "",
-        )  # fmt: skip
-        pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
-        yield "", conv.id, display_messages(pending, Reply()), "", *BUSY, *(gr.skip(),) * 3
-        yield from stream(request, conv, turn, cancel, None, (system_text, prefix, n, chosen_mode, key), restore=text)
+        ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
+        where = locator(conv_id, system_text, prefix, chosen_mode, key)
+        yield from relay(sessions.send(request.session_hash, text, sampling, where), ctx)
 
     # (Gradio fills in ``request``/``data`` only for named parameters; the sampling values come by name.)
     def regenerate_reply(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
@@ -382,36 +300,22 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         yield from generation("continue", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
     def impersonate_user(draft, conv_id, system_text, chosen_mode, key, request: gr.Request, **sampling):
-        if busy(request):
-            yield gr.skip(), "A reply is still streaming: wait for it or press Stop.", *BUSY
-            return
+        where = locator(conv_id, system_text, draft, chosen_mode, key)
+        updates = sessions.impersonate(request.session_hash, sampling, where)
         try:
-            params = params_from(sampling)
-        except ValueError as exc:
-            yield gr.skip(), f"⚠️ {exc}", gr.skip(), gr.skip()
-            return
-        conv, speaker = locate(conv_id, chosen_mode, key)
-        cancel = cancels[request.session_hash] = CancelToken()
-        turn = impersonate(
-            app.engine, conv, params, system_text or "", cancel, template=chosen_template(), draft=draft or "",
-            character=speaker,
-        )  # fmt: skip
-        final = Reply(done=True)
-        try:
-            yield gr.skip(), "", *BUSY
-            for reply in throttle(turn, app.settings.stream_interval_s):
-                final = reply
-                yield reply.text if reply.text else gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            for u in updates:
+                buttons = (gr.skip(), gr.skip()) if u.busy is None else (BUSY if u.busy else IDLE)
+                yield (
+                    (gr.skip() if u.message is None else u.message),
+                    (gr.skip() if u.note is None else u.note),
+                    *buttons,
+                )
         finally:
-            cancels.pop(request.session_hash, None)
-            if not final.done:
-                cancel.cancel()
-        note = f"⚠️ {final.error}" if final.error else ""
-        yield final.text or gr.skip(), note, *IDLE  # the whole text again: API clients read only the last update
+            updates.close()
 
     def remove_exchange(conv_id, system_text, prefix, n, chosen_mode, key, request: gr.Request):
         ctx = (system_text, prefix, n, chosen_mode, key)
-        conv, _ = locate(conv_id, chosen_mode, key)
+        conv, _ = locate_conv(conv_id, chosen_mode, key)
         if busy(request):
             return gr.skip(), *show(conv, "Wait for the reply or press Stop.", *ctx)
         try:
@@ -423,7 +327,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
 
     def page(step: int):
         def handler(conv_id, *ctx):
-            conv, _ = locate(conv_id, *ctx[3:])
+            conv, _ = locate_conv(conv_id, *ctx[3:])
             try:
                 page_version(app.history, conv, step)
             except HistoryError as exc:
@@ -434,7 +338,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
 
     def on_edit(conv_id, system_text, prefix, chosen_mode, key, data: gr.EditData, request: gr.Request, **sampling):
         ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
-        conv, _ = locate(conv_id, chosen_mode, key)
+        conv, _ = locate_conv(conv_id, chosen_mode, key)
         index = data.index if isinstance(data.index, int) else data.index[0]
         try:
             edited = edit_message(app.history, conv, index, without_stats(data.value))
@@ -449,9 +353,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
     def stop_generation(request: gr.Request):
-        token = cancels.get(request.session_hash)
-        if token is not None:
-            token.cancel()
+        sessions.stop(request.session_hash)
 
     def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
@@ -477,7 +379,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         return show(open_conversation(app, "", owner), "Deleted (moved to the trash folder).", *ctx)
 
     def rename_chat(conv_id, new_title, *ctx):
-        conv, _ = locate(conv_id, *ctx[3:])
+        conv, _ = locate_conv(conv_id, *ctx[3:])
         try:
             conv.title = app.history.rename(conv.owner, conv.id, new_title).title if conv.messages else conv.title
         except (HistoryError, UnsafeName) as exc:
@@ -486,7 +388,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         return show(conv, note or f"Renamed to “{conv.title}”.", *ctx)
 
     def branch_chat(conv_id, number, *ctx):
-        conv, _ = locate(conv_id, *ctx[3:])
+        conv, _ = locate_conv(conv_id, *ctx[3:])
         try:
             upto = int(number) - 1 if number else len(conv.messages) - 1
             if upto < 0:
@@ -513,7 +415,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             conv = import_conversation(app.history, chat_owner(app, *ctx[3:]), Path(path))
         except HistoryError as exc:  # stay on the conversation the user was looking at
             note = f"⚠️ Import failed, nothing was saved: {exc}"
-            return show(locate(conv_id, *ctx[3:])[0], note, *ctx)
+            return show(locate_conv(conv_id, *ctx[3:])[0], note, *ctx)
         return show(conv, f"Imported “{conv.title or conv.id}”.", *ctx)
 
     def choose_template(choice):
@@ -527,12 +429,12 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         return gr.update(), template_status(info, chosen_template()).describe()
 
     def show_the_prompt(draft, conv_id, system_text, prefix, n, chosen_mode, key):
-        conv, speaker = locate(conv_id, chosen_mode, key)
+        conv, speaker = locate_conv(conv_id, chosen_mode, key)
         try:
-            plan = preview_prompt(
-                app.engine, conv, system_text or "", draft or "", template=chosen_template(),
-                start_with=prefix or "", max_new_tokens=int(n or 0), character=speaker,
-            )  # fmt: skip
+            options = TurnOptions(
+                system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
+            )
+            plan = preview_prompt(app.engine, conv, options, draft or "", max_new_tokens=int(n or 0))
         except ValueError as exc:
             return f"⚠️ {exc}", gr.skip()
         if plan is None:

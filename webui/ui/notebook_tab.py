@@ -49,7 +49,7 @@ def build_notebook_tab(app: App, params_inputs: dict) -> tuple:
         try:
             yield gr.skip(), gr.skip(), "", *BUSY
             for reply in throttle(
-                generate(app.engine, store, current or "", params, cancel), app.settings.stream_interval_s
+                generate(app.chat, store, current or "", params, cancel), app.settings.stream_interval_s
             ):
                 final = reply
                 if not reply.done:

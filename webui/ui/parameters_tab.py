@@ -12,6 +12,7 @@ import gradio as gr
 
 from backends.base import SamplingParams, field_kind, param_doc, param_range
 from webui.app import App
+from webui.chat.sampling import preset_params
 from webui.paths import UnsafeName
 from webui.presets import (
     DEFAULT_PRESET,
@@ -22,6 +23,7 @@ from webui.presets import (
     neutralize,
     params_from_form,
 )
+from webui.templates.prefs import TemplatePrefs
 
 # The order the /chat API takes them in starts with the parameters it took before presets existed.
 FIRST = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
@@ -145,7 +147,12 @@ class ParametersTab:
             except (PresetError, UnsafeName) as exc:
                 return [gr.skip()] * len(order) + [f"⚠️ {exc}"]
             note = f"⚠️ {loaded.warning}" if loaded.warning else f"Loaded preset {name} ({loaded.source})."
-            return [*values_of(loaded.params), note]
+            info = self.app.engine.info  # the model's models.yaml rule lies under the preset (webui.chat.sampling)
+            choice = TemplatePrefs(self.app.settings.user_data).get(info.name) if info else None
+            try:
+                return [*values_of(preset_params(info, loaded, choice).params), note]
+            except ValueError as exc:  # a models.yaml rule with a bad value
+                return [*values_of(loaded.params), f"⚠️ {exc}"]
 
         def current(values: list) -> SamplingParams:
             return params_from_form(dict(zip(NAMES, values, strict=True)))

@@ -1,0 +1,220 @@
+"""The Chat service: the one path from a user's message to a streamed reply, for every face.
+
+:class:`Chat` owns what a generation needs besides its text — the engine, the extension hooks, the
+conversation store — built once by :class:`webui.app.App`. The UI, the API and the CLI call its methods, so a
+prompt format, a chat mode or an extension acts the same everywhere. How a reply is asked for (system prompt,
+template, "start reply with", character, mode, model, cancel) travels as one :class:`TurnOptions` value.
+
+Each action that changes a conversation saves it atomically as soon as the change is made: the user's message
+before generation starts, a reply when it ends (stopped or not); a failed one changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, ModelNotLoaded, SamplingParams
+from webui.chat.history import Conversation, HistoryError, HistoryStore
+from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT
+from webui.chat.options import PLAIN, TurnOptions
+from webui.chat.prompting import plan_prompt
+from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, format_stats, prompt_messages
+from webui.engine import Engine
+from webui.hookspecs import ChatHooks
+
+
+class Chat:
+    """Generates replies: the engine, the extension hooks around every generation, and the saved conversations."""
+
+    def __init__(self, engine: Engine, history: HistoryStore, hooks: ChatHooks | None = None) -> None:
+        self.engine = engine
+        self.history = history
+        self.hooks = hooks if hooks is not None else ChatHooks()
+
+    # ------------------------------------------------------------------ streams without a saved conversation
+
+    def stream(
+        self, messages: list[dict], params: SamplingParams, options: TurnOptions = PLAIN, *,
+        impersonate: bool = False,
+    ) -> Iterator[Reply]:  # fmt: skip
+        """Stream the assistant's reply to ``messages`` (``{"role", "content"}`` dicts, last one the user's).
+
+        ``impersonate`` makes the model write the user's next message instead. The oldest turns are left out
+        when the conversation outgrows the context.
+        """
+        engine, hooks, prefix = self.engine, self.hooks, options.start_with
+        mode, character = options.mode or INSTRUCT, options.character
+        info = options.model or engine.info
+        if info is None:
+            yield _failed(ModelNotLoaded("no model is loaded"))
+            return
+        for m in [*messages, {"content": prefix}]:
+            if len(m.get("content", "")) > MAX_MESSAGE_CHARS:
+                yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
+                return
+        messages = hooks.chat_messages(messages, info.name)  # input, chat input, history modifiers
+        try:
+            plan = plan_prompt(
+                engine, messages, replace(options, mode=mode, model=info), impersonate=impersonate,
+                reserve=params.max_new_tokens,
+            )  # fmt: skip
+        except ValueError as exc:
+            yield _failed(exc)
+            return
+        params = replace(params, stop=[*params.stop, *(s for s in plan.stop if s not in params.stop)])
+        text, head = plan.text, prefix
+        if not impersonate:  # an impersonation is the user's line: no custom prompt, bot prefix or output hook
+            text, bot_prefix = hooks.chat_prompt(plan.text, messages, info.name)  # custom prompt, bot prefix
+            head += bot_prefix
+        strip = mode == CHAT_INSTRUCT and character is not None and not head and not impersonate
+        for reply in self._generate(text, params, options.cancel, "chat", options.model):
+            body = reply.text.lstrip() if strip else reply.text  # the prompt ends "Name:"; a space follows
+            reply = replace(
+                reply, text=head + body if body or not reply.error else body, prompt=plan,
+                ignored_params=list(reply.ignored_params),
+            )  # fmt: skip
+            yield self._finished(reply, "chat", info.name) if reply.done and not impersonate else reply
+
+    def complete(self, prompt: str, params: SamplingParams, options: TurnOptions = PLAIN) -> Iterator[Reply]:
+        """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``, the API); ``options``: its
+        ``model`` and ``cancel``."""
+        info = options.model or self.engine.info
+        if info is None:
+            yield _failed(ModelNotLoaded("no model is loaded"))
+            return
+        prompt = self.hooks.completion_prompt(prompt, info.name)  # input modifiers
+        for reply in self._generate(prompt, params, options.cancel, "completion", options.model):
+            yield self._finished(reply, "completion", info.name) if reply.done else reply
+
+    # ------------------------------------------------------------------ a saved conversation
+
+    def turn(
+        self, conversation: Conversation, text: str, params: SamplingParams, options: TurnOptions = PLAIN
+    ) -> Iterator[Reply]:
+        """One exchange of a saved conversation (in its mode, spoken by ``options.character`` if given): the
+        user's message is saved before generation starts, the reply (with its stats line) as soon as it ends,
+        stopped or not. A crash loses at most the reply in flight. A reply that failed before producing any
+        text takes its message back out. ``options.start_with`` is kept in the saved reply.
+        """
+        try:
+            conversation.append("user", text)
+        except HistoryError as exc:
+            yield Reply(done=True, error=str(exc))
+            return
+        self.history.save(conversation)
+        messages = prompt_messages(conversation, options.system)
+        final = yield from self._reply_in(conversation, messages, params, options)
+        if final.text.strip():
+            conversation.append("assistant", final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
+        else:
+            conversation.remove_last()
+            final.error = final.error or "the model produced no text"
+        self.history.save(conversation)
+        yield final
+
+    def regenerate(
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = PLAIN
+    ) -> Iterator[Reply]:
+        """A new version of the last reply; the older versions stay, to page back to
+        (:func:`webui.chat.actions.page_version`).
+
+        If the conversation ends with the user's message (its reply failed, was removed, or the message was
+        just edited), a reply to it is generated. A regeneration that yields no text leaves the conversation
+        as it was.
+        """
+        if not conversation.messages:
+            yield Reply(done=True, error="nothing to regenerate: the conversation is empty")
+            return
+        replacing = conversation.messages[-1].role == "assistant"
+        upto = len(conversation.messages) - 1 if replacing else None
+        messages = prompt_messages(conversation, options.system, upto)
+        final = yield from self._reply_in(conversation, messages, params, options)
+        if final.text.strip():
+            stats = format_stats(final.usage, final.finish_reason)
+            if replacing:
+                conversation.regenerate(final.text, stats, final.raw_text)
+            else:
+                conversation.append("assistant", final.text, stats, final.raw_text)
+            self.history.save(conversation)
+        else:
+            final.error = final.error or "the model produced no text"
+        yield final
+
+    def continue_reply(
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = PLAIN
+    ) -> Iterator[Reply]:
+        """Extend the last reply where it ends: the model is prompted with the reply so far and goes on
+        (``options.start_with`` is not used). ``Reply.text`` is the whole reply (old text + new); the shown
+        version is replaced by it when done.
+        """
+        if not conversation.messages or conversation.messages[-1].role != "assistant":
+            yield Reply(done=True, error="there is no reply to continue")
+            return
+        so_far = conversation.messages[-1].model_text
+        messages = prompt_messages(conversation, options.system, len(conversation.messages) - 1)
+        final = yield from self._reply_in(conversation, messages, params, replace(options, start_with=so_far))
+        if final.text.strip() and final.text != so_far:
+            conversation.update_reply(final.text, format_stats(final.usage, final.finish_reason), final.raw_text)
+            self.history.save(conversation)
+        elif not final.error:
+            final.error = "the model had nothing to add"
+        yield final
+
+    def impersonate(
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions = PLAIN
+    ) -> Iterator[Reply]:
+        """The model writes the user's next message (starting from ``options.start_with``, the draft already in
+        the box). Nothing is saved: the text goes into the message box for the user to send, change or discard.
+        """
+        messages = prompt_messages(conversation, options.system)
+        yield from self.stream(messages, params, replace(options, mode=conversation.mode), impersonate=True)
+
+    # ------------------------------------------------------------------ inside
+
+    def _reply_in(
+        self, conversation: Conversation, messages: list[dict], params: SamplingParams, options: TurnOptions
+    ) -> Generator[Reply, None, Reply]:
+        """Stream a reply in ``conversation``'s mode: yield the updates, return the final Reply (``yield from``),
+        so an action that saves the conversation can look at it after the stream."""
+        final = Reply(done=True)
+        for reply in self.stream(messages, params, replace(options, mode=conversation.mode)):
+            final = reply
+            if not reply.done:
+                yield reply
+        return final
+
+    def _generate(
+        self, prompt: str, params: SamplingParams, cancel: CancelToken | None, mode: str, model: ModelInfo | None
+    ) -> Iterator[Reply]:
+        """Generate from a finished prompt (with ``model``, default the active one); extensions see the
+        parameters first. The caller runs the output hooks on the last reply (:meth:`_finished`)."""
+        engine = self.engine
+        info = model or engine.info
+        params = self.hooks.sampling(params, mode, info.name if info else None)  # state modifiers
+        reply = Reply(ignored_params=engine.ignored_params(params))
+        try:
+            for chunk in engine.generate(prompt, params, cancel, Path(model.path) if model else None):
+                if chunk.text:
+                    reply.text += chunk.text
+                    if chunk.logprobs:
+                        reply.logprobs += chunk.logprobs
+                    yield reply
+                if chunk.finish_reason:
+                    reply.finish_reason, reply.usage = chunk.finish_reason, chunk.usage
+        except (GenerationError, ModelLoadError, ValueError) as exc:
+            reply.error, reply.failure = str(exc), exc
+        reply.done = True
+        yield reply
+
+    def _finished(self, reply: Reply, mode: str, model: str | None) -> Reply:
+        """The last reply as front ends show and save it: extensions' output modifiers applied, the
+        model's own text kept in ``raw_text``."""
+        text = self.hooks.output(reply.text, reply.usage, reply.finish_reason, mode, model)
+        return replace(reply, text=text, raw_text=reply.text, ignored_params=list(reply.ignored_params))
+
+
+def _failed(exc: Exception) -> Reply:
+    """A reply that ends before generating: ``exc``'s message, and ``exc`` for faces that tell failures apart."""
+    return Reply(done=True, error=str(exc), failure=exc)
