@@ -183,6 +183,8 @@ def _status_of(error: str) -> tuple[int, str | None]:
         return 400, "context_length_exceeded"
     if error.startswith("internal error"):
         return 500, None
+    if "model process crashed" in error:  # webui.worker: the worker died; the server is fine
+        return 500, "model_crashed"
     return 400, None
 
 
@@ -483,6 +485,8 @@ def install_api(server: FastAPI, app: App) -> None:
             "resident": [m.model.info.name for m in app.engine.resident],
             "max_loaded_models": app.engine.max_loaded,
             "loaders": app.registry.names() if hasattr(app.registry, "names") else None,
+            "last_crash": app.engine.last_crash.as_dict() if app.engine.last_crash else None,
+            "broken": app.engine.broken,
         }
 
     @server.post("/v1/internal/model/load")

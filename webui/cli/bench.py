@@ -83,6 +83,7 @@ from webui.app import App
 from webui.models.folder import resolve_model
 from webui.paths import UnsafeName
 from webui.templates.render import build_chat_prompt
+from webui.worker import llama_handle
 
 GOAL_RATIO = 0.97  # engine and ui tok/s at least this fraction of raw
 GOAL_EXTRA_TTFT_MS = 10.0  # engine and ui TTFT at most this much above raw
@@ -313,7 +314,9 @@ class EngineContender(Contender):
 def _engine_llm(app: App):
     """The engine's ``llama_cpp.Llama`` (private to the loader; read only to reset its cache and check its settings)."""
     loaded = app.engine.loaded
-    return getattr(loaded.model, "_llm", None) if loaded else None
+    if loaded is None:
+        return None
+    return llama_handle(loaded.model) or getattr(loaded.model, "_llm", None)  # in a worker, or in this process
 
 
 def free_port() -> int:
