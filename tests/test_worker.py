@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -289,3 +290,18 @@ def test_ten_load_unload_cycles_return_the_memory(make_app):
         app.engine.unload()
     after = rss_mb()
     assert after <= before * 1.05, f"RSS {before:.0f} MB before the first load, {after:.0f} MB after 10 cycles"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [{"n_ctx": 10**12}, {"n_batch": 0}])
+def test_a_failed_reload_of_gemma_keeps_the_loaded_one(make_app, change):
+    """Issue 18 item 9 with the real loader: a reload that llama.cpp refuses (or dies on) leaves the model."""
+    app = make_app()
+    app.load_model("default")
+    pid = app.engine.loaded.model.pid
+    settings = replace(app.engine.loaded.settings, **change)
+    with pytest.raises(ModelLoadError, match="still loaded"):
+        app.engine.reload(settings)
+    assert app.engine.loaded.model.pid == pid
+    text, last = collect(app.engine.generate("Hello", greedy(4)))
+    assert last.usage.completion_tokens == 4 and text

@@ -164,6 +164,17 @@ class WorkerModel(Model):
     def alive(self) -> bool:
         return self.crash is None and not self.closed and self.process.poll() is None
 
+    def rss(self) -> int | None:
+        """The worker's resident memory in bytes (what the model costs, interpreter included), if known."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
     def stderr_tail(self) -> list[str]:
         return list(self._stderr)
 
@@ -474,6 +485,9 @@ def main(argv: list[str]) -> None:
     import faulthandler
 
     faulthandler.enable()  # a fault prints the Python stack to stderr: the parent keeps the last lines
+    # Ctrl+C in the terminal reaches the whole process group: the server decides when its workers end
+    # (it closes them, and a worker whose server is gone sees its pipe close and exits).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
     requests_fd, replies_fd, stream_fd = (int(a) for a in argv)
