@@ -207,6 +207,7 @@ def test_every_generation_decodes_on_the_engines_one_thread(app):
     seen = app.engine.loaded.model.call("decode_threads")  # thread names the worker decoded on
     assert seen == ["inglenook-decode"]
 
+
 def test_an_error_on_the_decode_thread_reaches_the_caller(app):
     from backends.base import GenerationError
 
