@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +103,17 @@ def test_a_crash_mid_reply_ends_that_reply_with_a_clear_error_and_the_next_reque
     text, last = collect(engine.generate("hi", SamplingParams()))
     assert text == REPLY and last.finish_reason == "stop"
     assert worker_pid(engine) != first_pid, "a new worker"
+
+
+def test_a_worker_killed_while_idle_is_noticed_and_replaced_before_the_next_request(engine, tmp_path):
+    engine.load(fake(tmp_path, "victim"))
+    pid = worker_pid(engine)
+    os.kill(pid, signal.SIGKILL)  # what the out-of-memory killer does
+    engine.loaded.model.process.wait(10)
+    text, _ = collect(engine.generate("hi", SamplingParams()))
+    assert text == REPLY, "the request after the death was not the one to pay for it"
+    assert worker_pid(engine) != pid
+    assert engine.last_crash.how == "SIGKILL (out of memory?)" and engine.last_crash.during == "idle"
 
 
 def test_an_abort_is_reported_as_such(engine, tmp_path):

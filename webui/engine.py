@@ -101,7 +101,7 @@ class Loaded:
     @property
     def crashed(self) -> CrashReport | None:
         """How the model's worker died, if it did (it is loaded again before its next use)."""
-        return getattr(self.model, "crash", None)
+        return self.model.crashed() if isinstance(self.model, WorkerModel) else None
 
 
 @dataclass

@@ -164,6 +164,12 @@ class WorkerModel(Model):
     def alive(self) -> bool:
         return self.crash is None and not self.closed and self.process.poll() is None
 
+    def crashed(self) -> CrashReport | None:
+        """How the worker died, if it did, noticed even while idle (e.g. killed for memory between requests)."""
+        if self.crash is None and not self.closed and self.process.poll() is not None:
+            self._died("idle")
+        return self.crash
+
     def rss(self) -> int | None:
         """The worker's resident memory in bytes (what the model costs, interpreter included), if known."""
         try:
@@ -215,8 +221,7 @@ class WorkerModel(Model):
             self.crash = CrashReport(Path(self.path).name, describe_exit(self.process.returncode), during,
                                      stderr=self.stderr_tail())  # fmt: skip
         crash = self.crash
-        verb = "while loading" if crash.during == "loading" else f"while {crash.during}"
-        return WorkerCrashed(f"the model process crashed ({crash.how}) {verb} {crash.model}", crash)
+        return WorkerCrashed(f"the model process crashed ({crash.how}) while {crash.during} ({crash.model})", crash)
 
     def _call(self, op: str, *args, during: str | None = None):
         """Send one request and wait for its reply; the worker's death raises :class:`WorkerCrashed`."""
