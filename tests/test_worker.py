@@ -317,3 +317,23 @@ def test_a_failed_reload_of_gemma_keeps_the_loaded_one(make_app, change):
     assert app.engine.loaded.model.pid == pid
     text, last = collect(app.engine.generate("Hello", greedy(4)))
     assert last.usage.completion_tokens == 4 and text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["tiny_llama", "tiny_gptq"])
+def test_the_torch_loaders_run_in_a_worker_and_agree_with_in_process(make_app, request, folder):
+    """transformers and GPTQ kernels crash too: they load in a worker like llama.cpp, with the same text."""
+    path = request.getfixturevalue(folder)
+    app = make_app()
+    info = app.load_model(str(path))
+    assert isinstance(app.engine.loaded.model, WorkerModel)
+    in_worker, last = collect(app.engine.generate("Hello", greedy(8)))
+    loader, settings = app.engine.loaded.loader, app.engine.loaded.settings
+    app.engine.unload()
+    model = loader.load(path, settings)
+    try:
+        in_process = "".join(c.text for c in model.generate("Hello", greedy(8), CancelToken()))
+    finally:
+        model.close()
+    assert info.loader == loader.name and last.usage.completion_tokens == 8
+    assert in_worker == in_process
