@@ -353,13 +353,16 @@ class Engine:
         return {path.name: b.reason for path, b in self._broken.items()}
 
     def _record_crash(self, report: CrashReport) -> None:
-        """Log a worker's death once, with the last lines it wrote, and keep it for the model info."""
+        """Log a worker's death once, in one line (what it said last that is not a stack frame; the whole
+        tail at debug level), and keep it for the model info."""
         if report is self.last_crash:
             return
         self.last_crash = report
-        tail = "\n".join(f"    {line}" for line in report.stderr[-12:]) or "    (nothing)"
-        log.error("the model process of %s crashed (%s) while %s; the last lines of its stderr:\n%s",
-                  report.model, report.how, report.during, tail)  # fmt: skip
+        said = [line for line in report.stderr if not line.startswith((" ", "\t", "Thread 0x", "Current thread"))]
+        last = " | ".join(said[-3:]) or "nothing"
+        log.error("the model process of %s crashed (%s) while %s; its stderr ended with: %s",
+                  report.model, report.how, report.during, last)  # fmt: skip
+        log.debug("the last lines the model process of %s wrote:\n%s", report.model, "\n".join(report.stderr))
 
     def _revive(self) -> None:
         """Load the active model again if its worker died (the next request after a crash does this)."""

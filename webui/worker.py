@@ -51,7 +51,7 @@ from backends.base import (
     SamplingParams,
 )
 
-STDERR_LINES = 40  # how much of a worker's stderr is kept for a crash report
+STDERR_LINES = 80  # how much of a worker's stderr is kept for a crash report
 CANCEL_POLL_S = 0.02  # how often a waiting reader checks its cancel token (a token arriving wakes it at once)
 CLOSE_TIMEOUT_S = 10.0
 
