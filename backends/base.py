@@ -47,6 +47,10 @@ class PromptTooLong(GenerationError, BadRequest):
     """The prompt does not fit in the model's context, even with the oldest turns left out."""
 
 
+class ModelCrashed(GenerationError):
+    """The process running the model died mid-request (a native fault, an out-of-memory kill); the server is fine."""
+
+
 class Busy(GenerationError):
     """The engine cannot take this request now (try again later)."""
 

@@ -5,6 +5,12 @@ first-come-first-served order (others wait in a fair queue), cancels, and
 measures what the user sees: time to first token and tokens per second.
 One model is *active* (the one generations run on); with ``max_loaded > 1``
 up to that many stay resident, so switching back to one is instant.
+
+Each loaded model lives in its own worker process (:mod:`webui.worker`): a native crash there ends the
+reply in flight with a :class:`~webui.worker.WorkerCrashed` error, the server stays up, and the next
+request loads the model again (a model whose process dies while loading twice in a row is marked broken,
+and loading it answers why). Unloading ends the process, so its memory returns. A new model (or the same
+one with new settings) is started before the old one is let go, so a failed load leaves the old one working.
 """
 
 from __future__ import annotations
@@ -29,15 +35,18 @@ from backends.base import (
     Model,
     ModelInfo,
     ModelLoadError,
+    ModelNotLoaded,
     SamplingParams,
     Stopwatch,
     Usage,
 )
 from backends.registry import LoaderRegistry
+from webui.worker import CrashReport, WorkerCrashed, WorkerLoadCrashed, WorkerModel
 
 log = logging.getLogger(__name__)
 
 _DONE = object()  # end of a decode-thread stream
+LOAD_ATTEMPTS = 2  # a model whose process dies while loading this many times in a row is marked broken
 
 
 class FairQueue:
@@ -89,11 +98,30 @@ class Loaded:
     def matches(self, path: Path, loader: Loader, settings: LoadSettings) -> bool:
         return self.path == path and self.loader.name == loader.name and self.settings == settings
 
+    @property
+    def crashed(self) -> CrashReport | None:
+        """How the model's worker died, if it did (it is loaded again before its next use)."""
+        return self.model.crashed() if isinstance(self.model, WorkerModel) else None
+
+
+@dataclass
+class Broken:
+    """A model that cannot be loaded as it is: its process died on every attempt."""
+
+    settings: LoadSettings
+    mtime: float
+    reason: str
+
 
 class Engine:
-    def __init__(self, registry: LoaderRegistry, max_loaded: int = 1) -> None:
+    def __init__(self, registry: LoaderRegistry, max_loaded: int = 1, workers: bool = True) -> None:
+        """``workers=False`` runs models in this process (no crash isolation; for measuring what it costs)."""
         self.registry = registry
         self.max_loaded = max(1, max_loaded)
+        self.workers = workers
+        self.last_crash: CrashReport | None = None  # the latest worker death, for /v1/internal/model/info
+        self._broken: dict[Path, Broken] = {}
+        self._revive_lock = threading.Lock()  # one reload of a crashed model at a time
         self._loaded: Loaded | None = None
         self._spare: OrderedDict[Path, Loaded] = OrderedDict()  # resident but not active; oldest first
         self._recipes: dict[Path, tuple[Loader, LoadSettings]] = {}  # how each model was last loaded
@@ -146,8 +174,13 @@ class Engine:
         """
         with self._admin:
             if self._loaded is None:
-                raise GenerationError("no model is loaded")
-            return len(self._loaded.model.tokenize(text, add_special=True))
+                raise ModelNotLoaded("no model is loaded")
+            self._revive()
+            try:
+                return len(self._loaded.model.tokenize(text, add_special=True))
+            except WorkerCrashed as exc:
+                self._record_crash(exc.report)
+                raise
 
     def ignored_params(self, params: SamplingParams) -> list[str]:
         return self._loaded.loader.ignored_params(params) if self._loaded else []
@@ -188,40 +221,48 @@ class Engine:
         return self._loaded.model.info
 
     def _activate(self, path: Path, loader: Loader, settings: LoadSettings, reuse: bool = False) -> None:
-        """Make ``path`` active; the caller holds the turn."""
+        """Make ``path`` active; the caller holds the turn.
+
+        The new model is loaded before the current one is closed or parked: if the load fails (bad
+        settings, a process that dies while loading), the current model stays active and usable.
+        """
         current = self._loaded
-        if current is not None and current.path == path and (reuse or current.matches(path, loader, settings)):
+        if (
+            current is not None
+            and current.path == path
+            and current.crashed is None
+            and (reuse or current.matches(path, loader, settings))
+        ):
             return
         spare = self._spare.pop(path, None)
-        if spare is not None and (reuse or spare.matches(path, loader, settings)):
+        if spare is not None and spare.crashed is None and (reuse or spare.matches(path, loader, settings)):
             self._park(current)
             self._loaded = spare
             return
         if spare is not None:
             self._close_one(spare)
-        if current is not None and current.path == path:  # same model, other settings: reload it
-            self._close_one(current)
-            current = None
-        self._park(current)
-        self._loaded = None
-        while len(self._spare) > self.max_loaded - 1:  # room for the one we load now
-            self._close_one(self._spare.popitem(last=False)[1])
         try:
-            self._loaded = self._load(path, loader, settings)
+            fresh = self._load(path, loader, settings)
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-            if current is not None:
-                kept = self._spare.pop(current.path, None)
-                self._loaded = kept or self._load(current.path, current.loader, current.settings)
+            if current is not None and current.crashed is None:
                 message += f" ({current.path.name} is still loaded)"
             raise ModelLoadError(message) from exc
+        if current is not None and current.path == path:  # same model, other settings: the old one goes
+            self._close_one(current)
+        else:
+            self._park(current)
+        self._loaded = fresh
+        while len(self._spare) > self.max_loaded - 1:
+            self._close_one(self._spare.popitem(last=False)[1])
         self._recipes[path] = (loader, settings)
 
     def reload(self, settings: LoadSettings | None = None) -> ModelInfo:
         """Load the active model again from its file (with new ``settings``, or the ones it was loaded with).
 
         Unlike :meth:`load`, the same settings still read the file again, so Reload picks up a changed file.
-        If the new load fails, the model is loaded again as it was and the error says so.
+        The new copy is started before the old one is closed: if it fails, the old one stays loaded and the
+        error says so.
         """
         loaded = self._loaded
         if loaded is None:
@@ -234,14 +275,13 @@ class Engine:
                 current = self._loaded
                 if current is None:
                     raise ModelLoadError("the model was unloaded meanwhile, so there is nothing to reload")
-                self._close_one(current)
-                self._loaded = None
                 try:
-                    self._loaded = self._load(current.path, current.loader, settings)
+                    fresh = self._load(current.path, current.loader, settings)
                 except Exception as exc:
                     message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-                    self._loaded = self._load(current.path, current.loader, current.settings)
-                    raise ModelLoadError(f"{message} ({current.path.name} is loaded again as it was)") from exc
+                    raise ModelLoadError(f"{message} ({current.path.name} is still loaded as it was)") from exc
+                self._close_one(current)
+                self._loaded = fresh
                 self._recipes[current.path] = (current.loader, settings)
             finally:
                 self._queue.leave()
@@ -251,7 +291,7 @@ class Engine:
         """Keep ``loaded`` resident as a spare if there is room for more than one model, else close it."""
         if loaded is None:
             return
-        if self.max_loaded > 1:
+        if self.max_loaded > 1 and loaded.crashed is None:
             self._spare[loaded.path] = loaded
         else:
             self._close_one(loaded)
@@ -279,13 +319,68 @@ class Engine:
             active.cancel()
         self._queue.enter()
 
-    @staticmethod
-    def _load(path: Path, loader: Loader, settings: LoadSettings) -> Loaded:
-        start = time.perf_counter()
-        model = loader.load(path, settings)
-        load_s = time.perf_counter() - start
-        log.info("loaded %s with %s in %.2f s", path.name, loader.name, load_s)
-        return Loaded(path, loader, settings, model, load_s)
+    def _load(self, path: Path, loader: Loader, settings: LoadSettings) -> Loaded:
+        """Load ``path`` (in a new worker process); a process that dies while loading is given one more try."""
+        broken = self._broken.get(path)
+        if broken is not None and broken.settings == settings and broken.mtime == _mtime(path):
+            raise ModelLoadError(broken.reason)
+        self._broken.pop(path, None)
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            start = time.perf_counter()
+            try:
+                model = WorkerModel(loader, path, settings) if self.workers else loader.load(path, settings)
+            except WorkerLoadCrashed as exc:
+                self._record_crash(exc.report)
+                if attempt < LOAD_ATTEMPTS:
+                    continue
+                reason = (
+                    f"{path.name} is marked broken: its model process crashed ({exc.report.how}) on each of "
+                    f"{LOAD_ATTEMPTS} loads in a row; change its file or its settings to try again"
+                )
+                self._broken[path] = Broken(settings, _mtime(path), reason)
+                log.error("%s", reason)
+                raise ModelLoadError(reason) from None
+            load_s = time.perf_counter() - start
+            where = f" in process {model.pid}" if isinstance(model, WorkerModel) else ""
+            log.info("loaded %s with %s in %.2f s%s", path.name, loader.name, load_s, where)
+            return Loaded(path, loader, settings, model, load_s)
+        raise AssertionError("unreachable")
+
+    @property
+    def broken(self) -> dict[str, str]:
+        """Models marked broken (file name -> why), for the model info."""
+        return {path.name: b.reason for path, b in self._broken.items()}
+
+    def _record_crash(self, report: CrashReport) -> None:
+        """Log a worker's death once, in one line (what it said last that is not a stack frame; the whole
+        tail at debug level), and keep it for the model info."""
+        if report is self.last_crash:
+            return
+        self.last_crash = report
+        said = [line for line in report.stderr if not line.startswith((" ", "\t", "Thread 0x", "Current thread"))]
+        last = " | ".join(said[-3:]) or "nothing"
+        log.error("the model process of %s crashed (%s) while %s; its stderr ended with: %s",
+                  report.model, report.how, report.during, last)  # fmt: skip
+        log.debug("the last lines the model process of %s wrote:\n%s", report.model, "\n".join(report.stderr))
+
+    def _revive(self) -> None:
+        """Load the active model again if its worker died (the next request after a crash does this)."""
+        with self._revive_lock:
+            current = self._loaded
+            if current is None or current.crashed is None:
+                return
+            self._record_crash(current.crashed)
+            current.model.close()
+            try:
+                self._loaded = self._load(current.path, current.loader, current.settings)
+            except Exception as exc:
+                self._loaded = None
+                message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                raise GenerationError(
+                    f"the model process of {current.path.name} crashed earlier and it could not be loaded again: "
+                    f"{message}"
+                ) from exc
+            log.info("loaded %s again after its process crashed", current.path.name)
 
     def _close(self) -> None:
         if self._loaded is not None:
@@ -324,16 +419,27 @@ class Engine:
             if model is not None and (self._loaded is None or self._loaded.path != model):
                 self._switch_back(model)
             if self._loaded is None:
-                raise GenerationError("no model is loaded")
+                raise ModelNotLoaded("no model is loaded")
+            self._revive()
             self._active = cancel
             watch = Stopwatch()
             last = Chunk(finish_reason="stop", usage=Usage())
-            for chunk in self._on_decode_thread(self._loaded.model, prompt, params, cancel):
-                if chunk.text:
-                    watch.mark_token()
-                    yield chunk
-                if chunk.finish_reason:
-                    last = chunk
+            model = self._loaded.model
+            # a worker decodes on its own one thread; a model in this process on the engine's decode thread
+            chunks = model.generate(prompt, params, cancel) if isinstance(model, WorkerModel) else (
+                self._on_decode_thread(model, prompt, params, cancel))  # fmt: skip
+            try:
+                for chunk in chunks:
+                    if chunk.text:
+                        watch.mark_token()
+                        yield chunk
+                    if chunk.finish_reason:
+                        last = chunk
+            except WorkerCrashed as exc:
+                self._record_crash(exc.report)
+                raise WorkerCrashed(f"{exc}; the model is loaded again for the next request", exc.report) from None
+            finally:
+                chunks.close()
             counted = last.usage or Usage()
             usage = watch.usage(counted.prompt_tokens, counted.completion_tokens)
             usage.queued_s = queued_s
@@ -347,7 +453,7 @@ class Engine:
         """Activate ``path`` again (from the spares, or reloaded as it was last loaded); the caller holds the turn."""
         recipe = self._recipes.get(path)
         if path not in self._spare and recipe is None:
-            raise GenerationError(f"model {path.name} is not loaded")
+            raise ModelNotLoaded(f"model {path.name} is not loaded")
         loader, settings = recipe if recipe else (self._spare[path].loader, self._spare[path].settings)
         try:
             self._activate(path, loader, settings, reuse=True)
@@ -392,3 +498,10 @@ class Engine:
             return False
         active.cancel()
         return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

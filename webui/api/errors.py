@@ -16,6 +16,7 @@ from backends.base import (
     BadRequest,
     Busy,
     GenerationError,
+    ModelCrashed,
     ModelLoadError,
     ModelNotFound,
     ModelNotLoaded,
@@ -31,6 +32,7 @@ STATUS: tuple[tuple[type[BaseException], int, str | None], ...] = (
     (ModelNotLoaded, 503, "model_not_loaded"),
     (Busy, 503, "busy"),
     (BadRequest, 400, None),
+    (ModelCrashed, 500, "model_crashed"),
     (ModelLoadError, 500, "model_load_failed"),
     (GenerationError, 400, None),  # a loader's refusal of what was asked (a grammar that does not parse …)
     (ValueError, 400, None),  # a template that cannot render, a value out of range …

@@ -244,6 +244,8 @@ async def model_info(app: AppDep) -> dict:
         "resident": [m.model.info.name for m in app.engine.resident],
         "max_loaded_models": app.engine.max_loaded,
         "loaders": app.registry.names() if hasattr(app.registry, "names") else None,
+        "last_crash": app.engine.last_crash.as_dict() if app.engine.last_crash else None,  # webui/worker.py
+        "broken": app.engine.broken,  # models that crashed twice while loading, with why
     }
 
 

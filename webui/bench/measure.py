@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from webui.app import App
+from webui.worker import llama_handle
 
 GOAL_RATIO = 0.97  # engine and ui tok/s at least this fraction of raw
 GOAL_EXTRA_TTFT_MS = 10.0  # engine and ui TTFT at most this much above raw
@@ -75,7 +76,9 @@ def run_interleaved(contenders: list[Contender], runs: int, progress: Callable[[
 def engine_llm(app: App):
     """The engine's ``llama_cpp.Llama`` (private to the loader; read only to reset its cache and check its settings)."""
     loaded = app.engine.loaded
-    return getattr(loaded.model, "_llm", None) if loaded else None
+    if loaded is None:
+        return None
+    return llama_handle(loaded.model) or getattr(loaded.model, "_llm", None)  # in a worker, or in this process
 
 
 def reset_cache(llm) -> None:
