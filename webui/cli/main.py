@@ -20,6 +20,7 @@ from webui.chat.reply import Reply, default_params, format_stats, stream_chat, s
 from webui.cli import bench as cli_bench
 from webui.cli import characters as cli_characters
 from webui.cli import extensions as cli_extensions
+from webui.cli import lab as cli_lab
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
@@ -31,6 +32,7 @@ from webui.templates.render import build_chat_prompt
 
 SUBCOMMANDS = (
     "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
+    *cli_lab.COMMANDS,
 )  # fmt: skip
 
 
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_presets.add_parser(sub)
     cli_extensions.add_parser(sub)
     cli_models.add_parser(sub)
+    cli_lab.add_parsers(sub)
     return parser
 
 
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_models.run(args)
         if args.command == "bench":
             return cli_bench.run(args)
+        if args.command in cli_lab.COMMANDS:
+            return cli_lab.run(args)
         return cmd_serve(args)
     except (ModelLoadError, UnsafeName, ValueError) as exc:  # TemplateError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
