@@ -181,7 +181,7 @@ def load(user_data: Path, name: str) -> dict:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("._")[:40] or "model"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-")[:40] or "model"
 
 
 def table(result: dict) -> tuple[list[str], list[list]]:

@@ -1,0 +1,254 @@
+"""The quantization lab: quantize, perplexity and compare, on the embedded Gemma (real llama.cpp) and on
+bad inputs (fast: they are refused before any weights are read)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import cli, copy_default
+
+from backends.base import CancelToken
+from backends.gguf_file import read_header
+from webui.lab import compare as lab_compare
+from webui.lab import quantize as lab_quantize
+from webui.lab.perplexity import PerplexityError, Tally, default_text, nll_of, perplexity, windows
+from webui.models.folder import list_models
+
+GGML_F32, GGML_Q8_0, GGML_Q4_0 = 0, 8, 2
+PPL_CTX, PPL_CHUNKS = 256, 2  # small on purpose: 2 shared cores
+
+
+@pytest.fixture
+def lab_dir(models_dir: Path, tmp_path: Path) -> Path:
+    """A models folder of its own holding (a link to) the embedded default model."""
+    folder = tmp_path / "lab-models"
+    copy_default(models_dir, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quants(models_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """The embedded model and its Q8_0, Q4_0 and Q2_K requants, made once for the module."""
+    folder = tmp_path_factory.mktemp("quants")
+    source = copy_default(models_dir, folder)
+    made = {"source": source}
+    for qtype in ("Q8_0", "Q4_0", "Q2_K"):
+        made[qtype] = lab_quantize.run(lab_quantize.plan(source, qtype, folder)).target
+    return made
+
+
+# -- fast: refused before anything is written ----------------------------------------------------------
+
+
+def test_types_come_from_llama_cpp() -> None:
+    import llama_cpp
+
+    types = lab_quantize.quant_types()
+    assert types["Q4_K_M"] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert types["Q8_0"] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    assert types["F32"] == llama_cpp.LLAMA_FTYPE_ALL_F32
+    assert "GUESSED" not in types and len(types) >= 30
+
+
+def test_unknown_type_is_refused(gemma_path: Path, lab_dir: Path) -> None:
+    with pytest.raises(lab_quantize.QuantizeError, match="unknown quantization type 'Q9_X'.*Q4_K_M"):
+        lab_quantize.plan(gemma_path, "Q9_X", lab_dir)
+
+
+@pytest.mark.parametrize("name", ["../escape", "sub/dir.gguf", "/etc/x.gguf", ".hidden"])
+def test_output_name_cannot_leave_the_models_folder(gemma_path: Path, lab_dir: Path, name: str) -> None:
+    with pytest.raises(lab_quantize.QuantizeError, match="output name"):
+        lab_quantize.plan(gemma_path, "Q8_0", lab_dir, out=name)
+    assert not (lab_dir.parent / "escape.gguf").exists()
+
+
+def test_existing_output_is_not_overwritten(gemma_path: Path, lab_dir: Path) -> None:
+    (lab_dir / "taken.gguf").write_bytes(b"mine")
+    with pytest.raises(lab_quantize.QuantizeError, match="already exists"):
+        lab_quantize.plan(gemma_path, "Q8_0", lab_dir, out="taken")
+    assert (lab_dir / "taken.gguf").read_bytes() == b"mine"
+
+
+def test_not_enough_disk_is_refused(gemma_path: Path, lab_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(lab_quantize, "free_bytes", lambda folder: 10 * 2**20)
+    with pytest.raises(lab_quantize.QuantizeError, match=r"not enough disk space .* needs up to \d+ MiB, 10 MiB free"):
+        lab_quantize.plan(gemma_path, "Q8_0", lab_dir)
+    monkeypatch.setattr(lab_quantize, "free_bytes", lambda folder: 10 * 2**30)
+    assert lab_quantize.plan(gemma_path, "Q8_0", lab_dir).needed_bytes > 10 * 2**20
+
+
+def test_non_gguf_input_is_refused(lab_dir: Path) -> None:
+    fake = lab_dir / "notes.gguf"
+    fake.write_text("this is not a model")
+    with pytest.raises(lab_quantize.QuantizeError, match="not a valid GGUF file"):
+        lab_quantize.plan(fake, "Q8_0", lab_dir)
+
+
+def test_requantizing_warns(gemma_path: Path, lab_dir: Path) -> None:
+    job = lab_quantize.plan(gemma_path, "q8_0", lab_dir)
+    assert job.qtype == "Q8_0" and job.requantize
+    assert "already quantized (Q4_K_M)" in job.warnings[0]
+    assert job.target.name == "gemma-3-270m-Q8_0.gguf"  # the old type tag is replaced, not stacked
+
+
+def test_cli_refuses_bad_inputs(lab_dir: Path) -> None:
+    bad_type = cli("quantize", "default", "--type", "Q9", "--models-dir", str(lab_dir))
+    assert bad_type.returncode == 1 and "unknown quantization type" in bad_type.stderr
+    escape = cli("quantize", "default", "--type", "Q8_0", "--out", "../x", "--models-dir", str(lab_dir))
+    assert escape.returncode == 1 and "output name" in escape.stderr
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["gemma-3-270m-q4_k_m.gguf"]
+
+
+def test_perplexity_windows_follow_llama_perplexity() -> None:
+    tokens = list(range(100, 1100))  # 1000 tokens
+    found = windows(tokens, 256, bos=1)
+    assert len(found) == 3  # non-overlapping, the remainder dropped
+    assert [w[0] for w in found] == [1, 1, 1]  # BOS replaces each window's first token
+    assert found[1][1:] == tokens[257:512]
+    assert len(windows(tokens, 256, None, limit=2)) == 2
+    with pytest.raises(PerplexityError, match="needs at least 1024"):
+        windows(tokens[:1000], 512, None)
+
+
+def test_perplexity_tally_is_llama_cpps_formula() -> None:
+    import numpy as np
+
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
+    values = nll_of(logits, [0, 1])
+    assert values == pytest.approx([math.log(2), -math.log(0.8)])
+    tally = Tally()
+    tally.add(values)
+    mean = (math.log(2) - math.log(0.8)) / 2
+    assert tally.ppl == pytest.approx(math.exp(mean))
+    var = (math.log(2) ** 2 + math.log(0.8) ** 2) / 2 - mean**2
+    assert tally.error == pytest.approx(math.exp(mean) * math.sqrt(var / 1))
+
+
+def test_compare_exports_and_saves(tmp_path: Path) -> None:
+    result = {
+        "created": "2026-01-02T03:04:05+00:00",
+        "settings": {"prompts": ["Say hi", "Count | to 3"]},
+        "rows": [
+            {"model": "a-Q8_0", "quantization": "Q8_0", "file_size_mb": 278.0, "tg_tokens_per_s": 20.0,
+             "pp_tokens_per_s": 300.0, "ppl": 5.1, "answers": ["hi", "1 2 3"]},
+            {"model": "a-Q2_K", "error": "llama.cpp could not load it"},
+        ],
+    }  # fmt: skip
+    md = lab_compare.to_markdown(result)
+    assert "| a-Q8_0 | Q8_0 | 278.0 |" in md and "llama.cpp could not load it" in md
+    assert "| Count \\| to 3 | 1 2 3 |  |" in md
+    csv_text = lab_compare.to_csv(result)
+    assert csv_text.splitlines()[0].startswith("model,quant,size MB")
+    saved = lab_compare.save(result, tmp_path)
+    assert saved.parent == tmp_path / "compare" and saved.name.startswith("20260102T030405-a-Q8_0-vs-a-Q2_K")
+    assert lab_compare.saved(tmp_path) == [saved.stem]
+    assert lab_compare.load(tmp_path, saved.stem) == result
+    with pytest.raises(lab_compare.CompareError):
+        lab_compare.load(tmp_path, "../../etc/passwd")
+    png = lab_compare.to_png(result, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_prompts_file(tmp_path: Path) -> None:
+    lines = tmp_path / "p.txt"
+    lines.write_text("first\n\n second \n")
+    assert lab_compare.read_prompts(lines) == ["first", "second"]
+    listed = tmp_path / "p.json"
+    listed.write_text(json.dumps(["a", "b\nc"]))
+    assert lab_compare.read_prompts(listed) == ["a", "b\nc"]
+    listed.write_text('["a", 3]')
+    with pytest.raises(lab_compare.CompareError):
+        lab_compare.read_prompts(listed)
+
+
+# -- slow: real llama.cpp on the embedded model --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quantize_q8_0_and_q4_0(quants: dict[str, Path]) -> None:
+    source = read_header(quants["source"])
+    q8, q4 = read_header(quants["Q8_0"]), read_header(quants["Q4_0"])
+    assert (q8.quantization, q4.quantization) == ("Q8_0", "Q4_0")
+    assert set(q8.tensor_types) == {GGML_F32, GGML_Q8_0}  # every matrix is Q8_0 (norms stay F32)
+    # the blocks' matrices are Q4_0; llama.cpp keeps the (tied) token embedding at a higher type
+    assert q4.tensor_types[GGML_Q4_0] > q4.parameter_count // 3 and GGML_Q4_0 not in source.tensor_types
+    assert q8.parameter_count == q4.parameter_count == source.parameter_count
+    assert quants["Q4_0"].stat().st_size < quants["source"].stat().st_size < quants["Q8_0"].stat().st_size
+    names = [e.name for e in list_models(quants["source"].parent)]
+    assert {"gemma-3-270m-Q8_0.gguf", "gemma-3-270m-Q4_0.gguf"} <= set(names)  # in the model list
+    assert not [p for p in quants["source"].parent.iterdir() if p.name.startswith(".")]  # no partial left
+
+
+@pytest.mark.slow
+def test_quantized_model_loads_and_generates(quants: dict[str, Path]) -> None:
+    from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
+    from conftest import generate, greedy
+
+    model = LlamaCppLoader().load(quants["Q8_0"], LlamaCppSettings(n_ctx=256))
+    try:
+        text, last = generate(model, "The capital of France is", greedy(8))
+    finally:
+        model.close()
+    assert model.info.quantization == "Q8_0"
+    assert last.usage.completion_tokens > 0 and text.strip()
+
+
+@pytest.mark.slow
+def test_cancel_mid_quantize_leaves_no_file(lab_dir: Path) -> None:
+    source = lab_dir / "gemma-3-270m-q4_k_m.gguf"
+    job = lab_quantize.plan(source, "Q8_0", lab_dir, out="cancelled")
+    cancel = CancelToken()
+    seen: list[int] = []
+
+    def progress(i: int, n: int, tensor: str) -> None:
+        seen.append(i)
+        if i >= 20:
+            cancel.cancel()
+
+    with pytest.raises(lab_quantize.QuantizeCancelled):
+        lab_quantize.run(job, progress, cancel)
+    assert seen and seen[-1] < 236  # it was stopped in the middle, not after the end
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["gemma-3-270m-q4_k_m.gguf"]
+
+
+@pytest.mark.slow
+def test_perplexity_orders_the_quants(quants: dict[str, Path]) -> None:
+    _, text = default_text()
+    found = {name: perplexity(quants[name], text, PPL_CTX, chunks=PPL_CHUNKS) for name in ("source", "Q8_0", "Q2_K")}
+    source, q8, q2 = found["source"].ppl, found["Q8_0"].ppl, found["Q2_K"].ppl
+    assert found["source"].windows == PPL_CHUNKS and found["source"].tokens_scored == PPL_CHUNKS * (PPL_CTX // 2 - 1)
+    assert abs(q8 - source) / source < 0.02, (source, q8)  # Q8_0 of the Q4_K_M source: within ~1 %
+    assert q2 > source * 1.2, (source, q2)  # Q2_K is clearly worse
+    assert 0 < found["source"].error < source
+
+
+@pytest.mark.slow
+def test_compare_cli_on_two_quants(quants: dict[str, Path], tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\n")
+    user_data = tmp_path / "ud"
+    png = tmp_path / "chart.png"
+    done = cli(
+        "compare", str(quants["Q8_0"]), str(quants["Q4_0"]), "--prompts", str(prompts), "--max-tokens", "6",
+        "--n-ctx", "256", "--pp", "64", "--ppl-ctx", "128", "--ppl-chunks", "2", "--user-data", str(user_data),
+        "--png", str(png), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    rows = result["rows"]
+    assert [r["quantization"] for r in rows] == ["Q8_0", "Q4_0"]
+    for row in rows:
+        assert not row.get("error")
+        assert row["file_size_mb"] > 100 and row["peak_rss_mb"] > row["file_size_mb"] / 2
+        assert row["load_s"] > 0 and row["pp_tokens_per_s"] > 0 and row["tg_tokens_per_s"] > 0
+        assert row["ttft_ms"] > 0 and row["ppl"] > 1 and len(row["answers"]) == 1
+    saved = Path(result["saved"])
+    assert saved.parent == user_data / "compare" and json.loads(saved.read_text())["rows"] == rows
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    table = cli("compare", str(quants["Q8_0"]), "--no-ppl", "--prompts", str(prompts), "--max-tokens", "4",
+                "--n-ctx", "256", "--pp", "64", "--user-data", str(user_data), "--markdown")  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("| model | quant | size MB |") and "| gemma-3-270m-Q8_0 | Q8_0 |" in table.stdout
