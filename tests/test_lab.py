@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import cli, copy_default
+from conftest import cli, copy_default, generate, greedy
 
 from backends.base import CancelToken
 from backends.gguf_file import read_header
@@ -185,7 +185,6 @@ def test_quantize_q8_0_and_q4_0(quants: dict[str, Path]) -> None:
 @pytest.mark.slow
 def test_quantized_model_loads_and_generates(quants: dict[str, Path]) -> None:
     from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
-    from conftest import generate, greedy
 
     model = LlamaCppLoader().load(quants["Q8_0"], LlamaCppSettings(n_ctx=256))
     try:
