@@ -251,3 +251,24 @@ def test_compare_cli_on_two_quants(quants: dict[str, Path], tmp_path: Path) -> N
                 "--n-ctx", "256", "--pp", "64", "--user-data", str(user_data), "--markdown")  # fmt: skip
     assert table.returncode == 0, table.stderr
     assert table.stdout.startswith("| model | quant | size MB |") and "| gemma-3-270m-Q8_0 | Q8_0 |" in table.stdout
+
+
+def test_compare_on_fake_models_one_process_each(fake_models: Path, tmp_path: Path) -> None:
+    """The whole compare path on scripted models: a crash in one model costs only its row."""
+    from conftest import FAKE_HELLO, write_fake
+
+    write_fake(fake_models, "crashy", reply="one two three four five", crash="token:2")
+    settings = lab_compare.CompareSettings(
+        prompts=["Say hello", "Again"], max_new_tokens=8, n_ctx=256, pp_tokens=32, perplexity=False
+    )
+    models = [fake_models / "hello.fake", fake_models / "crashy.fake", fake_models / "seeded.fake"]
+    stages: list[str] = []
+    result = lab_compare.compare(models, settings, stages.append)
+    hello, crashy, seeded = result["rows"]
+    assert hello["answers"] == [FAKE_HELLO, FAKE_HELLO] and hello["pp_tokens"] >= 32
+    assert hello["load_s"] >= 0 and hello["peak_rss_mb"] > 10 and hello["tg_tokens_per_s"] > 0
+    assert "signal" in crashy["error"] and "answers" not in crashy
+    assert seeded["answers"][0] == seeded["answers"][1]  # same seed, same settings: the same answer
+    assert any("prompt 2 of 2" in s for s in stages)
+    headers, rows = lab_compare.table(result)
+    assert [r[0] for r in rows] == ["hello", "crashy", "seeded"] and "signal" in rows[1][-1]
