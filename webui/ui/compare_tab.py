@@ -15,7 +15,7 @@ import gradio as gr
 from backends.base import CancelToken, ModelLoadError
 from webui.app import App
 from webui.lab import compare as lab
-from webui.models.folder import list_models, resolve_model
+from webui.models.folder import resolve_model
 
 EMPTY_TABLE = {"headers": [label for _, label in lab.COLUMNS], "data": []}
 
@@ -24,20 +24,18 @@ def _frames(result: dict | None):
     """(table, speed bars, ppl-vs-size points, answers) as pandas DataFrames for the Gradio widgets."""
     import pandas as pd
 
-    if not result:
-        empty = pd.DataFrame({"model": [], "tok/s": [], "kind": []})
-        points = pd.DataFrame({"model": [], "size MB": [], "PPL": []})
-        return pd.DataFrame(columns=EMPTY_TABLE["headers"]), empty, points, pd.DataFrame({"prompt": []})
+    if not result:  # plots start empty with None: one given an empty frame first never draws later data
+        return pd.DataFrame(columns=EMPTY_TABLE["headers"]), None, None, pd.DataFrame({"prompt": []})
     headers, rows = lab.table(result)
     table = pd.DataFrame(rows, columns=headers)
     ok = [r for r in result["rows"] if not r.get("error")]
     bars = pd.DataFrame(
         [
-            {"model": r["model"], "tok/s": r.get(key) or 0.0, "kind": kind}
+            {"bar": f"{r['model']} {kind}", "tok/s": r.get(key) or 0.0, "kind": kind}
             for r in ok
             for key, kind in (("tg_tokens_per_s", "tg"), ("pp_tokens_per_s", "pp"))
         ]  # fmt: skip
-        or {"model": [], "tok/s": [], "kind": []}
+        or {"bar": [], "tok/s": [], "kind": []}
     )
     points = pd.DataFrame(
         [{"model": r["model"], "size MB": r.get("file_size_mb"), "PPL": r.get("ppl")} for r in ok if r.get("ppl")]
@@ -53,7 +51,11 @@ def build_compare_tab(app: App) -> None:
     models_dir = app.settings.models_dir
 
     def model_names() -> list[str]:
-        return [e.name for e in list_models(models_dir)]
+        """Every file or folder in the models folder that some loader (a plugin's too) can load."""
+        if not models_dir.is_dir():
+            return []
+        found = sorted(models_dir.iterdir(), key=lambda p: p.name.lower())
+        return [p.name for p in found if not p.name.startswith(".") and app.registry.candidates(p)]
 
     with gr.Row():
         models = gr.Dropdown(
@@ -80,12 +82,12 @@ def build_compare_tab(app: App) -> None:
     table = gr.Dataframe(value=_frames(None)[0], label="Results", interactive=False, elem_id="compare-table")
     with gr.Row():
         speed = gr.BarPlot(
-            value=_frames(None)[1], x="model", y="tok/s", color="kind", title="Tokens per second",
-            elem_id="compare-speed",
+            value=_frames(None)[1], x="bar", y="tok/s", color="kind",
+            title="Tokens per second (tg: generation, pp: prompt)", elem_id="compare-speed",
         )  # fmt: skip
         quality = gr.ScatterPlot(
-            value=_frames(None)[2], x="size MB", y="PPL", color="model", title="Perplexity vs file size (lower is "
-            "better)", elem_id="compare-ppl-plot",
+            value=_frames(None)[2], x="size MB", y="PPL", color="model",
+            title="Perplexity vs file size (lower is better)", elem_id="compare-ppl-plot",
         )  # fmt: skip
     answers = gr.Dataframe(value=_frames(None)[3], label="Answers", interactive=False, wrap=True,
                            elem_id="compare-answers")  # fmt: skip
