@@ -272,3 +272,17 @@ def test_compare_on_fake_models_one_process_each(fake_models: Path, tmp_path: Pa
     assert any("prompt 2 of 2" in s for s in stages)
     headers, rows = lab_compare.table(result)
     assert [r[0] for r in rows] == ["hello", "crashy", "seeded"] and "signal" in rows[1][-1]
+
+
+def test_bench_speed_columns_on_fake_models(fake_models: Path) -> None:
+    """``bench --speed``: llama-bench's columns per model; raw continuation with EOS banned, so tg is complete."""
+    from webui.bench.speed import bench_speed, format_speed
+
+    result = bench_speed([fake_models / "slow.fake", fake_models / "echo.fake"], pp=16, tg=12)
+    slow, echo = result["rows"]
+    assert slow["pp_tokens"] >= 16 and slow["pp_tokens_per_s"] > 0 and slow["load_s"] >= 0
+    assert slow["tg_tokens"] == 12 and slow["tg_tokens_per_s"] > 0 and slow["peak_rss_mb"] > 10
+    assert echo["answers"] and not echo.get("error")
+    text = format_speed(result)
+    assert text.splitlines()[0].split(" | ")[-3:] == ["pp16 tok/s", "tg12 tok/s", "TTFT ms"]
+    assert text.splitlines()[2].startswith("slow ")

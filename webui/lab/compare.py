@@ -65,6 +65,7 @@ class CompareSettings:
     ppl_ctx: int = 512
     ppl_chunks: int = 0
     ppl_text: str | None = None  # None: the shipped text
+    chat: bool = True  # False: prompts are continued as raw text (``bench --speed``: no template, no stops)
 
     def validate(self) -> None:
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
@@ -316,12 +317,16 @@ def measure(path: Path, settings: CompareSettings) -> dict:
         ttfts, speeds, texts = [], [], []
         for i, prompt in enumerate(settings.prompts):
             emit({"stage": f"prompt {i + 1} of {len(settings.prompts)}"})
-            chat = build_chat_prompt([{"role": "user", "content": prompt}], info)
+            text_in, stops = prompt, []
+            if settings.chat:
+                chat = build_chat_prompt([{"role": "user", "content": prompt}], info)
+                text_in, stops = chat.text, list(chat.stop)
             params = SamplingParams(
-                temperature=0, max_new_tokens=settings.max_new_tokens, seed=settings.seed, stop=list(chat.stop)
-            )
+                temperature=0, max_new_tokens=settings.max_new_tokens, seed=settings.seed, stop=stops,
+                ban_eos_token=not settings.chat,
+            )  # fmt: skip
             text_out, last = "", None
-            for chunk in model.generate(chat.text, params, Cancel()):
+            for chunk in model.generate(text_in, params, Cancel()):
                 text_out += chunk.text
                 if chunk.finish_reason:
                     last = chunk
@@ -333,6 +338,7 @@ def measure(path: Path, settings: CompareSettings) -> dict:
         row["answers"] = texts
         row["ttft_ms"] = round(1000 * sum(ttfts) / len(ttfts), 1) if ttfts else None
         row["tg_tokens_per_s"] = round(sum(speeds) / len(speeds), 2) if speeds else None
+        row["tg_tokens"] = last.usage.completion_tokens if last is not None and last.usage else 0
     finally:
         model.close()
     if settings.perplexity:
