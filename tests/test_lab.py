@@ -286,3 +286,62 @@ def test_bench_speed_columns_on_fake_models(fake_models: Path) -> None:
     text = format_speed(result)
     assert text.splitlines()[0].split(" | ")[-3:] == ["pp16 tok/s", "tg12 tok/s", "TTFT ms"]
     assert text.splitlines()[2].startswith("slow ")
+
+
+# -- convert: llama.cpp's own converter ------------------------------------------------------------------
+
+
+def test_convert_refuses_bad_folders(tmp_path: Path) -> None:
+    from webui.lab.convert import ConvertError, convert
+
+    with pytest.raises(ConvertError, match="no config.json"):
+        convert(tmp_path, tmp_path / "models")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConvertError, match="no \\*.safetensors"):
+        convert(tmp_path, tmp_path / "models")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ConvertError, match="output name"):
+        convert(tmp_path, tmp_path / "models", out="../escape")
+
+
+def test_only_the_converters_files_are_unpacked() -> None:
+    import tarfile
+
+    from webui.lab.convert import _converter_member
+
+    def member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        return info
+
+    root = "llama_cpp_python-0.3.36/vendor/llama.cpp"
+    assert _converter_member(member(f"{root}/convert_hf_to_gguf.py")) == "convert_hf_to_gguf.py"
+    assert _converter_member(member(f"{root}/conversion/llama.py")) == "conversion/llama.py"
+    assert _converter_member(member(f"{root}/gguf-py/gguf/constants.py")) == "gguf-py/gguf/constants.py"
+    assert _converter_member(member(f"{root}/src/llama.cpp")) is None  # not needed
+    assert _converter_member(member(f"{root}/conversion/../../../../etc/x")) is None
+    assert _converter_member(member(f"{root}/conversion/link", tarfile.SYMTYPE)) is None
+
+
+@pytest.mark.slow
+def test_convert_quantize_load_generate(tiny_llama: Path, tmp_path: Path) -> None:
+    """The tiny random-weight Llama: llama.cpp's converter (F16) -> Q8_0 and Q4_0 -> llama.cpp loads and generates."""
+    from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
+    from webui.lab.convert import convert
+
+    models = tmp_path / "models"
+    f16 = convert(tiny_llama, models, "f16")
+    header = read_header(f16)
+    assert header.quantization == "F16" and header.architecture == "llama"
+    for qtype, ggml in (("Q8_0", GGML_Q8_0), ("Q4_0", GGML_Q4_0)):
+        quant = lab_quantize.run(lab_quantize.plan(f16, qtype, models)).target
+        found = read_header(quant)
+        assert found.quantization == qtype and ggml in found.tensor_types
+        model = LlamaCppLoader().load(quant, LlamaCppSettings(n_ctx=128))
+        try:
+            text, last = generate(model, "Once upon a time", greedy(6, ban_eos_token=True))
+        finally:
+            model.close()
+        assert last.usage.completion_tokens == 6
+    assert sorted(p.name for p in models.iterdir()) == ["tiny-llama0-F16.gguf", "tiny-llama0-Q4_0.gguf",
+                                                        "tiny-llama0-Q8_0.gguf"]  # fmt: skip

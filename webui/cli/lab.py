@@ -15,7 +15,7 @@ from backends.base import ModelLoadError
 from webui.cli.options import add_models_dir
 from webui.models.folder import resolve_model
 
-COMMANDS = ("quantize", "perplexity", "compare")
+COMMANDS = ("quantize", "perplexity", "compare", "convert")
 
 
 def add_parsers(sub) -> None:
@@ -47,6 +47,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_models_dir(p)
+
+    v = sub.add_parser(
+        "convert",
+        help="a Hugging Face safetensors folder to GGUF with llama.cpp's own converter, then optionally quantize",
+        description="Runs llama.cpp's convert_hf_to_gguf.py (fetched once with pip from llama-cpp-python's "
+        "source, matching the installed version; or from $INGLENOOK_LLAMA_CPP) into the models folder.",
+    )
+    v.add_argument("folder", type=Path, help="model folder with config.json and *.safetensors")
+    v.add_argument("--outtype", default="f16", help="the converter's output type: f16 (default), bf16, f32, q8_0")
+    v.add_argument("--out", default=None, help="output file name in the models folder (default: FOLDER-TYPE.gguf)")
+    v.add_argument("--quantize", dest="qtype", default=None, help="then quantize to this type (e.g. Q4_K_M)")
+    v.add_argument("--keep", action="store_true", help="with --quantize: keep the converted file too")
+    add_models_dir(v)
 
     c = sub.add_parser(
         "compare",
@@ -80,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_quantize(args)
     if args.command == "perplexity":
         return cmd_perplexity(args)
+    if args.command == "convert":
+        return cmd_convert(args)
     return cmd_compare(args)
 
 
@@ -210,3 +225,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if failed:
         _say(f"failed: {', '.join(failed)}")
     return 1 if failed and len(failed) == len(result["rows"]) else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from webui.lab.convert import ConvertError, convert
+    from webui.lab.quantize import QuantizeError, plan
+    from webui.lab.quantize import run as run_quantize
+
+    try:
+        converted = convert(args.folder, args.models_dir, args.outtype, None if args.qtype else args.out, _say)
+    except ConvertError as exc:
+        _say(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _say("cancelled; no file was written")
+        return 130
+    if not args.qtype:
+        print(converted)
+        return 0
+    try:
+        job = plan(converted, args.qtype, args.models_dir, args.out)
+        result = run_quantize(job)
+    except QuantizeError as exc:
+        _say(f"error: {exc} (the converted file {converted} is kept)")
+        return 1
+    if not args.keep:
+        converted.unlink()
+    print(result.target)
+    return 0

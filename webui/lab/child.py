@@ -47,8 +47,19 @@ def run_child(
     timeout_s: float | None = None,
 ) -> ChildOutcome:
     """Start ``python -m module`` with ``request``; pass each JSON line to ``on_message``; kill on cancel."""
+    return run_command([sys.executable, "-m", module, json.dumps(request)], on_message, cancel, timeout_s)
+
+
+def run_command(
+    argv: list[str],
+    on_message: Callable[[dict], None] | None = None,
+    cancel: CancelToken | None = None,
+    timeout_s: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> ChildOutcome:
+    """Run ``argv``, following its output: JSON lines go to ``on_message``, other lines to ``on_line`` and the log."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, json.dumps(request)],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -81,6 +92,8 @@ def run_child(
                 if message is None:
                     if line.strip():
                         outcome.log.append(line.rstrip())
+                        if on_line is not None:
+                            on_line(line.rstrip())
                     continue
                 outcome.messages.append(message)
                 if on_message is not None:
