@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import running_server, write_fake
+from conftest import copy_default, running_server, write_fake
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -35,8 +35,9 @@ SAVED = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
+def server(tmp_path_factory, models_dir: Path) -> str:
     models = tmp_path_factory.mktemp("fake-models")
+    copy_default(models_dir, models)  # one real GGUF for the quantize and perplexity panels
     write_fake(models, "alpha", reply="Alpha says hello.")
     write_fake(models, "beta", reply="Beta answers differently.")
     user_data = tmp_path_factory.mktemp("user_data")
@@ -66,7 +67,7 @@ def shot(page, name: str) -> None:
 
 def pick(page, elem_id: str, option: str) -> None:
     page.click(f"{elem_id} input")
-    page.get_by_role("option", name=option).click()
+    page.locator(elem_id).get_by_role("option", name=option).click()  # this dropdown's list, not another's
 
 
 def test_compare_two_models_shows_the_table_and_answers(page) -> None:
@@ -110,3 +111,23 @@ def test_saved_result_shows_charts_and_exports(page) -> None:
     csv_text = page.request.get(link.get_attribute("href")).text()
     assert csv_text.startswith("model,quant,size MB") and "gemma-3-270m-Q2_K,Q2_K,226.1" in csv_text
     shot(page, "saved")
+
+
+def test_quantize_panel_makes_a_quant_that_joins_the_lists(page) -> None:
+    page.click("#quantize-panel button")  # open the accordion
+    pick(page, "#quantize-source", "gemma-3-270m-q4_k_m.gguf")
+    pick(page, "#quantize-type", "Q8_0")
+    page.locator("#quantize-out textarea, #quantize-out input").first.fill("panel-made")
+    page.click("#quantize-run")
+    status = page.locator("#quantize-status")
+    sync_api.expect(status).to_contain_text("Made panel-made.gguf", timeout=180_000)
+    sync_api.expect(status).to_contain_text("already quantized (Q4_K_M)")  # the requantize warning
+    pick(page, "#compare-models", "panel-made.gguf")  # the new file is offered for comparison at once
+    page.click("#perplexity-panel button")
+    pick(page, "#perplexity-model", "panel-made.gguf")
+    page.fill("#perplexity-ctx input", "64")
+    page.fill("#perplexity-chunks input", "2")
+    page.click("#perplexity-run")
+    sync_api.expect(page.locator("#perplexity-status")).to_contain_text("PPL = ", timeout=180_000)
+    sync_api.expect(page.locator("#perplexity-status")).to_contain_text("2 windows of 64")
+    shot(page, "quantize")

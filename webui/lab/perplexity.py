@@ -252,3 +252,55 @@ def default_text() -> tuple[str, str]:
     from webui.lab import sample_text
 
     return sample_text.NAME, sample_text.TEXT
+
+
+def perplexity_in_child(
+    model: Path,
+    text: str,
+    n_ctx: int = 512,
+    chunks: int = 0,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+    text_name: str = "",
+) -> dict:
+    """:func:`perplexity` in a process of its own (for the server: a native crash costs only that process);
+    returns :meth:`PerplexityResult.as_dict` plus the ``line`` to show."""
+    from webui.lab.child import run_child
+
+    def on_message(message: dict) -> None:
+        if "window" in message and progress is not None:
+            progress(message["window"], message["of"], message["ppl"])
+
+    request = {"model": str(model), "text": text, "n_ctx": n_ctx, "chunks": chunks, "text_name": text_name}
+    outcome = run_child("webui.lab.perplexity", request, on_message, cancel)
+    if outcome.cancelled:
+        raise PerplexityError("perplexity cancelled")
+    found = outcome.last("result").get("result")
+    if found is None:
+        raise PerplexityError(outcome.last("error").get("error") or outcome.why())
+    return found
+
+
+def _child(request: dict) -> int:
+    from webui.lab.child import emit
+
+    def progress(done: int, total: int, ppl: float) -> None:
+        emit({"window": done, "of": total, "ppl": ppl})
+
+    try:
+        result = perplexity(
+            Path(request["model"]), request["text"], request["n_ctx"], progress=progress,
+            text_name=request.get("text_name", ""), chunks=request.get("chunks", 0),
+        )  # fmt: skip
+    except Exception as exc:  # reported to the parent as the error
+        emit({"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, PerplexityError) else str(exc)})
+        return 1
+    emit({"result": {**result.as_dict(), "line": result.line()}})
+    return 0
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    sys.exit(_child(json.loads(sys.argv[1])))

@@ -15,7 +15,10 @@ import gradio as gr
 from backends.base import CancelToken, ModelLoadError
 from webui.app import App
 from webui.lab import compare as lab
-from webui.models.folder import resolve_model
+from webui.lab import quantize
+from webui.lab.perplexity import default_text, perplexity_in_child
+from webui.lab.quantize import quant_types
+from webui.models.folder import list_models, resolve_model
 
 EMPTY_TABLE = {"headers": [label for _, label in lab.COLUMNS], "data": []}
 
@@ -50,6 +53,9 @@ def build_compare_tab(app: App) -> None:
     user_data = app.settings.user_data
     models_dir = app.settings.models_dir
 
+    def gguf_names() -> list[str]:
+        return [e.name for e in list_models(models_dir) if e.kind == "gguf"]
+
     def model_names() -> list[str]:
         """Every file or folder in the models folder that some loader (a plugin's too) can load."""
         if not models_dir.is_dir():
@@ -57,6 +63,22 @@ def build_compare_tab(app: App) -> None:
         found = sorted(models_dir.iterdir(), key=lambda p: p.name.lower())
         return [p.name for p in found if not p.name.startswith(".") and app.registry.candidates(p)]
 
+    with gr.Accordion("Make a quant (llama.cpp)", open=False, elem_id="quantize-panel"):
+        with gr.Row():
+            q_source = gr.Dropdown(choices=gguf_names(), label="GGUF to quantize", scale=3, elem_id="quantize-source")
+            q_type = gr.Dropdown(choices=list(quant_types()), value="Q4_K_M", label="Type", elem_id="quantize-type")
+            q_out = gr.Textbox(label="Output name (optional)", placeholder="NAME-TYPE.gguf", elem_id="quantize-out")
+        with gr.Row():
+            q_run = gr.Button("Quantize", variant="primary", elem_id="quantize-run")
+            q_stop = gr.Button("Cancel", elem_id="quantize-stop")
+        q_status = gr.Markdown("", elem_id="quantize-status")
+    with gr.Accordion("Perplexity", open=False, elem_id="perplexity-panel"):
+        with gr.Row():
+            p_model = gr.Dropdown(choices=model_names(), label="Model", scale=3, elem_id="perplexity-model")
+            p_ctx = gr.Number(value=512, precision=0, label="Window (tokens)", elem_id="perplexity-ctx")
+            p_chunks = gr.Number(value=0, precision=0, label="Windows (0 = all)", elem_id="perplexity-chunks")
+            p_run = gr.Button("Measure", elem_id="perplexity-run")
+        p_status = gr.Markdown("", elem_id="perplexity-status")
     with gr.Row():
         models = gr.Dropdown(
             choices=model_names(), multiselect=True, label="Models or quants to compare", scale=4,
@@ -97,6 +119,51 @@ def build_compare_tab(app: App) -> None:
         exported = gr.File(label="Exported file", interactive=False, elem_id="compare-file")
     current = gr.State(None)
     cancel_state = gr.State(None)
+    q_cancel = gr.State(None)
+
+    def on_quantize(source, qtype, out):
+        cancel = CancelToken()
+        if not source:
+            yield "Pick a GGUF file.", cancel, gr.update(), gr.update(), gr.update()
+            return
+        try:
+            job = quantize.plan(resolve_model(source, models_dir, allow_paths=False), qtype or "", models_dir,
+                                (out or "").strip() or None)  # fmt: skip
+        except (quantize.QuantizeError, ModelLoadError) as exc:
+            yield f"**Cannot quantize:** {exc}", cancel, gr.update(), gr.update(), gr.update()
+            return
+        warn = "".join(f"\n\n⚠ {w}" for w in job.warnings)
+        seen: dict = {}
+        worker = threading.Thread(
+            target=lambda: seen.update(result=_quantize_safely(job, seen, cancel)), name="quantize", daemon=True
+        )
+        worker.start()
+        while worker.is_alive():
+            step = seen.get("step")
+            text = f"tensor {step[0]}/{step[1]} `{step[2]}`" if step else "starting…"
+            yield f"Quantizing {job.source.name} → {job.target.name}: {text}{warn}", cancel, *[gr.update()] * 3
+            worker.join(timeout=0.5)
+        result = seen.get("result")
+        if isinstance(result, str):
+            yield f"**{result}**", cancel, *[gr.update()] * 3
+            return
+        names = model_names()
+        yield (
+            f"Made **{result.target.name}** ({result.size / 2**20:.0f} MiB, {result.seconds:.1f} s); it is in the "
+            f"model list.{warn}", cancel, gr.update(choices=names), gr.update(choices=gguf_names()),
+            gr.update(choices=names),
+        )  # fmt: skip
+
+    def on_perplexity(name, ctx, chunks):
+        if not name:
+            return "Pick a model."
+        try:
+            path = resolve_model(name, models_dir, allow_paths=False)
+            text_name, text = default_text()
+            found = perplexity_in_child(path, text, int(ctx or 512), int(chunks or 0), text_name=text_name)
+        except (ValueError, ModelLoadError) as exc:
+            return f"**Cannot measure:** {exc}"
+        return f"**{found['model']}**: {found['line']} on {text_name}"
 
     def on_run(names, prompt_text, new_tokens, pp, ctx, ppl, window, seed_value):
         cancel = CancelToken()
@@ -164,6 +231,10 @@ def build_compare_tab(app: App) -> None:
         target.write_text(lab.to_csv(result) if kind == "CSV" else lab.to_markdown(result), encoding="utf-8")
         return str(target)
 
+    q_outputs = [q_status, q_cancel, models, q_source, p_model]
+    q_run.click(on_quantize, [q_source, q_type, q_out], q_outputs, api_name=False)
+    q_stop.click(lambda c: c.cancel() if c is not None else None, q_cancel, None, api_name=False)
+    p_run.click(on_perplexity, [p_model, p_ctx, p_chunks], p_status, api_name=False, concurrency_limit=1)
     shown = [status, table, speed, quality, answers, current]
     run.click(
         on_run, [models, prompts, max_tokens, pp_tokens, n_ctx, with_ppl, ppl_ctx, seed],
@@ -176,3 +247,11 @@ def build_compare_tab(app: App) -> None:
         lambda: (gr.update(choices=model_names()), gr.update(choices=lab.saved(user_data))), None, [models, saved],
         api_name=False,
     )  # fmt: skip
+
+
+def _quantize_safely(job, seen: dict, cancel: CancelToken):
+    """Run the quantization (in its child process); the result, or the error's text for the page."""
+    try:
+        return quantize.run(job, lambda i, n, name: seen.update(step=(i, n, name)), cancel)
+    except quantize.QuantizeError as exc:
+        return str(exc)
