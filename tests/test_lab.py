@@ -352,3 +352,48 @@ def test_convert_quantize_load_generate(tiny_llama: Path, tmp_path: Path) -> Non
         assert last.usage.completion_tokens == 6
     assert sorted(p.name for p in models.iterdir()) == ["tiny-llama0-F16.gguf", "tiny-llama0-Q4_0.gguf",
                                                         "tiny-llama0-Q8_0.gguf"]  # fmt: skip
+
+
+def write_imatrix(model: Path, dest: Path) -> int:
+    """An importance matrix in llama-imatrix's GGUF form (``NAME.in_sum2`` + ``NAME.counts`` per block matrix),
+    with made-up activations: enough to see that quantizing uses it."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(model)
+    writer = gguf.GGUFWriter(str(dest), arch="imatrix")
+    rng = np.random.default_rng(0)
+    n = 0
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2:
+            ne0 = int(t.shape[0])
+            writer.add_tensor(f"{t.name}.in_sum2", (rng.random(ne0, dtype=np.float32) * 10 + 0.01) * 4)
+            writer.add_tensor(f"{t.name}.counts", np.array([4.0], dtype=np.float32))
+            n += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return n
+
+
+def test_imatrix_must_be_an_importance_matrix(gemma_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(lab_quantize.QuantizeError, match="holds no importance matrix entries"):
+        lab_quantize.load_imatrix(gemma_path)  # a GGUF, but a model, not an imatrix
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(lab_quantize.QuantizeError, match="not an importance matrix in GGUF form"):
+        lab_quantize.load_imatrix(junk)
+
+
+@pytest.mark.slow
+def test_quantize_with_an_imatrix_uses_it(lab_dir: Path, tmp_path: Path) -> None:
+    source = lab_dir / "gemma-3-270m-q4_k_m.gguf"
+    imatrix = tmp_path / "imatrix.gguf"
+    assert write_imatrix(source, imatrix) > 100
+    assert len(lab_quantize.load_imatrix(imatrix)) > 100
+    with_it = lab_quantize.run(lab_quantize.plan(source, "Q3_K_M", lab_dir, "with", imatrix)).target
+    without = lab_quantize.run(lab_quantize.plan(source, "Q3_K_M", lab_dir, "without")).target
+    assert read_header(with_it).quantization == read_header(without).quantization == "Q3_K_M"
+    assert with_it.stat().st_size == without.stat().st_size
+    assert with_it.read_bytes() != without.read_bytes()  # the importance matrix changed how weights were rounded
