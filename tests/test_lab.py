@@ -397,3 +397,27 @@ def test_quantize_with_an_imatrix_uses_it(lab_dir: Path, tmp_path: Path) -> None
     assert read_header(with_it).quantization == read_header(without).quantization == "Q3_K_M"
     assert with_it.stat().st_size == without.stat().st_size
     assert with_it.read_bytes() != without.read_bytes()  # the importance matrix changed how weights were rounded
+
+
+@pytest.mark.slow
+def test_perplexity_equals_a_plain_llama_cpp_python_loop(quants: dict[str, Path]) -> None:
+    """Our batch loop (logits only for the scored half) against ``Llama(logits_all=True).eval`` on the same
+    windows: the same numbers, so reading only half the logits loses nothing."""
+    import llama_cpp
+
+    _, text = default_text()
+    ours = perplexity(quants["Q8_0"], text, 128, chunks=2)
+    llm = llama_cpp.Llama(model_path=str(quants["Q8_0"]), n_ctx=128, n_batch=128, n_ubatch=128, logits_all=True,
+                          verbose=False)  # fmt: skip
+    try:
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        tally = Tally()
+        for window in windows(tokens, 128, llama_cpp.llama_vocab_bos(llm._model.vocab), 2):
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            llm.eval(window)
+            tally.add(nll_of(llm.scores[64:127], window[65:]))
+    finally:
+        llm.close()
+    assert ours.tokens_scored == tally.count == 2 * 63
+    assert ours.ppl == pytest.approx(tally.ppl, rel=1e-3) and ours.error == pytest.approx(tally.error, rel=1e-2)
