@@ -421,3 +421,25 @@ def test_perplexity_equals_a_plain_llama_cpp_python_loop(quants: dict[str, Path]
         llm.close()
     assert ours.tokens_scored == tally.count == 2 * 63
     assert ours.ppl == pytest.approx(tally.ppl, rel=1e-3) and ours.error == pytest.approx(tally.error, rel=1e-2)
+
+
+def test_a_gguf_llama_cpp_cannot_quantize_fails_cleanly(lab_dir: Path) -> None:
+    """A well-formed GGUF of an architecture llama.cpp does not know: our header check passes, llama.cpp refuses
+    in the child; the error says so and nothing is left behind."""
+    import gguf
+    import numpy as np
+
+    odd = lab_dir / "odd.gguf"
+    writer = gguf.GGUFWriter(str(odd), arch="no-such-architecture")
+    writer.add_file_type(1)
+    writer.add_tensor("blk.0.ffn_down.weight", np.ones((64, 64), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    job = lab_quantize.plan(odd, "Q8_0", lab_dir)
+    with pytest.raises(
+        lab_quantize.QuantizeError, match="could not quantize odd.gguf(.|\n)*unknown model architecture"
+    ):
+        lab_quantize.run(job)
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["gemma-3-270m-q4_k_m.gguf", "odd.gguf"]

@@ -252,7 +252,7 @@ def _child(request: dict) -> int:
         found = PROGRESS.search(piece)
         if found:
             emit({"tensor": int(found.group(1)), "of": int(found.group(2)), "name": found.group(3)})
-        elif level == 2 or "error" in piece.lower():  # GGML_LOG_LEVEL_ERROR, or an error line at any level
+        elif level in (3, 4) or "error" in piece.lower():  # GGML_LOG_LEVEL_WARN, _ERROR, or an error line
             sys.stdout.write(piece if piece.endswith("\n") else piece + "\n")
             sys.stdout.flush()
 
