@@ -377,9 +377,19 @@ def write_imatrix(model: Path, dest: Path) -> int:
     return n
 
 
-def test_imatrix_must_be_an_importance_matrix(gemma_path: Path, tmp_path: Path) -> None:
+def test_imatrix_must_be_an_importance_matrix(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    model = tmp_path / "model.gguf"  # a GGUF, but of weights, not of an importance matrix
+    writer = gguf.GGUFWriter(str(model), arch="llama")
+    writer.add_tensor("blk.0.ffn_down.weight", np.ones((8, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     with pytest.raises(lab_quantize.QuantizeError, match="holds no importance matrix entries"):
-        lab_quantize.load_imatrix(gemma_path)  # a GGUF, but a model, not an imatrix
+        lab_quantize.load_imatrix(model)
     junk = tmp_path / "junk.dat"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(lab_quantize.QuantizeError, match="not an importance matrix in GGUF form"):
