@@ -261,11 +261,14 @@ def to_png(result: dict, path: Path) -> Path:
         y += 12
     y += 10
     headers, table_rows = table(result)
-    draw.text((pad, y), "  ".join(f"{h:>10}" for h in headers[1:-1]), fill="black")
+    column = (width - 190 - pad) // max(len(headers) - 2, 1)  # one fixed-width column per number
+    for i, head in enumerate(headers[1:-1]):
+        draw.text((190 + i * column, y), head, fill="black")
     for row in table_rows:
         y += 20
-        cells = [f"{c:>10}" if c is not None else f"{'-':>10}" for c in row[1:-1]]
-        draw.text((pad, y), f"{str(row[0])[:20]}: " + "  ".join(cells), fill="black")
+        draw.text((pad, y), str(row[0])[:26], fill="black")
+        for i, cell in enumerate(row[1:-1]):
+            draw.text((190 + i * column, y), "-" if cell is None else str(cell), fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, "PNG")
     return path
