@@ -66,7 +66,7 @@ def build_compare_tab(app: App) -> None:
     with gr.Accordion("Make a quant (llama.cpp)", open=False, elem_id="quantize-panel"):
         with gr.Row():
             q_source = gr.Dropdown(choices=gguf_names(), label="GGUF to quantize", scale=3, elem_id="quantize-source")
-            q_type = gr.Dropdown(choices=list(quant_types()), value="Q4_K_M", label="Type", elem_id="quantize-type")
+            q_type = gr.Dropdown(choices=_types(), value="Q4_K_M", label="Type", elem_id="quantize-type")
             q_out = gr.Textbox(label="Output name (optional)", placeholder="NAME-TYPE.gguf", elem_id="quantize-out")
         with gr.Row():
             q_run = gr.Button("Quantize", variant="primary", elem_id="quantize-run")
@@ -255,3 +255,11 @@ def _quantize_safely(job, seen: dict, cancel: CancelToken):
         return quantize.run(job, lambda i, n, name: seen.update(step=(i, n, name)), cancel)
     except quantize.QuantizeError as exc:
         return str(exc)
+
+
+def _types() -> list[str]:
+    """llama.cpp's quantization types; none when llama-cpp-python is missing (the panel then says why on use)."""
+    try:
+        return list(quant_types())
+    except ImportError:
+        return []
