@@ -67,9 +67,17 @@ def add_parser(sub) -> None:
     bench.add_argument(
         "--switch", action="store_true", help="instead: --runs load/unload cycles, printing load time and RSS per cycle"
     )
+    bench.add_argument(
+        "--speed", nargs="+", metavar="MODEL", default=None,
+        help="instead: llama-bench's columns per model, each in a fresh process: load time, peak RSS, "
+        "pp (--pp prompt tokens) and tg (--tokens new tokens) speed",
+    )  # fmt: skip
+    bench.add_argument("--pp", type=int, default=512, help="with --speed: prompt tokens for pp (default: 512)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.speed:
+        return cmd_speed(args)
     if args.api:
         return cmd_bench_api(args)
     return cmd_switch(args) if args.switch else cmd_bench(args)
@@ -115,6 +123,22 @@ def _common(info, args: argparse.Namespace, raw: RawContender, load_average, con
         "goals": {"min_ratio_tokens_per_s": GOAL_RATIO, "max_extra_ttft_ms": GOAL_EXTRA_TTFT_MS},
         "contenders": summarise(contenders, args.tokens),
     }
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from webui.bench.speed import bench_speed, format_speed
+
+    if args.tokens < 2 or args.pp < 8:
+        print("error: --tokens must be at least 2 and --pp at least 8", file=sys.stderr)
+        return 2
+    try:
+        paths = [resolve_model(m, args.models_dir) for m in args.speed]
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    result = bench_speed(paths, args.pp, args.tokens, args.threads or 0, _progress)
+    print(json.dumps(result, ensure_ascii=False) if args.json else format_speed(result))
+    return 1 if all(r.get("error") for r in result["rows"]) else 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:

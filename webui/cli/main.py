@@ -23,6 +23,7 @@ from webui.cli import characters as cli_characters
 from webui.cli import doctor as cli_doctor
 from webui.cli import extensions as cli_extensions
 from webui.cli import hub as cli_hub
+from webui.cli import lab as cli_lab
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
@@ -36,6 +37,7 @@ from webui.templates.render import build_chat_prompt
 SUBCOMMANDS = (
     "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
     "pull", "hub", "doctor",
+    *cli_lab.COMMANDS,
 )  # fmt: skip
 
 
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_models.add_parser(sub)
     cli_hub.add_parser(sub)
     cli_doctor.add_parser(sub)
+    cli_lab.add_parsers(sub)
     return parser
 
 
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_doctor.run(args)
         if args.command == "bench":
             return cli_bench.run(args)
+        if args.command in cli_lab.COMMANDS:
+            return cli_lab.run(args)
         return cmd_serve(args)
     except (ModelLoadError, UnsafeName, ValueError) as exc:  # TemplateError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

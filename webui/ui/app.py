@@ -11,6 +11,7 @@ from webui.app import App
 from webui.models.folder import DEFAULT_NOTE, default_model_license, is_default_model
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import build_chat_tab
+from webui.ui.compare_tab import build_compare_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
 from webui.ui.model_tab import build_model_tab
 from webui.ui.notebook_tab import build_notebook_tab
@@ -51,6 +52,8 @@ def build_ui(app: App) -> gr.Blocks:
             build_characters_tab(app)
         with gr.Tab("Notebook"):
             notebook_restore = build_notebook_tab(app, parameters.inputs)
+        with gr.Tab("Compare"):
+            build_compare_tab(app)
         build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
