@@ -71,6 +71,9 @@ def raw_worker() -> None:
         setup = json.loads(sys.stdin.readline())
         import llama_cpp
 
+        from backends.llamacpp import ensure_backends
+
+        ensure_backends()  # a portable build loads its CPU backend here, as the engine's worker does
         llm = llama_cpp.Llama(**setup["kwargs"])
     except Exception as exc:
         answer(error=f"{type(exc).__name__}: {exc}")
