@@ -18,16 +18,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from backends.registry import LoaderRegistry
-from webui.models.catalog import (
-    Catalog,
-    Facts,
-    available_memory,
-    estimate_memory,
-    loader_options,
-    model_name,
-    natural_loader,
-    variant_report,
-)
+from webui.models.catalog import Catalog, loader_options, model_name, natural_loader, variant_report
+from webui.models.facts import Facts
+from webui.models.memory import available_memory, estimate_memory
 
 GEMMA_KV_BYTES_PER_TOKEN = 18 * 1 * (256 + 256) * 2  # layers x kv heads x (key + value length) x f16
 

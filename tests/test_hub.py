@@ -19,8 +19,9 @@ from fake_hub import FakeFile, FakeHub, FakeRepo, card, gguf_repo, serve_hub
 
 from backends.gguf_file import read_header
 from webui.models import downloads as dl
-from webui.models.catalog import Catalog, estimate_memory, gguf_facts
+from webui.models.catalog import Catalog
 from webui.models.downloads import DownloadManager, destination, remove_model
+from webui.models.facts import gguf_facts
 from webui.models.hub import (
     GatedRepo,
     HubConfig,
@@ -33,6 +34,7 @@ from webui.models.hub import (
     search,
     split_part,
 )
+from webui.models.memory import estimate_memory
 
 GOOD_TOKEN = "hf_test_token_with_access_0123456789"
 GEMMA_REPO = "acme/gemma-270m-GGUF"

@@ -7,7 +7,8 @@ from conftest import collect, greedy
 
 from backends.base import ModelLoadError
 from backends.llamacpp import LlamaCppSettings
-from webui.models.catalog import Catalog, estimate_memory, process_rss
+from webui.models.catalog import Catalog
+from webui.models.memory import estimate_memory, process_rss
 
 pytestmark = [pytest.mark.skipif(process_rss() is None, reason="needs /proc/self/status"), pytest.mark.slow]
 

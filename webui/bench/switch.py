@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from webui.app import App
-from webui.models.catalog import process_rss
+from webui.models.memory import process_rss
 
 
 def bench_switch(app: App, model: str, cycles: int) -> dict:

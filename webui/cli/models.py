@@ -8,8 +8,9 @@ import json
 from backends.base import ModelLoadError
 from backends.registry import LoaderRegistry
 from webui.cli.options import add_models_dir
-from webui.models.catalog import Catalog, available_memory, variant_report
+from webui.models.catalog import Catalog, variant_report
 from webui.models.folder import resolve_model
+from webui.models.memory import available_memory
 from webui.models.report import format_list, format_report
 
 DEFAULT_N_CTX = 4096

@@ -21,7 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from backends.base import ModelLoadError
 from backends.gguf_file import read_header
-from webui.models.catalog import Facts, MemoryEstimate, estimate_memory, gguf_facts
+from webui.models.facts import Facts, gguf_facts
+from webui.models.memory import MemoryEstimate, estimate_memory
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TOKEN_FILE = "token"
@@ -454,7 +455,7 @@ class Memory:
 
     @classmethod
     def now(cls) -> Memory:
-        from webui.models.catalog import available_memory
+        from webui.models.memory import available_memory
 
         return cls(available_memory(), free_vram())
 
@@ -474,7 +475,7 @@ def free_vram() -> int | None:
 
 def fit_badge(facts: Facts | None, size: int, n_ctx: int, memory: Memory) -> dict:
     """Fits in VRAM / in VRAM with N layers / in RAM / tight / does not fit, from the Model tab's estimate
-    (:func:`webui.models.catalog.estimate_memory`: weights + KV cache at ``n_ctx`` + compute allowance)."""
+    (:func:`webui.models.memory.estimate_memory`: weights + KV cache at ``n_ctx`` + compute allowance)."""
     facts = facts or Facts()
     # the header's tensor bytes for the file it was read from; other quantizations in proportion to their size
     weights = facts.weights_bytes * size // facts.file_size if facts.weights_bytes and facts.file_size else size

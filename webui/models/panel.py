@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from backends.base import LoadSettings, ModelLoadError
 from webui.access import ADMIN_REFUSAL, is_ui_admin, logins_configured
-from webui.models.catalog import Catalog, Variant, available_memory, loader_options, natural_loader, variant_report
+from webui.models.catalog import Catalog, Variant, loader_options, natural_loader, variant_report
+from webui.models.memory import available_memory
 from webui.models.hub import provenance
 from webui.models.install import EXTRAS, install
 from webui.models.report import panel_lines
@@ -180,7 +181,9 @@ def save(app: App, catalog: Catalog, variant: str, loader: str | None, values: d
     if hit is None or not loader:
         return "⚠️ pick a model, a quantization and a loader first"
     try:
-        path = save_settings(app.settings.user_data, hit[1].name, loader, settings_from_form(app, loader, values, admin))
+        path = save_settings(
+            app.settings.user_data, hit[1].name, loader, settings_from_form(app, loader, values, admin)
+        )
     except (UnsafeName, ValueError, OSError) as exc:
         return f"⚠️ {exc}"
     return f"Saved: {hit[1].name} will load with {loader} and these settings ({path.name})."
