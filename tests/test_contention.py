@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from backends.llamacpp import decode_threads, usable_cores
 from backends.registry import LoaderRegistry
@@ -65,3 +67,37 @@ def test_decode_threads_are_one_per_usable_core_unless_asked():
     assert decode_threads(0, 0) == 1
     assert decode_threads(3, 2) == 3  # an explicit --threads is obeyed
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+# -- inglenook bench --contention -------------------------------------------------------------------------
+
+
+def test_the_cpu_hog_is_pinned_to_one_core_busy_and_stopped_at_the_end():
+    from webui.bench.contention import cpu_hog, hog_core
+
+    with cpu_hog(limit_s=30) as hog:
+        time.sleep(0.5)
+        assert hog.poll() is None, "the hog runs while the block runs"
+        assert os.sched_getaffinity(hog.pid) == {hog_core()}
+        stat = Path(f"/proc/{hog.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[11]) + int(stat[12]) > 0, "it burns CPU (utime + stime ticks)"
+    assert hog.poll() is not None, "and it is gone after the block"
+
+
+def test_the_cpu_hog_ends_by_itself_if_nobody_stops_it():
+    from webui.bench.contention import cpu_hog
+
+    with cpu_hog(limit_s=0.3) as hog:
+        assert hog.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+def test_bench_contention_reports_idle_and_loaded_speed_for_raw_and_the_engine(gemma_path):
+    result = cli("bench", "--contention", "--models-dir", str(gemma_path.parent), "--tokens", "8", "--runs", "1",
+                 "--json", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["engine_wait_policy"] == "PASSIVE"
+    assert set(data["contenders"]) == {"raw", "raw passive", "engine"}
+    for row in data["contenders"].values():
+        assert row["idle_tokens_per_s"] > 0 and row["load_tokens_per_s"] > 0
