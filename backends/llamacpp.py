@@ -416,12 +416,30 @@ def ggml_cpu_report() -> dict:
     return report
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask / cpuset), not every core the machine has."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_threads(requested: int, usable: int) -> int:
+    """llama.cpp's threads: ``requested`` if given (> 0), else one per usable core.
+
+    One per core is fastest on an idle machine; under a competing load it stays close to one thread only
+    because the worker runs llama.cpp with ``OMP_WAIT_POLICY=PASSIVE`` (``webui.worker``): spinning threads
+    would wait for a descheduled peer at every step. More threads than usable cores never help.
+    """
+    return requested if requested > 0 else max(1, usable)
+
+
 def llama_kwargs(path: Path, settings: LoadSettings) -> dict:
     """The ``llama_cpp.Llama`` arguments for ``settings`` (also used by ``inglenook bench`` for its raw baseline)."""
     if not isinstance(settings, LlamaCppSettings):
         settings = LlamaCppSettings(n_ctx=settings.n_ctx, threads=settings.threads)
     ensure_backends()  # a portable build's CPU backend, before the first Llama() (bench's raw baseline too)
-    threads = settings.threads or max(1, (os.cpu_count() or 2))
+    threads = decode_threads(settings.threads or 0, usable_cores())
     return {
         "model_path": str(path),
         "n_ctx": settings.n_ctx,

@@ -119,6 +119,51 @@ def test_install_handler_is_admin_only_on_the_server(tmp_path):
             assert "Installed and enabled" in output_text(result), output_text(result)
 
 
+def session_call(client: httpx.Client, url: str, session: str, index: int, data: list) -> dict:
+    """Like :func:`queue_call` but in one page session, so handlers a ``gr.render`` made in it are callable."""
+    r = client.post(f"{url}/gradio_api/queue/join",
+                    json={"data": data, "fn_index": index, "session_hash": session, "event_data": None})  # fmt: skip
+    assert r.status_code == 200, r.text
+    with client.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session}, timeout=120) as s:
+        for line in s.iter_lines():
+            if line.startswith("data:") and (message := json.loads(line[5:])).get("msg") == "process_completed":
+                return message
+    raise AssertionError("the queue stream ended without a result")
+
+
+def rendered_save(client: httpx.Client, url: str, session: str, name: str) -> int:
+    """Pick ``name`` in the Extensions tab (its render handler, by fn_index): the Save button's new fn_index."""
+    config = client.get(f"{url}/config").json()
+    choice = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "extension-choice")
+    render = next(d["id"] for d in config["dependencies"] if [choice, "change"] in [list(t) for t in d["targets"]])
+    result = session_call(client, url, session, render, [name, 0])
+    made = result["output"]["render_config"]
+    button = next(c["id"] for c in made["components"] if c.get("props", {}).get("elem_id") == "extension-save-settings")
+    return next(d["id"] for d in made["dependencies"] if any(t[0] == button for t in d["targets"]))
+
+
+@pytest.mark.slow
+def test_extension_settings_save_is_admin_only_on_the_server(tmp_path):
+    """A logged-in user who is not an admin renders an enabled extension's settings and calls Save by its
+    fn_index: refused, nothing saved. The admin through the same route saves (so the test can fail)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    with serve(models, tmp_path / "ud", load=False, ui_auth=[USER], admin_auth=[ADMIN]) as s:
+        s.app.extensions.enable("memory")
+        with logged_in(s.url, USER) as user:
+            session = uuid.uuid4().hex
+            save = rendered_save(user, s.url, session, "memory")
+            result = session_call(user, s.url, session, save, ["pwned heading"])
+            assert "needs an admin" in output_text(result), output_text(result)
+        assert s.app.extensions.get("memory").values.get("heading") != "pwned heading"
+        with logged_in(s.url, ADMIN) as admin:
+            session = uuid.uuid4().hex
+            save = rendered_save(admin, s.url, session, "memory")
+            result = session_call(admin, s.url, session, save, ["admin heading"])
+            assert "Saved the settings of memory" in output_text(result), output_text(result)
+        assert s.app.extensions.get("memory").values["heading"] == "admin heading"
+
+
 @pytest.mark.slow
 def test_the_download_handler_is_admin_only_on_the_server(tmp_path):
     """A logged-in user who is not an admin calls the Download panel's Download by its fn_index: refused

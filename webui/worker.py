@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,6 +55,20 @@ from backends.base import (
 STDERR_LINES = 80  # how much of a worker's stderr is kept for a crash report
 CANCEL_POLL_S = 0.02  # how often a waiting reader checks its cancel token (a token arriving wakes it at once)
 CLOSE_TIMEOUT_S = 10.0
+# OpenMP's wait policy for llama.cpp's threads in a worker. ACTIVE (libgomp's default) spins at every barrier,
+# so on a small machine one busy core (a browser, an IDE, a build) makes each step wait for a descheduled peer:
+# 2-3 tok/s instead of ~25. PASSIVE sleeps at the barrier instead. Override with INGLENOOK_OMP_WAIT_POLICY
+# (or OMP_WAIT_POLICY in the server's environment); libgomp reads it once when it loads, so it is set at spawn.
+WAIT_POLICY_ENV = "INGLENOOK_OMP_WAIT_POLICY"
+DEFAULT_WAIT_POLICY = "PASSIVE"
+
+
+def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker starts with: ``parent``'s plus the OpenMP wait policy for its decode threads."""
+    env = dict(parent)
+    policy = parent.get(WAIT_POLICY_ENV) or parent.get("OMP_WAIT_POLICY") or DEFAULT_WAIT_POLICY
+    env["OMP_WAIT_POLICY"] = policy.strip().upper()
+    return env
 
 
 class WorkerCrashed(ModelCrashed):
@@ -128,7 +142,7 @@ class WorkerModel(Model):
         replies_r, replies_w = os.pipe()
         stream_r, stream_w = os.pipe()
         child_fds = (requests_r, replies_w, stream_w)
-        env = dict(os.environ)
+        env = worker_environment(os.environ)
         # the child imports the same code (a worktree, pytest's rootdir, an editable install) as this process
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
         try:
@@ -377,7 +391,13 @@ def _decode_threads(model: Model) -> list[str]:
     return sorted(getattr(model, "_inglenook_decode_threads", set()))
 
 
-_EXTRAS = {"llama_state": _llama_state, "reset_cache": _reset_cache, "decode_threads": _decode_threads}
+def _openmp_environment(model: Model) -> dict[str, str]:
+    """The worker's own ``OMP_*`` variables (what its libgomp read at load): tests and bench check the policy."""
+    return {k: v for k, v in os.environ.items() if k.startswith("OMP_")}
+
+
+_EXTRAS = {"llama_state": _llama_state, "reset_cache": _reset_cache, "decode_threads": _decode_threads,
+           "openmp_environment": _openmp_environment}  # fmt: skip
 
 
 class _Child:

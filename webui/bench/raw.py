@@ -105,10 +105,13 @@ class RawContender(Contender):
     process it is llama-cpp-python as a user runs it.
     """
 
-    def __init__(self, path: Path, settings: LoadSettings, prompt: str, tokens: int) -> None:
-        super().__init__("raw")
+    def __init__(
+        self, path: Path, settings: LoadSettings, prompt: str, tokens: int, name: str = "raw",
+        env_extra: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(name)
         self.kwargs = llama_kwargs(path, settings)
-        env = dict(os.environ)
+        env = {**os.environ, **(env_extra or {})}  # e.g. an OpenMP wait policy, read when libgomp loads
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from webui.bench.raw import raw_worker; raw_worker()"],

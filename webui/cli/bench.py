@@ -4,6 +4,7 @@
 - ``bench --api``: raw vs our OpenAI-compatible API stream vs llama-cpp-python's own server, and with
   ``--clients K --duration S`` a bounded load test.
 - ``bench --switch``: load/unload cycles, load time and resident memory.
+- ``bench --contention``: tok/s idle and beside a busy-loop on one core (raw, raw passive, engine).
 
 A measurement, not a test: it returns 0 whatever the figures (non-zero with a message when something fails).
 """
@@ -72,6 +73,11 @@ def add_parser(sub) -> None:
         help="instead: llama-bench's columns per model, each in a fresh process: load time, peak RSS, "
         "pp (--pp prompt tokens) and tg (--tokens new tokens) speed",
     )  # fmt: skip
+    bench.add_argument(
+        "--contention", action="store_true",
+        help="instead: tok/s idle and beside a busy-loop on one core, for raw llama-cpp-python (default and "
+        "OMP_WAIT_POLICY=PASSIVE) and our engine",
+    )  # fmt: skip
     bench.add_argument("--pp", type=int, default=512, help="with --speed: prompt tokens for pp (default: 512)")
 
 
@@ -80,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_speed(args)
     if args.api:
         return cmd_bench_api(args)
+    if args.contention:
+        return cmd_contention(args)
     return cmd_switch(args) if args.switch else cmd_bench(args)
 
 
@@ -139,6 +147,53 @@ def cmd_speed(args: argparse.Namespace) -> int:
     result = bench_speed(paths, args.pp, args.tokens, args.threads or 0, _progress)
     print(json.dumps(result, ensure_ascii=False) if args.json else format_speed(result))
     return 1 if all(r.get("error") for r in result["rows"]) else 0
+
+
+def cmd_contention(args: argparse.Namespace) -> int:
+    """Issue 17 §3: does a competing load collapse the decode? Raw (both policies) and the engine, idle and loaded."""
+    from webui.bench.contention import format_contention, measure_contention
+
+    if args.tokens < 2 or args.runs < 1:
+        print("error: --tokens must be at least 2 and --runs at least 1", file=sys.stderr)
+        return 2
+    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
+    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
+    contenders: list[Contender] = []
+    load_average = _load_average()
+    try:
+        path = _gguf(app, args)
+        load_settings = app.load_settings_for("llama.cpp")
+        _progress(f"loading {path.name} three times (raw, raw with a passive wait policy, our engine)...")
+        info = app.load_model(str(path), "llama.cpp")
+        raw = RawContender(path, load_settings, args.prompt, args.tokens)
+        contenders.append(raw)
+        passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+        contenders.append(RawContender(path, load_settings, args.prompt, args.tokens, "raw passive", passive))
+        contenders.append(EngineContender(app, args.prompt, args.tokens))
+        measured = measure_contention(contenders, args.runs, _progress)
+        result = {
+            "model": info.name, "tokens_requested": args.tokens, "runs": args.runs,
+            "threads": raw.kwargs["n_threads"], "load_average_before": load_average,
+            "engine_wait_policy": app.engine.loaded.model.call("openmp_environment").get("OMP_WAIT_POLICY"),
+            "raw_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default"), **measured,
+        }  # fmt: skip
+    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for c in reversed(contenders):
+            with contextlib.suppress(Exception):
+                c.close()
+        app.close()
+        scratch.cleanup()
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(f"{result['model']}, {result['threads']} threads, {args.tokens} tokens, median of {args.runs} runs; "
+          f"load average before: {load_average}; engine OMP_WAIT_POLICY={result['engine_wait_policy']}, "
+          f"raw: {result['raw_wait_policy']}; hog pinned to core {result['hog_core']}")  # fmt: skip
+    print(format_contention(result))
+    return 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:

@@ -88,7 +88,12 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
             widgets = [_widget(spec, ext.values.get(spec.name, spec.default)) for spec in ext.setting_specs]
             save = gr.Button("Save settings", size="sm", elem_id="extension-save-settings")
 
-            def save_settings(*values):
+            def save_settings(request: gr.Request | None, *values):
+                """Settings feed the extension's code and prompts: admins only, checked whatever the page showed."""
+                try:
+                    require_ui_admin(app.settings, getattr(request, "username", None), "changing extension settings")
+                except NotAdmin as exc:
+                    return f"⚠️ {exc}"
                 specs = ext.setting_specs
                 problems = host.set_settings(ext.name, {s.name: v for s, v in zip(specs, values, strict=True)})
                 return "⚠️ " + "; ".join(problems) if problems else f"Saved the settings of {ext.name}."

@@ -1,0 +1,103 @@
+"""Issue 17 §3: a busy machine must not collapse the decode. llama.cpp's OpenMP threads spin at every barrier
+unless ``OMP_WAIT_POLICY=PASSIVE``; libgomp reads it once when it loads, so the worker must be *started* with
+it. These tests read the policy inside a real worker process (through the protocol and /proc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from backends.llamacpp import decode_threads, usable_cores
+from backends.registry import LoaderRegistry
+from webui.engine import Engine
+from webui.worker import WAIT_POLICY_ENV, WorkerModel, worker_environment
+
+
+def fake(folder: Path) -> Path:
+    path = folder / "plain.fake"
+    path.write_text(json.dumps({"reply": "one two"}), encoding="utf-8")
+    return path
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    """The environment the kernel started ``pid`` with (what libgomp saw at load)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.fixture
+def engine():
+    engine = Engine(LoaderRegistry())
+    yield engine
+    engine.unload()
+
+
+def test_the_worker_starts_with_a_passive_openmp_wait_policy(engine, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv(WAIT_POLICY_ENV, raising=False)
+    engine.load(fake(tmp_path))
+    model = engine.loaded.model
+    assert isinstance(model, WorkerModel)
+    assert model.call("openmp_environment")["OMP_WAIT_POLICY"] == "PASSIVE"  # os.environ inside the worker
+    assert proc_environ(model.pid)["OMP_WAIT_POLICY"] == "PASSIVE"  # and from its start
+    assert "OMP_WAIT_POLICY" not in os.environ, "only the worker gets it; the server's own process is untouched"
+
+
+def test_the_wait_policy_can_be_overridden(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv(WAIT_POLICY_ENV, "active")
+    engine.load(fake(tmp_path))
+    assert engine.loaded.model.call("openmp_environment")["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_environment_rule():
+    """Our variable wins, then the user's own OMP_WAIT_POLICY, then PASSIVE; everything else passes through."""
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert worker_environment({"OMP_WAIT_POLICY": "active"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    both = {"OMP_WAIT_POLICY": "ACTIVE", WAIT_POLICY_ENV: "passive"}
+    assert worker_environment(both)["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_decode_threads_are_one_per_usable_core_unless_asked():
+    assert decode_threads(0, 2) == 2
+    assert decode_threads(0, 0) == 1
+    assert decode_threads(3, 2) == 3  # an explicit --threads is obeyed
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+# -- inglenook bench --contention -------------------------------------------------------------------------
+
+
+def test_the_cpu_hog_is_pinned_to_one_core_busy_and_stopped_at_the_end():
+    from webui.bench.contention import cpu_hog, hog_core
+
+    with cpu_hog(limit_s=30) as hog:
+        time.sleep(0.5)
+        assert hog.poll() is None, "the hog runs while the block runs"
+        assert os.sched_getaffinity(hog.pid) == {hog_core()}
+        stat = Path(f"/proc/{hog.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[11]) + int(stat[12]) > 0, "it burns CPU (utime + stime ticks)"
+    assert hog.poll() is not None, "and it is gone after the block"
+
+
+def test_the_cpu_hog_ends_by_itself_if_nobody_stops_it():
+    from webui.bench.contention import cpu_hog
+
+    with cpu_hog(limit_s=0.3) as hog:
+        assert hog.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+def test_bench_contention_reports_idle_and_loaded_speed_for_raw_and_the_engine(gemma_path):
+    result = cli("bench", "--contention", "--models-dir", str(gemma_path.parent), "--tokens", "8", "--runs", "1",
+                 "--json", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["engine_wait_policy"] == "PASSIVE"
+    assert set(data["contenders"]) == {"raw", "raw passive", "engine"}
+    for row in data["contenders"].values():
+        assert row["idle_tokens_per_s"] > 0 and row["load_tokens_per_s"] > 0
