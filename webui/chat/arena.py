@@ -153,3 +153,20 @@ def _restore(app: App, before: Loaded | None) -> str:
     except ModelLoadError as exc:
         return f"done, but {before.path.name} could not be loaded again: {exc}"
     return f"done; {before.path.name} is loaded again"
+
+
+def choices(app: App) -> list[str]:
+    """The models the arena offers: the entries of the models folder that some installed loader recognises."""
+    folder = app.settings.models_dir
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
+        if child.name.startswith("."):
+            continue
+        try:
+            app.registry.pick(child)
+        except (ModelLoadError, ValueError, LookupError):
+            continue
+        found.append(child.name)
+    return found
