@@ -21,6 +21,7 @@ from backends.base import ModelLoadError, SamplingParams, Usage
 from webui.chat.conversation import Conversation, HistoryError
 from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.reply import Reply, format_stats, prompt_messages
+from webui.templates.prefs import TemplatePrefs
 
 if TYPE_CHECKING:  # the App holds the chat service; the arena only uses what it is given
     from webui.app import App
@@ -39,6 +40,7 @@ class Contender:
     finish_reason: str | None = None
     error: str | None = None
     done: bool = False
+    raw: str = ""  # the model's own text when an extension's output modifier changed ``text``
     version: int | None = None  # which version of the saved reply this side's text is (None: not saved)
 
     @property
@@ -85,6 +87,7 @@ def ask_two(
     app.history.save(conversation)
     messages = prompt_messages(conversation, options.system)
     before = app.engine.loaded
+    prefs = TemplatePrefs(app.settings.user_data)
     try:
         for side, contender in zip(SIDES, current.sides, strict=True):
             if options.cancel is not None and options.cancel.cancelled:
@@ -99,7 +102,9 @@ def ask_two(
                 yield current
                 continue
             current.status = f"{side} ({contender.model}) is replying"
-            for reply in app.chat.stream(messages, params, replace(options, mode=conversation.mode, model=None)):
+            template = prefs.get(app.engine.info.name)  # this model's remembered template, not the previous one's
+            turn = replace(options, mode=conversation.mode, model=None, template=template)
+            for reply in app.chat.stream(messages, params, turn):
                 _take(contender, reply)
                 yield current
     finally:
@@ -112,9 +117,9 @@ def ask_two(
             f"{c.model}: {c.error or 'no text'}" for c in current.sides
         )
     else:
-        conversation.append("assistant", replied[0].text, replied[0].stats)
+        conversation.append("assistant", replied[0].text, replied[0].stats, replied[0].raw)
         for other in replied[1:]:
-            conversation.regenerate(other.text, other.stats)
+            conversation.regenerate(other.text, other.stats, other.raw)
         conversation.select_version(-1, 0)
         for number, contender in enumerate(replied):
             contender.version = number
@@ -140,7 +145,7 @@ def _take(contender: Contender, reply: Reply) -> None:
     contender.text = reply.text
     if reply.done:
         contender.usage, contender.finish_reason = reply.usage, reply.finish_reason
-        contender.error, contender.done = reply.error, True
+        contender.error, contender.done, contender.raw = reply.error, True, reply.raw_text
 
 
 def _restore(app: App, before: Loaded | None) -> str:
