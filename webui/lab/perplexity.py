@@ -214,17 +214,24 @@ def perplexity_transformers(
     text_name: str = "",
     gguf_file: str | None = None,
     chunks: int = 0,
+    tokens: list[int] | None = None,
+    bos: int | None = None,
 ) -> PerplexityResult:
-    """The same windows and rule through torch (a model folder, or a GGUF file via transformers' ``gguf_file``)."""
+    """The same windows and rule through torch (a model folder, or a GGUF file via transformers' ``gguf_file``).
+
+    ``tokens`` (with ``bos``, None when the model adds none): score these ids instead of tokenizing ``text`` with
+    the model's own tokenizer, so two backends can be compared on exactly the same tokens (:func:`cross_check`).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
     model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32, **extra)
     model.eval()
-    tokens = tokenizer(text, add_special_tokens=True)["input_ids"]
-    bos = tokenizer.bos_token_id if tokens and tokens[0] == tokenizer.bos_token_id else None
+    if tokens is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
+        tokens = tokenizer(text, add_special_tokens=True)["input_ids"]
+        bos = tokenizer.bos_token_id if tokens and tokens[0] == tokenizer.bos_token_id else None
     scored = windows(tokens, n_ctx, bos, chunks)
     first = n_ctx // 2
     tally, per_window = Tally(), []
@@ -245,6 +252,37 @@ def perplexity_transformers(
         name, "transformers", tally.ppl, tally.error, n_ctx, len(scored), tally.count, len(tokens), seconds,
         text_name, per_window,
     )  # fmt: skip
+
+
+def llamacpp_tokens(path: Path, text: str) -> tuple[list[int], int | None]:
+    """``text`` as llama.cpp tokenizes it for ``path`` (the vocabulary only, no weights), and the BOS id the
+    windows start with (None when the model adds none): what :func:`perplexity_llamacpp` scores."""
+    import llama_cpp
+
+    from backends.gguf_file import read_header
+
+    read_header(path)
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        vocab = llm._model.vocab
+        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+        return tokens, llama_cpp.llama_vocab_bos(vocab) if add_bos else None
+    finally:
+        llm.close()
+
+
+def cross_check(
+    path: Path, text: str, n_ctx: int = 512, chunks: int = 0, text_name: str = ""
+) -> tuple[PerplexityResult, PerplexityResult]:
+    """The same GGUF through llama.cpp and through transformers (``gguf_file=``, dequantized to float32), both
+    scoring the *same token ids* (llama.cpp's tokenization), so a gap is the arithmetic, not the tokenizers."""
+    tokens, bos = llamacpp_tokens(path, text)
+    ours = perplexity_llamacpp(path, text, n_ctx, text_name=text_name, chunks=chunks)
+    theirs = perplexity_transformers(
+        path.parent, text, n_ctx, text_name=text_name, gguf_file=path.name, chunks=chunks, tokens=tokens, bos=bos
+    )
+    return ours, theirs
 
 
 def default_text() -> tuple[str, str]:

@@ -30,6 +30,7 @@ from webui.chat.session import ChatSessions, ChatUpdate, display_messages, witho
 from webui.paths import UnsafeName
 from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
+from webui.ui.arena_panel import ArenaWiring, build_arena_panel
 
 # (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
 BUSY = (gr.update(interactive=False), gr.update(interactive=True))
@@ -172,6 +173,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         download = gr.File(label="Exported conversation", visible=False, interactive=False, elem_id="export-file")
     with gr.Accordion("System prompt", open=False):  # sampling parameters: the Parameters tab
         system = gr.Textbox(label="System prompt", lines=2)
+    arena_slot = gr.Column()  # filled once the handlers it borrows exist
     max_tokens = params_inputs["max_new_tokens"]  # the reply's room in the context (token count line)
 
     # ------------------------------------------------------------------ helpers
@@ -482,6 +484,9 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
     template.input(choose_template, template, [template, template_info], api_name=False)
     show_prompt.click(show_the_prompt, [message, conversation_id, *ctx], [preview, tokens], api_name=False)
+    with arena_slot:  # "Ask two models": the same message to two models, keep one reply (webui.chat.arena)
+        locate = lambda *args: locator(*args)()  # noqa: E731
+        build_arena_panel(app, ArenaWiring(message, gen_inputs, locate, show, shown, params_inputs))
 
     template_outputs = [template, template_info, *(params_inputs[name] for name in rule_knobs)]
     return ChatTab(
