@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.skipif(process_rss() is None, reason="needs /proc/self
 
 def server_rss(app) -> int:
     """The server's memory: its own process and the worker process of every model it holds."""
-    return process_rss() + sum(m.model.rss() or 0 for m in app.engine.resident)
+    return app.engine.rss()
 
 
 def test_rss_after_five_load_unload_cycles_stays_within_ten_percent_of_the_first_load(make_app, gemma_path):

@@ -19,7 +19,7 @@ import pytest
 from api_fixtures import serve
 from conftest import cli, collect, greedy, rss_mb
 
-from backends.base import CancelToken, GenerationError, ModelLoadError, SamplingParams
+from backends.base import CancelToken, GenerationError, ModelLoadError, ModelNotLoaded, PromptTooLong, SamplingParams
 from backends.registry import LoaderRegistry
 from webui.engine import Engine
 from webui.worker import WorkerCrashed, WorkerModel
@@ -63,6 +63,17 @@ def worker_pid(engine: Engine) -> int:
 
 
 # -- the engine -----------------------------------------------------------------------------------------------
+
+
+def test_a_typed_error_in_the_worker_reaches_the_caller_as_its_type(engine, tmp_path):
+    """The API maps errors by type (webui/api/errors.py): a prompt too long stays PromptTooLong across the pipe,
+    and the worker keeps serving."""
+    engine.load(fake(tmp_path, "short", context_length=64))
+    with pytest.raises(PromptTooLong, match="over the context of 64"):
+        collect(engine.generate("word " * 100, SamplingParams()))
+    with pytest.raises(ModelNotLoaded):
+        collect(engine.generate("hi", SamplingParams(), model=tmp_path / "other.fake"))
+    assert collect(engine.generate("hi", SamplingParams()))[0] == REPLY
 
 
 def test_a_model_runs_in_its_own_process_and_unload_ends_it(engine, tmp_path):

@@ -41,6 +41,7 @@ from backends.base import (
     Usage,
 )
 from backends.registry import LoaderRegistry
+from webui.models.memory import process_rss
 from webui.worker import CrashReport, WorkerCrashed, WorkerLoadCrashed, WorkerModel
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,14 @@ class Engine:
     def resident(self) -> list[Loaded]:
         """Every model in memory, the active one first."""
         return ([self._loaded] if self._loaded else []) + list(reversed(self._spare.values()))
+
+    def rss(self) -> int | None:
+        """Resident memory of this process and its model workers together, in bytes (None without /proc):
+        with models in worker processes, this process alone no longer shows what a model costs."""
+        own = process_rss()
+        if own is None:
+            return None
+        return own + sum(getattr(m.model, "rss", lambda: 0)() or 0 for m in self.resident)
 
     def resident_info(self, path: Path) -> ModelInfo | None:
         """The info of ``path`` if it is in memory (active or spare), else None."""

@@ -40,6 +40,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from backends.base import (
+    BadRequest,
+    Busy,
     CancelToken,
     Chunk,
     GenerationError,
@@ -49,6 +51,9 @@ from backends.base import (
     ModelCrashed,
     ModelInfo,
     ModelLoadError,
+    ModelNotFound,
+    ModelNotLoaded,
+    PromptTooLong,
     SamplingParams,
 )
 
@@ -69,6 +74,28 @@ def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
     policy = parent.get(WAIT_POLICY_ENV) or parent.get("OMP_WAIT_POLICY") or DEFAULT_WAIT_POLICY
     env["OMP_WAIT_POLICY"] = policy.strip().upper()
     return env
+
+
+# The typed errors a worker's failure keeps across the pipe (by name, rebuilt here), so the API maps a prompt too
+# long, a model not found, a bad value … to the same status as in one process (webui/api/errors.py).
+TYPED_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (PromptTooLong, ModelNotFound, ModelNotLoaded, ModelCrashed, Busy, BadRequest, ModelLoadError,
+                GenerationError, ValueError)
+}  # fmt: skip
+
+
+def error_message(exc: BaseException, fallback: type[Exception]) -> tuple[str, str]:
+    """(kind, message) for a failure in the worker: its typed-error class, or ``fallback`` naming its type."""
+    for cls in type(exc).__mro__:
+        if TYPED_ERRORS.get(cls.__name__) is cls:
+            return cls.__name__, str(exc)
+    return fallback.__name__, f"{type(exc).__name__}: {exc}"
+
+
+def rebuild_error(kind: str, message: str) -> Exception:
+    """The error the worker reported, as its own type (GenerationError for a kind this side does not know)."""
+    return TYPED_ERRORS.get(kind, GenerationError)(message)
 
 
 class WorkerCrashed(ModelCrashed):
@@ -253,7 +280,7 @@ class WorkerModel(Model):
         if reply[0] == "ok":
             return reply[1]
         _, kind, message = reply
-        raise {"load": ModelLoadError, "value": ValueError}.get(kind, GenerationError)(message)
+        raise rebuild_error(kind, message)
 
     def _send(self, *message) -> None:
         with self._lock:
@@ -297,7 +324,7 @@ class WorkerModel(Model):
                         ended = True
                         if extra is not None:
                             kind, message = extra
-                            raise (ValueError if kind == "value" else GenerationError)(message)
+                            raise rebuild_error(kind, message)
                         return
                     yield Chunk(text, finish, usage, extra)
             except (EOFError, OSError):
@@ -451,12 +478,8 @@ class _Child:
                 os._exit(0)
             try:
                 reply = ("ok", self.handle(op, args))
-            except ModelLoadError as exc:
-                reply = ("err", "load", str(exc))
-            except ValueError as exc:
-                reply = ("err", "value", str(exc))
-            except Exception as exc:  # reported to the caller; the worker keeps serving
-                reply = ("err", "load" if op == "load" else "generation", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # reported to the caller as its type; the worker keeps serving
+                reply = ("err", *error_message(exc, ModelLoadError if op == "load" else GenerationError))
             self.replies.send(reply)
 
     def handle(self, op: str, args: list):
@@ -491,12 +514,8 @@ class _Child:
                     raise GenerationError("no model is loaded in this worker")
                 for chunk in self.model.generate(prompt, params, cancel):
                     send((gid, chunk.text, chunk.finish_reason, chunk.usage, chunk.logprobs))
-            except ValueError as exc:
-                error = ("value", str(exc))
-            except GenerationError as exc:
-                error = ("generation", str(exc))
             except Exception as exc:
-                error = ("generation", f"{type(exc).__name__}: {exc}")
+                error = error_message(exc, GenerationError)
             finally:
                 self.cancels.pop(gid, None)
             send((gid, None, "end", None, error))

@@ -5,21 +5,21 @@ from __future__ import annotations
 import time
 
 from webui.app import App
-from webui.models.memory import process_rss
 
 
 def bench_switch(app: App, model: str, cycles: int) -> dict:
-    """Load and unload ``model`` ``cycles`` times: load time, and this process's RSS loaded and unloaded."""
+    """Load and unload ``model`` ``cycles`` times: load time, and the RSS of this process and its model workers,
+    loaded and unloaded."""
     rows = []
-    baseline = process_rss()
+    baseline = app.engine.rss()
     for i in range(cycles):
         start = time.perf_counter()
         info = app.load_model(model)
         load_s = time.perf_counter() - start
-        loaded = process_rss()
+        loaded = app.engine.rss()
         app.engine.unload()
         rows.append({"cycle": i + 1, "load_s": round(load_s, 3), "rss_loaded_mb": _mb(loaded),
-                     "rss_unloaded_mb": _mb(process_rss())})  # fmt: skip
+                     "rss_unloaded_mb": _mb(app.engine.rss())})  # fmt: skip
     first, last = rows[0]["rss_loaded_mb"], rows[-1]["rss_loaded_mb"]
     return {
         "model": info.name,

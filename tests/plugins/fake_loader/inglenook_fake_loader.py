@@ -40,6 +40,7 @@ from backends.base import (
     Model,
     ModelInfo,
     ModelLoadError,
+    PromptTooLong,
     SamplingParams,
     StopMatcher,
     Stopwatch,
@@ -104,7 +105,7 @@ class FakeModel(Model):
         watch = Stopwatch()
         prompt_tokens = len(self.tokenize(prompt))
         if prompt_tokens > self.info.context_length:
-            raise ValueError(f"prompt is {prompt_tokens} tokens, over the context of {self.info.context_length}")
+            raise PromptTooLong(f"prompt is {prompt_tokens} tokens, over the context of {self.info.context_length}")
         words = re.findall(r"\s*\S+", self._reply(prompt, params))
         matcher = StopMatcher(params.stop)
         produced, finish = 0, "stop"
