@@ -316,31 +316,6 @@ def test_a_refreshed_page_shows_its_conversation_again(page, server):
     assert picker.input_value().startswith("Remember the word")  # titled after its first message
 
 
-def test_a_server_restart_with_the_page_open_loses_nothing(browser, models_dir, tmp_path):
-    """Stop the server under an open page, start it again: the next message continues the same chat."""
-    from conftest import free_port
-
-    port, user_data = free_port(), tmp_path / "user_data"
-    args = ("--models-dir", str(models_dir), "--user-data", str(user_data))
-    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-    with running_server(*args, port=port) as (url, _proc):
-        open_page(page, url)
-        set_max_tokens(page, 8)
-        send(page, "First message.")
-        wait_for_stats(page)
-    with running_server(*args, port=port):  # the page stayed open while the server was down
-        send(page, "Second message.")
-        wait_for_stats(page, count=2)
-        assert user_messages(page) == ["First message.", "Second message."]
-        page.reload()
-        page.wait_for_selector("#chat-input textarea", timeout=60_000)
-        sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(2)
-    [chat_file] = (user_data / "chats" / "instruct").glob("*.json")
-    saved = [m["content"] for m in json.loads(chat_file.read_text())["messages"] if m["role"] == "user"]
-    assert saved == ["First message.", "Second message."]
-    page.context.close()
-
-
 def test_regenerate_keeps_the_old_reply_and_the_arrows_page_between_versions(page):
     set_max_tokens(page, 12)
     send(page, "Name a fruit.")
@@ -605,4 +580,31 @@ def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(brows
         assert "tokens" in stats and page.evaluate(LAST_REPLY_JS)["text"]
         growing = {r["text"] for r in page.evaluate("window.__replies") if r["stats"] is None} - {"", "…"}
         assert growing, "the reply streamed in before its stats line"
+    page.context.close()
+
+
+# Last in this module: run before the notebook test, the notebook's box came up empty after its fill
+# (seen 2026-11-30; not understood yet, see the closing note).
+def test_a_server_restart_with_the_page_open_loses_nothing(browser, models_dir, tmp_path):
+    """Stop the server under an open page, start it again: the next message continues the same chat."""
+    from conftest import free_port
+
+    port, user_data = free_port(), tmp_path / "user_data"
+    args = ("--models-dir", str(models_dir), "--user-data", str(user_data))
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    with running_server(*args, port=port) as (url, _proc):
+        open_page(page, url)
+        set_max_tokens(page, 8)
+        send(page, "First message.")
+        wait_for_stats(page)
+    with running_server(*args, port=port):  # the page stayed open while the server was down
+        send(page, "Second message.")
+        wait_for_stats(page, count=2)
+        assert user_messages(page) == ["First message.", "Second message."]
+        page.reload()
+        page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(2)
+    [chat_file] = (user_data / "chats" / "instruct").glob("*.json")
+    saved = [m["content"] for m in json.loads(chat_file.read_text())["messages"] if m["role"] == "user"]
+    assert saved == ["First message.", "Second message."]
     page.context.close()
