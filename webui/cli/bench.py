@@ -48,6 +48,14 @@ from webui.models.folder import resolve_model
 from webui.paths import UnsafeName
 
 
+def _close(contenders: list, app: App) -> None:
+    """End the contenders (newest first; one that fails to close never stops the others), then the app."""
+    for c in reversed(contenders):
+        with contextlib.suppress(Exception):
+            c.close()
+    app.close()
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser(
         "bench",
@@ -181,10 +189,7 @@ def cmd_contention(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        for c in reversed(contenders):
-            with contextlib.suppress(Exception):
-                c.close()
-        app.close()
+        _close(contenders, app)
         scratch.cleanup()
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -255,10 +260,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        for c in reversed(contenders):
-            with contextlib.suppress(Exception):
-                c.close()
-        app.close()
+        _close(contenders, app)
 
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -321,10 +323,7 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        for c in reversed(contenders):
-            with contextlib.suppress(Exception):
-                c.close()
-        app.close()
+        _close(contenders, app)
 
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
