@@ -131,6 +131,17 @@ def set_max_tokens(page, n: int) -> None:
     page.wait_for_selector("#chat-input textarea")
 
 
+def fill_steady(box, text: str) -> None:
+    """Fill ``box`` and make sure the text stayed: a box on a tab just shown may still be mounting, and the
+    mount sets its value again right after the first keystrokes land (a race only a robot's speed can hit)."""
+    for _ in range(10):
+        box.fill(text)
+        box.page.wait_for_timeout(250)
+        if box.input_value() == text:
+            return
+    sync_api.expect(box).to_have_value(text)
+
+
 def send(page, text: str, enter: bool = True) -> None:
     page.fill("#chat-input textarea", text)
     if enter:
@@ -351,7 +362,7 @@ def test_the_notebook_continues_its_text_stops_and_keeps_it(page):
     set_max_tokens(page, 2000)  # the notebook generates with the chat tab's sampling settings
     page.get_by_role("tab", name="Notebook").click()
     box = page.locator("#notebook-text textarea")
-    box.fill("Once upon a time, in a village by the sea,")
+    fill_steady(box, "Once upon a time, in a village by the sea,")
     sync_api.expect(page.locator("#notebook-stop")).to_be_disabled()
     page.click("#notebook-generate")
     page.wait_for_function("() => document.querySelector('#notebook-text textarea').value.length > 80", timeout=60_000)
@@ -372,7 +383,7 @@ def test_the_notebook_continues_its_text_stops_and_keeps_it(page):
     page.reload()  # the notebook's text was saved
     page.wait_for_selector("#chat-input textarea", timeout=60_000)
     page.get_by_role("tab", name="Notebook").click()
-    sync_api.expect(page.locator("#notebook-text textarea")).to_have_value(text)
+    sync_api.expect(page.locator("#notebook-text textarea")).to_have_value(text, timeout=30_000)
 
 
 def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_changes_nothing(page, tmp_path):

@@ -24,9 +24,10 @@ def build_notebook_tab(app: App, params_inputs: dict) -> tuple:
     cancels: dict[str, CancelToken] = {}  # session -> its generation in flight
 
     # A fixed height (it scrolls inside): a box that grew while the text streams would move Stop away from
-    # under the pointer at the moment it is clicked.
+    # under the pointer at the moment it is clicked. It opens locked: the page-load event unlocks it with the
+    # saved text, so nothing typed before that (on a busy machine, seconds) is overwritten by the restore.
     text = gr.Textbox(
-        value="", lines=22, max_lines=22, autoscroll=True, show_label=False, elem_id="notebook-text",
+        value="", interactive=False, lines=22, max_lines=22, autoscroll=True, show_label=False, elem_id="notebook-text",
         placeholder="Write the beginning of a text; the model continues it (no chat format is added).",
     )  # fmt: skip
     with gr.Row():
@@ -66,10 +67,9 @@ def build_notebook_tab(app: App, params_inputs: dict) -> tuple:
         if token is not None:
             token.cancel()
 
-    def restore(current: str) -> str:
-        """The saved text, unless the page's box already holds text: typing (or a Generate) may come before
-        the page has finished loading, and must not be overwritten by the load."""
-        return current if (current or "").strip() else store.load()
+    def restore():
+        """The saved text, and the box unlocked for typing."""
+        return gr.update(value=store.load(), interactive=True)
 
     def keep(current: str):
         store.save(current or "")
@@ -81,4 +81,4 @@ def build_notebook_tab(app: App, params_inputs: dict) -> tuple:
     )  # fmt: skip
     stop.click(stop_writing, None, None, api_name="notebook_stop", queue=False, concurrency_limit=None)
     text.blur(keep, text, tokens, api_name=False)
-    return restore, [text], [text]
+    return restore, None, [text]
