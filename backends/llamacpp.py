@@ -18,6 +18,7 @@ import math
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from backends.base import (
     StopMatcher,
     Stopwatch,
 )
-from backends.cpu import cpu_info
+from backends.cpu import ThreadGovernor, cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
 
@@ -109,12 +110,16 @@ def model_params(use_extra_bufts: bool) -> Iterator[None]:
 
 
 class LlamaCppModel(Model):
-    def __init__(self, llm, info: ModelInfo) -> None:  # llm: llama_cpp.Llama
+    def __init__(self, llm, info: ModelInfo, governor: ThreadGovernor | None = None) -> None:
+        """``llm``: a ``llama_cpp.Llama``; ``governor``: picks the decode threads as the load changes (None
+        when the user set ``threads``: then that count is obeyed)."""
         import llama_cpp
 
         self._llm = llm
         self._lib = llama_cpp
         self.info = info
+        self._governor = governor
+        self._threads = llm.context_params.n_threads
         self._cached_prompt: list[int] = []
         self._sampler = None  # the chain for the generation about to start (see _take_sampler)
         # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
@@ -159,11 +164,17 @@ class LlamaCppModel(Model):
         finish = "length"
         pending: list[dict] = []  # log-probabilities of tokens whose text the stop matcher still holds
         tokens = self._llm.generate(prompt_tokens)  # samples with self._sampler (see _take_sampler)
+        last = 0.0  # when the previous token came (the first one's time is the prompt's: not timed)
         try:
             for token in tokens:
                 if cancel.cancelled:
                     finish = "cancelled"
                     break
+                if self._governor is not None:
+                    now = time.perf_counter()
+                    if last:
+                        self._set_threads(self._governor.observe(now - last))
+                    last = now
                 if self._is_eog(token) and not params.ban_eos_token:
                     finish = "stop"
                     break
@@ -189,6 +200,18 @@ class LlamaCppModel(Model):
             if tail:
                 yield Chunk(tail, logprobs=pending or None)
         yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_tokens), n))
+
+    @property
+    def decode_threads(self) -> int:
+        """The threads llama.cpp decodes with now (the governor may have lowered them)."""
+        return int(self._lib.llama_n_threads(self._llm._ctx.ctx))
+
+    def _set_threads(self, threads: int) -> None:
+        """Decode (and the next prompt's batch) with ``threads`` from the next step on."""
+        if threads != self._threads:
+            self._lib.llama_set_n_threads(self._llm._ctx.ctx, threads, threads)
+            self._threads = threads
+            log.debug("decode threads now %d", threads)
 
     def _logprobs(self, token: int, piece: bytes, top: int) -> dict:
         """Log-probabilities from the logits that chose ``token`` (still in the context until the next eval)."""
@@ -334,7 +357,9 @@ class LlamaCppLoader(Loader):
                 "inglenook.extra_buffer_types": why,
             },
         )
-        return LlamaCppModel(llm, info)
+        explicit = (settings.threads or 0) > 0
+        governor = None if explicit else ThreadGovernor(llm.context_params.n_threads)
+        return LlamaCppModel(llm, info, governor)
 
 
 def ensure_backends() -> None:
@@ -427,9 +452,9 @@ def usable_cores() -> int:
 def decode_threads(requested: int, usable: int) -> int:
     """llama.cpp's threads: ``requested`` if given (> 0), else one per usable core.
 
-    One per core is fastest on an idle machine; under a competing load it stays close to one thread only
-    because the worker runs llama.cpp with ``OMP_WAIT_POLICY=PASSIVE`` (``webui.worker``): spinning threads
-    would wait for a descheduled peer at every step. More threads than usable cores never help.
+    One per core is fastest on an idle machine; under a competing load the model's
+    :class:`backends.cpu.ThreadGovernor` lowers the count while that is faster (unless ``threads`` was set).
+    More threads than usable cores never help.
     """
     return requested if requested > 0 else max(1, usable)
 

@@ -109,3 +109,33 @@ def test_bench_contention_reports_idle_and_loaded_speed_for_raw_and_the_engine(g
     assert set(data["contenders"]) == {"raw", "raw passive", "engine"}
     for row in data["contenders"].values():
         assert row["idle_tokens_per_s"] > 0 and row["load_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_beside_a_busy_core_a_real_decode_moves_to_fewer_threads_and_back_when_quiet(gemma_path):
+    from backends.base import CancelToken, SamplingParams
+    from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
+    from webui.bench.contention import cpu_hog
+
+    if usable_cores() < 2:
+        pytest.skip("one usable core: there is no thread count to choose")
+    model = LlamaCppLoader().load(gemma_path, LlamaCppSettings(n_ctx=1024))
+    try:
+        most = model.decode_threads
+        params = SamplingParams(max_new_tokens=48, temperature=0, ban_eos_token=True)
+
+        def write() -> None:
+            chunks = list(model.generate("The history of the lighthouse", params, CancelToken()))
+            assert chunks[-1].usage.completion_tokens == 48
+
+        with cpu_hog(limit_s=120):
+            write()
+            assert model.decode_threads < most, "a barrier waiting for a descheduled thread: fewer threads are faster"
+        for _ in range(10):  # the governor retries the full count after waits of 1, 2, 4 ... s
+            time.sleep(1)
+            write()
+            if model.decode_threads == most:
+                break
+        assert model.decode_threads == most
+    finally:
+        model.close()
