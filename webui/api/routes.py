@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
 from backends.base import CancelToken, ModelInfo, SamplingParams
+from webui.api.anthropic import anthropic_router
 from webui.api.deps import generations, get_app, require_admin
 from webui.api.errors import install_error_handlers
 from webui.api.grammar import grammar_for
@@ -35,6 +36,7 @@ from webui.api.hub import hub_router
 from webui.api.lookup import catalog, load, resolve, use_model
 from webui.api.lookup import find_preset as _preset
 from webui.api.lookup import model_id as _model_id
+from webui.api.responses import responses_router
 from webui.api.stream import Generations, Pump, Shape, respond
 from webui.api.types import (
     ApiError,
@@ -279,7 +281,7 @@ async def no_such_route(request: Request, rest: str) -> None:
 # -- the API on a server ------------------------------------------------------------------------------------
 
 # Every router the API serves; another one (hub downloads, embeddings …) is one more line here.
-ROUTERS: tuple[APIRouter, ...] = (models_router, generation_router, internal_router)
+ROUTERS: tuple[APIRouter, ...] = (models_router, generation_router, internal_router, anthropic_router, responses_router)
 
 
 def install_api(server: FastAPI, app: App) -> None:
