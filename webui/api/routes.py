@@ -1,6 +1,9 @@
 """The OpenAI-compatible API: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` and
 ``/v1/internal/…``, on the same FastAPI app (and port) as the UI.
 
+Anthropic's Messages API (:mod:`webui.api.anthropic`) and the Responses API (:mod:`webui.api.responses`) are
+routers in :data:`ROUTERS` too, on the same path (:mod:`webui.api.turns`).
+
 Routes live in :class:`fastapi.APIRouter` s (like llama-cpp-python's server); what they need comes through
 dependencies: the :class:`~webui.app.App` (:func:`webui.api.deps.get_app`) and the admin check. Adding a router
 is one line in :data:`ROUTERS`. Streaming and the response shapes are :mod:`webui.api.stream`; errors become
