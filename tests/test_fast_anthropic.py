@@ -172,3 +172,32 @@ def test_a_missing_max_tokens_is_a_bad_request_in_anthropics_shape(served):
         assert r.json() == {"type": "error", "error": {"type": "invalid_request_error",
                                                        "message": "max_tokens: Field required"}}  # fmt: skip
         assert http.post("/v1/chat/completions", json={"messages": "x"}).json()["error"]["type"]  # OpenAI's shape
+
+
+def test_a_crash_midway_is_an_api_error_whole_and_an_error_event_streamed(make_fake_app, fake_models):
+    write_fake(fake_models, "crashy", reply="one two three four five", crash="token:2")
+    client = claude(build_api_server(make_fake_app("crashy.fake")))
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        client.messages.create(model="crashy", max_tokens=50, messages=USER)
+    assert caught.value.body["error"]["type"] == "api_error" and "crashed" in caught.value.body["error"]["message"]
+    pieces: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
+        with client.messages.stream(model="crashy", max_tokens=50, messages=USER) as stream:
+            pieces.extend(stream.text_stream)
+    assert "".join(pieces) == "one two"  # what came before the crash, then the error event
+    assert "crashed" in str(caught.value)
+
+
+def test_a_prompt_over_the_context_and_unknown_paths_answer_in_anthropics_shape(make_fake_app, fake_models):
+    write_fake(fake_models, "tiny", reply="hi", context_length=64)
+    server = build_api_server(make_fake_app("tiny.fake"))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude(server).messages.create(model="tiny", max_tokens=5, messages=[{"role": "user", "content": "x" * 500}])
+    assert "context" in caught.value.body["error"]["message"]
+    with TestClient(server) as http:
+        wrong_method = http.get("/v1/messages")
+        no_route = http.post("/v1/messages/nothing", json={})
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+    assert no_route.status_code == 404 and no_route.json() == {
+        "type": "error", "error": {"type": "not_found_error", "message": "there is no /v1/messages/nothing in this API"}
+    }  # fmt: skip

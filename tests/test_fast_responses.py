@@ -100,3 +100,15 @@ def test_a_missing_input_is_a_400_in_openais_shape(served):
     with TestClient(served) as http:
         r = http.post("/v1/responses", json={"model": "hello"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+
+
+def test_a_crash_midway_is_a_500_whole_and_response_failed_streamed(make_fake_app, fake_models):
+    write_fake(fake_models, "crashy", reply="one two three four five", crash="token:2")
+    client = gpt(build_api_server(make_fake_app("crashy.fake")))
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.responses.create(model="crashy", input="Hi")
+    assert caught.value.body["code"] == "model_crashed"
+    events = list(client.responses.create(model="crashy", input="Hi", stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "one two"
+    assert events[-1].type == "response.failed" and events[-1].response.status == "failed"
+    assert events[-1].response.error.code == "model_crashed" and "crashed" in events[-1].response.error.message
