@@ -74,6 +74,25 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+ANTHROPIC_PREFIX = "/v1/messages"  # Anthropic's Messages API: its clients read Anthropic's error shape
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         529: "overloaded_error"}  # fmt: skip
+
+
+def anthropic_error_body(status: int, message: str) -> dict:
+    """Anthropic's error JSON: ``{"type": "error", "error": {"type": …, "message": …}}``."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def error_body_for(path: str, status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
+    """The error JSON a client of ``path`` reads: Anthropic's under /v1/messages, OpenAI's everywhere else."""
+    if path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/"):
+        return anthropic_error_body(status, message)
+    return error_body(status, message, code, param)
+
+
 def bearer(headers: dict[str, str]) -> str:
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -182,7 +201,8 @@ class Guard:
             return True
         self.throttle.failed(client, "API key" if given else "unauthenticated request")
         if api or key:
-            message = "missing API key: send 'Authorization: Bearer KEY'" if not given else "invalid API key"
+            missing = "missing API key: send 'Authorization: Bearer KEY' (or 'x-api-key: KEY')"
+            message = missing if not given else "invalid API key"
         else:
             message = "log in to the UI first (this route needs the UI login)"
         await _reply(scope, send, 401, message, "invalid_api_key")
@@ -249,7 +269,7 @@ async def _reply(
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = json.dumps(error_body(status, message, code)).encode()
+    body = json.dumps(error_body_for(scope.get("path", ""), status, message, code)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))

@@ -22,7 +22,7 @@ from backends.base import (
     ModelNotLoaded,
     PromptTooLong,
 )
-from webui.api.auth import BodyTooLarge, error_body
+from webui.api.auth import BodyTooLarge, error_body_for
 from webui.api.types import ApiError
 
 # Most specific first: the first class the failure is an instance of decides (status, OpenAI error code).
@@ -52,31 +52,35 @@ def status_of(failure: BaseException | None) -> tuple[int, str | None]:
     return 500, None
 
 
-def error_response(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, code, param), status_code=status)
+def error_response(
+    status: int, message: str, code: str | None = None, param: str | None = None, path: str = ""
+) -> JSONResponse:
+    """The error as JSON in the shape ``path``'s clients read (Anthropic's under /v1/messages, else OpenAI's)."""
+    return JSONResponse(error_body_for(path, status, message, code, param), status_code=status)
 
 
 def install_error_handlers(server: FastAPI) -> None:
-    """OpenAI-shaped errors for what the routes raise and for bodies FastAPI cannot read."""
+    """OpenAI-shaped errors (Anthropic-shaped under /v1/messages) for what the routes raise and for bodies FastAPI
+    cannot read."""
 
     @server.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        response = error_response(exc.status, exc.message, exc.code, exc.param)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        response = error_response(exc.status, exc.message, exc.code, exc.param, request.url.path)
         response.headers.update(exc.headers)
         return response
 
     @server.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors, path = exc.errors(), request.url.path
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "the request body is not valid JSON", "invalid_json")
+            return error_response(400, "the request body is not valid JSON", "invalid_json", path=path)
         first = errors[0] if errors else {}
         if tuple(first.get("loc", ())) == ("body",):
-            return error_response(400, "the request body must be a JSON object", "invalid_request")
+            return error_response(400, "the request body must be a JSON object", "invalid_request", path=path)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
-        return error_response(400, message, "invalid_request", where or None)
+        return error_response(400, message, "invalid_request", where or None, path)
 
     @server.exception_handler(BodyTooLarge)
-    async def _too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return error_response(413, str(exc), "request_too_large")
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return error_response(413, str(exc), "request_too_large", path=request.url.path)

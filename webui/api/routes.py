@@ -1,6 +1,9 @@
 """The OpenAI-compatible API: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` and
 ``/v1/internal/…``, on the same FastAPI app (and port) as the UI.
 
+Anthropic's Messages API (:mod:`webui.api.anthropic`) and the Responses API (:mod:`webui.api.responses`) are
+routers in :data:`ROUTERS` too, on the same path (:mod:`webui.api.turns`).
+
 Routes live in :class:`fastapi.APIRouter` s (like llama-cpp-python's server); what they need comes through
 dependencies: the :class:`~webui.app.App` (:func:`webui.api.deps.get_app`) and the admin check. Adding a router
 is one line in :data:`ROUTERS`. Streaming and the response shapes are :mod:`webui.api.stream`; errors become
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -27,12 +30,16 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
-from backends.base import CancelToken, LoadSettings, ModelInfo, ModelLoadError, SamplingParams
-from webui.api.auth import is_admin
+from backends.base import CancelToken, ModelInfo, SamplingParams
+from webui.api.anthropic import anthropic_router
 from webui.api.deps import generations, get_app, require_admin
 from webui.api.errors import install_error_handlers
 from webui.api.grammar import grammar_for
 from webui.api.hub import hub_router
+from webui.api.lookup import catalog, load, resolve, use_model
+from webui.api.lookup import find_preset as _preset
+from webui.api.lookup import model_id as _model_id
+from webui.api.responses import responses_router
 from webui.api.stream import Generations, Pump, Shape, respond
 from webui.api.types import (
     ApiError,
@@ -46,13 +53,9 @@ from webui.app import App
 from webui.chat.reply import Reply, throttle
 from webui.chat.sampling import resolve_params, rule_settings
 from webui.chat.service import TurnOptions
-from webui.models.folder import list_models
-from webui.paths import UnsafeName, safe_name
-from webui.presets import Preset, PresetError
+from webui.paths import UnsafeName
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-# load settings the API may never set (trust_remote_code, allow_pickle, file locations, ...)
-NOT_SETTABLE = ("remote_code", "pickle", "safetensors", "unsafe", "path", "dir", "file")
 
 AppDep = Annotated[App, Depends(get_app)]
 GenerationsDep = Annotated[Generations, Depends(generations)]
@@ -80,56 +83,6 @@ class _Unload(BaseModel):
 
 
 # -- models: what the folder holds, and the model a request names ----------------------------------------
-
-
-def catalog(app: App) -> dict[str, Path]:
-    """Model id → path: every model in the models folder (loaded or not), and any loaded from elsewhere."""
-    ids = {_model_id(e.name): e.path for e in list_models(app.settings.models_dir)}
-    for loaded in app.engine.resident:
-        ids.setdefault(loaded.model.info.name, loaded.path)
-    return ids
-
-
-def resolve(app: App, name: str | None) -> Path | None:
-    """The path of the model ``name`` (None: no name given); 404 if there is none."""
-    if name is None or not name.strip():
-        return None
-    try:
-        safe_name(name, "model")
-    except UnsafeName as exc:
-        raise ApiError(400, str(exc), "invalid_model_name", "model") from None
-    ids = catalog(app)
-    path = ids.get(name) or ids.get(_model_id(name))
-    if path is None:
-        names = ", ".join(sorted(ids)) or "none"
-        raise ApiError(404, f"model {name!r} not found; available: {names}", "model_not_found", "model")
-    return path
-
-
-async def use_model(app: App, name: str | None, request: Request) -> ModelInfo:
-    """The model a request names, loaded if needed (waiting its turn; admins only when a key is set)."""
-    path = resolve(app, name)
-    if path is None:
-        if app.engine.info is None:
-            raise ApiError(503, "no model is loaded; name one in the model field", "model_not_loaded")
-        return app.engine.info
-    info = app.engine.resident_info(path)
-    if info is not None:
-        return info
-    if not is_admin(_headers(request), app.settings):
-        raise ApiError(403, f"model {name!r} is not loaded and loading models needs the admin key",
-                       "admin_key_required", "model")  # fmt: skip
-    return await load(app, path, None, {})
-
-
-async def load(app: App, path: Path, loader_name: str | None, overrides: dict) -> ModelInfo:
-    try:
-        loader, settings = _load_settings(app, path, loader_name, overrides)
-        return await run_in_threadpool(
-            app.engine.load, path, loader, settings, preempt=False, reuse=not overrides and not loader_name
-        )
-    except ModelLoadError as exc:
-        raise ApiError(500, str(exc), "model_load_failed") from None
 
 
 def model_card(app: App, model_id: str, path: Path) -> dict:
@@ -331,7 +284,7 @@ async def no_such_route(request: Request, rest: str) -> None:
 # -- the API on a server ------------------------------------------------------------------------------------
 
 # Every router the API serves; another one (hub downloads, embeddings …) is one more line here.
-ROUTERS: tuple[APIRouter, ...] = (models_router, generation_router, internal_router)
+ROUTERS: tuple[APIRouter, ...] = (models_router, generation_router, internal_router, anthropic_router, responses_router)
 
 
 def install_api(server: FastAPI, app: App) -> None:
@@ -347,14 +300,6 @@ def install_api(server: FastAPI, app: App) -> None:
     for router in routers:
         server.include_router(router)
     server.include_router(fallback_router)  # last: only what no router above serves
-
-
-def _headers(request: Request) -> dict[str, str]:
-    return {k.lower(): v for k, v in request.headers.items()}
-
-
-def _model_id(name: str) -> str:
-    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
 
 
 def _one_prompt(prompt: str | list[str]) -> str:
@@ -406,19 +351,6 @@ def chat_options(app: App, body) -> dict:
     return {"mode": mode, "character": character}
 
 
-def _preset(app: App, name: str | None) -> Preset | None:
-    """The preset a request names (None if it names none); 404 if there is no such preset."""
-    if name is None:
-        return None
-    try:
-        return app.presets.load(name)
-    except UnsafeName as exc:
-        raise ApiError(400, str(exc), param="preset") from None
-    except PresetError as exc:
-        missing = app.presets.source(name) is None
-        raise ApiError(404 if missing else 400, str(exc), "preset_not_found" if missing else None, "preset") from None
-
-
 def _grammar(app: App, response_format: ResponseFormat) -> str:
     loaded = app.engine.loaded
     if loaded is not None and "grammar" not in loaded.loader.supported_params:
@@ -428,20 +360,3 @@ def _grammar(app: App, response_format: ResponseFormat) -> str:
         return grammar_for(response_format.type, response_format.json_schema)
     except ValueError as exc:
         raise ApiError(400, str(exc), param="response_format") from None
-
-
-def _load_settings(app: App, path: Path, loader_name: str | None, overrides: dict) -> tuple[str, LoadSettings]:
-    """The loader and its settings as the UI would load ``path`` (saved for the model, layered over the command
-    line's: App.choose_loader), with ``overrides`` from the request (never unsafe ones)."""
-    loader_name, settings = app.choose_loader(path, loader_name)
-    known = {f.name: f for f in fields(settings)}
-    for key, value in overrides.items():
-        if any(word in key.lower() for word in NOT_SETTABLE):
-            raise ApiError(403, f"setting {key!r} cannot be set through the API", "setting_not_allowed", key)
-        if key not in known:
-            raise ApiError(400, f"{loader_name} has no setting {key!r} (it has: {', '.join(known)})", param=key)
-        default = getattr(settings, key)
-        if type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
-            raise ApiError(400, f"setting {key!r} must be a {type(default).__name__}", param=key)
-        setattr(settings, key, value)
-    return loader_name, settings
