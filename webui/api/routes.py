@@ -85,6 +85,7 @@ class _Unload(BaseModel):
 def catalog(app: App) -> dict[str, Path]:
     """Model id → path: every model in the models folder (loaded or not), and any loaded from elsewhere."""
     ids = {_model_id(e.name): e.path for e in list_models(app.settings.models_dir)}
+    ids.update(app.remotes.models())  # NAME/model-id of the user's remotes (webui/models/remotes.py)
     for loaded in app.engine.resident:
         ids.setdefault(loaded.model.info.name, loaded.path)
     return ids
@@ -94,11 +95,13 @@ def resolve(app: App, name: str | None) -> Path | None:
     """The path of the model ``name`` (None: no name given); 404 if there is none."""
     if name is None or not name.strip():
         return None
+    ids = catalog(app)
+    if name in ids and "/" in name:  # a remote's NAME/model-id, exactly as listed (never a path or a URL)
+        return ids[name]
     try:
         safe_name(name, "model")
     except UnsafeName as exc:
         raise ApiError(400, str(exc), "invalid_model_name", "model") from None
-    ids = catalog(app)
     path = ids.get(name) or ids.get(_model_id(name))
     if path is None:
         names = ", ".join(sorted(ids)) or "none"
@@ -139,7 +142,7 @@ def model_card(app: App, model_id: str, path: Path) -> dict:
         "id": model_id,
         "object": "model",
         "created": int(path.stat().st_mtime) if path.exists() else 0,
-        "owned_by": "local",
+        "owned_by": f"remote:{model_id.split('/')[0]}" if str(path).startswith("remote:") else "local",
         "loaded": path in loaded,
         "active": active is not None and active.path == path,
     }
