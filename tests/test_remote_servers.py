@@ -17,12 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, collect, free_port, greedy, running_server, write_fake
+from conftest import REPO, cli, collect, free_port, greedy, running_server, write_fake
 from fastapi.testclient import TestClient
 
 from backends.base import CancelToken, ModelLoadError, SamplingParams
 from backends.remote import NAME, RemoteSettings
 from webui.chat.service import TurnOptions
+from webui.models import panel
+from webui.models.catalog import Catalog
 from webui.server import build_api_server
 
 pytestmark = pytest.mark.slow
@@ -85,6 +87,21 @@ def test_a_second_inglenook_lists_loads_and_chats_with_its_own_template(make_fak
     assert app.engine.loaded.model.__class__.__name__ == "RemoteModel"  # in this process: no worker for a remote
     text, last = collect(app.engine.generate("first line\nsecond line", greedy(200)))  # not chat: completions
     assert json.loads(text)["prompt"] == "first line\nsecond line" and last.finish_reason == "stop"
+    # the Model tab: the remote's model in the dropdown, its panel (the URL, never the key), Load
+    catalog = Catalog(app.settings.models_dir, app.remotes)
+    assert "peer/probe" in panel.model_choices(catalog) and panel.current(app, catalog) == ("peer/probe", "peer/probe")
+    shown = panel.info_markdown(app, catalog, "peer/probe", None)
+    assert peer in shown and KEY not in shown
+    app.load_model("hello.fake")
+    labels, natural = panel.loader_choices(app, catalog, "peer/probe")
+    assert natural == NAME and [name for _, name in labels] == [NAME]
+    values = panel.form_values(app, catalog, NAME, "peer/probe")
+    assert panel.load(app, catalog, "peer/probe", "peer/probe", NAME, values).startswith("Loaded peer/probe")
+    # the command line: the same remotes file, another process
+    ran = cli("run", "peer/probe", "Hello from the CLI", "--json", "--user-data", str(app.settings.user_data),
+              "--models-dir", str(app.settings.models_dir), timeout=300)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(json.loads(ran.stdout)["text"])["prompt"] == "Hello from the CLI" and KEY not in ran.stderr
 
 
 def test_sampling_fields_reach_the_server_or_are_reported_ignored(make_fake_app, peer):
