@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -46,6 +46,7 @@ PATH_PREFIX = "remote:"
 KINDS = ("auto", "openai", "vllm", "llama.cpp", "inglenook")
 MAX_UPSTREAM_STOPS = 4  # OpenAI's limit; the rest are applied here
 ERROR_TEXT_LIMIT = 300  # how much of a server's error message is shown
+LOAD_TIMEOUT_S = 15.0  # the longest a load waits for the server's /v1/models
 
 # Sampling fields each kind of server takes, ours → theirs (max_new_tokens and stop always go).
 _OPENAI = {"temperature": "temperature", "top_p": "top_p", "presence_penalty": "presence_penalty",
@@ -440,7 +441,8 @@ class RemoteLoader(Loader):
             raise ModelLoadError(f"{path} is not a remote model (remote:NAME/MODEL)")
         remote = self.remote(parsed[0])
         settings = settings if isinstance(settings, RemoteSettings) else RemoteSettings(n_ctx=settings.n_ctx)
-        client = RemoteClient(remote, settings)
+        # a load asks one quick question: a hung server must not hold the engine for a whole reply's timeout
+        client = RemoteClient(remote, replace(settings, read_timeout_s=min(settings.read_timeout_s, LOAD_TIMEOUT_S)))
         try:
             cards = {c["id"]: c for c in client.models()}
         finally:
