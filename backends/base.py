@@ -366,6 +366,9 @@ class Loader(ABC):
     supported_params: ClassVar[frozenset[str]] = frozenset()
     install_hint: ClassVar[str] = ""
     loads: ClassVar[str] = ""  # what it can load, in words (shown by `inglenook loaders`)
+    # True: nothing native runs in the model (a remote server's HTTP client), so the engine holds it in the
+    # server process and streams it on the caller's thread: no worker process, no decode thread
+    in_process: ClassVar[bool] = False
 
     def available(self) -> str | None:
         """None if the loader's dependencies import; otherwise why not and how to fix it."""
@@ -381,9 +384,13 @@ class Loader(ABC):
     @abstractmethod
     def load(self, path: Path, settings: LoadSettings) -> Model: ...
 
-    def ignored_params(self, params: SamplingParams) -> list[str]:
-        """Parameters the user changed that this loader cannot honour."""
-        return sorted(params.changed() - self.supported_params - {"max_new_tokens", "stop"})
+    def ignored_params(self, params: SamplingParams, model: Model | None = None) -> list[str]:
+        """Parameters the user changed that this loader (or ``model``, where it says what it honours: a remote
+        model honours what its server's kind takes) cannot honour."""
+        supported = getattr(model, "supported_params", None)
+        if not isinstance(supported, frozenset):
+            supported = self.supported_params
+        return sorted(params.changed() - supported - {"max_new_tokens", "stop"})
 
 
 class StopMatcher:

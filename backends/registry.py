@@ -18,8 +18,9 @@ from backends.base import Loader, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-# Registration order is pick order: .gguf -> llama.cpp; a GPTQ folder -> gptq; any other HF folder -> transformers.
-BUILTIN_MODULES = ("backends.llamacpp", "backends.gptq", "backends.transformers")
+# Registration order is pick order: .gguf -> llama.cpp; a GPTQ folder -> gptq; any other HF folder -> transformers;
+# remote:NAME/MODEL (a configured OpenAI-compatible server) -> openai-remote.
+BUILTIN_MODULES = ("backends.llamacpp", "backends.gptq", "backends.transformers", "backends.remote")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from webui.engine import Engine
 from webui.extensions.host import ExtensionHost
 from webui.models.downloads import DownloadManager
 from webui.models.folder import resolve_model
+from webui.models.remotes import Remotes
 from webui.models.settings import UNSAFE_SETTINGS, SavedSettings, build_settings, load_saved
 from webui.paths import UnsafeName
 from webui.presets import PresetStore
@@ -39,12 +40,15 @@ class App:
     downloads: DownloadManager = field(init=False)  # hub downloads into the models folder (UI and API share it)
     presets: PresetStore = field(init=False)  # <user_data>/presets, then the shipped presets/
     chat: Chat = field(init=False)  # every generation: the engine with the enabled extensions' hooks around it
+    remotes: Remotes = field(init=False)  # <user_data>/remotes.yaml: OpenAI-compatible servers, models NAME/model-id
 
     def __post_init__(self) -> None:
         self.characters = CharacterStore(self.settings.user_data / "characters")
         self.presets = PresetStore(self.settings.user_data)
         self.chat = Chat(self.engine, self.history, self.extensions)
         self.downloads = DownloadManager(self.settings.models_dir, self.settings.user_data)
+        self.remotes = Remotes(self.settings.user_data, self.registry)
+        self.remotes.usable()  # hands the configured remotes to the openai-remote loader
 
     @classmethod
     def create(cls, settings: Settings, registry: LoaderRegistry | None = None) -> App:
@@ -100,7 +104,8 @@ class App:
         names inside the models folder, so a remote user cannot probe or load arbitrary files.
         Raises ModelLoadError with a one-line message; the previous model stays loaded.
         """
-        path = resolve_model(spec, self.settings.models_dir, allow_paths=allow_paths)
+        # NAME/model-id of a configured remote first (a name, never a URL), then the models folder
+        path = self.remotes.path_for(spec) or resolve_model(spec, self.settings.models_dir, allow_paths=allow_paths)
         if settings is None:
             loader, settings = self.choose_loader(path, loader)
         else:

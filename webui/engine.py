@@ -192,7 +192,7 @@ class Engine:
                 raise
 
     def ignored_params(self, params: SamplingParams) -> list[str]:
-        return self._loaded.loader.ignored_params(params) if self._loaded else []
+        return self._loaded.loader.ignored_params(params, self._loaded.model) if self._loaded else []
 
     # -- load / unload ----------------------------------------------------------------
     def load(
@@ -337,7 +337,9 @@ class Engine:
         for attempt in range(1, LOAD_ATTEMPTS + 1):
             start = time.perf_counter()
             try:
-                model = WorkerModel(loader, path, settings) if self.workers else loader.load(path, settings)
+                # a loader with nothing native in it (a remote server's client) needs no process of its own
+                isolate = self.workers and not loader.in_process
+                model = WorkerModel(loader, path, settings) if isolate else loader.load(path, settings)
             except WorkerLoadCrashed as exc:
                 self._record_crash(exc.report)
                 if attempt < LOAD_ATTEMPTS:
@@ -434,8 +436,10 @@ class Engine:
             watch = Stopwatch()
             last = Chunk(finish_reason="stop", usage=Usage())
             model = self._loaded.model
-            # a worker decodes on its own one thread; a model in this process on the engine's decode thread
-            chunks = model.generate(prompt, params, cancel) if isinstance(model, WorkerModel) else (
+            # a worker decodes on its own one thread, a remote model streams on this one; a local model in this
+            # process decodes on the engine's decode thread
+            own_thread = isinstance(model, WorkerModel) or self._loaded.loader.in_process
+            chunks = model.generate(prompt, params, cancel) if own_thread else (
                 self._on_decode_thread(model, prompt, params, cancel))  # fmt: skip
             try:
                 for chunk in chunks:

@@ -28,6 +28,7 @@ NOT_SETTABLE = ("remote_code", "pickle", "safetensors", "unsafe", "path", "dir",
 def catalog(app: App) -> dict[str, Path]:
     """Model id → path: every model in the models folder (loaded or not), and any loaded from elsewhere."""
     ids = {model_id(e.name): e.path for e in list_models(app.settings.models_dir)}
+    ids.update(app.remotes.models())  # NAME/model-id of the user's remotes (webui/models/remotes.py)
     for loaded in app.engine.resident:
         ids.setdefault(loaded.model.info.name, loaded.path)
     return ids
@@ -37,11 +38,13 @@ def resolve(app: App, name: str | None) -> Path | None:
     """The path of the model ``name`` (None: no name given); 404 if there is none."""
     if name is None or not name.strip():
         return None
+    ids = catalog(app)
+    if name in ids and "/" in name:  # a remote's NAME/model-id, exactly as listed (never a path or a URL)
+        return ids[name]
     try:
         safe_name(name, "model")
     except UnsafeName as exc:
         raise ApiError(400, str(exc), "invalid_model_name", "model") from None
-    ids = catalog(app)
     path = ids.get(name) or ids.get(model_id(name))
     if path is None:
         names = ", ".join(sorted(ids)) or "none"

@@ -92,7 +92,7 @@ def model_card(app: App, model_id: str, path: Path) -> dict:
         "id": model_id,
         "object": "model",
         "created": int(path.stat().st_mtime) if path.exists() else 0,
-        "owned_by": "local",
+        "owned_by": f"remote:{model_id.split('/')[0]}" if str(path).startswith("remote:") else "local",
         "loaded": path in loaded,
         "active": active is not None and active.path == path,
     }

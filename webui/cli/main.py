@@ -27,6 +27,7 @@ from webui.cli import lab as cli_lab
 from webui.cli import loaders as cli_loaders
 from webui.cli import models as cli_models
 from webui.cli import presets as cli_presets
+from webui.cli import remotes as cli_remotes
 from webui.cli.options import add_model_options, add_models_dir, add_serve_options, settings_from
 from webui.logs import setup_logging
 from webui.paths import UnsafeName
@@ -36,7 +37,7 @@ from webui.templates.render import build_chat_prompt
 
 SUBCOMMANDS = (
     "serve", "run", "chat", "bench", "templates", "characters", "loaders", "presets", "extensions", "models",
-    "pull", "hub", "doctor",
+    "pull", "hub", "doctor", "remotes",
     *cli_lab.COMMANDS,
 )  # fmt: skip
 
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_characters.add_parser(sub)
     cli_loaders.add_parser(sub)
     cli_presets.add_parser(sub)
+    cli_remotes.add_parser(sub)
     cli_extensions.add_parser(sub)
     cli_models.add_parser(sub)
     cli_hub.add_parser(sub)
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_loaders.run(args)
         if args.command == "presets":
             return cli_presets.run(args)
+        if args.command == "remotes":
+            return cli_remotes.run(args)
         if args.command == "extensions":
             return cli_extensions.run(args)
         if args.command == "models":

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from backends.registry import LoaderRegistry
+from backends.remote import NAME as REMOTE_LOADER
 from webui.models.facts import (
     FOLDER_QUANT_SUFFIX,
     GGUF_QUANT_SUFFIX,
@@ -24,6 +25,7 @@ from webui.models.facts import (
     read_json,
 )
 from webui.models.memory import estimate_memory
+from webui.models.remotes import Remotes
 
 
 @dataclass
@@ -91,12 +93,20 @@ def model_name(entry_name: str, is_file: bool) -> str:
 class Catalog:
     """The models folder as models and variants; facts are cached per (path, size, mtime)."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, remotes: Remotes | None = None) -> None:
         self.models_dir = models_dir
+        self.remotes = remotes  # the user's remotes: their models are variants of kind "remote", after the folder's
         self._cache: dict[tuple[str, int, int], tuple[Facts | None, str, list[str]]] = {}
 
     def variants(self) -> list[Variant]:
-        """Every GGUF file and model folder directly inside the models folder, sorted by name."""
+        """Every GGUF file and model folder directly inside the models folder, sorted by name; then the models
+        of the user's remotes (``NAME/model-id``; nothing on disk, no facts)."""
+        found = self._folder_variants()
+        if self.remotes is not None:
+            found += [Variant(name, path, "remote", 0, name) for name, path in sorted(self.remotes.models().items())]
+        return found
+
+    def _folder_variants(self) -> list[Variant]:
         if not self.models_dir.is_dir():
             return []
         found = []
@@ -159,7 +169,7 @@ def _mtime(path: Path) -> int:
     return max((f.stat().st_mtime_ns for f in path.iterdir()), default=path.stat().st_mtime_ns)
 
 
-PREFERRED_LOADER = {"gguf": "llama.cpp", "hf": "transformers", "gptq": "gptq"}
+PREFERRED_LOADER = {"gguf": "llama.cpp", "hf": "transformers", "gptq": "gptq", "remote": REMOTE_LOADER}
 
 
 def loader_options(registry: LoaderRegistry, path: Path) -> list[LoaderOption]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backends.base import LoadSettings, ModelLoadError
+from backends.remote import parse_remote_path
 from webui.access import ADMIN_REFUSAL, is_ui_admin, logins_configured
 from webui.models.catalog import Catalog, Variant, loader_options, natural_loader, variant_report
 from webui.models.memory import available_memory
@@ -112,6 +113,8 @@ def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -
     hit = catalog.find(variant) if variant else None
     if hit is None:
         return ""
+    if hit[1].kind == "remote":
+        return remote_markdown(app, hit[1])
     report = variant_report(hit[1], app.registry, int(n_ctx or app.settings.n_ctx), available_memory())
     if report["error"]:
         return f"⚠️ **{hit[1].name}** cannot be read: {report['error']}"
@@ -121,6 +124,22 @@ def info_markdown(app: App, catalog: Catalog, variant: str, n_ctx: int | None) -
         # what the load chose for llama.cpp's extra buffer types (AMX, repacking) and why (webui/hardware.py)
         lines.append(f"extra buffer types (this load): {loaded.metadata['inglenook.extra_buffer_types']}")
     return "\n".join(f"- {line}" for line in lines) + provenance_markdown(hit[1].path)
+
+
+def remote_markdown(app: App, variant: Variant) -> str:
+    """A remote model's panel: where it is served (never the key) and, once loaded, what the server said."""
+    name = variant.name.split("/", 1)[0]
+    try:
+        remote = app.remotes.get(name)
+    except ValueError as exc:
+        return f"⚠️ {exc}"
+    lines = [f"{variant.name} — served by remote **{remote.name}** at `{remote.url}`",
+             f"kind: {remote.kind}; prompts: {'the server’s chat template' if remote.chat else 'rendered here'}",
+             f"API key: {'yes' if remote.api_key else 'no'}", "runs on the remote server: no local memory needed"]
+    loaded = app.engine.resident_info(variant.path)
+    if loaded is not None:
+        lines.append(f"loaded: context {loaded.context_length}, kind {loaded.metadata.get('remote.kind', '?')}")
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def provenance_markdown(path: Path) -> str:
@@ -194,7 +213,8 @@ def current(app: App, catalog: Catalog) -> tuple[str | None, str | None]:
     loaded = app.engine.loaded
     if loaded is None:
         return None, None
-    hit = catalog.find(loaded.path.name)
+    remote = parse_remote_path(loaded.path)  # a remote model goes by NAME/model-id, not by its path's last part
+    hit = catalog.find(loaded.model.info.name if remote else loaded.path.name)
     return (hit[0].name, hit[1].name) if hit else (loaded.path.name, None)
 
 

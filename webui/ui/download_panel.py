@@ -105,7 +105,7 @@ def downloads_markdown(jobs: list[dict]) -> str:
 
 def build_download_panel(app: App, model_dropdown: gr.Dropdown) -> None:
     """The panel, wired; ``model_dropdown`` gets the new model in its choices when a download finishes."""
-    catalog = Catalog(app.settings.models_dir)
+    catalog = Catalog(app.settings.models_dir, app.remotes)
     config0 = HubConfig.load(app.settings.user_data)
     with gr.Accordion("Download models from Hugging Face", open=False, elem_id="download-panel"):
         status = gr.Markdown(_status_line(config0), elem_id="hub-status")

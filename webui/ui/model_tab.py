@@ -32,7 +32,7 @@ def _widget(field, interactive: bool):
 
 def build_model_tab(app: App, on_change) -> tuple:
     """The model row. ``on_change(app)`` gives the header updates after a load/unload; returns (status, outputs)."""
-    catalog = Catalog(app.settings.models_dir)
+    catalog = Catalog(app.settings.models_dir, app.remotes)
     fields = core.all_fields(app)
     model0, variant0 = core.current(app, catalog)
     loaders0, loader0 = core.loader_choices(app, catalog, variant0 or "")

@@ -12,6 +12,8 @@ A `.fake` file is JSON (every key optional)::
      "token_delay_ms": 0,                 # time per token (a slow model, for cancel and streaming tests)
      "echo_params": false,                # true: the reply is the JSON of the sampling parameters it got
                                           # (those that differ from neutral), to test which ones reach a model
+     "echo_prompt": false,                # true: the reply is {"prompt": the prompt as rendered, "params": ...}
+                                          # (how a server behind a remote rendered the messages it got)
      "crash": ""}                         # "load", "token:N" (after N tokens), "abort:N": the process dies
 
 Tokens are UTF-8 bytes for tokenize/detokenize (exact and reversible); a reply streams word by word.
@@ -89,8 +91,11 @@ class FakeModel(Model):
         return bytes(tokens).decode("utf-8", errors="replace")
 
     def _reply(self, prompt: str, params: SamplingParams) -> str:
+        changed = {k: getattr(params, k) for k in sorted(params.changed())}
+        if self.script.get("echo_prompt"):
+            return json.dumps({"prompt": prompt, "params": changed}, sort_keys=True)
         if self.script.get("echo_params"):
-            return json.dumps({k: getattr(params, k) for k in sorted(params.changed())}, sort_keys=True)
+            return json.dumps(changed, sort_keys=True)
         replies = self.script.get("replies")
         if replies and not params.greedy:
             return random.Random(params.seed if params.seed >= 0 else None).choice(replies)
