@@ -30,7 +30,7 @@ from pathlib import Path
 from backends.base import ModelInfo
 from backends.gbnf import grammar_problem
 from webui.templates.library import PRESETS_DIR
-from webui.templates.render import TemplateError, select_template
+from webui.templates.render import TemplateError, renders_tools, select_template
 
 HERMES, LLAMA3, MISTRAL, GENERIC = "hermes", "llama3", "mistral", "generic"
 FORMATS = (HERMES, LLAMA3, MISTRAL, GENERIC)
@@ -179,11 +179,6 @@ def _native_format(template: str) -> str:
     return GENERIC
 
 
-def template_uses_tools(template: str) -> bool:
-    """Whether a chat template renders the ``tools`` variable itself."""
-    return re.search(r"\btools\b", template) is not None
-
-
 def tool_format(info: ModelInfo, choice: str | None = None, presets: Path = PRESETS_DIR) -> tuple[str, bool]:
     """(the family format for ``info``'s replies, whether its template renders the tools itself)."""
     try:
@@ -191,7 +186,7 @@ def tool_format(info: ModelInfo, choice: str | None = None, presets: Path = PRES
     except TemplateError:
         return GENERIC, False
     if chosen.chosen_by.startswith("chat template in the model file"):
-        native = template_uses_tools(chosen.text)
+        native = renders_tools(chosen.text)
         return (_native_format(chosen.text) if native else GENERIC), native
     return _LIBRARY_FORMATS.get(chosen.name, GENERIC), False
 

@@ -361,13 +361,13 @@ def build_chat_prompt(
     for every other template). A leading BOS token is removed from the text: the loaders add BOS when they
     tokenize, and a second one degrades many models.
     """
-    native = tools is not None or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+    chosen = select_template(info, choice, presets)
+    native = renders_tools(chosen.text)  # a template that takes tool results and calls as they are
     for m in messages:
         if m.get("role") not in ROLES and not (native and m.get("role") == "tool"):
             raise ValueError(f"unknown message role {m.get('role')!r}")
         if not isinstance(m.get("content"), str) and not (native and m.get("tool_calls")):
             raise ValueError(f"a {m['role']} message has no text content")
-    chosen = select_template(info, choice, presets)
     tokens = {"bos_token": info.bos_token, "eos_token": info.eos_token}
     text = render(
         chosen.text, messages, name=chosen.name, add_generation_prompt=add_generation_prompt, tools=tools, **tokens
@@ -375,6 +375,11 @@ def build_chat_prompt(
     if info.bos_token and text.startswith(info.bos_token):
         text = text[len(info.bos_token) :]
     return Prompt(text, list(_cached_stops(chosen.text, chosen.name, **tokens)), chosen.name, chosen.chosen_by)
+
+
+def renders_tools(template: str) -> bool:
+    """Whether a chat template renders the ``tools`` variable itself (then it also takes ``tool`` messages)."""
+    return re.search(r"\btools\b", template) is not None
 
 
 @lru_cache(maxsize=64)
