@@ -338,6 +338,7 @@ def uses_tools(messages: list[dict], tools: list[Tool]) -> bool:
 # -- out of the reply --------------------------------------------------------------------------------------
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+_BEGUN_CALL = re.compile(r'^(\{\s*"(name|tool_calls|function)"|\[\s*\{\s*"name")')
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -376,16 +377,22 @@ def _calls_from_json(text: str, wrapper: str | None) -> list[ToolCall] | None:
     try:
         values = _json_values(body)
     except ValueError:
+        if _BEGUN_CALL.match(body):  # a call was begun but is broken: never taken for plain text
+            raise ToolCallError(f"the model's tool call is not valid JSON: {body[:200]!r}") from None
         return None
     items: list[object] = []
+    wrapped = False
     for value in values:
         if wrapper and isinstance(value, dict) and isinstance(value.get(wrapper), list):
             items.extend(value[wrapper])
+            wrapped = True
         elif isinstance(value, list):
             items.extend(value)
         else:
             items.append(value)
     if not items or not all(isinstance(i, dict) and ("name" in i or "function" in i) for i in items):
+        if wrapped:  # {"tool_calls": [...]} is a call by its shape: a nameless one is broken, not content
+            raise ToolCallError(f"a tool call has no function name: {body[:200]!r}")
         return None
     return [_call(i) for i in items]
 
@@ -517,6 +524,18 @@ def _safe_end(text: str, marker: str, start: int) -> int:
         if marker.startswith(text[len(text) - keep :]):
             return len(text) - keep
     return len(text)
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """What a face needs to turn one reply's text into calls: the tools, the choice, and the reply's format."""
+
+    tools: tuple[Tool, ...]
+    choice: ToolChoice
+    fmt: str
+
+    def filter(self) -> CallFilter:
+        return CallFilter(self.fmt, list(self.tools), self.choice)
 
 
 def argument_fragments(arguments: str, size: int = 16) -> list[str]:
