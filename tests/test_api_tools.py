@@ -110,6 +110,9 @@ def test_arguments_that_fail_the_schema_are_an_error_the_client_sees(served):
     assert "get_weather does not match its schema at city: 5 is not of type 'string'" in caught.value.message
     with pytest.raises(openai.APIError, match="does not match its schema"):
         list(served.chat.completions.create(model="badcaller", messages=ASK, tools=TOOLS, stream=True))
+    served.use("caller")
+    with pytest.raises(openai.UnprocessableEntityError, match="reached max_tokens in the middle of a tool call"):
+        served.chat.completions.create(model="caller", messages=ASK, tools=TOOLS, max_tokens=4)
     served.use("hello")
     with pytest.raises(openai.UnprocessableEntityError, match="a tool call was required"):
         served.chat.completions.create(model="hello", messages=ASK, tools=TOOLS, tool_choice="required")
@@ -134,24 +137,43 @@ def test_a_bad_schema_or_tool_choice_is_a_400_in_openais_shape(served, extra, pa
     assert caught.value.body["type"] == "invalid_request_error"
 
 
+def _langchain_tool_call(base_url: str, model: str, **client) -> dict:
+    """One ``ChatOpenAI(...).bind_tools([...], tool_choice="required").invoke(...)``: the call it returns."""
+    langchain_openai = pytest.importorskip("langchain_openai")  # pinned in the test extra
+
+    llm = langchain_openai.ChatOpenAI(base_url=base_url, api_key="x", model=model, temperature=0, max_tokens=60,
+                                      max_retries=0, **client)  # fmt: skip
+    message = llm.bind_tools(TOOLS, tool_choice="required", parallel_tool_calls=False).invoke(ASK[0]["content"])
+    assert len(message.tool_calls) == 1, message
+    return message.tool_calls[0]
+
+
+def test_langchain_openai_bind_tools_gets_a_tool_call(fake_models, make_fake_app):
+    write_fake(fake_models, "caller", reply=CALL)
+    app = make_fake_app(model="caller.fake")
+    with TestClient(build_api_server(app)) as http:
+        call = _langchain_tool_call("http://testserver/v1", "caller", http_client=http)
+    assert call["name"] == "get_weather" and call["args"] == {"city": "Paris", "unit": "celsius"}
+    assert call["id"].startswith("call_")
+
+
 # -- the real model --------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_the_embedded_gemma_returns_a_valid_call_when_one_is_required(models_dir, tmp_path):
+    """The grammar makes even the 270M gemma answer with a call that parses and validates (about 30 tokens)."""
     from api_fixtures import GEMMA, serve
 
     with serve(models_dir, tmp_path / "user_data") as server:
-        client = server.client()
-        r = client.chat.completions.create(model=GEMMA, messages=ASK, tools=TOOLS, tool_choice="required",
-                                           parallel_tool_calls=False, max_tokens=60, temperature=0)  # fmt: skip
+        r = server.client().chat.completions.create(
+            model=GEMMA, messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=60,
+            temperature=0,
+        )  # fmt: skip
         assert r.choices[0].finish_reason == "tool_calls", r
         (call,) = r.choices[0].message.tool_calls
         assert call.function.name == "get_weather"
         jsonschema.validate(json.loads(call.function.arguments), WEATHER_SCHEMA)
-        stream = client.chat.completions.create(model=GEMMA, messages=ASK, tools=TOOLS, tool_choice="required",
-                                                parallel_tool_calls=False, max_tokens=60, temperature=0,
-                                                stream=True)  # fmt: skip
-        arguments = "".join(p.function.arguments or "" for c in stream if c.choices
-                            for p in c.choices[0].delta.tool_calls or [])  # fmt: skip
-        assert json.loads(arguments) == json.loads(call.function.arguments)  # greedy: the same call
+        via_langchain = _langchain_tool_call(f"{server.url}/v1", GEMMA)  # langchain-openai, unchanged
+        assert via_langchain["name"] == "get_weather"
+        jsonschema.validate(via_langchain["args"], WEATHER_SCHEMA)

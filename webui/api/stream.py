@@ -213,7 +213,7 @@ class Shape:
         if self.tools is not None:
             calls = self.tools.filter()
             content = calls.feed(final.text)
-            parsed = calls.finish()
+            parsed = calls.finish(final.finish_reason)
             choice = self.choice(content + parsed.content, _finish(final.finish_reason, bool(parsed.calls)), False,
                                  final.logprobs)  # fmt: skip
             if parsed.calls:
@@ -295,7 +295,7 @@ async def _stream(pump: Pump, shape: Shape, first: tuple | Reply, record: Callab
         parsed = Parsed("")
         if not final.error and calls is not None:
             try:
-                parsed = calls.finish()
+                parsed = calls.finish(final.finish_reason)
             except ToolCallError as exc:
                 final = replace(final, error=str(exc), failure=exc)
         if final.error:

@@ -506,12 +506,21 @@ class CallFilter:
         self.released = max(self.released, end)
         return out
 
-    def finish(self) -> Parsed:
-        """The held text parsed: the rest of the content, and the calls (validated)."""
+    def finish(self, finish_reason: str | None = None) -> Parsed:
+        """The held text parsed: the rest of the content, and the calls (validated). ``finish_reason``
+        ``length`` turns a broken call into the reason: the reply was cut off in the middle of it."""
         held = self.text[self.released :]
         if self.content_only and self.fmt != HERMES:
             return Parsed(held)
-        return finish_calls(held, self.fmt, self.tools, self.choice)
+        try:
+            return finish_calls(held, self.fmt, self.tools, self.choice)
+        except ToolCallError as exc:
+            if finish_reason != "length":
+                raise
+            raise ToolCallError(
+                f"the reply reached max_tokens in the middle of a tool call; raise max_tokens (or set "
+                f"parallel_tool_calls false when a small model repeats its call) ({exc})"
+            ) from None
 
 
 def _safe_end(text: str, marker: str, start: int) -> int:
