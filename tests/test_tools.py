@@ -132,6 +132,17 @@ def test_bad_tools_are_refused_with_the_reason(raw, message):
         parse_tools(raw)
 
 
+def test_flat_tools_of_the_responses_and_anthropic_apis_are_read_too():
+    flat = parse_tools(
+        [
+            {"type": "function", "name": "get_time", "parameters": {"type": "object"}},
+            {"name": "get_weather", "description": "d", "input_schema": WEATHER["function"]["parameters"]},
+        ]
+    )
+    assert [t.name for t in flat] == ["get_time", "get_weather"]
+    assert flat[1].parameters == TOOLS[0].parameters and flat[1].as_dict()["function"]["description"] == "d"
+
+
 def test_tool_choice_is_checked_against_the_tools():
     assert parse_tool_choice(None, TOOLS) == ToolChoice("auto")
     assert parse_tool_choice(None, []).mode == "none"

@@ -101,7 +101,8 @@ class Parsed:
 
 
 def parse_tools(raw: list | None) -> list[Tool]:
-    """:class:`Tool` s from OpenAI's ``tools`` list; a malformed tool or a schema that is not a valid JSON Schema
+    """:class:`Tool` s from OpenAI's ``tools`` list (or the flat ``{"name", "description", "parameters" |
+    "input_schema"}`` of the Responses and Anthropic APIs); a malformed tool or a schema that is not a valid JSON Schema
     raises :class:`ToolError` naming it."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
@@ -113,9 +114,9 @@ def parse_tools(raw: list | None) -> list[Tool]:
     tools: list[Tool] = []
     for i, item in enumerate(raw):
         where = f"tools[{i}]"
-        if not isinstance(item, dict) or item.get("type", "function") != "function":
+        if not isinstance(item, dict) or item.get("type", "function") not in ("function", "custom"):
             raise ToolError(f"{where}: only tools of type 'function' are supported")
-        function = item.get("function", item)  # also the flat {"name", "parameters"} shape
+        function = item.get("function", item)  # also flat: Responses' {"name", "parameters"}, Anthropic's too
         if not isinstance(function, dict):
             raise ToolError(f"{where}.function must be an object")
         name = function.get("name")
@@ -123,7 +124,7 @@ def parse_tools(raw: list | None) -> list[Tool]:
             raise ToolError(f"{where}.function.name must be 1-64 letters, digits, '_', '-' or '.'")
         if any(t.name == name for t in tools):
             raise ToolError(f"{where}: two tools are named {name!r}")
-        params = function.get("parameters")
+        params = function.get("parameters", function.get("input_schema"))  # input_schema: Anthropic's name
         if params is None:
             params = {"type": "object", "properties": {}}
         if not isinstance(params, dict):
