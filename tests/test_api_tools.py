@@ -93,6 +93,27 @@ def test_tool_results_and_earlier_calls_in_the_history_are_accepted(served):
     assert plain.choices[0].message.content == r.choices[0].message.content
 
 
+def test_a_model_whose_template_renders_tools_is_read_in_its_own_format(fake_models, make_fake_app):
+    """A Qwen-style model: its template gets the tools, and its ``<tool_call>`` reply becomes tool_calls."""
+    from test_tools import QWEN_NATIVE
+
+    reply = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    write_fake(fake_models, "qwenish", reply=reply, chat_template=QWEN_NATIVE)
+    app = make_fake_app(model="qwenish.fake")
+    with TestClient(build_api_server(app)) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+        r = client.chat.completions.create(model="qwenish", messages=ASK, tools=TOOLS)
+        streamed = list(client.chat.completions.create(model="qwenish", messages=ASK, tools=TOOLS, stream=True))
+    message = r.choices[0].message
+    assert message.content == "Checking." and r.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("get_weather", {"city": "Oslo"})
+    ]
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == "Checking."  # the text before the call streams as content, the tag never does
+    assert "<tool_call>" not in text
+
+
 def test_text_without_a_call_stays_content_with_auto(served):
     served.use("hello")
     r = served.chat.completions.create(model="hello", messages=ASK, tools=TOOLS)

@@ -492,8 +492,11 @@ class CallFilter:
             return self._release(len(self.text))
         if self.choice.forced:
             return ""
-        if self.fmt == HERMES:
-            return self._release(_safe_end(self.text, "<tool_call>", self.released))
+        if self.fmt == HERMES:  # whitespace is held too: before a call it is not content
+            end = _safe_end(self.text, "<tool_call>", self.released)
+            while end > self.released and self.text[end - 1].isspace():
+                end -= 1
+            return self._release(end)
         stripped = self.text[self.released :].lstrip()
         if not stripped:
             return ""
