@@ -171,6 +171,34 @@ def test_the_stream_filter_shows_text_at_once_and_holds_what_may_be_a_call():
     assert parsed.content == "" and [c.name for c in parsed.calls] == ["get_time"]
 
 
+@pytest.mark.parametrize(
+    ("fmt", "pieces"),
+    [
+        (GENERIC, ['{"tool_calls": [{"name": "get_weather", "argu', 'ments": {"city": "Pa', 'ris \\"}\\" {x}"}}, ',
+                   '{"name": "get_time", "arguments": {}}]}']),
+        (HERMES, ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', 'ris \\"}\\" {x}"}}\n</tool_call>',
+                  '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>']),
+    ],
+)  # fmt: skip
+def test_calls_stream_as_they_are_written_and_join_to_the_parsed_calls(fmt, pieces):
+    calls = CallFilter(fmt, TOOLS, REQUIRED)
+    seen = []
+    for piece in pieces:
+        assert calls.feed(piece) == ""
+        seen.append(calls.progress())
+    first = next(step for step in seen if step)  # announced once its arguments begin
+    assert first[0].name == "get_weather" and first[0].id.startswith("call_")
+    assert "".join(d.arguments for d in first) == '{"city": "Pa'  # a fragment before the call is complete
+    parsed = calls.finish()
+    assert calls.rest(parsed) == []  # everything went out live
+    deltas = [d for step in seen for d in step]
+    for index, call in enumerate(parsed.calls):
+        mine = [d for d in deltas if d.index == index]
+        assert (mine[0].id, mine[0].name) == (call.id, call.name)
+        assert "".join(d.arguments for d in mine) == call.arguments
+    assert json.loads(parsed.calls[0].arguments) == {"city": 'Paris "}" {x}'}
+
+
 def _info(**kw) -> ModelInfo:
     return ModelInfo(name="m", loader="fake", path="m", architecture=kw.pop("architecture", "fake"), **kw)
 

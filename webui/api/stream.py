@@ -22,7 +22,7 @@ from backends.base import CancelToken, Usage
 from webui.api.auth import error_body
 from webui.api.errors import error_response, status_of
 from webui.chat.reply import Reply
-from webui.chat.tools import Parsed, ToolCallError, ToolUse, argument_fragments, new_call_id
+from webui.chat.tools import CallDelta, Parsed, ToolCallError, ToolUse
 
 RECENT = 32  # finished generations kept for /v1/internal/generations
 DISCONNECT_POLL_S = 0.02
@@ -204,6 +204,17 @@ class Shape:
             "text_offset": offsets,
         }
 
+    def tool_delta(self, piece: CallDelta) -> dict:
+        """A chunk carrying a piece of a call as OpenAI streams it: ``delta.tool_calls`` with the call's index,
+        its id, type and name in the first piece, then fragments of its arguments."""
+        call: dict = {"index": piece.index}
+        if piece.id is not None:
+            call.update(id=piece.id, type="function", function={"name": piece.name, "arguments": piece.arguments})
+        else:
+            call["function"] = {"arguments": piece.arguments}
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None, "logprobs": None}
+        return self.envelope([choice], True)
+
     def envelope(self, choices: list[dict], streaming: bool) -> dict:
         kind = ("chat.completion.chunk" if streaming else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
@@ -213,6 +224,7 @@ class Shape:
         if self.tools is not None:
             calls = self.tools.filter()
             content = calls.feed(final.text)
+            calls.progress()  # the same ids and argument text as a stream would send
             parsed = calls.finish(final.finish_reason)
             choice = self.choice(content + parsed.content, _finish(final.finish_reason, bool(parsed.calls)), False,
                                  final.logprobs)  # fmt: skip
@@ -290,6 +302,8 @@ async def _stream(pump: Pump, shape: Shape, first: tuple | Reply, record: Callab
             text = calls.feed(item[0]) if calls is not None else item[0]
             if text:  # held back while it may be a tool call
                 yield _sse(shape.envelope([shape.choice(text, None, True, item[1] if text == item[0] else [])], True))
+            for delta in calls.progress() if calls is not None else ():  # calls as they are written
+                yield _sse(shape.tool_delta(delta))
             item = await pump.next()
         final = item
         parsed = Parsed("")
@@ -307,9 +321,8 @@ async def _stream(pump: Pump, shape: Shape, first: tuple | Reply, record: Callab
         else:
             if parsed.content:
                 yield _sse(shape.envelope([shape.choice(parsed.content, None, True)], True))
-            for delta in tool_call_deltas(parsed):
-                yield _sse(shape.envelope([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}],
-                                          True))  # fmt: skip
+            for delta in calls.rest(parsed) if calls is not None else ():  # calls that did not stream live
+                yield _sse(shape.tool_delta(delta))
             end = shape.envelope([shape.choice(None, _finish(final.finish_reason, bool(parsed.calls)), True)], True)
             end["timings"] = timings_body(final.usage, final.finish_reason)
             yield _sse(shape._notes(end, final))
@@ -324,19 +337,6 @@ async def _stream(pump: Pump, shape: Shape, first: tuple | Reply, record: Callab
             record(final, pump)
         else:
             asyncio.get_running_loop().run_in_executor(None, _record_when_ended, pump, record)
-
-
-def tool_call_deltas(parsed: Parsed) -> list[dict]:
-    """The ``delta`` s that stream ``parsed`` 's calls as OpenAI does: per call, a first fragment with its index, id,
-    type and name (arguments empty), then its arguments in fragments that join to the JSON string."""
-    deltas = []
-    for index, call in enumerate(parsed.calls):
-        head = {"index": index, "id": call.id or new_call_id(), "type": "function",
-                "function": {"name": call.name, "arguments": ""}}  # fmt: skip
-        deltas.append({"tool_calls": [head]})
-        for piece in argument_fragments(call.arguments):
-            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    return deltas
 
 
 def _record_when_ended(pump: Pump, record: Callable) -> None:

@@ -471,12 +471,44 @@ _OPENERS = {HERMES: ("<tool_call>",), MISTRAL: ("[TOOL_CALLS]", "["), LLAMA3: ("
             GENERIC: ("{", "```")}  # fmt: skip
 
 
+@dataclass
+class CallDelta:
+    """A piece of a streamed call: its first piece has ``id`` and ``name``; ``arguments`` is the next fragment of
+    its JSON arguments (the fragments of one call join to its ``ToolCall.arguments``)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
+class _Live:
+    """A call whose arguments are streaming: where they start in the text, how far they were sent and scanned."""
+
+    id: str
+    name: str
+    start: int
+    sent: int
+    scanned: int
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+    end: int | None = None  # once the arguments' JSON value is complete
+
+
+# a call's name and the start of its arguments object, as the families (and the grammar) write them
+_LIVE_HEAD = re.compile(r'"name"\s*:\s*"([A-Za-z0-9_.-]{1,64})"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
+
+
 class CallFilter:
     """Decides, as a reply streams in, which text is plain content (released at once) and which may be a call
-    (held until the reply ends, then parsed by :func:`finish_calls`).
+    (held, and parsed by :func:`finish_calls` when the reply ends).
 
     With a forced choice everything is held. Otherwise text is held while it could still be the start of a
     call in ``fmt``; Hermes replies may write text before their ``<tool_call>``, so only from the tag on is held.
+    Calls in the held text stream as they are written (:meth:`progress`): a call's name once its arguments
+    begin, then its arguments as they grow; they are validated when the reply ends.
     """
 
     def __init__(self, fmt: str, tools: list[Tool], choice: ToolChoice) -> None:
@@ -484,6 +516,7 @@ class CallFilter:
         self.text = ""
         self.released = 0  # characters of ``text`` given out as content
         self.content_only = choice.mode == "none"
+        self.live: list[_Live] = []
 
     def feed(self, delta: str) -> str:
         """Add ``delta``; return the content that can be shown now."""
@@ -510,14 +543,64 @@ class CallFilter:
         self.released = max(self.released, end)
         return out
 
+    def progress(self) -> list[CallDelta]:
+        """The pieces of calls written since the last call: new calls (id, name) and argument fragments."""
+        if self.content_only:
+            return []
+        out: list[CallDelta] = []
+        while True:
+            if self.live and self.live[-1].end is None:
+                self._scan(self.live[-1])
+            current = self.live[-1] if self.live else None
+            if current is not None:
+                upto = current.end if current.end is not None else len(self.text)
+                if upto > current.sent:
+                    out.append(CallDelta(len(self.live) - 1, arguments=self.text[current.sent : upto]))
+                    current.sent = upto
+                if current.end is None:
+                    return out
+            if len(self.live) >= (MAX_PARALLEL_CALLS if self.choice.parallel else 1):
+                return out
+            head = _LIVE_HEAD.search(self.text, max(self.released, current.end if current else 0))
+            if head is None:
+                return out
+            at = head.end()
+            self.live.append(_Live(new_call_id(), head.group(1), at, at, at))
+            out.append(CallDelta(len(self.live) - 1, self.live[-1].id, head.group(1)))
+
+    def _scan(self, live: _Live) -> None:
+        """Follow the arguments' JSON value (strings, escapes, nesting) to its end, as far as the text goes."""
+        text, i = self.text, live.scanned
+        while i < len(text):
+            c = text[i]
+            i += 1
+            if live.in_string:
+                if live.escaped:
+                    live.escaped = False
+                elif c == "\\":
+                    live.escaped = True
+                elif c == '"':
+                    live.in_string = False
+            elif c == '"':
+                live.in_string = True
+            elif c in "{[":
+                live.depth += 1
+            elif c in "}]":
+                live.depth -= 1
+                if live.depth == 0:
+                    live.end = i
+                    break
+        live.scanned = i
+
     def finish(self, finish_reason: str | None = None) -> Parsed:
-        """The held text parsed: the rest of the content, and the calls (validated). ``finish_reason``
-        ``length`` turns a broken call into the reason: the reply was cut off in the middle of it."""
+        """The held text parsed: the rest of the content, and the calls (validated; those that streamed keep
+        their ids and their arguments as sent). ``finish_reason`` ``length`` turns a broken call into the
+        reason: the reply was cut off in the middle of it."""
         held = self.text[self.released :]
         if self.content_only and self.fmt != HERMES:
             return Parsed(held)
         try:
-            return finish_calls(held, self.fmt, self.tools, self.choice)
+            parsed = finish_calls(held, self.fmt, self.tools, self.choice)
         except ToolCallError as exc:
             if finish_reason != "length":
                 raise
@@ -525,6 +608,29 @@ class CallFilter:
                 f"the reply reached max_tokens in the middle of a tool call; raise max_tokens (or set "
                 f"parallel_tool_calls false when a small model repeats its call) ({exc})"
             ) from None
+        for i, live in enumerate(self.live):
+            sent = self.text[live.start : live.sent]
+            call = parsed.calls[i] if i < len(parsed.calls) else None
+            if call is None or call.name != live.name or live.end is None or not _same_json(sent, call.arguments):
+                raise ToolCallError(f"the streamed call to {live.name} does not match the reply's calls when parsed")
+            parsed.calls[i] = ToolCall(live.id, live.name, sent)
+        return parsed
+
+    def rest(self, parsed: Parsed) -> list[CallDelta]:
+        """What of ``parsed`` (from :meth:`finish`) has not streamed yet: the calls that did not stream live,
+        each as a first piece (id, name) and its arguments in fragments."""
+        out: list[CallDelta] = []
+        for index, call in enumerate(parsed.calls[len(self.live) :], start=len(self.live)):
+            out.append(CallDelta(index, call.id, call.name))
+            out.extend(CallDelta(index, arguments=piece) for piece in argument_fragments(call.arguments))
+        return out
+
+
+def _same_json(a: str, b: str) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
 
 
 def _safe_end(text: str, marker: str, start: int) -> int:
