@@ -53,6 +53,7 @@ from webui.app import App
 from webui.chat.reply import Reply, throttle
 from webui.chat.sampling import resolve_params, rule_settings
 from webui.chat.service import TurnOptions
+from webui.chat.tools import ToolError, ToolUse, parse_tool_choice, parse_tools, tool_format, tool_grammar
 from webui.paths import UnsafeName
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -142,12 +143,14 @@ async def start(app: App, record: Generations, body: ChatRequest | CompletionReq
     params, ignored = request_params(app, body, info)
     if body.response_format is not None and body.response_format.type != "text":
         params.grammar = _grammar(app, body.response_format)
+    tool_use = _tool_use(app, body, info, params) if chat else None
     params.logprobs = _logprobs_wanted(body)
     if params.logprobs >= 0 and "logprobs" not in app.registry.get(info.loader).supported_params:
         raise ApiError(400, f"logprobs are not available from the {info.loader} loader", param="logprobs")
     cancel = CancelToken()
     gen_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    turn = TurnOptions(model=info, cancel=cancel, **options)
+    tools = {"tools": tool_use.tools, "tool_choice": tool_use.choice} if tool_use else {}
+    turn = TurnOptions(model=info, cancel=cancel, **options, **tools)
     if chat:
         replies = app.chat.stream(chat_messages(body), params, turn)
         echo = ""
@@ -156,7 +159,8 @@ async def start(app: App, record: Generations, body: ChatRequest | CompletionReq
         replies = app.chat.complete(prompt, params, turn)
         echo = prompt if body.echo else ""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    shape = Shape(chat, gen_id, info.name, int(time.time()), include_usage, ignored, echo, params.logprobs >= 0)
+    shape = Shape(chat, gen_id, info.name, int(time.time()), include_usage, ignored, echo, params.logprobs >= 0,
+                  tool_use)  # fmt: skip
     pump = Pump(throttle(replies, app.settings.stream_interval_s), cancel)  # a few tokens per SSE event
 
     def done(final: Reply, p: Pump) -> None:
@@ -349,6 +353,28 @@ def chat_options(app: App, body) -> dict:
     if mode != INSTRUCT and character is None:
         raise ApiError(400, f"mode {mode!r} needs a character", param="character")
     return {"mode": mode, "character": character}
+
+
+def _tool_use(app: App, body: ChatRequest, info: ModelInfo, params: SamplingParams) -> ToolUse | None:
+    """The request's tools and tool_choice, checked (a bad schema or choice is a 400), with the reply's format for
+    the model; a forced call (``required`` or a named function) sets a grammar where the loader takes one."""
+    try:
+        tools = parse_tools(body.tools)
+        choice = parse_tool_choice(body.tool_choice, tools, body.parallel_tool_calls)
+    except ToolError as exc:
+        raise ApiError(400, str(exc), param="tool_choice" if str(exc).startswith("tool_choice") else "tools") from None
+    if not tools:
+        return None  # tool results in the history still reach the prompt (webui.chat.tools.prepare)
+    fmt, _native = tool_format(info, None)
+    if choice.forced and "grammar" in app.registry.get(info.loader).supported_params:
+        if params.grammar:
+            raise ApiError(400, "a required tool call cannot be combined with grammar or response_format",
+                           param="tool_choice")  # fmt: skip
+        try:
+            params.grammar = tool_grammar(tools, fmt, choice)
+        except ToolError as exc:
+            raise ApiError(400, str(exc), param="tools") from None
+    return ToolUse(tuple(tools), choice, fmt)
 
 
 def _grammar(app: App, response_format: ResponseFormat) -> str:

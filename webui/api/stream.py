@@ -22,6 +22,7 @@ from backends.base import CancelToken, Usage
 from webui.api.auth import error_body
 from webui.api.errors import error_response, status_of
 from webui.chat.reply import Reply
+from webui.chat.tools import CallDelta, Parsed, ToolCallError, ToolUse
 
 RECENT = 32  # finished generations kept for /v1/internal/generations
 DISCONNECT_POLL_S = 0.02
@@ -152,8 +153,13 @@ def timings_body(usage: Usage | None, finish_reason: str | None) -> dict:
     }
 
 
-def _finish(reason: str | None) -> str:
+def _finish(reason: str | None, calls: bool = False) -> str:
+    if calls:
+        return "tool_calls"
     return "length" if reason == "length" else "stop"
+
+
+INVALID_CALL = 422  # the model's call does not parse or match its schema (not retried by clients, unlike 5xx)
 
 
 @dataclass
@@ -168,6 +174,7 @@ class Shape:
     ignored: list[str]
     echo: str = ""
     logprobs: bool = False
+    tools: ToolUse | None = None  # chat with tools: the reply's calls are parsed out of its text
 
     def choice(self, text: str | None, finish: str | None, delta: bool, logprobs: list[dict] | None = None) -> dict:
         lp = self._logprobs(logprobs or []) if self.logprobs and text is not None else None
@@ -197,12 +204,35 @@ class Shape:
             "text_offset": offsets,
         }
 
+    def tool_delta(self, piece: CallDelta) -> dict:
+        """A chunk carrying a piece of a call as OpenAI streams it: ``delta.tool_calls`` with the call's index,
+        its id, type and name in the first piece, then fragments of its arguments."""
+        call: dict = {"index": piece.index}
+        if piece.id is not None:
+            call.update(id=piece.id, type="function", function={"name": piece.name, "arguments": piece.arguments})
+        else:
+            call["function"] = {"arguments": piece.arguments}
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None, "logprobs": None}
+        return self.envelope([choice], True)
+
     def envelope(self, choices: list[dict], streaming: bool) -> dict:
         kind = ("chat.completion.chunk" if streaming else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
     def whole(self, final: Reply) -> dict:
-        choice = self.choice(self.echo + final.text, _finish(final.finish_reason), False, final.logprobs)
+        """The non-streamed response; raises ToolCallError when the reply holds a call that is not valid."""
+        if self.tools is not None:
+            calls = self.tools.filter()
+            content = calls.feed(final.text)
+            calls.progress()  # the same ids and argument text as a stream would send
+            parsed = calls.finish(final.finish_reason)
+            choice = self.choice(content + parsed.content, _finish(final.finish_reason, bool(parsed.calls)), False,
+                                 final.logprobs)  # fmt: skip
+            if parsed.calls:
+                choice["message"]["tool_calls"] = [c.as_dict() for c in parsed.calls]
+                choice["message"]["content"] = choice["message"]["content"] or None
+        else:
+            choice = self.choice(self.echo + final.text, _finish(final.finish_reason), False, final.logprobs)
         body = self.envelope([choice], False)
         body["usage"] = usage_body(final.usage)
         body["timings"] = timings_body(final.usage, final.finish_reason)
@@ -247,7 +277,10 @@ async def respond(request: Request, pump: Pump, shape: Shape, stream: bool, reco
         if final.error:
             status, code = status_of(final.failure)
             return error_response(max(status, 500) if text else status, final.error, code)
-        return JSONResponse(shape.whole(final))
+        try:
+            return JSONResponse(shape.whole(final))
+        except ToolCallError as exc:
+            return error_response(INVALID_CALL, str(exc), "invalid_tool_call")
     return StreamingResponse(
         _stream(pump, shape, first, record),
         media_type="text/event-stream",
@@ -263,16 +296,34 @@ async def _stream(pump: Pump, shape: Shape, first: tuple | Reply, record: Callab
                                         "finish_reason": None, "logprobs": None}], True))  # fmt: skip
         elif shape.echo:
             yield _sse(shape.envelope([shape.choice(shape.echo, None, True)], True))
+        calls = shape.tools.filter() if shape.tools is not None else None
         item = first
         while isinstance(item, tuple):
-            yield _sse(shape.envelope([shape.choice(item[0], None, True, item[1])], True))
+            text = calls.feed(item[0]) if calls is not None else item[0]
+            if text:  # held back while it may be a tool call
+                yield _sse(shape.envelope([shape.choice(text, None, True, item[1] if text == item[0] else [])], True))
+            for delta in calls.progress() if calls is not None else ():  # calls as they are written
+                yield _sse(shape.tool_delta(delta))
             item = await pump.next()
         final = item
+        parsed = Parsed("")
+        if not final.error and calls is not None:
+            try:
+                parsed = calls.finish(final.finish_reason)
+            except ToolCallError as exc:
+                final = replace(final, error=str(exc), failure=exc)
         if final.error:
-            status, code = status_of(final.failure)
-            yield _sse(error_body(max(status, 500), final.error, code))
+            if isinstance(final.failure, ToolCallError):
+                yield _sse(error_body(INVALID_CALL, final.error, "invalid_tool_call"))
+            else:
+                status, code = status_of(final.failure)
+                yield _sse(error_body(max(status, 500), final.error, code))
         else:
-            end = shape.envelope([shape.choice(None, _finish(final.finish_reason), True)], True)
+            if parsed.content:
+                yield _sse(shape.envelope([shape.choice(parsed.content, None, True)], True))
+            for delta in calls.rest(parsed) if calls is not None else ():  # calls that did not stream live
+                yield _sse(shape.tool_delta(delta))
+            end = shape.envelope([shape.choice(None, _finish(final.finish_reason, bool(parsed.calls)), True)], True)
             end["timings"] = timings_body(final.usage, final.finish_reason)
             yield _sse(shape._notes(end, final))
             if shape.include_usage:

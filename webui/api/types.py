@@ -50,6 +50,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
 
 class _Common(BaseModel):
@@ -82,7 +84,8 @@ class ChatRequest(_Common):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict] | None = None
-    tool_choice: Any = None
+    tool_choice: Any = None  # "none" | "auto" | "required" | {"type": "function", "function": {"name"}}
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Common):
@@ -138,9 +141,6 @@ def unsupported(body: _Common) -> None:
         raise ApiError(400, "n must be 1: one choice per request is supported", param="n")
     if body.logit_bias:
         raise ApiError(400, "logit_bias is not supported", param="logit_bias")
-    if isinstance(body, ChatRequest):
-        if body.tools or body.tool_choice not in (None, "none", "auto"):
-            raise ApiError(400, "tools / function calling are not supported", param="tools")
     if isinstance(body, CompletionRequest):
         if body.suffix:
             raise ApiError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
@@ -149,7 +149,8 @@ def unsupported(body: _Common) -> None:
 
 
 def chat_messages(body: ChatRequest) -> list[dict]:
-    """Plain ``{"role", "content"}`` dicts for the chat path; text parts joined, images refused."""
+    """Plain ``{"role", "content"}`` dicts for the chat path (with ``tool_calls`` on an assistant's calls and
+    ``tool_call_id`` / ``name`` on a tool's result); text parts joined, images refused."""
     out = []
     for i, m in enumerate(body.messages):
         if isinstance(m.content, list):
@@ -159,5 +160,25 @@ def chat_messages(body: ChatRequest) -> list[dict]:
         else:
             content = m.content or ""
         role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": content})
+        message = {"role": role, "content": content}
+        if m.role == "assistant" and m.tool_calls:
+            message["tool_calls"] = _checked_calls(m.tool_calls, i)
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise ApiError(400, f"messages[{i}]: a tool message needs its tool_call_id", param="messages")
+            message["tool_call_id"] = m.tool_call_id
+            if m.name:
+                message["name"] = m.name
+        out.append(message)
     return out
+
+
+def _checked_calls(calls: list[dict], i: int) -> list[dict]:
+    """An assistant message's ``tool_calls`` as OpenAI sends them (id, function name, arguments string)."""
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ApiError(400, f"messages[{i}].tool_calls: each call needs a function with a name", param="messages")
+        if not isinstance(function.get("arguments", ""), str | dict):
+            raise ApiError(400, f"messages[{i}].tool_calls: arguments must be a JSON string", param="messages")
+    return [{"id": c.get("id", ""), "type": "function", "function": c["function"]} for c in calls]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from backends.base import CancelToken, ModelInfo
 from webui.characters.store import Character
+from webui.chat.tools import Tool, ToolChoice
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class TurnOptions:
     reply starts with (kept in the reply; for an impersonation, the draft the user's line starts with).
     ``mode``: the chat mode (:mod:`webui.chat.modes`; None: instruct, or a conversation's own mode),
     spoken by ``character``. ``model``: the model to answer with (the API's ``model`` field; default the
-    active one). ``cancel``: set it to stop the reply.
+    active one). ``cancel``: set it to stop the reply. ``tools``: functions the model may call, as
+    ``tool_choice`` allows (:mod:`webui.chat.tools`; None: auto when there are tools).
     """
 
     system: str = ""
@@ -28,6 +30,8 @@ class TurnOptions:
     mode: str | None = None
     model: ModelInfo | None = None
     cancel: CancelToken | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
 
 
 PLAIN = TurnOptions()  # the defaults (frozen, so one shared value is safe): instruct, the active model, no cancel

@@ -26,6 +26,7 @@ from backends.base import PromptTooLong
 from webui.characters.store import Character
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT, add_stop, chat_instruct_messages, chat_messages, check_mode
 from webui.chat.options import PLAIN, TurnOptions
+from webui.chat.tools import Tool, ToolChoice, prepare
 from webui.engine import Engine
 from webui.templates.library import PRESETS_DIR
 from webui.templates.render import Prompt, TemplateError, build_chat_prompt, stops_between
@@ -64,11 +65,16 @@ def render_prompt(
     presets: Path = PRESETS_DIR,
     mode: str = INSTRUCT,
     character: Character | None = None,
+    tools: tuple[Tool, ...] = (),
+    tool_choice: ToolChoice | None = None,
 ) -> Prompt:
-    """The prompt text for ``messages`` in one of the three shapes, in ``mode`` (see the module docstring)."""
+    """The prompt text for ``messages`` in one of the three shapes, in ``mode`` (see the module docstring);
+    ``tools`` and their calls and results written the way the template takes them (:func:`webui.chat.tools.prepare`)."""
     check_mode(mode)
+    choice_of_tools = tool_choice or ToolChoice("auto" if tools else "none")
+    messages, native_tools = prepare(messages, list(tools), choice_of_tools, info, choice, presets)
     if mode == INSTRUCT or character is None:
-        return _shaped(messages, info, choice, prefix, impersonate, presets)
+        return _shaped(messages, info, choice, prefix, impersonate, presets, native_tools)
     if mode == CHAT_INSTRUCT and not impersonate:
         prompt = build_chat_prompt(chat_instruct_messages(messages, character), info, True, choice, presets)
         prompt.text += f"{character.name}:" + (f" {prefix}" if prefix else "")
@@ -78,10 +84,14 @@ def render_prompt(
     return add_stop(prompt, f"\n{character.name}:" if impersonate else f"\n{character.user}:")
 
 
-def _shaped(messages: list[dict], info, choice: str | None, prefix: str, impersonate: bool, presets: Path) -> Prompt:
+def _shaped(
+    messages: list[dict], info, choice: str | None, prefix: str, impersonate: bool, presets: Path,
+    tools: list[dict] | None = None,
+) -> Prompt:  # fmt: skip
     """``messages`` rendered as a reply, a reply opened with ``prefix``, or an impersonation."""
     if impersonate:
-        opened = build_chat_prompt([*messages, {"role": "user", "content": SENTINEL}], info, True, choice, presets)
+        turn = [*messages, {"role": "user", "content": SENTINEL}]
+        opened = build_chat_prompt(turn, info, True, choice, presets, tools)
         cut = opened.text.find(SENTINEL)
         if cut < 0:
             raise TemplateError(f"template {opened.template!r} hides the user's text, so it cannot impersonate")
@@ -89,12 +99,12 @@ def _shaped(messages: list[dict], info, choice: str | None, prefix: str, imperso
         return Prompt(opened.text[:cut] + prefix, stops, opened.template, opened.chosen_by)
     if prefix:
         turn = [*messages, {"role": "assistant", "content": SENTINEL}]
-        opened = build_chat_prompt(turn, info, False, choice, presets)
+        opened = build_chat_prompt(turn, info, False, choice, presets, tools)
         cut = opened.text.find(SENTINEL)
         if cut >= 0:
             return Prompt(opened.text[:cut] + prefix, opened.stop, opened.template, opened.chosen_by)
         # a template that drops a final assistant turn: open the reply with its generation prompt instead
-    prompt = build_chat_prompt(messages, info, True, choice, presets)
+    prompt = build_chat_prompt(messages, info, True, choice, presets, tools)
     prompt.text += prefix
     return prompt
 
@@ -150,7 +160,7 @@ def plan_prompt(
         kept = [m for i, m in enumerate(messages) if m.get("role") == "system" or i >= start]
         prompt = render_prompt(
             kept, info, choice=choice, prefix=prefix, impersonate=impersonate, presets=presets, mode=mode,
-            character=character,
+            character=character, tools=options.tools, tool_choice=options.tool_choice,
         )  # fmt: skip
         dropped = len(messages) - len(kept)
         too_long = n_ctx > 0 and len(prompt.text) > n_ctx * MAX_CHARS_PER_TOKEN  # cannot fit: not tokenized

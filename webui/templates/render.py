@@ -185,11 +185,12 @@ def render(
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    tools: list[dict] | None = None,
 ) -> str:
     """Render template ``text`` over ``messages`` with the variables transformers gives a chat template.
 
     Like ``apply_chat_template``: message keys whose value is None are dropped,
-    and ``tools``/``documents`` are defined as None. Every failure, including a
+    ``tools`` is the request's tools (OpenAI's shape) or None, and ``documents`` is None. Every failure, including a
     sandbox violation, becomes a :class:`TemplateError` naming the template.
     """
     if not messages:
@@ -200,7 +201,7 @@ def render(
     try:
         with _time_limit(RENDER_TIME_LIMIT_S):
             chunks = template.generate(
-                messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+                messages=chat, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **variables
             )
             return _bounded_join(chunks, name)
     except TemplateError:
@@ -351,23 +352,34 @@ def build_chat_prompt(
     add_generation_prompt: bool = True,
     choice: str | None = None,
     presets: Path = PRESETS_DIR,
+    tools: list[dict] | None = None,
 ) -> Prompt:
     """The prompt for ``messages`` (``{"role", "content"}`` dicts) on the model described by ``info``.
 
-    A leading BOS token is removed from the text: the loaders add BOS when they
+    ``tools`` (OpenAI's shape) go to a template that renders them itself, with ``tool`` messages and assistant
+    ``tool_calls`` in ``messages`` (:func:`webui.chat.tools.prepare` decides, and writes them as plain messages
+    for every other template). A leading BOS token is removed from the text: the loaders add BOS when they
     tokenize, and a second one degrades many models.
     """
-    for m in messages:
-        if m.get("role") not in ROLES:
-            raise ValueError(f"unknown message role {m.get('role')!r}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"a {m['role']} message has no text content")
     chosen = select_template(info, choice, presets)
+    native = renders_tools(chosen.text)  # a template that takes tool results and calls as they are
+    for m in messages:
+        if m.get("role") not in ROLES and not (native and m.get("role") == "tool"):
+            raise ValueError(f"unknown message role {m.get('role')!r}")
+        if not isinstance(m.get("content"), str) and not (native and m.get("tool_calls")):
+            raise ValueError(f"a {m['role']} message has no text content")
     tokens = {"bos_token": info.bos_token, "eos_token": info.eos_token}
-    text = render(chosen.text, messages, name=chosen.name, add_generation_prompt=add_generation_prompt, **tokens)
+    text = render(
+        chosen.text, messages, name=chosen.name, add_generation_prompt=add_generation_prompt, tools=tools, **tokens
+    )
     if info.bos_token and text.startswith(info.bos_token):
         text = text[len(info.bos_token) :]
     return Prompt(text, list(_cached_stops(chosen.text, chosen.name, **tokens)), chosen.name, chosen.chosen_by)
+
+
+def renders_tools(template: str) -> bool:
+    """Whether a chat template renders the ``tools`` variable itself (then it also takes ``tool`` messages)."""
+    return re.search(r"\btools\b", template) is not None
 
 
 @lru_cache(maxsize=64)
