@@ -7,9 +7,9 @@ and the server only ever loses the reply in flight.
 
 The protocol is pickled tuples over three pipes (``multiprocessing.connection.Connection`` framing):
 
-- requests, parent -> child: ``(op, *args)``: ``load``, ``tokenize``, ``detokenize``, ``generate``,
-  ``cancel``, ``call`` (a few named extras, e.g. the llama.cpp cache reset ``inglenook bench`` needs),
-  ``close``;
+- requests, parent -> child: ``(op, *args)``: ``load``, ``tokenize``, ``detokenize``, ``embed`` (run on the
+  decode thread, as llama.cpp wants one calling thread), ``generate``, ``cancel``, ``call`` (a few named
+  extras, e.g. the llama.cpp cache reset ``inglenook bench`` needs), ``close``;
 - replies, child -> parent: ``("ok", value)`` or ``("err", kind, message)`` for every request but
   ``generate`` and ``cancel``, in order;
 - the stream, child -> parent: ``(generation id, text, finish_reason, usage, logprobs)`` per chunk, then
@@ -34,7 +34,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -294,6 +295,9 @@ class WorkerModel(Model):
     def detokenize(self, tokens: list[int]) -> str:
         return self._call("detokenize", list(tokens))
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self._call("embed", list(texts), during="embedding")
+
     def call(self, name: str, *args):
         """One of the worker's extras (see ``_EXTRAS``), e.g. ``call("reset_cache")``."""
         return self._call("call", name, *args)
@@ -435,7 +439,8 @@ class _Child:
         self.requests, self.replies, self.stream = requests, replies, stream
         self.model: Model | None = None
         self.cancels: dict[int, CancelToken] = {}
-        self.jobs: deque[tuple[int, str, SamplingParams]] = deque()
+        # generations (id, prompt, params), or a callable to run on the decode thread (an embedding)
+        self.jobs: deque[tuple[int, str, SamplingParams] | Callable[[], None]] = deque()
         self.wake = threading.Condition()
         self.decode_threads: set[str] = set()
 
@@ -492,12 +497,29 @@ class _Child:
             return self.model.tokenize(*args)
         if op == "detokenize":
             return self.model.detokenize(*args)
+        if op == "embed":
+            return self.on_decode_thread(lambda: self.model.embed(*args))
         if op == "call":
             name, *rest = args
             if name not in _EXTRAS:
                 raise GenerationError(f"unknown worker call {name!r}")
             return _EXTRAS[name](self.model, *rest)
         raise GenerationError(f"unknown worker request {op!r}")
+
+    def on_decode_thread(self, work: Callable[[], object]) -> object:
+        """Run ``work`` on the decode thread (after the generation queued before it) and return its result."""
+        done: Future = Future()
+
+        def job() -> None:
+            try:
+                done.set_result(work())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        with self.wake:
+            self.jobs.append(job)
+            self.wake.notify()
+        return done.result()
 
     def decode_loop(self) -> None:
         """Every generation decodes on this one thread (llama.cpp's OpenMP pools are per calling thread)."""
@@ -506,7 +528,11 @@ class _Child:
             with self.wake:
                 while not self.jobs:
                     self.wake.wait()
-                gid, prompt, params = self.jobs.popleft()
+                job = self.jobs.popleft()
+            if callable(job):
+                job()
+                continue
+            gid, prompt, params = job
             self.decode_threads.add(threading.current_thread().name)
             cancel = self.cancels.get(gid) or CancelToken()
             error = None

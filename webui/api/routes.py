@@ -46,6 +46,8 @@ from webui.app import App
 from webui.chat.reply import Reply, throttle
 from webui.chat.sampling import resolve_params, rule_settings
 from webui.chat.service import TurnOptions
+from webui.models.catalog import Catalog
+from webui.models.facts import path_size
 from webui.models.folder import list_models
 from webui.paths import UnsafeName, safe_name
 from webui.presets import Preset, PresetError
@@ -106,9 +108,18 @@ def resolve(app: App, name: str | None) -> Path | None:
     return path
 
 
+def require_model_name(app: App, name: str | None) -> str | None:
+    """``name``, or a 400 as OpenAI answers when it is missing and ``--require-model`` is on (by default a request
+    without ``model`` uses the active model)."""
+    if app.settings.require_model and (name is None or not name.strip()):
+        raise ApiError(400, "you must provide a model parameter (this server runs with --require-model)",
+                       "model_required", "model")  # fmt: skip
+    return name
+
+
 async def use_model(app: App, name: str | None, request: Request) -> ModelInfo:
     """The model a request names, loaded if needed (waiting its turn; admins only when a key is set)."""
-    path = resolve(app, name)
+    path = resolve(app, require_model_name(app, name))
     if path is None:
         if app.engine.info is None:
             raise ApiError(503, "no model is loaded; name one in the model field", "model_not_loaded")
@@ -132,10 +143,14 @@ async def load(app: App, path: Path, loader_name: str | None, overrides: dict) -
         raise ApiError(500, str(exc), "model_load_failed") from None
 
 
-def model_card(app: App, model_id: str, path: Path) -> dict:
+def model_card(app: App, model_id: str, path: Path, files: Catalog | None = None) -> dict:
+    """OpenAI's model object, plus (as extra fields) what the model is: ``context_length`` (the loaded context,
+    or the file's trained one when not loaded), ``loader`` (the one it runs, or would load, with),
+    ``quantization`` and ``size_bytes`` (on disk). Facts of files not loaded come from their headers (cached per
+    file by ``files``); a field it cannot tell is null."""
     loaded = {m.path: m for m in app.engine.resident}
     active = app.engine.loaded
-    return {
+    card = {
         "id": model_id,
         "object": "model",
         "created": int(path.stat().st_mtime) if path.exists() else 0,
@@ -143,22 +158,44 @@ def model_card(app: App, model_id: str, path: Path) -> dict:
         "loaded": path in loaded,
         "active": active is not None and active.path == path,
     }
+    if path in loaded:
+        info = loaded[path].model.info
+        card.update(context_length=info.context_length or None, loader=info.loader,
+                    quantization=info.quantization or None, size_bytes=info.file_size or path_size(path))  # fmt: skip
+        return card
+    facts = files.variant_at(path).facts if files is not None and path.exists() else None
+    try:
+        loader = app.choose_loader(path)[0]
+    except Exception:  # no loader recognises it: the card says so with null
+        loader = None
+    card.update(context_length=(facts.context_length or None) if facts else None, loader=loader,
+                quantization=(facts.quantization or None) if facts else None,
+                size_bytes=path_size(path) if path.exists() else None)  # fmt: skip
+    return card
+
+
+def _files(request: Request) -> Catalog:
+    """The server's cache of model files' facts (read once per file version)."""
+    return request.app.state.inglenook_files
 
 
 models_router = APIRouter()
 
 
 @models_router.get("/v1/models")
-async def models(app: AppDep) -> dict:
-    return {"object": "list", "data": [model_card(app, i, p) for i, p in sorted(catalog(app).items())]}
+async def models(app: AppDep, request: Request) -> dict:
+    files = _files(request)
+    cards = await run_in_threadpool(lambda: [model_card(app, i, p, files) for i, p in sorted(catalog(app).items())])
+    return {"object": "list", "data": cards}
 
 
 @models_router.get("/v1/models/{model_id:path}")
-async def model(model_id: str, app: AppDep) -> dict:
+async def model(model_id: str, app: AppDep, request: Request) -> dict:
     path = resolve(app, model_id)
     if path is None:  # a blank id
         raise ApiError(404, "give a model id: /v1/models/{id}", "model_not_found", "model")
-    return model_card(app, _model_id(model_id) if _model_id(model_id) in catalog(app) else model_id, path)
+    model_id = _model_id(model_id) if _model_id(model_id) in catalog(app) else model_id
+    return await run_in_threadpool(model_card, app, model_id, path, _files(request))
 
 
 # -- generation ---------------------------------------------------------------------------------------------
@@ -339,8 +376,11 @@ def install_api(server: FastAPI, app: App) -> None:
 
     A /v1 route added to ``server`` after this call would be shadowed by the fallback: add its router to
     :data:`ROUTERS` (or to ``routers`` below, for one built per app) instead."""
-    routers = [*ROUTERS, hub_router(app)]  # routers built for this app (their own closures) follow ROUTERS
+    from webui.api.embeddings import embeddings_router  # it imports this module's resolve
+
+    routers = [*ROUTERS, embeddings_router, hub_router(app)]  # routers built for this app follow ROUTERS
     server.state.inglenook_app = app
+    server.state.inglenook_files = Catalog(app.settings.models_dir)
     server.state.inglenook_generations = Generations()
     server.state.inglenook_routers = routers  # for the fallback's 405s
     install_error_handlers(server)
