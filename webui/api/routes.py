@@ -125,12 +125,14 @@ async def use_model(app: App, name: str | None, request: Request) -> ModelInfo:
             raise ApiError(503, "no model is loaded; name one in the model field", "model_not_loaded")
         return app.engine.info
     info = app.engine.resident_info(path)
-    if info is not None:
-        return info
-    if not is_admin(_headers(request), app.settings):
-        raise ApiError(403, f"model {name!r} is not loaded and loading models needs the admin key",
-                       "admin_key_required", "model")  # fmt: skip
-    return await load(app, path, None, {})
+    if info is None:
+        if not is_admin(_headers(request), app.settings):
+            raise ApiError(403, f"model {name!r} is not loaded and loading models needs the admin key",
+                           "admin_key_required", "model")  # fmt: skip
+        info = await load(app, path, None, {})
+    if info.metadata.get("embedding_only"):  # refused before it would become the active model
+        raise ApiError(400, f"{info.name} is an embedding model: use /v1/embeddings", param="model")
+    return info
 
 
 async def load(app: App, path: Path, loader_name: str | None, overrides: dict) -> ModelInfo:
