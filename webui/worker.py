@@ -56,10 +56,16 @@ from backends.base import (
     ModelNotLoaded,
     PromptTooLong,
     SamplingParams,
+    Usage,
 )
 
 STDERR_LINES = 80  # how much of a worker's stderr is kept for a crash report
 CANCEL_POLL_S = 0.02  # how often a waiting reader checks its cancel token (a token arriving wakes it at once)
+# After a cancel, how long the reader waits for the worker's end of the generation before it gives the engine up
+# anyway. A cancel is seen between tokens, so the end comes after the token in flight: ~30 ms on an idle machine,
+# but 0.3-1.4 s for one gemma-270m token on 2 cores at load 15 (measured 2026-11-30, what made cancel-to-free
+# 153-2850 ms). The worker finishes that token on its own; the next generation queues behind it and skips its tail.
+CANCEL_GRACE_S = 0.05
 CLOSE_TIMEOUT_S = 10.0
 # OpenMP's wait policy for llama.cpp's threads in a worker. ACTIVE (libgomp's default) spins at every barrier,
 # so on a small machine one busy core (a browser, an IDE, a build) makes each step wait for a descheduled peer:
@@ -315,12 +321,20 @@ class WorkerModel(Model):
             except (EOFError, OSError):
                 raise self._died("generating") from None
             ended = cancel_sent = False
+            give_up_at = 0.0
+            received = 0
             try:
                 while True:
                     if not cancel_sent and cancel.cancelled:
                         self._send("cancel", gid)
                         cancel_sent = True
-                    if not self._stream.poll(CANCEL_POLL_S):
+                        give_up_at = time.monotonic() + CANCEL_GRACE_S
+                    if cancel_sent and time.monotonic() >= give_up_at:  # the engine is free; the worker ends alone
+                        ended = True
+                        yield Chunk(finish_reason="cancelled", usage=Usage(completion_tokens=received))
+                        return
+                    wait = CANCEL_POLL_S if not cancel_sent else max(0.0, give_up_at - time.monotonic())
+                    if not self._stream.poll(wait):
                         continue
                     item_id, text, finish, usage, extra = self._stream.recv()
                     if item_id != gid:  # the tail of an earlier generation given up early
@@ -331,6 +345,7 @@ class WorkerModel(Model):
                             kind, message = extra
                             raise rebuild_error(kind, message)
                         return
+                    received += bool(text)
                     yield Chunk(text, finish, usage, extra)
             except (EOFError, OSError):
                 ended = True
@@ -340,13 +355,10 @@ class WorkerModel(Model):
                     self._abandon(gid, cancel_sent)
 
     def _abandon(self, gid: int, cancel_sent: bool) -> None:
+        """Stop the worker's generation ``gid`` without waiting for it (its tail is skipped by the next reader)."""
         try:
             if not cancel_sent:
                 self._send("cancel", gid)
-            while True:
-                item = self._stream.recv()
-                if item[0] == gid and item[2] == "end":
-                    return
         except (EOFError, OSError):
             self._died("generating")  # recorded; the next call reports it
 
@@ -478,8 +490,8 @@ class _Child:
                 if token is not None:
                     token.cancel()
                 continue
-            if op == "close":
-                self.close()
+            if op == "close":  # on the decode thread: after a generation given up early has ended there
+                self.on_decode_thread(self.close)
                 self.replies.send(("ok", None))
                 os._exit(0)
             try:
