@@ -330,7 +330,7 @@ class WorkerModel(Model):
                         cancel_sent = True
                         give_up_at = time.monotonic() + CANCEL_GRACE_S
                     if cancel_sent and time.monotonic() >= give_up_at:  # the engine is free; the worker ends alone
-                        ended = True
+                        ended = True  # usage: the chunks that carried text (a token each, as loaders stream)
                         yield Chunk(finish_reason="cancelled", usage=Usage(completion_tokens=received))
                         return
                     wait = CANCEL_POLL_S if not cancel_sent else max(0.0, give_up_at - time.monotonic())
