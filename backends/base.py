@@ -352,6 +352,14 @@ class Model(ABC):
     def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
         """Stream the continuation of ``prompt``; stop strings are never emitted."""
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One embedding vector per text, in order (for ``/v1/embeddings``); a loader that can overrides this.
+
+        Raises :class:`BadRequest` here: a model that cannot embed is the asker's choice to change, not a crash.
+        """
+        info = self.info
+        raise BadRequest(f"{info.name} cannot make embeddings: the {info.loader} loader has no embedding mode")
+
     @abstractmethod
     def close(self) -> None:
         """Free the weights and any cache; the model is unusable afterwards."""

@@ -46,6 +46,7 @@ from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
+EMBED_CTX_MAX = 4096  # the longest input embed() takes, in tokens (its context is allocated at this size)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class LlamaCppModel(Model):
         self._threads = llm.context_params.n_threads
         self._cached_prompt: list[int] = []
         self._sampler = None  # the chain for the generation about to start (see _take_sampler)
+        self._embed_ctx = None  # (context, batch, size) for embed(), made on first use
         # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
         llm._init_sampler = self._take_sampler
 
@@ -279,7 +281,62 @@ class LlamaCppModel(Model):
         sampler, self._sampler = self._sampler, None
         return sampler
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """L2-normalised embeddings from a second llama.cpp context on the same weights, made with
+        ``embeddings=True`` on first use: the generation context is untouched (its KV cache, its settings), and
+        a model that never embeds never pays for it. Pooling is the GGUF's own (``ARCH.pooling_type``: an
+        embedding model's mean or CLS); a model without one (a chat model) is mean-pooled."""
+        if self._llm is None:
+            raise ModelNotLoaded("the model was unloaded")
+        from llama_cpp import _internals
+
+        ctx, batch, n_ctx = self._embedder()
+        n_embd = self._lib.llama_model_n_embd(self._llm._model.model)
+        vectors = []
+        for text in texts:
+            tokens = self.tokenize(text)
+            if len(tokens) > n_ctx:
+                raise PromptTooLong(f"an input is {len(tokens)} tokens but the embedding context holds {n_ctx}")
+            batch.reset()
+            batch.add_sequence(tokens, 0, True)
+            ctx.kv_cache_clear()
+            ctx.decode(batch)
+            pooled = self._lib.llama_get_embeddings_seq(ctx.ctx, 0)
+            if not pooled:
+                raise GenerationError(f"{self.info.name}: llama.cpp returned no pooled embedding")
+            vectors.append(_internals.normalize_embedding(list(pooled[:n_embd])))
+        return vectors
+
+    def _embedder(self):
+        """(context, batch, its size) for embeddings, made once; pooling from the GGUF, else mean."""
+        if self._embed_ctx is not None:
+            return self._embed_ctx
+        from llama_cpp import _internals
+
+        lib, llm = self._lib, self._llm
+        # its own KV cache: kept small (a chat model's 32k context would double its memory), within training
+        n_ctx = min(llm.n_ctx(), lib.llama_model_n_ctx_train(llm._model.model) or EMBED_CTX_MAX, EMBED_CTX_MAX)
+        for pooling in (lib.LLAMA_POOLING_TYPE_UNSPECIFIED, lib.LLAMA_POOLING_TYPE_MEAN):
+            params = lib.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = n_ctx  # a whole input in one ubatch (non-causal)
+            params.n_seq_max = 1
+            params.n_threads, params.n_threads_batch = llm.n_threads, llm.n_threads_batch
+            params.embeddings = True
+            params.pooling_type = pooling
+            ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+            if ctx.pooling_type() != lib.LLAMA_POOLING_TYPE_NONE:
+                break
+            ctx.close()  # the GGUF names no pooling: mean, next round
+        batch = _internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=1, verbose=False)
+        self._embed_ctx = (ctx, batch, n_ctx)
+        return self._embed_ctx
+
     def close(self) -> None:
+        if self._embed_ctx is not None:
+            ctx, batch, _ = self._embed_ctx
+            batch.close()
+            ctx.close()
+            self._embed_ctx = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None

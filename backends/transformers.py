@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import (
+    BadRequest,
     CancelToken,
     Chunk,
     Loader,
@@ -44,6 +45,9 @@ from backends.hookspecs import hookimpl
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+EMBED_BATCH = 32  # texts per forward pass in embed()
+# architectures whose class name says they generate text; a folder naming only others is an embedding model
+GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SUPPORTED_PARAMS = frozenset(
@@ -128,6 +132,31 @@ def check_folder(folder: Path, allow_pickle: bool, trust_remote_code: bool) -> d
     return config
 
 
+def is_embedding_folder(folder: Path) -> bool:
+    """A sentence-transformers folder (modules.json), or one whose config names only architectures that do not
+    generate (``BertModel``): loaded with ``AutoModel``, for embeddings only."""
+    if (folder / "modules.json").is_file():
+        return True
+    try:
+        architectures = read_config(folder).get("architectures") or []
+    except ModelLoadError:
+        return False
+    names = [str(a) for a in architectures] if isinstance(architectures, list) else []
+    return bool(names) and not any(g in a for a in names for g in GENERATIVE)
+
+
+def folder_pooling(folder: Path) -> str:
+    """ "cls" when a sentence-transformers folder pools the first token, else "mean"."""
+    try:
+        config = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"
+    cls_only = (
+        isinstance(config, dict) and config.get("pooling_mode_cls_token") and not config.get("pooling_mode_mean_tokens")
+    )
+    return "cls" if cls_only else "mean"
+
+
 def _known_model_type(model_type: str) -> bool:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -138,7 +167,11 @@ def _known_model_type(model_type: str) -> bool:
 
 
 class TransformersModel(Model):
-    """A causal LM (a ``PreTrainedModel``) and its tokenizer, generating token by token."""
+    """A causal LM (a ``PreTrainedModel``) and its tokenizer, generating token by token; or an embedding model
+    (``embedding_only``: a sentence-transformers folder, an encoder such as BERT) that only embeds."""
+
+    embedding_only = False
+    pooling = "mean"  # or "cls", from a sentence-transformers folder's 1_Pooling/config.json
 
     def __init__(self, model, tokenizer, info: ModelInfo, device: str, n_ctx: int, owner=None) -> None:
         import torch
@@ -161,6 +194,8 @@ class TransformersModel(Model):
     def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
         if self._model is None:
             raise ModelNotLoaded("the model was unloaded")
+        if self.embedding_only:
+            raise BadRequest(f"{self.info.name} is an embedding model: it makes embeddings (/v1/embeddings), not text")
         torch = self._torch
         watch = Stopwatch()
         prompt_ids = self.tokenize(prompt)
@@ -209,6 +244,33 @@ class TransformersModel(Model):
             if tail:
                 yield Chunk(tail)
         yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_ids), n))
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Mean of the last hidden states over the attention mask (or the first token's, for CLS pooling),
+        L2-normalised: sentence-transformers' recipe, so an all-MiniLM folder gives its published vectors."""
+        if self._model is None:
+            raise ModelNotLoaded("the model was unloaded")
+        torch = self._torch
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            part = texts[start : start + EMBED_BATCH]
+            for text in part:
+                if (n := len(self.tokenize(text))) > self._n_ctx:
+                    raise PromptTooLong(f"an input is {n} tokens but the model takes at most {self._n_ctx}")
+            batch = self._tokenizer(part, padding=True, return_tensors="pt").to(self._device)
+            with torch.inference_mode():
+                if self.embedding_only:
+                    hidden = self._model(**batch).last_hidden_state
+                else:  # a causal LM: its last layer's states, before the LM head
+                    hidden = self._model(**batch, output_hidden_states=True).hidden_states[-1]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+                pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+            vectors.extend(pooled.cpu().tolist())
+        return vectors
 
     def close(self) -> None:
         if self._model is None:
@@ -432,17 +494,17 @@ class TransformersLoader(Loader):
         device = resolve_device(s.device)
         dtype = resolve_dtype(s.dtype, device)
         apply_threads(s.threads)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         if path.is_file():  # GGUF: transformers dequantizes it into a full-precision model
             source, extra = str(path.parent), {"gguf_file": path.name}
         else:
             source, extra = str(path), {"use_safetensors": None if s.allow_pickle else True}
+        embedding_only = not path.is_file() and is_embedding_folder(path)
+        auto = AutoModel if embedding_only else AutoModelForCausalLM
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=s.trust_remote_code, **extra)
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, trust_remote_code=s.trust_remote_code, **extra
-            )
+            model = auto.from_pretrained(source, dtype=dtype, trust_remote_code=s.trust_remote_code, **extra)
         except Exception as exc:
             raise ModelLoadError(f"transformers could not load {path.name}: {type(exc).__name__}: {exc}") from exc
         model.to(device)
@@ -450,7 +512,11 @@ class TransformersLoader(Loader):
         n_ctx = context_length(model.config, s.n_ctx)
         quant = "dequantized GGUF" if path.is_file() else ""
         info = model_info(path, self.name, model, tokenizer, n_ctx, quant or str(dtype).removeprefix("torch."))
-        return TransformersModel(model, tokenizer, info, device, n_ctx)
+        loaded = TransformersModel(model, tokenizer, info, device, n_ctx)
+        if embedding_only:
+            loaded.embedding_only, loaded.pooling = True, folder_pooling(path)
+            info.metadata["embedding_only"] = "true"
+        return loaded
 
 
 @hookimpl

@@ -504,6 +504,65 @@ class Engine:
                 cancel.cancel()
             job.result()
 
+    # -- embeddings ---------------------------------------------------------------------
+    def embed(self, texts: list[str], model: Path | None = None) -> tuple[list[list[float]], int]:
+        """(one vector per text, in order; the tokens they were) from ``model`` (a resident one: active or
+        spare; None: the active one), without making it active, so an embedding model kept beside the chat
+        model (``max_loaded > 1``) never takes the chat's place. Takes a turn in the queue like a generation
+        (a model never embeds and generates at once; nothing is unloaded under it)."""
+        if not self._queue.enter(None):
+            raise AssertionError("unreachable: no cancel token")
+        try:
+            if model is None or (self._loaded is not None and self._loaded.path == model):
+                if self._loaded is None:
+                    raise ModelNotLoaded("no model is loaded")
+                self._revive()
+                found = self._loaded
+            else:
+                found = self._spare.get(model)
+                if found is None:
+                    raise ModelNotLoaded(f"model {model.name} is not loaded")
+                if found.crashed is not None:  # a spare whose worker died: load it again in its place
+                    self._record_crash(found.crashed)
+                    found.model.close()
+                    found = self._spare[model] = self._load(found.path, found.loader, found.settings)
+            try:
+                vectors = found.model.embed(list(texts))
+                tokens = sum(len(found.model.tokenize(t, add_special=True)) for t in texts)
+            except WorkerCrashed as exc:
+                self._record_crash(exc.report)
+                raise
+            return vectors, tokens
+        finally:
+            self._queue.leave()
+
+    def load_beside(self, path: Path, loader: str | None = None, settings: LoadSettings | None = None) -> ModelInfo:
+        """Load ``path`` as a resident spare, leaving the active model active (an embedding model beside the chat
+        model). With ``max_loaded`` 1 there is no room beside it, so this is :meth:`load` (a switch)."""
+        if self.max_loaded < 2 or self._loaded is None:
+            return self.load(path, loader, settings, preempt=False, reuse=True)
+        info = self.resident_info(path)
+        if info is not None:
+            return info
+        chosen = self.registry.pick(path, loader)
+        missing = chosen.available()
+        if missing:
+            raise ModelLoadError(f"loader {chosen.name} is unavailable: {missing}")
+        settings = settings if settings is not None else chosen.settings_type()
+        chosen.check(path, settings)
+        with self._admin:
+            self._queue.enter()
+            try:
+                if self.resident_info(path) is None:
+                    fresh = self._load(path, chosen, settings)
+                    self._spare[path] = fresh
+                    self._recipes[path] = (chosen, settings)
+                    while len(self._spare) > self.max_loaded - 1:
+                        self._close_one(self._spare.popitem(last=False)[1])
+            finally:
+                self._queue.leave()
+        return self.resident_info(path) or fresh.model.info
+
     def cancel(self) -> bool:
         """Cancel the generation that is running now, if any."""
         active = self._active

@@ -35,6 +35,7 @@ class Settings:
     api_port: int | None = None  # also serve the API alone on this port
     max_loaded_models: int = 1  # models kept in memory at once (API model switching)
     api_max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
+    require_model: bool = False  # API requests without "model" get 400 (as OpenAI) instead of the active model
 
     @property
     def loopback(self) -> bool:

@@ -7,9 +7,9 @@ and the server only ever loses the reply in flight.
 
 The protocol is pickled tuples over three pipes (``multiprocessing.connection.Connection`` framing):
 
-- requests, parent -> child: ``(op, *args)``: ``load``, ``tokenize``, ``detokenize``, ``generate``,
-  ``cancel``, ``call`` (a few named extras, e.g. the llama.cpp cache reset ``inglenook bench`` needs),
-  ``close``;
+- requests, parent -> child: ``(op, *args)``: ``load``, ``tokenize``, ``detokenize``, ``embed`` (run on the
+  decode thread, as llama.cpp wants one calling thread), ``generate``, ``cancel``, ``call`` (a few named
+  extras, e.g. the llama.cpp cache reset ``inglenook bench`` needs), ``close``;
 - replies, child -> parent: ``("ok", value)`` or ``("err", kind, message)`` for every request but
   ``generate`` and ``cancel``, in order;
 - the stream, child -> parent: ``(generation id, text, finish_reason, usage, logprobs)`` per chunk, then
@@ -34,7 +34,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,10 +56,16 @@ from backends.base import (
     ModelNotLoaded,
     PromptTooLong,
     SamplingParams,
+    Usage,
 )
 
 STDERR_LINES = 80  # how much of a worker's stderr is kept for a crash report
 CANCEL_POLL_S = 0.02  # how often a waiting reader checks its cancel token (a token arriving wakes it at once)
+# After a cancel, how long the reader waits for the worker's end of the generation before it gives the engine up
+# anyway. A cancel is seen between tokens, so the end comes after the token in flight: ~30 ms on an idle machine,
+# but 0.3-1.4 s for one gemma-270m token on 2 cores at load 15 (measured 2026-11-30, what made cancel-to-free
+# 153-2850 ms). The worker finishes that token on its own; the next generation queues behind it and skips its tail.
+CANCEL_GRACE_S = 0.05
 CLOSE_TIMEOUT_S = 10.0
 # OpenMP's wait policy for llama.cpp's threads in a worker. ACTIVE (libgomp's default) spins at every barrier,
 # so on a small machine one busy core (a browser, an IDE, a build) makes each step wait for a descheduled peer:
@@ -294,6 +301,9 @@ class WorkerModel(Model):
     def detokenize(self, tokens: list[int]) -> str:
         return self._call("detokenize", list(tokens))
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self._call("embed", list(texts), during="embedding")
+
     def call(self, name: str, *args):
         """One of the worker's extras (see ``_EXTRAS``), e.g. ``call("reset_cache")``."""
         return self._call("call", name, *args)
@@ -311,12 +321,20 @@ class WorkerModel(Model):
             except (EOFError, OSError):
                 raise self._died("generating") from None
             ended = cancel_sent = False
+            give_up_at = 0.0
+            received = 0
             try:
                 while True:
                     if not cancel_sent and cancel.cancelled:
                         self._send("cancel", gid)
                         cancel_sent = True
-                    if not self._stream.poll(CANCEL_POLL_S):
+                        give_up_at = time.monotonic() + CANCEL_GRACE_S
+                    if cancel_sent and time.monotonic() >= give_up_at:  # the engine is free; the worker ends alone
+                        ended = True  # usage: the chunks that carried text (a token each, as loaders stream)
+                        yield Chunk(finish_reason="cancelled", usage=Usage(completion_tokens=received))
+                        return
+                    wait = CANCEL_POLL_S if not cancel_sent else max(0.0, give_up_at - time.monotonic())
+                    if not self._stream.poll(wait):
                         continue
                     item_id, text, finish, usage, extra = self._stream.recv()
                     if item_id != gid:  # the tail of an earlier generation given up early
@@ -327,6 +345,7 @@ class WorkerModel(Model):
                             kind, message = extra
                             raise rebuild_error(kind, message)
                         return
+                    received += bool(text)
                     yield Chunk(text, finish, usage, extra)
             except (EOFError, OSError):
                 ended = True
@@ -336,13 +355,10 @@ class WorkerModel(Model):
                     self._abandon(gid, cancel_sent)
 
     def _abandon(self, gid: int, cancel_sent: bool) -> None:
+        """Stop the worker's generation ``gid`` without waiting for it (its tail is skipped by the next reader)."""
         try:
             if not cancel_sent:
                 self._send("cancel", gid)
-            while True:
-                item = self._stream.recv()
-                if item[0] == gid and item[2] == "end":
-                    return
         except (EOFError, OSError):
             self._died("generating")  # recorded; the next call reports it
 
@@ -435,7 +451,8 @@ class _Child:
         self.requests, self.replies, self.stream = requests, replies, stream
         self.model: Model | None = None
         self.cancels: dict[int, CancelToken] = {}
-        self.jobs: deque[tuple[int, str, SamplingParams]] = deque()
+        # generations (id, prompt, params), or a callable to run on the decode thread (an embedding)
+        self.jobs: deque[tuple[int, str, SamplingParams] | Callable[[], None]] = deque()
         self.wake = threading.Condition()
         self.decode_threads: set[str] = set()
 
@@ -473,8 +490,8 @@ class _Child:
                 if token is not None:
                     token.cancel()
                 continue
-            if op == "close":
-                self.close()
+            if op == "close":  # on the decode thread: after a generation given up early has ended there
+                self.on_decode_thread(self.close)
                 self.replies.send(("ok", None))
                 os._exit(0)
             try:
@@ -492,12 +509,29 @@ class _Child:
             return self.model.tokenize(*args)
         if op == "detokenize":
             return self.model.detokenize(*args)
+        if op == "embed":
+            return self.on_decode_thread(lambda: self.model.embed(*args))
         if op == "call":
             name, *rest = args
             if name not in _EXTRAS:
                 raise GenerationError(f"unknown worker call {name!r}")
             return _EXTRAS[name](self.model, *rest)
         raise GenerationError(f"unknown worker request {op!r}")
+
+    def on_decode_thread(self, work: Callable[[], object]) -> object:
+        """Run ``work`` on the decode thread (after the generation queued before it) and return its result."""
+        done: Future = Future()
+
+        def job() -> None:
+            try:
+                done.set_result(work())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        with self.wake:
+            self.jobs.append(job)
+            self.wake.notify()
+        return done.result()
 
     def decode_loop(self) -> None:
         """Every generation decodes on this one thread (llama.cpp's OpenMP pools are per calling thread)."""
@@ -506,7 +540,11 @@ class _Child:
             with self.wake:
                 while not self.jobs:
                     self.wake.wait()
-                gid, prompt, params = self.jobs.popleft()
+                job = self.jobs.popleft()
+            if callable(job):
+                job()
+                continue
+            gid, prompt, params = job
             self.decode_threads.add(threading.current_thread().name)
             cancel = self.cancels.get(gid) or CancelToken()
             error = None

@@ -181,6 +181,13 @@ class Guard:
             await _reply(scope, send, 413, f"request body is {int(length):,} bytes; the limit is {limit:,}",
                          "request_too_large")  # fmt: skip
             return
+        if not length.isdigit():  # chunked: read it here (up to the limit) so an oversize body is a 413 too
+            body, over = await _read_body(receive, limit)
+            if over:
+                await _reply(scope, send, 413, f"request body is over the limit of {limit:,} bytes",
+                             "request_too_large")  # fmt: skip
+                return
+            receive = _replay(body, receive)
         await self.app(scope, _limited(receive, limit), send)
 
     async def _allowed(self, scope: Scope, send: Send, headers: dict[str, str], api: bool) -> bool:
@@ -246,6 +253,40 @@ async def _too_many(scope: Scope, send: Send, wait: float) -> None:
 
 class BodyTooLarge(Exception):
     """A chunked body grew past the limit while it was read."""
+
+
+DRAIN_MAX = 64 * 2**20  # an oversize chunked body is read (and dropped) up to this much before the 413
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes | Message, bool]:
+    """(the body, or the ``http.disconnect`` that ended it; whether it went over ``limit``).
+
+    A body over the limit is still read to its end (up to :data:`DRAIN_MAX`), not kept: a client still sending
+    when the server answers and closes gets a broken pipe instead of the 413. Starlette turns an exception while
+    it reads a body into a 400 "There was an error parsing the body", so the limit is checked before it reads.
+    """
+    parts: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return message, False
+        seen += len(message.get("body", b""))
+        if seen <= limit:
+            parts.append(message.get("body", b""))
+        if not message.get("more_body", False) or seen > limit + DRAIN_MAX:
+            return b"".join(parts), seen > limit
+
+
+def _replay(body: bytes | Message, receive: Receive) -> Receive:
+    """``receive`` that first hands over the body read already (or the disconnect that cut it short)."""
+    first: list[Message] = [body if isinstance(body, dict) else {"type": "http.request", "body": body,
+                                                                  "more_body": False}]  # fmt: skip
+
+    async def wrapped() -> Message:
+        return first.pop() if first else await receive()
+
+    return wrapped
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

@@ -52,20 +52,31 @@ def resolve(app: App, name: str | None) -> Path | None:
     return path
 
 
+def require_model_name(app: App, name: str | None) -> str | None:
+    """``name``, or a 400 as OpenAI answers when it is missing and ``--require-model`` is on (by default a request
+    without ``model`` uses the active model)."""
+    if app.settings.require_model and (name is None or not name.strip()):
+        raise ApiError(400, "you must provide a model parameter (this server runs with --require-model)",
+                       "model_required", "model")  # fmt: skip
+    return name
+
+
 async def use_model(app: App, name: str | None, request: Request) -> ModelInfo:
     """The model a request names, loaded if needed (waiting its turn; admins only when a key is set)."""
-    path = resolve(app, name)
+    path = resolve(app, require_model_name(app, name))
     if path is None:
         if app.engine.info is None:
             raise ApiError(503, "no model is loaded; name one in the model field", "model_not_loaded")
         return app.engine.info
     info = app.engine.resident_info(path)
-    if info is not None:
-        return info
-    if not is_admin(request_headers(request), app.settings):
-        raise ApiError(403, f"model {name!r} is not loaded and loading models needs the admin key",
-                       "admin_key_required", "model")  # fmt: skip
-    return await load(app, path, None, {})
+    if info is None:
+        if not is_admin(request_headers(request), app.settings):
+            raise ApiError(403, f"model {name!r} is not loaded and loading models needs the admin key",
+                           "admin_key_required", "model")  # fmt: skip
+        info = await load(app, path, None, {})
+    if info.metadata.get("embedding_only"):  # refused before it would become the active model
+        raise ApiError(400, f"{info.name} is an embedding model: use /v1/embeddings", param="model")
+    return info
 
 
 async def load(app: App, path: Path, loader_name: str | None, overrides: dict) -> ModelInfo:

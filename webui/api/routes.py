@@ -33,6 +33,7 @@ from starlette.routing import Match
 from backends.base import CancelToken, ModelInfo, SamplingParams
 from webui.api.anthropic import anthropic_router
 from webui.api.deps import generations, get_app, require_admin
+from webui.api.embeddings import embeddings_router
 from webui.api.errors import install_error_handlers
 from webui.api.grammar import grammar_for
 from webui.api.hub import hub_router
@@ -54,6 +55,8 @@ from webui.chat.reply import Reply, throttle
 from webui.chat.sampling import resolve_params, rule_settings
 from webui.chat.service import TurnOptions
 from webui.chat.tools import ToolError, ToolUse, parse_tool_choice, parse_tools, tool_format, tool_grammar
+from webui.models.catalog import Catalog
+from webui.models.facts import path_size
 from webui.paths import UnsafeName
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -86,10 +89,14 @@ class _Unload(BaseModel):
 # -- models: what the folder holds, and the model a request names ----------------------------------------
 
 
-def model_card(app: App, model_id: str, path: Path) -> dict:
+def model_card(app: App, model_id: str, path: Path, files: Catalog | None = None) -> dict:
+    """OpenAI's model object, plus (as extra fields) what the model is: ``context_length`` (the loaded context,
+    or the file's trained one when not loaded), ``loader`` (the one it runs, or would load, with),
+    ``quantization`` and ``size_bytes`` (on disk). Facts of files not loaded come from their headers (cached per
+    file by ``files``); a field it cannot tell is null."""
     loaded = {m.path: m for m in app.engine.resident}
     active = app.engine.loaded
-    return {
+    card = {
         "id": model_id,
         "object": "model",
         "created": int(path.stat().st_mtime) if path.exists() else 0,
@@ -97,22 +104,44 @@ def model_card(app: App, model_id: str, path: Path) -> dict:
         "loaded": path in loaded,
         "active": active is not None and active.path == path,
     }
+    if path in loaded:
+        info = loaded[path].model.info
+        card.update(context_length=info.context_length or None, loader=info.loader,
+                    quantization=info.quantization or None, size_bytes=info.file_size or path_size(path))  # fmt: skip
+        return card
+    facts = files.variant_at(path).facts if files is not None and path.exists() else None
+    try:
+        loader = app.choose_loader(path)[0]
+    except Exception:  # no loader recognises it: the card says so with null
+        loader = None
+    card.update(context_length=(facts.context_length or None) if facts else None, loader=loader,
+                quantization=(facts.quantization or None) if facts else None,
+                size_bytes=path_size(path) if path.exists() else None)  # fmt: skip
+    return card
+
+
+def _files(request: Request) -> Catalog:
+    """The server's cache of model files' facts (read once per file version)."""
+    return request.app.state.inglenook_files
 
 
 models_router = APIRouter()
 
 
 @models_router.get("/v1/models")
-async def models(app: AppDep) -> dict:
-    return {"object": "list", "data": [model_card(app, i, p) for i, p in sorted(catalog(app).items())]}
+async def models(app: AppDep, request: Request) -> dict:
+    files = _files(request)
+    cards = await run_in_threadpool(lambda: [model_card(app, i, p, files) for i, p in sorted(catalog(app).items())])
+    return {"object": "list", "data": cards}
 
 
 @models_router.get("/v1/models/{model_id:path}")
-async def model(model_id: str, app: AppDep) -> dict:
+async def model(model_id: str, app: AppDep, request: Request) -> dict:
     path = resolve(app, model_id)
     if path is None:  # a blank id
         raise ApiError(404, "give a model id: /v1/models/{id}", "model_not_found", "model")
-    return model_card(app, _model_id(model_id) if _model_id(model_id) in catalog(app) else model_id, path)
+    model_id = _model_id(model_id) if _model_id(model_id) in catalog(app) else model_id
+    return await run_in_threadpool(model_card, app, model_id, path, _files(request))
 
 
 # -- generation ---------------------------------------------------------------------------------------------
@@ -288,7 +317,14 @@ async def no_such_route(request: Request, rest: str) -> None:
 # -- the API on a server ------------------------------------------------------------------------------------
 
 # Every router the API serves; another one (hub downloads, embeddings …) is one more line here.
-ROUTERS: tuple[APIRouter, ...] = (models_router, generation_router, internal_router, anthropic_router, responses_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    models_router,
+    generation_router,
+    internal_router,
+    anthropic_router,
+    responses_router,
+    embeddings_router,
+)
 
 
 def install_api(server: FastAPI, app: App) -> None:
@@ -296,8 +332,9 @@ def install_api(server: FastAPI, app: App) -> None:
 
     A /v1 route added to ``server`` after this call would be shadowed by the fallback: add its router to
     :data:`ROUTERS` (or to ``routers`` below, for one built per app) instead."""
-    routers = [*ROUTERS, hub_router(app)]  # routers built for this app (their own closures) follow ROUTERS
+    routers = [*ROUTERS, hub_router(app)]  # routers built for this app follow ROUTERS
     server.state.inglenook_app = app
+    server.state.inglenook_files = Catalog(app.settings.models_dir)
     server.state.inglenook_generations = Generations()
     server.state.inglenook_routers = routers  # for the fallback's 405s
     install_error_handlers(server)

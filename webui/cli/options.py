@@ -111,6 +111,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allowed-host", action="append", default=[], help="extra Host header name to accept (repeat)")
     g.add_argument("--api-port", type=int, default=None, help="also serve the API alone on this port")
     g.add_argument("--max-loaded-models", type=int, default=1, help="models kept in memory at once (default: 1)")
+    g.add_argument(
+        "--require-model",
+        action="store_true",
+        help='API requests without "model" get 400, as OpenAI (default: they use the active model)',
+    )
 
 
 def serve_settings(args: argparse.Namespace) -> dict:
@@ -138,6 +143,7 @@ def serve_settings(args: argparse.Namespace) -> dict:
         "allowed_hosts": list(args.allowed_host),
         "api_port": args.api_port,
         "max_loaded_models": args.max_loaded_models,
+        "require_model": getattr(args, "require_model", False),
     }
     if args.listen:
         fields["host"] = "0.0.0.0"

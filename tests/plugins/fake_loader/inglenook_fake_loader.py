@@ -14,7 +14,9 @@ A `.fake` file is JSON (every key optional)::
                                           # (those that differ from neutral), to test which ones reach a model
      "echo_prompt": false,                # true: the reply is {"prompt": the prompt as rendered, "params": ...}
                                           # (how a server behind a remote rendered the messages it got)
-     "crash": ""}                         # "load", "token:N" (after N tokens), "abort:N": the process dies
+     "crash": "",                         # "load", "token:N" (after N tokens), "abort:N": the process dies
+     "embed": false}                      # true: embed() gives bag-of-words vectors (64 dims, L2-normalised),
+                                          # so texts sharing words are closer; false: it cannot embed
 
 Tokens are UTF-8 bytes for tokenize/detokenize (exact and reversible); a reply streams word by word.
 `crash` kills the process that runs the model (SIGSEGV, or abort() for "abort:N"), which is how a native
@@ -24,12 +26,14 @@ fault inside llama.cpp or torch looks from outside: only safe where models run i
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +54,7 @@ from backends.base import (
 from backends.hookspecs import hookimpl
 
 SUFFIX = ".fake"
+EMBED_DIMS = 64
 
 
 @dataclass
@@ -135,6 +140,18 @@ class FakeModel(Model):
         if not matcher.stopped and (tail := matcher.flush()):
             yield Chunk(text=tail)
         yield Chunk(finish_reason=finish, usage=watch.usage(prompt_tokens, produced))
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        if not self.script.get("embed"):
+            return super().embed(texts)
+        out = []
+        for text in texts:
+            vector = [0.0] * EMBED_DIMS
+            for word in re.findall(r"\w+", text.lower()):
+                vector[zlib.crc32(word.encode()) % EMBED_DIMS] += 1.0
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            out.append([v / norm for v in vector])
+        return out
 
     def close(self) -> None:
         self.closed = True
