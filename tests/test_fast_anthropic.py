@@ -138,7 +138,7 @@ def test_wrong_key_is_an_authentication_error_and_x_api_key_works(fake_app):
     ("request_fields", "message_part"),
     [
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "image blocks"),
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools are not supported"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "objekt"}}]}, "not a valid JSON Schema"),
         (
             {
                 "messages": [
@@ -146,7 +146,7 @@ def test_wrong_key_is_an_authentication_error_and_x_api_key_works(fake_app):
                     {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
                 ]
             },
-            "tools are not supported",
+            "send its tool_result",
         ),
         ({"model": "no-such-model"}, "not found"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "user role"),

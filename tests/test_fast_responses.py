@@ -80,8 +80,9 @@ def test_max_output_tokens_makes_an_incomplete_response(served):
     [
         ({"previous_response_id": "resp_123"}, "stateless", "previous_response_id"),
         ({"store": True}, "stateless", "store"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, "tools are not", "tools"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "tools are not", "tools"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "objekt"}}]}, "not a valid", "tools"),
+        ({"tools": [{"type": "web_search"}]}, "only tools of type 'function'", "tools"),
+        ({"input": [{"type": "function_call_output", "output": "1"}]}, "needs a string call_id", "input.0"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
             "only text parts",

@@ -4,6 +4,12 @@ frameworks that speak it (``client.responses.create`` in the official SDKs).
 Nothing is stored: ``previous_response_id`` and ``store: true`` are refused with a clear 400, so a client never
 believes a conversation is kept here. The generation takes the OpenAI chat route's path (:mod:`webui.api.turns`):
 the same Chat service, sampling policy (``preset`` by name too), fair queue and cancel on disconnect.
+
+Function tools go through the tools core (:mod:`webui.chat.tools`), as on the chat completions route: ``tools``
+(``{"type": "function", "name", "parameters"}``), ``tool_choice`` (auto, required, none or a named function:
+required and named force a call with a grammar), ``function_call`` / ``function_call_output`` input items as the
+core's assistant ``tool_calls`` / ``tool`` messages; the reply's calls are ``function_call`` output items,
+streamed as ``response.function_call_arguments.delta`` fragments.
 """
 
 from __future__ import annotations
@@ -18,15 +24,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from webui.api.deps import generations, get_app
-from webui.api.errors import status_of
 from webui.api.stream import Generations
-from webui.api.turns import Ended, Turn, begin, new_id, sampling_extras
+from webui.api.turns import Ended, Turn, begin, failure_status, new_id, sampling_extras
 from webui.api.types import ApiError
 from webui.app import App
+from webui.chat.tools import CallDelta, Tool, ToolCall, ToolChoice, ToolError, parse_tool_choice, parse_tools
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TEXT_PARTS = ("input_text", "output_text", "text")
-TOOL_ITEMS = ("function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output")
 
 AppDep = Annotated[App, Depends(get_app)]
 GenerationsDep = Annotated[Generations, Depends(generations)]
@@ -45,15 +50,26 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     preset: str | None = None  # ours, as on the OpenAI routes
 
 
-def tools_turn(body: ResponsesRequest) -> None:
-    """Where function tools (``tools``, ``function_call`` / ``function_call_output`` items) will meet the tools
-    core; for now a clear 400 instead of a reply that ignores the tools."""
-    raise ApiError(400, "tools are not supported on this endpoint yet", "tools_not_supported", "tools")
+def tool_request(body: ResponsesRequest) -> tuple[list[Tool], ToolChoice]:
+    """The request's function ``tools`` and ``tool_choice`` read by the core (a bad schema or choice is a 400)."""
+    try:
+        tools = parse_tools(body.tools)
+    except ToolError as exc:
+        raise ApiError(400, f"tools: {exc}", param="tools") from None
+    raw = body.tool_choice
+    if isinstance(raw, dict) and raw.get("type") == "function" and "function" not in raw:
+        raw = {"type": "function", "function": {"name": raw.get("name")}}  # the Responses API's flat shape
+    try:
+        return tools, parse_tool_choice(raw, tools, body.parallel_tool_calls)
+    except ToolError as exc:
+        message = str(exc).replace('{"type": "function", "function": {"name": …}}', '{"type": "function", "name": …}')
+        raise ApiError(400, message, param="tool_choice") from None
 
 
 def _refuse_state(body: ResponsesRequest) -> None:
@@ -84,21 +100,41 @@ def _content(content: Any, where: str) -> str:
 
 
 def chat_messages(body: ResponsesRequest) -> list[dict]:
-    """``{"role", "content"}`` dicts for the chat path: ``instructions`` first, then ``input``."""
+    """``{"role", "content"}`` dicts for the chat path: ``instructions`` first, then ``input`` (``function_call``
+    items as the assistant's ``tool_calls``, ``function_call_output`` items as ``tool`` messages)."""
     items = body.input if isinstance(body.input, list) else [{"role": "user", "content": body.input}]
-    if body.tools or any(i.get("type") in TOOL_ITEMS for i in items):
-        tools_turn(body)
     out = [{"role": "system", "content": body.instructions}] if body.instructions else []
     for i, item in enumerate(items):
         kind, role = item.get("type", "message"), item.get("role")
-        if kind != "message" or role not in ROLES:
+        if kind == "function_call":
+            _add_call(item, f"input.{i}", out)
+        elif kind == "function_call_output":
+            if not isinstance(item.get("call_id"), str):
+                raise ApiError(400, f"input.{i}: a function_call_output needs a string call_id", param=f"input.{i}")
+            output = _content(item.get("output", ""), f"input.{i}.output")
+            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
+        elif kind != "message" or role not in ROLES:
             what = f"role {role!r}" if kind == "message" else f"item type {kind!r}"
             raise ApiError(400, f"input.{i}: {what} is not supported (messages of user, assistant, system or "
-                           "developer)", param=f"input.{i}")  # fmt: skip
-        out.append({"role": ROLES[role], "content": _content(item.get("content"), f"input.{i}.content")})
+                           "developer, function_call and function_call_output)", param=f"input.{i}")  # fmt: skip
+        else:
+            out.append({"role": ROLES[role], "content": _content(item.get("content"), f"input.{i}.content")})
     if not any(m["role"] == "user" for m in out):
         raise ApiError(400, "input holds no user message", param="input")
     return out
+
+
+def _add_call(item: dict, where: str, out: list[dict]) -> None:
+    """A ``function_call`` item as the ``tool_calls`` of an assistant message: of the one just before it (its text,
+    or calls made together), else of a new one."""
+    name, arguments, call_id = item.get("name"), item.get("arguments", "{}"), item.get("call_id")
+    if not isinstance(name, str) or not isinstance(arguments, str) or not isinstance(call_id, str):
+        raise ApiError(400, f"{where}: a function_call needs string call_id, name and arguments", param=where)
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    if out and out[-1]["role"] == "assistant":
+        out[-1].setdefault("tool_calls", []).append(call)
+    else:
+        out.append({"role": "assistant", "content": "", "tool_calls": [call]})
 
 
 def _values(body: ResponsesRequest) -> dict[str, Any]:
@@ -124,15 +160,31 @@ class _Shape:
         content = [] if text is None else [self.part(text)]
         return {"type": "message", "id": self.item_id, "status": status, "role": "assistant", "content": content}
 
-    def response(self, text: str | None, ended: Ended | None, input_tokens: int = 0) -> dict:
+    def call_item(self, call: ToolCall, status: str = "completed") -> dict:
+        """A ``function_call`` output item (``call_id``: what the client's ``function_call_output`` names)."""
+        return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
+                "name": call.name, "arguments": call.arguments, "status": status}  # fmt: skip
+
+    def output(self, text: str, ended: Ended) -> list[dict]:
+        """A whole reply's output items: its message (when it has text or nothing else), then its calls."""
+        status = "incomplete" if ended.reason == "length" else "completed"
+        message = [self.item(text, status)] if text or not ended.calls else []
+        return message + [self.call_item(c) for c in ended.calls]
+
+    def response(self, text: str | None, ended: Ended | None, output: list[dict] | None = None) -> dict:
+        """The response object; ``output``: the items as streamed (else the whole reply's, once it ended)."""
         status = "in_progress" if ended is None else ("incomplete" if ended.reason == "length" else "completed")
         body = self.body
+        if output is None:
+            output = [] if ended is None else self.output(text or "", ended)
+        choice = body.tool_choice if body.tool_choice is not None else ("auto" if body.tools else "none")
         out = {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "model": self.model, "output": [] if ended is None else [self.item(text or "", status)],
+            "model": self.model, "output": output,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
             "temperature": body.temperature, "top_p": body.top_p, "metadata": body.metadata or {},
-            "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "store": False,
+            "parallel_tool_calls": body.parallel_tool_calls is not False, "tool_choice": choice,
+            "tools": body.tools or [], "store": False,
             "previous_response_id": None, "text": {"format": {"type": "text"}}, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "usage": None,
@@ -151,33 +203,99 @@ class _Shape:
         return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _events(turn: Turn, first: str | Ended, shape: _Shape) -> AsyncIterator[bytes]:
+class _Items:
+    """The output items of a streamed response: one open at a time (the message, or a function call), each
+    added, then its deltas, then done; the finished ones make the final response's ``output``."""
+
+    def __init__(self, shape: _Shape) -> None:
+        self.shape = shape
+        self.done: list[dict] = []
+        self.text: str | None = None  # the open message's text so far
+        self.call: ToolCall | None = None  # the open call, its arguments so far
+
+    def where(self) -> dict:
+        return {"item_id": self.shape.item_id, "output_index": len(self.done), "content_index": 0}
+
+    def open_text(self) -> list[bytes]:
+        shape, self.text = self.shape, ""
+        if any(i["type"] == "message" for i in self.done):
+            shape.item_id = new_id("msg_")  # text after a call: a second message item
+        return [shape.event("response.output_item.added", output_index=len(self.done),
+                            item=shape.item(None, "in_progress")),
+                shape.event("response.content_part.added", **self.where(), part=shape.part(""))]  # fmt: skip
+
+    def add_text(self, piece: str) -> list[bytes]:
+        out = [] if self.text is not None else [*self.close(), *self.open_text()]
+        self.text = (self.text or "") + piece
+        return [*out, self.shape.event("response.output_text.delta", **self.where(), delta=piece, logprobs=[])]
+
+    def add_call(self, piece: CallDelta) -> list[bytes]:
+        shape, out = self.shape, []
+        if piece.id is not None:
+            out = self.close()
+            self.call = ToolCall(piece.id, piece.name or "", "")
+            out.append(shape.event("response.output_item.added", output_index=len(self.done),
+                                   item=shape.call_item(self.call, "in_progress")))  # fmt: skip
+        if piece.arguments and self.call is not None:
+            self.call = ToolCall(self.call.id, self.call.name, self.call.arguments + piece.arguments)
+            out.append(shape.event("response.function_call_arguments.delta", output_index=len(self.done),
+                                   item_id=shape.call_item(self.call)["id"], delta=piece.arguments))  # fmt: skip
+        return out
+
+    def close(self, status: str = "completed") -> list[bytes]:
+        """Finish the open item (its done events), if any."""
+        shape, at = self.shape, len(self.done)
+        if self.text is not None:
+            text, self.text = self.text, None
+            item = shape.item(text, status)
+            self.done.append(item)
+            return [shape.event("response.output_text.done", **{**self.where(), "output_index": at}, text=text,
+                                logprobs=[]),
+                    shape.event("response.content_part.done", **{**self.where(), "output_index": at},
+                                part=shape.part(text)),
+                    shape.event("response.output_item.done", output_index=at, item=item)]  # fmt: skip
+        if self.call is not None:
+            item, self.call = shape.call_item(self.call), None
+            self.done.append(item)
+            return [shape.event("response.function_call_arguments.done", output_index=at, item_id=item["id"],
+                                name=item["name"], arguments=item["arguments"]),
+                    shape.event("response.output_item.done", output_index=at, item=item)]  # fmt: skip
+        return []
+
+
+async def _events(turn: Turn, first: str | CallDelta | Ended, shape: _Shape) -> AsyncIterator[bytes]:
     """The Responses stream: response.created, response.in_progress, response.output_item.added,
     response.content_part.added, response.output_text.delta…, response.output_text.done,
     response.content_part.done, response.output_item.done, then response.completed (response.incomplete at
-    max_output_tokens, as OpenAI's); response.failed if the generation fails midway."""
-    where = {"item_id": shape.item_id, "output_index": 0, "content_index": 0}
+    max_output_tokens, as OpenAI's); response.failed if the generation fails midway. With tools, items are
+    added as the reply needs them: a function call's is followed by response.function_call_arguments.delta…,
+    response.function_call_arguments.done and response.output_item.done."""
+    items = _Items(shape)
     try:
         yield shape.event("response.created", response=shape.response(None, None))
         yield shape.event("response.in_progress", response=shape.response(None, None))
-        yield shape.event("response.output_item.added", output_index=0, item=shape.item(None, "in_progress"))
-        yield shape.event("response.content_part.added", **where, part=shape.part(""))
-        text, piece = "", first
-        while isinstance(piece, str):
-            text += piece
-            yield shape.event("response.output_text.delta", **where, delta=piece, logprobs=[])
+        if turn.tools is None:
+            for data in items.open_text():
+                yield data
+        piece = first
+        while not isinstance(piece, Ended):
+            for data in items.add_text(piece) if isinstance(piece, str) else items.add_call(piece):
+                yield data
             piece = await turn.next()
         if piece.reason == "error":
-            status, code = status_of(piece.reply.failure)
-            failed = shape.response(text, None)
+            status, code = failure_status(piece.reply)
+            failed = shape.response(None, None, [*items.done, *([shape.item(items.text, "incomplete")]
+                                                                if items.text is not None else [])])  # fmt: skip
             failed["status"] = "failed"
             failed["error"] = {"code": code or "server_error", "message": piece.reply.error or "generation failed"}
             yield shape.event("response.failed", response=failed)
             return
-        final = shape.response(text, piece)
-        yield shape.event("response.output_text.done", **where, text=text, logprobs=[])
-        yield shape.event("response.content_part.done", **where, part=shape.part(text))
-        yield shape.event("response.output_item.done", output_index=0, item=final["output"][0])
+        if not items.done and items.text is None and items.call is None:
+            for data in items.open_text():  # an empty reply still has its (empty) message
+                yield data
+        for data in items.close("incomplete" if piece.reason == "length" else "completed"):
+            yield data
+        final = shape.response(None, piece, items.done)
         yield shape.event(f"response.{final['status']}", response=final)
     finally:
         turn.close()  # the client went away (or we are done): let the engine go
@@ -190,10 +308,11 @@ responses_router = APIRouter()
 async def responses(body: ResponsesRequest, request: Request, app: AppDep, record: GenerationsDep):
     _refuse_state(body)
     history = chat_messages(body)
+    tools, choice = tool_request(body)
     gen_id = new_id("resp_")
     turn, model = await begin(
         app, request, record, gen_id=gen_id, model=body.model, messages=history, explicit=_values(body),
-        preset=body.preset,
+        preset=body.preset, tools=tools, choice=choice,
     )  # fmt: skip
     shape = _Shape(body, model, gen_id)
     if not body.stream:

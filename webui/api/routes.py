@@ -42,6 +42,7 @@ from webui.api.lookup import find_preset as _preset
 from webui.api.lookup import model_id as _model_id
 from webui.api.responses import responses_router
 from webui.api.stream import Generations, Pump, Shape, respond
+from webui.api.turns import tool_use
 from webui.api.types import (
     ApiError,
     ChatRequest,
@@ -54,7 +55,7 @@ from webui.app import App
 from webui.chat.reply import Reply, throttle
 from webui.chat.sampling import resolve_params, rule_settings
 from webui.chat.service import TurnOptions
-from webui.chat.tools import ToolError, ToolUse, parse_tool_choice, parse_tools, tool_format, tool_grammar
+from webui.chat.tools import ToolError, ToolUse, parse_tool_choice, parse_tools
 from webui.models.catalog import Catalog
 from webui.models.facts import path_size
 from webui.paths import UnsafeName
@@ -400,18 +401,7 @@ def _tool_use(app: App, body: ChatRequest, info: ModelInfo, params: SamplingPara
         choice = parse_tool_choice(body.tool_choice, tools, body.parallel_tool_calls)
     except ToolError as exc:
         raise ApiError(400, str(exc), param="tool_choice" if str(exc).startswith("tool_choice") else "tools") from None
-    if not tools:
-        return None  # tool results in the history still reach the prompt (webui.chat.tools.prepare)
-    fmt, _native = tool_format(info, None)
-    if choice.forced and "grammar" in app.registry.get(info.loader).supported_params:
-        if params.grammar:
-            raise ApiError(400, "a required tool call cannot be combined with grammar or response_format",
-                           param="tool_choice")  # fmt: skip
-        try:
-            params.grammar = tool_grammar(tools, fmt, choice)
-        except ToolError as exc:
-            raise ApiError(400, str(exc), param="tools") from None
-    return ToolUse(tuple(tools), choice, fmt)
+    return tool_use(app, info, tools, choice, params)
 
 
 def _grammar(app: App, response_format: ResponseFormat) -> str:
