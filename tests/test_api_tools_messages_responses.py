@@ -225,3 +225,46 @@ def test_responses_a_bad_schema_or_tool_choice_is_a_400_in_openais_shape(served,
         served.gpt.responses.create(model="caller", input="Hi", **extra)
     assert message in caught.value.message and caught.value.body["type"] == "invalid_request_error"
     assert caught.value.param == ("tools" if "JSON Schema" in message else "tool_choice")
+
+
+# -- the real model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma_server(models_dir, tmp_path_factory):
+    from api_fixtures import serve
+
+    with serve(models_dir, tmp_path_factory.mktemp("tools-user-data")) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_the_embedded_gemma_answers_messages_with_a_valid_tool_use_when_one_is_forced(gemma_server):
+    """``tool_choice: {"type": "tool"}``: the grammar makes the 270M gemma's answer a call that validates."""
+    from api_fixtures import GEMMA
+
+    client = anthropic.Anthropic(base_url=gemma_server.url, api_key="x", max_retries=0, timeout=300)
+    message = client.messages.create(model=GEMMA, max_tokens=60, messages=ASK, tools=CLAUDE_TOOLS,
+                                     tool_choice={"type": "tool", "name": "get_weather"},
+                                     extra_body={"temperature": 0})  # fmt: skip
+    assert message.stop_reason == "tool_use", message
+    (block,) = [b for b in message.content if b.type == "tool_use"]
+    assert block.name == "get_weather"
+    jsonschema.validate(block.input, WEATHER_SCHEMA)
+
+
+@pytest.mark.slow
+def test_the_embedded_gemma_answers_responses_with_a_valid_function_call_when_one_is_required(gemma_server):
+    from api_fixtures import GEMMA
+
+    client = openai.OpenAI(base_url=f"{gemma_server.url}/v1", api_key="x", max_retries=0, timeout=300)
+    events = list(client.responses.create(model=GEMMA, input=ASK[0]["content"], tools=RESPONSES_TOOLS,
+                                          tool_choice="required", parallel_tool_calls=False, max_output_tokens=60,
+                                          temperature=0, stream=True))  # fmt: skip
+    final = events[-1].response
+    assert events[-1].type == "response.completed", events[-1]
+    (call,) = [i for i in final.output if i.type == "function_call"]
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert deltas == call.arguments
