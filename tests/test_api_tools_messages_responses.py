@@ -139,6 +139,9 @@ def test_messages_invalid_arguments_and_a_missing_forced_call_are_errors_the_cli
     plain = served.claude.messages.create(model="hello", max_tokens=200, messages=ASK, tools=CLAUDE_TOOLS,
                                           tool_choice={"type": "auto"})  # fmt: skip
     assert plain.stop_reason == "end_turn" and [b.type for b in plain.content] == ["text"]
+    with served.claude.messages.stream(model="hello", max_tokens=200, messages=ASK, tools=CLAUDE_TOOLS) as stream:
+        assert "".join(stream.text_stream) == plain.content[0].text  # text with tools offered streams as text
+        assert stream.get_final_message().stop_reason == "end_turn"
 
 
 @pytest.mark.parametrize(
@@ -209,6 +212,10 @@ def test_responses_invalid_arguments_are_an_error_the_client_sees(served):
     served.use("hello")
     with pytest.raises(openai.UnprocessableEntityError, match="a tool call was required"):
         served.gpt.responses.create(model="hello", input="Hi", tools=RESPONSES_TOOLS, tool_choice="required")
+    with served.gpt.responses.stream(model="hello", input="Hi", tools=RESPONSES_TOOLS) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == "Hello there, friend." and [i.type for i in final.output] == ["message"]
 
 
 @pytest.mark.parametrize(
