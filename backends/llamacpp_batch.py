@@ -31,6 +31,7 @@ from backends.base import CancelToken, Chunk, GenerationError, SamplingParams, S
 log = logging.getLogger(__name__)
 
 _END = object()  # the end of one generation's chunk queue
+_FORGET = object()  # asks the decode thread to empty the free slots' caches
 
 
 @dataclass
@@ -110,6 +111,10 @@ class BatchDecoder:
             if not done:
                 job.cancel.cancel()
 
+    def forget(self) -> None:
+        """Empty the cache of every free slot (before the next job starts): ``inglenook bench`` times cold prompts."""
+        self._incoming.put(_FORGET)
+
     def close(self) -> None:
         """Stop the decode thread (running jobs end with an error) and free the batch."""
         if self._closed.is_set():
@@ -130,7 +135,13 @@ class BatchDecoder:
                 while True:
                     if item is None:
                         return self._abort(running, waiting, "the model was unloaded")
-                    waiting.append(item)
+                    if item is _FORGET:
+                        for slot in self._slots:
+                            if slot.job is None:
+                                self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+                                slot.kv = []
+                    else:
+                        waiting.append(item)
                     item = self._incoming.get_nowait()
             except queue.Empty:
                 pass

@@ -120,3 +120,17 @@ def test_cancelling_one_stream_leaves_the_others_running(batched):
     assert results["victim"][1].finish_reason == "cancelled"
     assert results["victim"][1].usage.completion_tokens < 200
     assert [last.finish_reason for _, last in results["others"]] == ["length"] * 3
+
+
+def test_slots_keep_conversations_and_the_least_recently_used_is_evicted(batched):
+    batched._batch.forget()  # empty caches (what inglenook bench's reset does)
+    starts = [f"Conversation {name}: the weather today is" for name in ("one", "two", "three", "four", "five")]
+
+    def cached(prompt: str) -> int:
+        return collect(batched.generate(prompt, greedy(1), CancelToken()))[1].usage.cached_tokens
+
+    assert [cached(p) for p in starts[:4]] == [0, 0, 0, 0]  # four misses fill the four slots
+    assert cached(starts[0] + " sunny and warm") == len(batched.tokenize(starts[0]))  # a hit: only the new words
+    assert cached(starts[4]) == 0  # a fifth conversation evicts the least recently used slot: "two"
+    assert cached(starts[2] + " sunny and warm") == len(batched.tokenize(starts[2]))  # "three" stayed
+    assert cached(starts[1] + " sunny and warm") == 0  # "two" is gone

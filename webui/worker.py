@@ -447,12 +447,15 @@ def _llama_state(model: Model) -> dict | None:
     llm = getattr(model, "_llm", None)
     if llm is None:
         return None
-    return {"n_ctx": llm.n_ctx(), "n_threads": llm.n_threads, "n_threads_batch": llm.n_threads_batch,
+    n_ctx = llm.n_ctx() // _parallel(model)  # each parallel sequence's own context
+    return {"n_ctx": n_ctx, "n_threads": llm.n_threads, "n_threads_batch": llm.n_threads_batch,
             "n_batch": llm.n_batch}  # fmt: skip
 
 
 def _reset_cache(model: Model) -> None:
     llm = getattr(model, "_llm", None)
+    if getattr(model, "_batch", None) is not None:
+        model._batch.forget()  # the parallel slots' caches
     if llm is not None:
         llm.reset()
         if hasattr(model, "_cached_prompt"):
