@@ -16,7 +16,8 @@ from backends.llamacpp import llama_kwargs, model_params
 
 def raw_batch_ceiling(path: Path, settings: LoadSettings, prompt: str, clients: int, tokens: int) -> dict:
     """Greedy decode of ``tokens`` tokens for 1 sequence, then for ``clients`` sequences in one batch per step
-    (alternated twice, the best of each kept). Returns the two decode speeds in tokens per second (all sequences together) and their ratio.
+    (alternated twice, the best of each kept). Returns the two decode speeds in tokens per second (all
+    sequences together) and their ratio.
     """
     import llama_cpp
     import numpy as np
