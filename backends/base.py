@@ -263,6 +263,7 @@ class Usage:
     ttft_s: float = 0.0  # from the start of generation to the first token
     total_s: float = 0.0  # from the start of generation to the last token
     queued_s: float = 0.0  # time spent waiting for the model before generation started
+    cached_tokens: int = 0  # prompt tokens found in the KV cache (not processed again)
 
     @property
     def tokens_per_s(self) -> float:
@@ -286,6 +287,7 @@ class Usage:
             "total_ms": round(self.total_s * 1000, 1),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "queued_ms": round(self.queued_s * 1000, 1),
+            **({"cached_tokens": self.cached_tokens} if self.cached_tokens else {}),
         }
 
 
@@ -338,9 +340,10 @@ class CancelToken:
 
 
 class Model(ABC):
-    """A loaded model. One generation at a time; the engine enforces that."""
+    """A loaded model. ``parallel`` generations at a time (one unless it batches); the engine enforces that."""
 
     info: ModelInfo
+    parallel: int = 1  # generations it decodes together (llama.cpp's continuous batching); more wait their turn
 
     @abstractmethod
     def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...

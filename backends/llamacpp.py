@@ -59,6 +59,10 @@ class LlamaCppSettings(LoadSettings):
     # llama.cpp's extra buffer types (weight repacking, and AMX on CPUs that advertise it). auto = on, unless
     # the CPU advertises AMX: then the app's probe decides (webui/hardware.py), and without a probe, off.
     extra_buffer_types: Literal["auto", "on", "off"] = "auto"
+    # Generations decoded together in one batch (continuous batching, llama-server's --parallel): 1 = one at a
+    # time (requests beyond it wait in the engine's fair queue); 0 = auto (parallel_slots). Each of them gets
+    # the whole n_ctx: the KV cache is unified and holds parallel × n_ctx cells.
+    parallel: int = 1
 
 
 # Decides ``auto`` for a model path: (use extra buffer types, why). The app supplies one that probes once per
@@ -91,29 +95,65 @@ _PARAMS_LOCK = threading.Lock()
 
 
 @contextmanager
-def model_params(use_extra_bufts: bool) -> Iterator[None]:
-    """Loads inside this block get ``llama_model_params.use_extra_bufts = use_extra_bufts``."""
+def model_params(use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
+    """Loads inside this block get ``llama_model_params.use_extra_bufts = use_extra_bufts`` and, with
+    ``n_seq_max > 1``, a context of that many sequences, each with its own KV stream (``kv_unified = false``,
+    llama-server's default): a unified cache interleaves the sequences' cells, and the attention's sums then
+    run in another order than in a lone run, so greedy output would depend on the other streams."""
     from llama_cpp import llama_cpp as lib
 
     with _PARAMS_LOCK:
         original = lib.llama_model_default_params
+        original_context = lib.llama_context_default_params
 
         def defaults():
             params = original()
             params.use_extra_bufts = use_extra_bufts
             return params
 
+        def context_defaults():
+            params = original_context()
+            if n_seq_max > 1:
+                params.n_seq_max = n_seq_max
+                params.kv_unified = False  # a KV stream per sequence: cells in the order a lone run has them
+            return params
+
         lib.llama_model_default_params = defaults
+        lib.llama_context_default_params = context_defaults
         try:
             yield
         finally:
             lib.llama_model_default_params = original
+            lib.llama_context_default_params = original_context
+
+
+MAX_PARALLEL = 8  # more sequences than this gain nothing on a CPU and cost KV memory
+AUTO_KV_CELLS = 32768  # auto parallel keeps parallel × n_ctx within this many KV cells
+
+
+def parallel_slots(setting: int, n_ctx: int, cores: int) -> int:
+    """The sequences to decode together for the ``parallel`` setting (0 = auto).
+
+    Auto: 4 (a CPU's decode is bound by memory bandwidth, so a batch of 4 costs little more than one token;
+    llama-server and LM Studio use 4 too), fewer when the unified KV cache (4 × n_ctx) would pass
+    ``AUTO_KV_CELLS``, and 1 on a single core (nothing to win there, the batch's prompt chunks slow every stream).
+    """
+    if setting < 0:
+        raise ModelLoadError(f"parallel must be 0 (auto) or a number of sequences, not {setting}")
+    if setting > 0:
+        return min(setting, MAX_PARALLEL)
+    if cores < 2:
+        return 1
+    return max(1, min(4, AUTO_KV_CELLS // max(1, n_ctx)))
 
 
 class LlamaCppModel(Model):
-    def __init__(self, llm, info: ModelInfo, governor: ThreadGovernor | None = None) -> None:
+    def __init__(
+        self, llm, info: ModelInfo, governor: ThreadGovernor | None = None, parallel: int = 1, n_ctx: int = 0
+    ) -> None:
         """``llm``: a ``llama_cpp.Llama``; ``governor``: picks the decode threads as the load changes (None
-        when the user set ``threads``: then that count is obeyed)."""
+        when the user set ``threads``: then that count is obeyed); ``parallel`` > 1: a batch decoder of that
+        many sequences of ``n_ctx`` each."""
         import llama_cpp
 
         self._llm = llm
@@ -126,6 +166,12 @@ class LlamaCppModel(Model):
         self._embed_ctx = None  # (context, batch, size) for embed(), made on first use
         # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
         llm._init_sampler = self._take_sampler
+        self.parallel = parallel
+        self._batch = None
+        if parallel > 1:
+            from backends.llamacpp_batch import BatchDecoder
+
+            self._batch = BatchDecoder(llm, parallel, n_ctx, self._is_eog, self._logprobs)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
@@ -139,6 +185,9 @@ class LlamaCppModel(Model):
     def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
         if self._llm is None:
             raise ModelNotLoaded("the model was unloaded")
+        if self._batch is not None:
+            yield from self._generate_batched(prompt, params, cancel)
+            return
         watch = Stopwatch()
         prompt_tokens = self.tokenize(prompt)
         n_ctx = _usable_ctx(self._llm)
@@ -185,7 +234,7 @@ class LlamaCppModel(Model):
                 # special=True renders control tokens (e.g. <start_of_turn>) so stop strings can match them
                 piece = self._llm.detokenize([token], special=True)
                 if params.logprobs >= 0:
-                    pending.append(self._logprobs(token, piece, params.logprobs))
+                    pending.append(self._logprobs(-1, token, piece, params.logprobs))
                 text = stops.feed(decoder.decode(piece))
                 if text:
                     yield Chunk(text, logprobs=pending or None)
@@ -215,12 +264,36 @@ class LlamaCppModel(Model):
             self._threads = threads
             log.debug("decode threads now %d", threads)
 
-    def _logprobs(self, token: int, piece: bytes, top: int) -> dict:
-        """Log-probabilities from the logits that chose ``token`` (still in the context until the next eval)."""
+    def _generate_batched(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
+        """``generate`` as one sequence of the batch decoder: prepared here, decoded on the decoder's thread."""
+        from backends.llamacpp_batch import Job
+
+        prompt_tokens = self.tokenize(prompt)
+        n_ctx = self._batch.n_ctx_seq
+        if len(prompt_tokens) >= n_ctx:
+            raise PromptTooLong(
+                f"the prompt is {len(prompt_tokens)} tokens but the context holds {n_ctx}; "
+                "shorten it or load the model with a larger context length"
+            )
+        seed = params.seed if params.seed >= 0 else random.randrange(2**31)
+        if params.grammar:
+            self._check_grammar(params.grammar)
+        plan = sampler_plan(params, seed, n_ctx, self._eog_tokens())
+        job = Job(
+            prompt=prompt_tokens,
+            params=params,
+            sampler=self.build_sampler(plan, prompt_tokens),
+            budget=min(params.max_new_tokens, n_ctx - len(prompt_tokens)),
+            cancel=cancel,
+        )
+        yield from self._batch.submit(job)
+
+    def _logprobs(self, index: int, token: int, piece: bytes, top: int) -> dict:
+        """Log-probabilities from the logits (of batch position ``index``, -1 = the last) that chose ``token``."""
         import numpy as np
 
         n_vocab = self._llm.n_vocab()
-        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(n_vocab,))
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._llm._ctx.ctx, index), shape=(n_vocab,))
         peak = float(logits.max())
         logprobs = logits - (peak + float(np.log(np.exp(logits - peak).sum())))
         entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logprobs[token]),
@@ -332,6 +405,9 @@ class LlamaCppModel(Model):
         return self._embed_ctx
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()  # its thread decodes with the context: stopped before the context is freed
+            self._batch = None
         if self._embed_ctx is not None:
             ctx, batch, _ = self._embed_ctx
             batch.close()
@@ -377,6 +453,8 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError(f"{path} is not a file")
         if isinstance(settings, LlamaCppSettings) and settings.extra_buffer_types not in ("auto", "on", "off"):
             raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {settings.extra_buffer_types!r}")
+        if isinstance(settings, LlamaCppSettings):
+            parallel_slots(settings.parallel, settings.n_ctx, usable_cores())
         read_header(path)
 
     def load(self, path: Path, settings: LoadSettings) -> Model:
@@ -389,11 +467,24 @@ class LlamaCppLoader(Loader):
         import llama_cpp
 
         chosen = settings.extra_buffer_types if isinstance(settings, LlamaCppSettings) else "auto"
-        use_extra_bufts, why = decide_extra_buffers(chosen, path, self.auto_extra_buffers)
+        kwargs = llama_kwargs(path, settings)
+        setting = settings.parallel if isinstance(settings, LlamaCppSettings) else 1
+        parallel = parallel_slots(setting, kwargs["n_ctx"], usable_cores())
+        if parallel > 1 and chosen == "auto":
+            # The repacked kernels compute a batch's rows in groups of 4 (gemm) and the rest one by one (gemv),
+            # so a stream's logits would depend on which other streams share its step (measured: greedy
+            # replies diverged after a few words). Off, each row is computed as in a lone run.
+            use_extra_bufts, why = False, "off (auto: parallel decoding needs batch-independent kernels)"
+        else:
+            use_extra_bufts, why = decide_extra_buffers(chosen, path, self.auto_extra_buffers)
         log.info("%s: extra buffer types %s", path.name, why)
+        if parallel > 1:
+            if kwargs["n_ctx"] <= 0:
+                raise ModelLoadError("parallel decoding needs an explicit n_ctx (the context of each sequence)")
+            kwargs["n_ctx"] *= parallel  # unified KV: each sequence may fill n_ctx of the parallel × n_ctx cells
         try:
-            with model_params(use_extra_bufts):
-                llm = llama_cpp.Llama(**llama_kwargs(path, settings))
+            with model_params(use_extra_bufts, parallel):
+                llm = llama_cpp.Llama(**kwargs)
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
         vocab = llm._model.vocab
@@ -404,7 +495,7 @@ class LlamaCppLoader(Loader):
             architecture=header.architecture,
             parameter_count=header.parameter_count,
             quantization=header.quantization,
-            context_length=_usable_ctx(llm),
+            context_length=_usable_ctx(llm) if parallel == 1 else settings.n_ctx,
             chat_template=header.chat_template,
             file_size=path.stat().st_size,
             bos_token=_piece(llm, llama_cpp.llama_vocab_bos(vocab)),
@@ -412,11 +503,13 @@ class LlamaCppLoader(Loader):
             metadata={
                 **{k: str(v) for k, v in header.metadata.items() if k.startswith("general.")},
                 "inglenook.extra_buffer_types": why,
+                "inglenook.parallel": str(parallel),
             },
         )
         explicit = (settings.threads or 0) > 0
-        governor = None if explicit else ThreadGovernor(llm.context_params.n_threads)
-        return LlamaCppModel(llm, info, governor)
+        # the governor times the one-sequence decode; the batch decoder keeps the threads it was given
+        governor = None if explicit or parallel > 1 else ThreadGovernor(llm.context_params.n_threads)
+        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx)
 
 
 def ensure_backends() -> None:

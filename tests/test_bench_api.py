@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow  # real models, servers or browsers
 def test_bench_api_compares_raw_with_our_api_stream_and_runs_a_bounded_load_test(models_dir):
     result = cli(
         "bench", "--api", "--runs", "1", "--tokens", "6", "--clients", "2", "--duration", "3", "--json",
-        "--models-dir", str(models_dir),
+        "--models-dir", str(models_dir), "--set", "parallel=2", "--set", "extra_buffer_types=off",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -23,9 +23,14 @@ def test_bench_api_compares_raw_with_our_api_stream_and_runs_a_bounded_load_test
     assert ("llama-cpp-server" in rows) != ("llama-cpp-server" in report["skipped"])
     assert rows["raw"]["tokens"] == rows["api"]["tokens"] == 6
     assert rows["api"]["goal_tokens_per_s"] in ("PASS", "MISS") and rows["api"]["goal_ttft"] in ("PASS", "MISS")
-    assert report["api_text_matches_raw"] is True  # greedy, same prompt, same model: same tokens
+    # greedy, same prompt, same model and kernels: the same tokens, decoded in the engine's batch or alone
+    assert report["api_text_matches_raw"] is True
     load = report["load_test"]
     assert load["clients"] == 2 and load["errors"] == 0 and load["completed"] >= 1
+    # the same load with 1 client first, and raw llama-cpp-python's batch of 2 as the ceiling
+    assert report["parallel"] == 2 and report["load_test_single"]["clients"] == 1
+    assert report["load_test_single"]["errors"] == 0 and load["ttft_ms_median"] > 0
+    assert report["raw_batch"]["clients"] == 2 and report["raw_batch"]["batch_tokens_per_s"] > 0
 
 
 def test_bench_api_refuses_a_load_test_over_a_minute(models_dir):

@@ -1,7 +1,7 @@
 """The engine: the one place that owns the loaded model(s).
 
-It loads, unloads and switches models, runs one generation at a time in
-first-come-first-served order (others wait in a fair queue), cancels, and
+It loads, unloads and switches models, runs generations in first-come-first-served order (one at a
+time, or as many as the model decodes together: ``Model.parallel``; others wait in a fair queue), cancels, and
 measures what the user sees: time to first token and tokens per second.
 One model is *active* (the one generations run on); with ``max_loaded > 1``
 up to that many stay resident, so switching back to one is instant.
@@ -51,38 +51,61 @@ LOAD_ATTEMPTS = 2  # a model whose process dies while loading this many times in
 
 
 class FairQueue:
-    """A ticket lock: turns are granted in arrival order; a waiter can give up its place."""
+    """Turns granted in arrival order, up to ``capacity()`` at once; a waiter can give up its place.
 
-    def __init__(self, poll_s: float = 0.02) -> None:
+    An ``exclusive`` turn (a load, an unload) waits until it is alone. Nobody overtakes an earlier waiter,
+    so an exclusive turn is never starved by a stream of shared ones.
+    """
+
+    def __init__(self, poll_s: float = 0.02, capacity: Callable[[], int] = lambda: 1) -> None:
         self._cv = threading.Condition()
         self._next_ticket = 0
-        self._serving = 0
-        self._abandoned: set[int] = set()
+        self._waiting: list[int] = []  # tickets in arrival order
+        self._holders = 0
+        self._exclusive = False
+        self._capacity = capacity
         self._poll_s = poll_s
 
     @property
     def waiting(self) -> int:
+        """Turns held plus turns waited for."""
         with self._cv:
-            return self._next_ticket - self._serving - len(self._abandoned)
+            return self._holders + len(self._waiting)
 
-    def enter(self, cancel: CancelToken | None = None) -> bool:
+    @property
+    def holders(self) -> int:
+        with self._cv:
+            return self._holders
+
+    def _may_enter(self, ticket: int, exclusive: bool) -> bool:
+        if self._waiting[0] != ticket or self._exclusive:
+            return False
+        if exclusive:
+            return self._holders == 0
+        return self._holders < max(1, self._capacity())
+
+    def enter(self, cancel: CancelToken | None = None, exclusive: bool = False) -> bool:
         """Wait for our turn. False if ``cancel`` fired while waiting (the place is given up)."""
         with self._cv:
             ticket = self._next_ticket
             self._next_ticket += 1
-            while self._serving != ticket:
+            self._waiting.append(ticket)
+            while not self._may_enter(ticket, exclusive):
                 if cancel is not None and cancel.cancelled:
-                    self._abandoned.add(ticket)
+                    self._waiting.remove(ticket)
+                    self._cv.notify_all()
                     return False
                 self._cv.wait(self._poll_s if cancel is not None else None)
+            self._waiting.pop(0)
+            self._holders += 1
+            self._exclusive = exclusive
+            self._cv.notify_all()  # the next waiter may fit beside us
             return True
 
     def leave(self) -> None:
         with self._cv:
-            self._serving += 1
-            while self._serving in self._abandoned:
-                self._abandoned.discard(self._serving)
-                self._serving += 1
+            self._holders -= 1
+            self._exclusive = False
             self._cv.notify_all()
 
 
@@ -126,9 +149,11 @@ class Engine:
         self._loaded: Loaded | None = None
         self._spare: OrderedDict[Path, Loaded] = OrderedDict()  # resident but not active; oldest first
         self._recipes: dict[Path, tuple[Loader, LoadSettings]] = {}  # how each model was last loaded
-        self._queue = FairQueue()
+        self._queue = FairQueue(capacity=self._slots)
         self._admin = threading.Lock()  # one load/unload at a time
-        self._active: CancelToken | None = None
+        self._active: set[CancelToken] = set()  # the generations running now (several when the model batches)
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inglenook-decode")
         self._busy_listeners: list[Callable[[bool], None]] = []
 
@@ -141,7 +166,16 @@ class Engine:
         """
         self._busy_listeners.append(listener)
 
+    def _slots(self) -> int:
+        """How many generations may run at once: what the active model decodes together."""
+        loaded = self._loaded
+        return max(1, getattr(loaded.model, "parallel", 1)) if loaded is not None else 1
+
     def _tell_busy(self, busy: bool) -> None:
+        with self._busy_lock:  # listeners hear when the first generation starts and the last one ends
+            self._busy += 1 if busy else -1
+            if self._busy != (1 if busy else 0):
+                return
         for listener in list(self._busy_listeners):
             try:
                 listener(busy)
@@ -222,7 +256,7 @@ class Engine:
             if preempt:
                 self._take_turn()
             else:
-                self._queue.enter()
+                self._queue.enter(exclusive=True)
             try:
                 self._activate(path, chosen, settings, reuse)
             finally:
@@ -323,10 +357,9 @@ class Engine:
                 self._queue.leave()
 
     def _take_turn(self) -> None:
-        active = self._active
-        if active is not None:
+        for active in list(self._active):
             active.cancel()
-        self._queue.enter()
+        self._queue.enter(exclusive=True)
 
     def _load(self, path: Path, loader: Loader, settings: LoadSettings) -> Loaded:
         """Load ``path`` (in a new worker process); a process that dies while loading is given one more try."""
@@ -421,9 +454,16 @@ class Engine:
         params.validate()
         cancel = cancel or CancelToken()
         queued = time.perf_counter()
-        if not self._queue.enter(cancel):
-            yield Chunk(finish_reason="cancelled", usage=Usage(queued_s=time.perf_counter() - queued))
-            return
+        exclusive = False
+        while True:
+            # a generation that must switch models first takes the model alone; others share it
+            if not self._queue.enter(cancel, exclusive=exclusive):
+                yield Chunk(finish_reason="cancelled", usage=Usage(queued_s=time.perf_counter() - queued))
+                return
+            if exclusive or model is None or (self._loaded is not None and self._loaded.path == model):
+                break
+            self._queue.leave()
+            exclusive = True
         self._tell_busy(True)
         try:
             queued_s = time.perf_counter() - queued
@@ -432,13 +472,15 @@ class Engine:
             if self._loaded is None:
                 raise ModelNotLoaded("no model is loaded")
             self._revive()
-            self._active = cancel
+            self._active.add(cancel)
             watch = Stopwatch()
             last = Chunk(finish_reason="stop", usage=Usage())
             model = self._loaded.model
-            # a worker decodes on its own one thread, a remote model streams on this one; a local model in this
-            # process decodes on the engine's decode thread
-            own_thread = isinstance(model, WorkerModel) or self._loaded.loader.in_process
+            # a worker decodes on its own one thread, a remote model streams on this one, a model that batches
+            # on its own one thread; any other model in this process on the engine's decode thread
+            own_thread = (
+                isinstance(model, WorkerModel) or self._loaded.loader.in_process or getattr(model, "parallel", 1) > 1
+            )
             chunks = model.generate(prompt, params, cancel) if own_thread else (
                 self._on_decode_thread(model, prompt, params, cancel))  # fmt: skip
             try:
@@ -456,9 +498,10 @@ class Engine:
             counted = last.usage or Usage()
             usage = watch.usage(counted.prompt_tokens, counted.completion_tokens)
             usage.queued_s = queued_s
+            usage.cached_tokens = counted.cached_tokens
             yield Chunk(finish_reason=last.finish_reason, usage=usage)
         finally:
-            self._active = None
+            self._active.discard(cancel)
             self._queue.leave()
             self._tell_busy(False)
 
@@ -510,7 +553,8 @@ class Engine:
         spare; None: the active one), without making it active, so an embedding model kept beside the chat
         model (``max_loaded > 1``) never takes the chat's place. Takes a turn in the queue like a generation
         (a model never embeds and generates at once; nothing is unloaded under it)."""
-        if not self._queue.enter(None):
+        # alone: a model that batches generations must not decode them while its embedding context runs
+        if not self._queue.enter(None, exclusive=True):
             raise AssertionError("unreachable: no cancel token")
         try:
             if model is None or (self._loaded is not None and self._loaded.path == model):
@@ -564,12 +608,11 @@ class Engine:
         return self.resident_info(path) or fresh.model.info
 
     def cancel(self) -> bool:
-        """Cancel the generation that is running now, if any."""
-        active = self._active
-        if active is None:
-            return False
-        active.cancel()
-        return True
+        """Cancel the generations running now (one, or several when the model batches), if any."""
+        active = list(self._active)
+        for token in active:
+            token.cancel()
+        return bool(active)
 
 
 def _mtime(path: Path) -> float:

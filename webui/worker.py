@@ -17,6 +17,9 @@ The protocol is pickled tuples over three pipes (``multiprocessing.connection.Co
 
 The stream has its own pipe, written by the child's one decode thread and read directly by the thread that
 asked for the generation (no relay thread, so a token costs one pickle, one pipe write and one wake-up).
+A model that decodes several generations together (``Model.parallel > 1``, llama.cpp's batching) runs each
+on a thread of its own in the child (they only relay: the model decodes on its one batch thread); in the
+parent, whichever reader holds the stream passes the other generations' chunks to their inboxes.
 The child's main thread answers requests meanwhile, so cancel and tokenize work during a generation.
 When the child dies, its pipes close: the reader sees EOF and reports how it died (the signal), with the
 last lines the child wrote to stderr (``faulthandler`` writes the Python stack of a fault there).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -171,8 +175,11 @@ class WorkerModel(Model):
         self.closed = False
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._lock = threading.Lock()  # one request/reply at a time on the request pipes
-        self._gen_lock = threading.Lock()  # one generation at a time (the engine enforces it too)
+        self._read_lock = threading.Lock()  # one reader of the stream at a time; it hands on others' chunks
+        self._inbox: dict[int, queue.SimpleQueue] = {}  # generation id -> chunks read by another reader
+        self._id_lock = threading.Lock()
         self._next_id = 0
+        self.parallel = 1
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
         stream_r, stream_w = os.pipe()
@@ -202,6 +209,7 @@ class WorkerModel(Model):
         self._stderr_reader.start()
         try:
             self.info = self._load(loader, path, settings)
+            self.parallel = self._call("call", "parallel")
         except BaseException:
             self.close()  # a load that failed (or was interrupted) leaves no process behind
             raise
@@ -308,10 +316,45 @@ class WorkerModel(Model):
         """One of the worker's extras (see ``_EXTRAS``), e.g. ``call("reset_cache")``."""
         return self._call("call", name, *args)
 
+    def _receive(self, gid: int) -> tuple | None:
+        """The next stream item of generation ``gid``, or None after a short wait (to check its cancel token).
+
+        Whoever gets the read lock reads the pipe and puts other generations' items in their inboxes; the
+        others wait on their inbox meanwhile. With one generation this is the direct read it always was.
+        """
+        box = self._inbox[gid]
+        try:
+            return box.get_nowait()
+        except queue.Empty:
+            pass
+        if not self._read_lock.acquire(timeout=CANCEL_POLL_S):
+            try:
+                return box.get(timeout=CANCEL_POLL_S)
+            except queue.Empty:
+                return None
+        try:
+            try:
+                return box.get_nowait()  # put there while we took the lock
+            except queue.Empty:
+                pass
+            if not self._stream.poll(CANCEL_POLL_S):
+                return None
+            item = self._stream.recv()
+        finally:
+            self._read_lock.release()
+        if item[0] == gid:
+            return item
+        other = self._inbox.get(item[0])
+        if other is not None:  # else the tail of a generation given up early
+            other.put(item)
+        return None
+
     def generate(self, prompt: str, params: SamplingParams, cancel: CancelToken) -> Iterator[Chunk]:
-        with self._gen_lock:
+        with self._id_lock:
             self._next_id += 1
             gid = self._next_id
+            self._inbox[gid] = queue.SimpleQueue()
+        try:
             try:
                 if self.crash is not None:
                     raise self._died(self.crash.during)
@@ -333,12 +376,10 @@ class WorkerModel(Model):
                         ended = True  # usage: the chunks that carried text (a token each, as loaders stream)
                         yield Chunk(finish_reason="cancelled", usage=Usage(completion_tokens=received))
                         return
-                    wait = CANCEL_POLL_S if not cancel_sent else max(0.0, give_up_at - time.monotonic())
-                    if not self._stream.poll(wait):
+                    item = self._receive(gid)
+                    if item is None:
                         continue
-                    item_id, text, finish, usage, extra = self._stream.recv()
-                    if item_id != gid:  # the tail of an earlier generation given up early
-                        continue
+                    _, text, finish, usage, extra = item
                     if finish == "end":
                         ended = True
                         if extra is not None:
@@ -351,8 +392,10 @@ class WorkerModel(Model):
                 ended = True
                 raise self._died("generating") from None
             finally:
-                if not ended:  # the consumer stopped early: stop the worker and wait for its end
+                if not ended:  # the consumer stopped early: stop the worker (its tail is skipped)
                     self._abandon(gid, cancel_sent)
+        finally:
+            self._inbox.pop(gid, None)
 
     def _abandon(self, gid: int, cancel_sent: bool) -> None:
         """Stop the worker's generation ``gid`` without waiting for it (its tail is skipped by the next reader)."""
@@ -419,12 +462,15 @@ def _llama_state(model: Model) -> dict | None:
     llm = getattr(model, "_llm", None)
     if llm is None:
         return None
-    return {"n_ctx": llm.n_ctx(), "n_threads": llm.n_threads, "n_threads_batch": llm.n_threads_batch,
+    n_ctx = llm.n_ctx() // _parallel(model)  # each parallel sequence's own context
+    return {"n_ctx": n_ctx, "n_threads": llm.n_threads, "n_threads_batch": llm.n_threads_batch,
             "n_batch": llm.n_batch}  # fmt: skip
 
 
 def _reset_cache(model: Model) -> None:
     llm = getattr(model, "_llm", None)
+    if getattr(model, "_batch", None) is not None:
+        model._batch.forget()  # the parallel slots' caches
     if llm is not None:
         llm.reset()
         if hasattr(model, "_cached_prompt"):
@@ -440,8 +486,12 @@ def _openmp_environment(model: Model) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("OMP_")}
 
 
+def _parallel(model: Model) -> int:
+    return max(1, int(getattr(model, "parallel", 1)))
+
+
 _EXTRAS = {"llama_state": _llama_state, "reset_cache": _reset_cache, "decode_threads": _decode_threads,
-           "openmp_environment": _openmp_environment}  # fmt: skip
+           "openmp_environment": _openmp_environment, "parallel": _parallel}  # fmt: skip
 
 
 class _Child:
@@ -455,6 +505,7 @@ class _Child:
         self.jobs: deque[tuple[int, str, SamplingParams] | Callable[[], None]] = deque()
         self.wake = threading.Condition()
         self.decode_threads: set[str] = set()
+        self.send_lock = threading.Lock()  # parallel generations write the stream from several threads
 
     def load(self, name: str, loader_ref: bytes | None, path: str, settings: LoadSettings) -> ModelInfo:
         loader = None
@@ -534,8 +585,11 @@ class _Child:
         return done.result()
 
     def decode_loop(self) -> None:
-        """Every generation decodes on this one thread (llama.cpp's OpenMP pools are per calling thread)."""
-        send = self.stream.send
+        """Every generation decodes on this one thread (llama.cpp's OpenMP pools are per calling thread).
+
+        A model that batches (``parallel > 1``) decodes on its own one thread; each of its generations is
+        relayed by a thread of its own here, so they run together.
+        """
         while True:
             with self.wake:
                 while not self.jobs:
@@ -545,19 +599,30 @@ class _Child:
                 job()
                 continue
             gid, prompt, params = job
+            if self.model is not None and _parallel(self.model) > 1:
+                threading.Thread(target=self.run_job, args=(gid, prompt, params), daemon=True,
+                                 name=f"inglenook-relay-{gid}").start()  # fmt: skip
+                continue
             self.decode_threads.add(threading.current_thread().name)
-            cancel = self.cancels.get(gid) or CancelToken()
-            error = None
-            try:
-                if self.model is None:
-                    raise GenerationError("no model is loaded in this worker")
-                for chunk in self.model.generate(prompt, params, cancel):
-                    send((gid, chunk.text, chunk.finish_reason, chunk.usage, chunk.logprobs))
-            except Exception as exc:
-                error = error_message(exc, GenerationError)
-            finally:
-                self.cancels.pop(gid, None)
-            send((gid, None, "end", None, error))
+            self.run_job(gid, prompt, params)
+
+    def send(self, item: tuple) -> None:
+        with self.send_lock:
+            self.stream.send(item)
+
+    def run_job(self, gid: int, prompt: str, params: SamplingParams) -> None:
+        cancel = self.cancels.get(gid) or CancelToken()
+        error = None
+        try:
+            if self.model is None:
+                raise GenerationError("no model is loaded in this worker")
+            for chunk in self.model.generate(prompt, params, cancel):
+                self.send((gid, chunk.text, chunk.finish_reason, chunk.usage, chunk.logprobs))
+        except Exception as exc:
+            error = error_message(exc, GenerationError)
+        finally:
+            self.cancels.pop(gid, None)
+        self.send((gid, None, "end", None, error))
 
     def close(self) -> None:
         if self.model is not None:

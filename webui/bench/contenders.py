@@ -301,7 +301,7 @@ class LlamaCppServerContender(Contender):
 def load_test(url: str, model: str, clients: int, duration_s: float, tokens: int, key: str) -> dict:
     """``clients`` threads stream requests back to back for ``duration_s`` seconds (loopback only)."""
     duration_s = min(duration_s, MAX_LOAD_TEST_S)
-    done, errors, total_tokens = [0], [], [0]
+    done, errors, total_tokens, ttfts = [0], [], [0], []
     lock = threading.Lock()
     stop_at = time.monotonic() + duration_s
 
@@ -317,6 +317,7 @@ def load_test(url: str, model: str, clients: int, duration_s: float, tokens: int
             with lock:
                 done[0] += 1
                 total_tokens[0] += sample.tokens
+                ttfts.append(sample.ttft_s)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
@@ -333,4 +334,5 @@ def load_test(url: str, model: str, clients: int, duration_s: float, tokens: int
         "first_errors": errors[:3],
         "tokens": total_tokens[0],
         "tokens_per_s": round(total_tokens[0] / elapsed, 2) if elapsed else 0.0,
+        "ttft_ms_median": round(sorted(ttfts)[len(ttfts) // 2] * 1000, 1) if ttfts else None,
     }

@@ -71,6 +71,8 @@ def format_stats(usage: Usage | None, finish_reason: str | None = None) -> str:
         f"{usage.completion_tokens} tokens",
         f"{usage.tokens_per_s:.1f} tok/s",
     ]
+    if usage.cached_tokens:  # a llama.cpp slot held this conversation's start: not read again
+        parts.append(f"prompt cached: {usage.cached_tokens} tokens")
     if finish_reason == "cancelled":
         parts.append("stopped")
     elif finish_reason == "length":

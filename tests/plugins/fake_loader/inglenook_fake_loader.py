@@ -10,6 +10,7 @@ A `.fake` file is JSON (every key optional)::
      "replies": ["a", "b"],               # sampled with the seed when temperature > 0
      "context_length": 8192, "chat_template": null, "architecture": "fake",
      "token_delay_ms": 0,                 # time per token (a slow model, for cancel and streaming tests)
+     "parallel": 1,                       # generations it runs together (as llama.cpp's batching does)
      "echo_params": false,                # true: the reply is the JSON of the sampling parameters it got
                                           # (those that differ from neutral), to test which ones reach a model
      "echo_prompt": false,                # true: the reply is {"prompt": the prompt as rendered, "params": ...}
@@ -61,6 +62,7 @@ EMBED_DIMS = 64
 class FakeSettings(LoadSettings):
     crash: str = ""  # overrides the file's "crash" (same forms)
     token_delay_ms: float = -1.0  # overrides the file's "token_delay_ms" when >= 0
+    parallel: int = 0  # overrides the file's "parallel" when > 0
 
 
 def _die(how: str) -> None:
@@ -200,7 +202,9 @@ class FakeLoader(Loader):
             chat_template=script.get("chat_template"),
             file_size=path.stat().st_size,
         )
-        return FakeModel(script, info, crash, delay_s)
+        model = FakeModel(script, info, crash, delay_s)
+        model.parallel = getattr(settings, "parallel", 0) or int(script.get("parallel", 1))
+        return model
 
 
 @hookimpl

@@ -1,0 +1,274 @@
+"""Parallel decoding (continuous batching) for llama.cpp: several generations share one loaded model.
+
+Each generation is a sequence (a ``seq_id``, a *slot*) in one ``llama_batch``; every step decodes one
+token of each running generation, plus a chunk of the prompts still being read, in one ``llama_decode``.
+New requests join between steps. Each has its own sampler chain (seed, grammar, penalties), stop strings,
+cancel token and stopwatch. The KV cache is unified (``kv_unified``, as llama-server with shared slots):
+the context is ``parallel × n_ctx`` cells and each sequence may fill ``n_ctx`` of them, so none can starve
+another. Each sequence has its own KV stream (``kv_unified = false``) and a prompt is read in a decode of
+its own, never beside another stream's tokens: llama.cpp's kernels are not batch-invariant (a row's result
+depends on its place in the batch), and this way a stream's greedy output is exactly what it gives alone
+(the generating streams' one token each share one decode; those rows are computed one by one, see
+``extra_buffer_types``). A finished slot keeps its tokens: the next prompt that extends them (the next turn of the same
+conversation) reuses them, the way llama-server picks a slot by its cached prompt.
+
+All decoding happens on one thread (:class:`BatchDecoder`'s), whatever thread asks: llama.cpp's OpenMP
+pools are per calling thread, and more pools than cores slow every decode.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from backends.base import CancelToken, Chunk, GenerationError, SamplingParams, StopMatcher, Stopwatch
+
+log = logging.getLogger(__name__)
+
+_END = object()  # the end of one generation's chunk queue
+_FORGET = object()  # asks the decode thread to empty the free slots' caches
+
+
+@dataclass
+class Job:
+    """One generation handed to the decoder: prepared on the caller's thread, run on the decoder's."""
+
+    prompt: list[int]
+    params: SamplingParams
+    sampler: object  # _internals.LlamaSampler, built for this job only
+    budget: int
+    cancel: CancelToken
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    watch: Stopwatch = field(default_factory=Stopwatch)
+
+
+@dataclass
+class Slot:
+    """One sequence of the KV cache: what it holds, and the job using it (None when free)."""
+
+    seq: int
+    kv: list[int] = field(default_factory=list)  # tokens decoded into this sequence, in order
+    used: float = 0.0  # when a job last took it (least recently used goes first)
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to decode
+    last: int | None = None  # the token sampled last, decoded in the next step
+    n: int = 0  # tokens generated
+    cached: int = 0  # prompt tokens found in the slot's KV (not decoded again)
+    stops: StopMatcher | None = None
+    decoder: codecs.IncrementalDecoder | None = None
+    logprobs: list[dict] = field(default_factory=list)
+
+
+class BatchDecoder:
+    """Runs up to ``slots`` generations of one ``llama_cpp.Llama`` together on its own thread."""
+
+    def __init__(
+        self,
+        llm,
+        slots: int,
+        n_ctx_seq: int,
+        is_eog: Callable[[int], bool],
+        logprobs: Callable[[int, int, bytes, int], dict],
+    ) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._llm = llm
+        self.n_ctx_seq = n_ctx_seq
+        self._n_batch = max(llm.n_batch, slots)
+        self._is_eog = is_eog
+        self._logprobs = logprobs
+        self._slots = [Slot(i) for i in range(slots)]
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
+        self._incoming: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inglenook-batch", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Iterator[Chunk]:
+        """Queue ``job`` and stream its chunks; closing the iterator early cancels the job."""
+        if self._closed.is_set():
+            raise GenerationError("the model was unloaded")
+        self._incoming.put(job)
+        done = False
+        try:
+            while True:
+                item = job.out.get()
+                if item is _END:
+                    done = True
+                    return
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                yield item
+        finally:
+            if not done:
+                job.cancel.cancel()
+
+    def forget(self) -> None:
+        """Empty the cache of every free slot (before the next job starts): ``inglenook bench`` times cold prompts."""
+        self._incoming.put(_FORGET)
+
+    def close(self) -> None:
+        """Stop the decode thread (running jobs end with an error) and free the batch."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._incoming.put(None)
+        self._thread.join()
+        self._lib.llama_batch_free(self._batch)
+
+    # -- the decode thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        waiting: list[Job] = []
+        while True:
+            running = [s for s in self._slots if s.job is not None]
+            try:
+                # block only when there is nothing to decode
+                item = self._incoming.get(block=not running and not waiting, timeout=None)
+                while True:
+                    if item is None:
+                        return self._abort(running, waiting, "the model was unloaded")
+                    if item is _FORGET:
+                        for slot in self._slots:
+                            if slot.job is None:
+                                self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+                                slot.kv = []
+                    else:
+                        waiting.append(item)
+                    item = self._incoming.get_nowait()
+            except queue.Empty:
+                pass
+            while waiting and (slot := self._free_slot(waiting[0].prompt)) is not None:
+                self._start(slot, waiting.pop(0))
+            running = [s for s in self._slots if s.job is not None]
+            if running:
+                try:
+                    self._step(running)
+                except Exception as exc:  # a failed decode ends the jobs in it; the decoder keeps serving
+                    log.exception("llama_decode failed")
+                    for slot in running:
+                        self._finish(slot, error=GenerationError(f"llama.cpp could not decode: {exc}"))
+
+    def _abort(self, running: list[Slot], waiting: list[Job], why: str) -> None:
+        for slot in running:
+            self._finish(slot, error=GenerationError(why))
+        for job in waiting:
+            job.out.put(GenerationError(why))
+
+    def _free_slot(self, prompt: list[int]) -> Slot | None:
+        """The free slot whose cached tokens the prompt extends the furthest, else the least recently used."""
+        free = [s for s in self._slots if s.job is None]
+        if not free:
+            return None
+        reusable = [s for s in free if s.kv and len(s.kv) < len(prompt) and prompt[: len(s.kv)] == s.kv]
+        if reusable:
+            return max(reusable, key=lambda s: len(s.kv))
+        return min(free, key=lambda s: (bool(s.kv), s.used))
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        prompt = job.prompt
+        if not (slot.kv and len(slot.kv) < len(prompt) and prompt[: len(slot.kv)] == slot.kv):
+            self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # removing a whole sequence never fails
+            slot.kv = []
+        slot.job, slot.used = job, time.monotonic()
+        slot.cached = len(slot.kv)
+        slot.pending = prompt[len(slot.kv) :]
+        slot.last, slot.n = None, 0
+        slot.stops = StopMatcher(job.params.stop)
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.logprobs = []
+        job.watch = Stopwatch()  # TTFT from the moment the job has a slot (the queue wait is the engine's)
+
+    def _step(self, running: list[Slot]) -> None:
+        """One chunk of one waiting prompt (a decode of its own), then one ``llama_decode`` for every generating
+        slot's token, each followed by sampling where logits are due."""
+        for slot in running:
+            if slot.job.cancel.cancelled:
+                self._finish(slot, "cancelled")
+        reading = [s for s in running if s.job is not None and s.pending]
+        if reading:
+            slot = min(reading, key=lambda s: s.used)  # first come, first read
+            self._decode([slot], prompt=True)
+        generating = [s for s in running if s.job is not None and s.last is not None and not s.pending]
+        if generating:
+            self._decode(generating, prompt=False)
+
+    def _decode(self, slots: list[Slot], prompt: bool) -> None:
+        batch = self._batch
+        batch.n_tokens = 0
+        want: list[tuple[Slot, int]] = []  # (slot, index of its logits in the batch)
+
+        def add(slot: Slot, token: int, logits: bool) -> None:
+            i = batch.n_tokens
+            batch.token[i] = token
+            batch.pos[i] = len(slot.kv)
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq
+            batch.logits[i] = logits
+            batch.n_tokens = i + 1
+            slot.kv.append(token)
+            if logits:
+                want.append((slot, i))
+
+        if prompt:
+            slot = slots[0]
+            chunk, slot.pending = slot.pending[: self._n_batch], slot.pending[self._n_batch :]
+            for j, token in enumerate(chunk):
+                add(slot, token, not slot.pending and j == len(chunk) - 1)
+        else:
+            for slot in slots:
+                add(slot, slot.last, True)
+                slot.last = None
+        rc = self._lib.llama_decode(self._llm._ctx.ctx, batch)
+        if rc != 0:  # the caller ends the jobs of this step and clears their sequences
+            raise GenerationError(f"llama_decode returned {rc}" + (" (the KV cache is full)" if rc == 1 else ""))
+        for slot, index in want:
+            self._sampled(slot, index)
+
+    def _sampled(self, slot: Slot, index: int) -> None:
+        job = slot.job
+        params = job.params
+        token = self._lib.llama_sampler_sample(job.sampler.sampler, self._llm._ctx.ctx, index)
+        if job.cancel.cancelled:
+            return self._finish(slot, "cancelled")
+        if self._is_eog(token) and not params.ban_eos_token:
+            return self._finish(slot, "stop")
+        slot.n += 1
+        job.watch.mark_token()
+        piece = self._llm.detokenize([token], special=True)
+        if params.logprobs >= 0:
+            slot.logprobs.append(self._logprobs(index, token, piece, params.logprobs))
+        text = slot.stops.feed(slot.decoder.decode(piece))
+        if text:
+            job.out.put(Chunk(text, logprobs=slot.logprobs or None))
+            slot.logprobs = []
+        if slot.stops.stopped:
+            return self._finish(slot, "stop")
+        if slot.n >= job.budget:
+            return self._finish(slot, "length")
+        slot.last = token
+
+    def _finish(self, slot: Slot, finish: str = "stop", error: Exception | None = None) -> None:
+        job, slot.job = slot.job, None
+        if job is None:
+            return
+        if error is not None:
+            self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            slot.kv = []
+            job.out.put(error)
+            return
+        if slot.stops is not None and not slot.stops.stopped:
+            tail = slot.stops.feed(slot.decoder.decode(b"", final=True)) + slot.stops.flush()
+            if tail:
+                job.out.put(Chunk(tail, logprobs=slot.logprobs or None))
+        usage = job.watch.usage(len(job.prompt), slot.n)
+        usage.cached_tokens = slot.cached
+        job.out.put(Chunk(finish_reason=finish, usage=usage))
+        job.out.put(_END)
