@@ -150,8 +150,11 @@ def build_characters_tab(app: App) -> None:
     save.click(on_save, [pick, *fields], outputs, api_name=False)
     duplicate.click(on_duplicate, pick, outputs, api_name=False)
     delete.click(on_delete, pick, outputs, api_name=False)
-    upload.upload(on_picture, [pick, upload], [picture, status], api_name=False)
-    card.upload(on_import, card, outputs, api_name=False)
+    # once read, the upload boxes empty again (the next import must not show the previous file)
+    upload.upload(on_picture, [pick, upload], [picture, status], api_name=False).then(
+        lambda: None, None, upload, api_name=False, queue=False
+    )
+    card.upload(on_import, card, outputs, api_name=False).then(lambda: None, None, card, api_name=False, queue=False)
     export.click(on_export, pick, [exported, status], api_name=False)
     return fill
 
