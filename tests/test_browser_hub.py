@@ -62,6 +62,7 @@ def test_search_download_with_progress_and_licence_then_load_and_chat(server, hu
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url)
         page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        page.get_by_role("tab", name="Model").click()  # the model controls and the hub live on the Model tab
         page.locator("#download-panel button").first.click()  # open the accordion
         page.locator("#hub-query input, #hub-query textarea").first.fill("gemma")
         page.click("#hub-search")

@@ -138,7 +138,7 @@ def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, 
         ]  # fmt: skip
 
     inputs = [search, chat.conversation_id, mode, character]
-    for trigger in (search.input, chat.conversation_id.change, chat.picker.change):
+    for trigger in (search.change, chat.conversation_id.change, chat.picker.change):
         trigger(listing, inputs, radios, api_name=False, queue=False, show_progress="hidden")
     for radio in radios:
         radio.input(chat.pick, [radio, *chat.context], chat.shown, api_name=False)
