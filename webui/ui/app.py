@@ -40,6 +40,7 @@ CSS = """
 #conversation-list label { width: 100%; }
 @media (max-width: 640px) {
   #app-title { display: none; }
+  #topbar { padding-left: 1.75rem; }  /* clear of the sidebar's toggle */
   #chatbot { height: calc(100dvh - 300px) !important; min-height: 200px; }
 }
 """

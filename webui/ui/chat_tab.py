@@ -133,6 +133,11 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
             new = gr.Button("New chat", scale=1, elem_id="new-chat")
             delete = gr.Button("Delete", scale=1, variant="secondary", elem_id="delete-chat")
+        with gr.Group(visible=False, elem_id="delete-chat-ask") as ask_delete:  # a deletion is asked first
+            gr.Markdown("Delete this conversation? (It moves to the trash folder.)")
+            with gr.Row():
+                delete_yes = gr.Button("Delete it", variant="stop", size="sm", elem_id="delete-chat-confirm")
+                delete_no = gr.Button("Keep it", size="sm", elem_id="delete-chat-cancel")
     # The id lives in the page, not in server memory, so a restarted server continues the same file.
     conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
     chatbot = gr.Chatbot(
@@ -483,7 +488,11 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     new.click(new_chat, ctx, shown, api_name=False)
     chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
     picker.input(pick, [picker, *ctx], shown, api_name=False)
-    delete.click(delete_chat, [conversation_id, *ctx], shown, api_name=False)
+    delete.click(lambda: gr.update(visible=True), None, ask_delete, api_name=False, queue=False)
+    delete_no.click(lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False)
+    delete_yes.click(delete_chat, [conversation_id, *ctx], shown, api_name=False).then(
+        lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False
+    )
     mode.input(switch, ctx, shown, api_name=False)
     character.input(switch, ctx, shown, api_name=False)
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
