@@ -715,14 +715,14 @@ def test_deleting_a_conversation_asks_first(page):
     send(page, "Remember the word anchor.")
     wait_for_stats(page)
     page.click("#delete-chat")
-    sync_api.expect(page.locator("#delete-chat-ask")).to_be_visible()
+    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_visible()
     page.click("#delete-chat-cancel")  # kept
-    sync_api.expect(page.locator("#delete-chat-ask")).to_be_hidden()
+    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_hidden()
     assert user_messages(page) == ["Remember the word anchor."]
     page.click("#delete-chat")
     page.click("#delete-chat-confirm")
     sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Deleted", timeout=30_000)
-    sync_api.expect(page.locator("#delete-chat-ask")).to_be_hidden()
+    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_hidden()
     sync_api.expect(page.locator("#sidebar")).not_to_contain_text("Remember the word anchor.")
 
 
