@@ -91,7 +91,7 @@ def build_ui(app: App) -> gr.Blocks:
         with gr.Tab("Parameters"):
             filtered = parameters.render()
         with gr.Tab("Characters"):
-            build_characters_tab(app)
+            characters_fill = build_characters_tab(app)
         with gr.Tab("Notebook"):
             notebook_restore = build_notebook_tab(app, parameters.inputs)
         with gr.Tab("Compare"):
@@ -100,6 +100,7 @@ def build_ui(app: App) -> gr.Blocks:
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
         blocks.load(*notebook_restore, api_name=False)  # the notebook's saved text
+        blocks.load(*characters_fill, api_name=False)  # the picked character's form, filled
         heads = [header, default_note, lic]
         # ... and the model as it is now, with the settings it runs with (not the page as built at start-up)
         blocks.load(lambda: _header_updates(app), None, heads, api_name=False, queue=False)

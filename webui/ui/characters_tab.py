@@ -29,7 +29,8 @@ LABELS = {
 LINES = {"greeting": 3, "context": 6, "example_dialogue": 5, "description": 4, "scenario": 2, "system_prompt": 2}
 
 
-def build_characters_tab(app: App) -> None:
+def build_characters_tab(app: App) -> tuple:
+    """The tab; returns (fill, inputs, outputs) for the page load to fill the form with the picked character."""
     store = app.characters
     keys = store.keys()
     with gr.Row():
@@ -156,7 +157,7 @@ def build_characters_tab(app: App) -> None:
     )
     card.upload(on_import, card, outputs, api_name=False).then(lambda: None, None, card, api_name=False, queue=False)
     export.click(on_export, pick, [exported, status], api_name=False)
-    return fill
+    return fill, [pick], outputs
 
 
 def _show_picture(path: Path | None) -> Image.Image | None:
