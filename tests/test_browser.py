@@ -169,10 +169,18 @@ def user_messages(page) -> list[str]:
     return [m.strip() for m in page.locator('#chatbot [data-testid="user"]').all_inner_texts()]
 
 
+def open_model_tab(page) -> None:
+    """The model controls (picker, Load, settings, licence note) live on the Model tab."""
+    page.get_by_role("tab", name="Model").click()
+    page.wait_for_selector("#load-model")
+
+
 def test_a_message_sent_with_enter_streams_a_reply_then_its_stats(page):
     header = markdown(page, "#model-header").inner_text()
-    assert "gemma-3-270m" in header and "llama.cpp" in header
+    assert "gemma-3-270m" in header and "llama.cpp" in header and "context 4096" in header
+    open_model_tab(page)
     assert "small base model" in markdown(page, "#default-note").inner_text()
+    page.get_by_role("tab", name="Chat").click()
     shot(page, "1-start")
 
     set_max_tokens(page, 64)
@@ -224,6 +232,7 @@ def test_stop_ends_a_long_reply_early_and_the_chat_goes_on(page):
 
 def load_model_named(page, name: str) -> str:
     """Type ``name`` into the model picker, press Load, and return the one-line status it shows."""
+    open_model_tab(page)
     picker = page.locator("#model-choice input")
     picker.fill(name)
     page.click("#load-model")
@@ -559,6 +568,7 @@ def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(brows
     page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
     with running_server(*args) as (url, _proc):
         open_page(page, url)
+        open_model_tab(page)
         sync_api.expect(page.locator("#model-choice input")).to_have_value("gemma-3-270m")
         page.locator("#variant-choice input").click()
         page.get_by_role("option", name="Q4_K_M (gguf) — gemma-3-270m.Q4_K_M.gguf").click()
@@ -583,6 +593,7 @@ def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(brows
         assert "context 1024" in status.inner_text()
         assert "context 1024" in markdown(page, "#model-header").inner_text()
         shot(page, "6-model-tab")
+        page.get_by_role("tab", name="Chat").click()
         page.click("#new-chat")
         set_max_tokens(page, 12)
         page.evaluate(WATCH_REPLY_JS)
@@ -592,6 +603,127 @@ def test_pick_a_quantization_and_a_loader_change_the_context_load_and_chat(brows
         growing = {r["text"] for r in page.evaluate("window.__replies") if r["stats"] is None} - {"", "…"}
         assert growing, "the reply streamed in before its stats line"
     page.context.close()
+
+
+def set_context(page, n: int) -> None:
+    """Type ``n`` into the Model tab's context length (Load settings) and leave the box."""
+    open_model_tab(page)
+    if not page.locator("#setting-n_ctx input").is_visible():
+        page.get_by_text("Load settings").click()
+    fill_steady(page.locator("#setting-n_ctx input"), str(n))
+    page.locator("#setting-n_ctx input").press("Tab")
+
+
+def press_and_wait(page, button: str, text: str) -> str:
+    """Click ``button`` on the Model tab and wait for the status line to say ``text``; return the status."""
+    status = markdown(page, "#model-status")
+    page.click(button)
+    sync_api.expect(status).to_contain_text(text, timeout=120_000)
+    return status.inner_text()
+
+
+def restore_context(page) -> None:
+    """The module's server is shared: put the model back as it started (context 4096)."""
+    set_context(page, 4096)
+    press_and_wait(page, "#load-model", "context 4096")
+
+
+def test_load_after_unload_uses_the_settings_form(page):
+    """Bug 3: Unload cleared the model picker, so Load loaded the default with the start-up settings."""
+    try:
+        set_context(page, 1024)
+        press_and_wait(page, "#unload-model", "Unloaded")
+        sync_api.expect(markdown(page, "#model-header")).to_contain_text("No model loaded")
+        sync_api.expect(page.locator("#model-choice input")).to_have_value("gemma-3-270m")  # still chosen
+        status = press_and_wait(page, "#load-model", "Loaded")
+        assert "context 1024" in status, status
+        sync_api.expect(markdown(page, "#model-header")).to_contain_text("context 1024")
+        shot(page, "11-load-after-unload")
+    finally:
+        restore_context(page)
+
+
+def test_a_new_tab_shows_the_model_and_settings_running_now(page, browser, server):
+    """Bug 4: a new tab showed the header and form of server start (context 4096, a model long unloaded),
+    and its Load put the model back to those start-up settings."""
+    try:
+        set_context(page, 2048)
+        press_and_wait(page, "#load-model", "context 2048")
+        other = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        open_page(other, server)
+        sync_api.expect(markdown(other, "#model-header")).to_contain_text("context 2048")
+        open_model_tab(other)
+        other.get_by_text("Load settings").click()
+        sync_api.expect(other.locator("#setting-n_ctx input")).to_have_value("2048")
+        assert "context 2048" in press_and_wait(other, "#load-model", "Loaded")  # not back to 4096
+
+        press_and_wait(page, "#unload-model", "Unloaded")
+        third = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        third.goto(server)
+        third.wait_for_selector("#chat-input textarea", timeout=60_000)
+        sync_api.expect(markdown(third, "#model-header")).to_contain_text("No model loaded")
+        shot(third, "12-new-tab-no-model")
+        other.context.close()
+        third.context.close()
+    finally:
+        restore_context(page)
+
+
+@pytest.mark.parametrize("size", [(1440, 900), (390, 844)])
+def test_the_chat_input_is_on_the_first_screen_and_focused(browser, server, size):
+    """Chat first: without scrolling, the message box lies inside the window at desktop and phone sizes."""
+    width, height = size
+    page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+    page.goto(server, wait_until="load")
+    box = page.locator("#chat-input textarea")
+    box.wait_for(timeout=60_000)
+    sync_api.expect(markdown(page, "#prompt-tokens")).to_contain_text("tokens", timeout=60_000)  # restored
+    sync_api.expect(box).to_be_focused(timeout=30_000)
+    assert page.evaluate("window.scrollY") == 0
+    where = box.bounding_box()
+    assert where is not None and where["width"] > 100
+    assert 0 <= where["x"] and where["x"] + where["width"] <= width, where
+    assert 0 <= where["y"] and where["y"] + where["height"] <= height, where
+    chat = page.locator("#chatbot").bounding_box()
+    assert chat["y"] >= 0 and chat["height"] >= 200, "the chat itself is on the first screen too"
+    assert page.get_by_role("textbox", name="Message").count() == 1  # named for screen readers
+    assert page.get_by_role("button", name="Previous version").count() == 1
+    shot(page, f"13-first-screen-{width}x{height}")
+    page.context.close()
+
+
+def test_the_sidebar_lists_conversations_by_day_and_opens_one(page):
+    set_max_tokens(page, 6)
+    send(page, "Remember the word kettle.")
+    wait_for_stats(page)
+    today = page.locator("#conversations-today")
+    sync_api.expect(today).to_contain_text("Remember the word kettle. · 2 messages")
+    page.click("#new-chat")
+    sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+    sync_api.expect(today.get_by_role("radio", checked=True)).to_have_count(0)  # the new chat is not listed yet
+    search = page.locator("#conversation-search textarea, #conversation-search input").first
+    search.fill("kettle")
+    sync_api.expect(today.get_by_role("radio")).to_have_count(1)
+    today.get_by_text("Remember the word kettle.", exact=False).click()
+    sync_api.expect(page.locator("#chatbot [data-testid='user']").first).to_have_text("Remember the word kettle.")
+    search.fill("no such title anywhere")
+    sync_api.expect(today).to_be_hidden()
+
+
+def test_deleting_a_conversation_asks_first(page):
+    set_max_tokens(page, 6)
+    send(page, "Remember the word anchor.")
+    wait_for_stats(page)
+    page.click("#delete-chat")
+    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_visible()
+    page.click("#delete-chat-cancel")  # kept
+    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_hidden()
+    assert user_messages(page) == ["Remember the word anchor."]
+    page.click("#delete-chat")
+    page.click("#delete-chat-confirm")
+    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Deleted", timeout=30_000)
+    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_hidden()
+    sync_api.expect(page.locator("#sidebar")).not_to_contain_text("Remember the word anchor.")
 
 
 # Last in this module: run before the notebook test, the notebook's box came up empty after its fill

@@ -85,12 +85,14 @@ def test_a_card_imported_in_the_characters_tab_becomes_a_character_to_chat_with(
     assert (user_data / "characters" / "Captain Bo.yaml").is_file()
     assert (user_data / "characters" / "Captain Bo.png").is_file()
     sync_api.expect(page.locator("#characters-picture img")).to_be_visible()  # the card's image is its picture
+    sync_api.expect(page.locator("#characters-import")).to_contain_text("Drop File Here")  # empty again
     shot(page, "characters-tab")
 
     picture = tmp_path / "new-picture.png"
     Image.new("RGB", (2000, 1000), (200, 150, 20)).save(picture)
     page.locator("#characters-upload input[type=file]").set_input_files(str(picture))
     sync_api.expect(page.locator("#characters-status")).to_contain_text("Picture saved", timeout=30_000)
+    sync_api.expect(page.locator("#characters-upload")).to_contain_text("Drop File Here")
     with Image.open(user_data / "characters" / "Captain Bo.png") as stored:
         assert stored.size == (1024, 512) and stored.getpixel((10, 10))[:3] == (200, 150, 20)
 

@@ -62,6 +62,7 @@ def test_search_download_with_progress_and_licence_then_load_and_chat(server, hu
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url)
         page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        page.get_by_role("tab", name="Model").click()  # the model controls and the hub live on the Model tab
         page.locator("#download-panel button").first.click()  # open the accordion
         page.locator("#hub-query input, #hub-query textarea").first.fill("gemma")
         page.click("#hub-search")
@@ -98,6 +99,7 @@ def test_search_download_with_progress_and_licence_then_load_and_chat(server, hu
         expect(page.locator("#model-status")).to_contain_text("Loaded gemma-270m-GGUF-Q4_K_M", timeout=120_000)
         expect(page.locator("#model-header")).to_contain_text("gemma-270m-GGUF-Q4_K_M")
         page.locator("#model-info-box").screenshot(path=str(SHOTS / "hub-3-model-info-1440x900.png"))
+        page.get_by_role("tab", name="Chat").click()
         page.locator("#chat-input textarea").fill("Hello")
         page.keyboard.press("Enter")
         expect(page.locator("#chatbot [data-testid='bot']").last).not_to_have_text(re.compile(r"^\s*$"),

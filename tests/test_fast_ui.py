@@ -27,7 +27,17 @@ def test_the_page_and_health_are_served_on_the_fake_model(served):
     assert page.status_code == 200 and "Inglenook" in page.text
     reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).json()
     assert reply["choices"][0]["message"]["content"] == FAKE_HELLO  # the API is mounted beside the UI
-    assert "hello" in describe(app.engine.info)
+    assert "hello" in describe(app) and "context" in describe(app)
+
+
+def test_the_page_is_served_gzip_compressed_when_the_browser_asks(served):
+    _, _, client = served
+    packed = client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert packed.status_code == 200 and packed.headers.get("content-encoding") == "gzip"
+    assert "Inglenook" in packed.text  # httpx unpacks it: the same page
+    plain = client.get("/", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert int(packed.headers["content-length"]) < len(plain.content)
 
 
 def test_the_gradio_queue_polls_less_while_a_generation_decodes(served):

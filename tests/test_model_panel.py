@@ -43,12 +43,28 @@ def test_load_with_the_forms_settings_then_save_reload_and_unload(request, model
     assert core.current(app, catalog) == ("gemma-3-270m", model.name)
     assert core.save(app, catalog, model.name, "llama.cpp", {**form, "n_ctx": 768}).startswith("Saved")
     assert load_saved(app.settings.user_data, model.name).settings["n_ctx"] == 768
-    assert core.form_values(app, catalog, "llama.cpp", model.name)["n_ctx"] == 768  # the form starts from it
+    # while it runs, the form (a new tab's too) shows the settings it runs with, not the start-up ones
+    assert core.form_values(app, catalog, "llama.cpp", model.name)["n_ctx"] == 1024
     assert "context 512" in core.reload(app, "llama.cpp", {**form, "n_ctx": 512})
+    assert core.panel_state(app, catalog).values["n_ctx"] == 512
     assert core.unload(app).startswith("Unloaded") and app.engine.info is None
+    assert core.form_values(app, catalog, "llama.cpp", model.name)["n_ctx"] == 768  # unloaded: what was saved
+    kept = core.panel_state(app, catalog, keep=("gemma-3-270m", model.name))  # the page's choice after Unload
+    assert (kept.model, kept.variant, kept.values["n_ctx"]) == ("gemma-3-270m", model.name, 768)
+    assert core.panel_state(app, catalog).model is None  # a new tab: nothing loaded, nothing chosen
+    status = core.load(app, catalog, "", model.name, "llama.cpp", {**form, "n_ctx": 640})  # empty model box
+    assert "context 640" in status, status
+    assert core.unload(app).startswith("Unloaded")
     assert core.reload(app, "llama.cpp", form).startswith("⚠️")
     app.load_model(model.name)  # a later load (UI or CLI) uses what was saved
     assert app.engine.info.context_length == 768
+
+
+def test_the_status_line_names_model_loader_context_and_memory(fake_app):
+    line = core.status_line(fake_app)
+    assert "hello" in line and "context" in line and "·" in line
+    fake_app.engine.unload()
+    assert core.status_line(fake_app).startswith("**No model loaded**")
 
 
 def test_bad_form_values_and_unknown_models_are_one_line_errors(request, models_dir, tmp_path):

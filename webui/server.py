@@ -10,6 +10,7 @@ import sys
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount
 
 from webui.api.auth import UiUser, check_exposure, exposure_warning, protect
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 QUEUE_POLL_S = 0.005
 QUEUE_POLL_BUSY_S = 0.05  # while a generation decodes: a new generation waits for it anyway
 PROGRESS_POLL_S = 0.1
+GZIP_MIN_BYTES = 1024  # smaller answers are not worth the work
 
 
 def build_api_server(app: App) -> FastAPI:
@@ -52,6 +54,9 @@ def build_server(app: App) -> FastAPI:
     )  # fmt: skip
     _quiet_queue(blocks, app)
     protect(server, app.settings, ui_user=_gradio_user(server))
+    # the page (~360 KiB of JS and JSON) goes compressed to a browser that asks; streams (text/event-stream)
+    # are left alone by Starlette's middleware, so tokens are not held back
+    server.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
     return server
 
 

@@ -6,8 +6,10 @@ from its defaults, the command line and what was saved for the model; Load / Unl
 
 from __future__ import annotations
 
+import html
 import queue
 import threading
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,10 +79,14 @@ def all_fields(app: App) -> dict[str, SettingField]:
 
 
 def form_values(app: App, catalog: Catalog, loader: str | None, variant: str) -> dict[str, object]:
-    """The chosen loader's fields, filled: loader defaults, then --n-ctx/--threads, then what was saved."""
+    """The chosen loader's fields, filled: the settings the variant is loaded with now (if it is the loaded
+    one, with this loader), else loader defaults, then --n-ctx/--threads, then what was saved."""
     if not loader or loader not in app.registry.names():
         return {}
     hit = catalog.find(variant) if variant else None
+    loaded = app.engine.loaded
+    if hit is not None and loaded is not None and loaded.path == hit[1].path and loaded.loader.name == loader:
+        return settings_values(loaded.settings)  # a new tab shows what runs now, not what the server started with
     saved = app.saved_settings_for(hit[1].path) if hit else None
     use = saved.settings if saved is not None and saved.loader == loader else None
     try:
@@ -162,7 +168,8 @@ def load(
     """Load the chosen variant (or what was typed in the model box) with the form's settings; a status line.
     Only an admin may name a path outside the models folder."""
     hit = catalog.find(variant) if variant else None
-    spec = variant if hit is not None and hit[0].name == typed else typed
+    # the chosen quantization wins when the model box names its model or is empty (after an Unload)
+    spec = variant if hit is not None and (not typed or hit[0].name == typed) else typed
     admin = _admin(app, admin)
     try:
         settings = settings_from_form(app, loader, values, admin) if loader and spec == variant else None
@@ -206,6 +213,37 @@ def save(app: App, catalog: Catalog, variant: str, loader: str | None, values: d
     except (UnsafeName, ValueError, OSError) as exc:
         return f"⚠️ {exc}"
     return f"Saved: {hit[1].name} will load with {loader} and these settings ({path.name})."
+
+
+@dataclass
+class PanelState:
+    """What the model controls show for the server's state now (a new tab, a refresh, after a load)."""
+
+    model: str | None
+    models: list[str]
+    variant: str | None
+    variants: list[tuple[str, str]]
+    loader: str | None
+    loaders: list[tuple[str, str]]
+    values: dict[str, object]
+    info: str
+
+
+def panel_state(app: App, catalog: Catalog, keep: tuple[str | None, str | None] = (None, None)) -> PanelState:
+    """The model, quantization, loader, settings form and info of what is loaded now; with nothing loaded, the
+    (model, variant) in ``keep`` stay chosen (so Load after Unload loads what the form shows)."""
+    model, variant = current(app, catalog)
+    if model is None:
+        model, variant = keep
+        if variant and catalog.find(variant) is None:
+            model, variant = None, None
+    loaders, loader = loader_choices(app, catalog, variant or "")
+    values = form_values(app, catalog, loader, variant or "")
+    return PanelState(
+        model=model, models=model_choices(catalog), variant=variant,
+        variants=variant_choices(catalog, model or ""), loader=loader, loaders=loaders, values=values,
+        info=info_markdown(app, catalog, variant or "", values.get("n_ctx")),
+    )  # fmt: skip
 
 
 def current(app: App, catalog: Catalog) -> tuple[str | None, str | None]:
@@ -266,3 +304,14 @@ def install_loader(app: App, name: str, admin: bool | None = None) -> Iterator[s
     problem = result[0] if result else "the install ended without a result"
     tail = "```\n" + "\n".join(shown[-10:]) + "\n```\n"
     yield tail + (f"⚠️ {name} is still unavailable: {problem}" if problem else f"✅ {name} is installed and ready.")
+
+
+def status_line(app: App) -> str:
+    """The page's one compact line about the loaded model: name · loader · context · memory."""
+    info = app.engine.info
+    if info is None:
+        return "**No model loaded** · open the Model tab to load one"
+    rss = app.engine.rss()
+    parts = [f"**{html.escape(info.name)}**", info.loader, info.quantization or "",
+             f"context {info.context_length}", f"memory {rss / 2**30:.1f} GiB" if rss else ""]  # fmt: skip
+    return " · ".join(p for p in parts if p)

@@ -1,55 +1,97 @@
-"""The Gradio Blocks for the whole UI: a header about the loaded model, the model picker, the Chat tab."""
+"""The Gradio Blocks for the whole UI, chat first: a sidebar of conversations, one compact line about the loaded
+model, then the Chat tab filling the window (the input at the bottom, focused), and the Model tab holding the
+full model controls."""
 
 from __future__ import annotations
 
-import html
+from datetime import datetime
 
 import gradio as gr
 
-from backends.base import ModelInfo
 from webui.app import App
+from webui.chat.sidebar import GROUPS, sidebar_groups
+from webui.models import panel as core
 from webui.models.folder import DEFAULT_NOTE, default_model_license, is_default_model
 from webui.ui.characters_tab import build_characters_tab
-from webui.ui.chat_tab import build_chat_tab
+from webui.ui.chat_tab import ChatTab, build_chat_tab, chat_owner
 from webui.ui.compare_tab import build_compare_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
-from webui.ui.model_tab import build_model_tab
+from webui.ui.model_tab import LOADING_BAR, build_model_tab
 from webui.ui.notebook_tab import build_notebook_tab
 from webui.ui.parameters_tab import ParametersTab
 
 CSS = """
 .inglenook-stats { font-size: 0.8em; opacity: 0.7; }
 #model-status p { margin: 0; }
+#topbar { align-items: center; gap: 0.75rem; flex-wrap: nowrap; min-height: 0; }
+#topbar .prose, #topbar p { margin: 0; }
+#topbar > #app-title { flex: 0 0 auto !important; width: auto !important; min-width: 0 !important; }
+#topbar > #model-header { flex: 1 1 0% !important; }
+#app-title h1 { margin: 0; font-size: 1.25rem; }
+#model-header { font-size: 0.9em; min-width: 0 !important; }
+#model-header p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+/* chat first: the chat takes the window's height, the input stays on the first screen */
+#chatbot { height: calc(100dvh - 320px) !important; min-height: 220px; }
+.inglenook-loading { height: 6px; border-radius: 3px; overflow: hidden; background: var(--border-color-primary); }
+.inglenook-loading-bar { height: 100%; width: 35%; background: var(--color-accent);
+  animation: inglenook-slide 1.2s ease-in-out infinite; }
+@keyframes inglenook-slide { from { margin-left: -35%; } to { margin-left: 100%; } }
+#conversation-list .wrap { flex-direction: column; gap: 2px; }
+#conversation-list label { width: 100%; }
+@media (max-width: 640px) {
+  #app-title { display: none; }
+  #topbar { padding-left: 1.75rem; }  /* clear of the sidebar's toggle */
+  #chatbot { height: calc(100dvh - 300px) !important; min-height: 200px; }
+}
 """
 
+# Once the page has loaded (Gradio mounts its parts after the document's own load): the chat input takes the
+# focus, a narrow screen starts with the sidebar closed (the chat first), and buttons showing only a sign get
+# a name for screen readers.
+PAGE_JS = """() => {
+    const names = {'version-prev': 'Previous version', 'version-next': 'Next version'};
+    for (const [id, name] of Object.entries(names)) {
+        const b = document.querySelector('#' + id); if (b) b.setAttribute('aria-label', name);
+    }
+    const side = document.querySelector('#sidebar');
+    if (side && side.classList.contains('open') && window.innerWidth < 768) {
+        side.querySelector('.toggle-button')?.click();
+    }
+    const box = document.querySelector('#chat-input textarea'); if (box) box.focus();
+}"""
 
-def describe(info: ModelInfo | None) -> str:
-    """One line about the loaded model for the header."""
-    if info is None:
-        return "**No model loaded.** Pick one below and press Load."
-    size = f"{info.file_size / 2**20:.0f} MB" if info.file_size else ""
-    facts = ", ".join(x for x in (info.architecture, info.quantization, size, f"context {info.context_length}") if x)
-    return f"**Model:** {html.escape(info.name)} — {info.loader} ({facts})"
+
+def describe(app: App) -> str:
+    """The compact status line about the loaded model (model · loader · quantization · context · memory)."""
+    return core.status_line(app)
 
 
 def build_ui(app: App) -> gr.Blocks:
-    with gr.Blocks(title="Inglenook", analytics_enabled=False) as blocks:  # nothing leaves the machine
-        gr.Markdown("# Inglenook")
-        header = gr.Markdown(describe(app.engine.info), elem_id="model-header")
-        default_note = gr.Markdown(DEFAULT_NOTE, visible=_is_default(app), elem_id="default-note")
-        with gr.Accordion(
-            "Licence of the embedded default model (Gemma terms)", open=False, visible=_is_default(app)
-        ) as lic:
-            gr.Textbox(_licence_text(), show_label=False, interactive=False, lines=12, max_lines=12)
-        status, load, unload, reload, save, model_choice = build_model_tab(app, lambda a: _header_updates(a))
+    with gr.Blocks(title="Inglenook", analytics_enabled=False, fill_height=True) as blocks:  # nothing leaves
+        sidebar = gr.Sidebar(label="Conversations", elem_id="sidebar")  # the chat tab puts its pickers first
+        with gr.Row(elem_id="topbar"):
+            gr.Markdown("# Inglenook", elem_id="app-title", scale=0)
+            header = gr.Markdown(describe(app), elem_id="model-header")
         parameters = ParametersTab(app)
-        with gr.Tab("Chat"):
-            chat = build_chat_tab(app, parameters.inputs)
+        with gr.Tab("Chat", elem_id="chat-tab"):
+            chat = build_chat_tab(app, parameters.inputs, sidebar)
             extension_blocks = build_extension_blocks(app)
+        with sidebar:  # below the chat's mode, character and conversation pickers
+            search = gr.Textbox(
+                label="Search conversations", placeholder="Search titles…", lines=1, elem_id="conversation-search"
+            )
+            lists = {g: gr.Radio([], label=g, visible=False, elem_id=f"conversations-{g.lower()}") for g in GROUPS}
+        with gr.Tab("Model", elem_id="model-tab"):
+            default_note = gr.Markdown(DEFAULT_NOTE, visible=_is_default(app), elem_id="default-note")
+            with gr.Accordion(
+                "Licence of the embedded default model (Gemma terms)", open=False, visible=_is_default(app)
+            ) as lic:
+                gr.Textbox(_licence_text(), show_label=False, interactive=False, lines=12, max_lines=12)
+            model = build_model_tab(app, lambda a: _header_updates(a))
         with gr.Tab("Parameters"):
             filtered = parameters.render()
         with gr.Tab("Characters"):
-            build_characters_tab(app)
+            characters_fill = build_characters_tab(app)
         with gr.Tab("Notebook"):
             notebook_restore = build_notebook_tab(app, parameters.inputs)
         with gr.Tab("Compare"):
@@ -58,24 +100,55 @@ def build_ui(app: App) -> gr.Blocks:
         # a refreshed page (or one reopened after a restart) shows its conversation again
         blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
         blocks.load(*notebook_restore, api_name=False)  # the notebook's saved text
-        after = [header, default_note, lic, model_choice, status]
+        blocks.load(*characters_fill, api_name=False)  # the picked character's form, filled
+        heads = [header, default_note, lic]
+        # ... and the model as it is now, with the settings it runs with (not the page as built at start-up)
+        blocks.load(lambda: _header_updates(app), None, heads, api_name=False, queue=False)
+        blocks.load(model.refresh, model.refresh_outputs[:2], model.refresh_outputs, api_name=False)
+        blocks.load(None, js=PAGE_JS)
+        after = [*heads, model.model, model.status]
         changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
         marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores
-        load[0].click(load[1], load[2], after, api_name="load_model").then(*changed, api_name=False).then(
-            *marked, api_name=False
-        )
-        unload[0].click(unload[1], None, after, api_name="unload_model").then(*changed, api_name=False)
-        reload[0].click(reload[1], reload[2], after, api_name="reload_model").then(*changed, api_name=False).then(
-            *marked, api_name=False
-        )
-        save[0].click(save[1], save[2], status, api_name="save_model_settings")
+        bar_on = (lambda: gr.update(visible=True, value=LOADING_BAR), None, model.progress)
+        bar_off = (lambda: gr.update(visible=False, value=""), None, model.progress)
+        (load, do_load, load_inputs), (reload, do_reload, reload_inputs) = model.load, model.reload
+        load.click(*bar_on, api_name=False, queue=False).then(do_load, load_inputs, after, api_name="load_model").then(
+            *bar_off, api_name=False, queue=False
+        ).then(*changed, api_name=False).then(*marked, api_name=False)
+        model.unload[0].click(model.unload[1], None, after, api_name="unload_model").then(*changed, api_name=False)
+        reload.click(*bar_on, api_name=False, queue=False).then(
+            do_reload, reload_inputs, after, api_name="reload_model"
+        ).then(*bar_off, api_name=False, queue=False).then(*changed, api_name=False).then(*marked, api_name=False)
+        model.save[0].click(model.save[1], model.save[2], model.status, api_name="save_model_settings")
         blocks.load(*marked, api_name=False)
+        _wire_sidebar(app, chat, search, lists)
     return blocks
+
+
+def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, gr.Radio]) -> None:
+    """The grouped list follows the chat's conversation; picking an entry opens it like the picker does."""
+    radios = list(lists.values())
+    mode, character = chat.context[3], chat.context[4]
+
+    def listing(query: str, current: str, chosen_mode: str, key: str | None) -> list:
+        owner = chat_owner(app, chosen_mode, key)
+        groups = sidebar_groups(app.history.list(owner).conversations, datetime.now().astimezone(), query or "")
+        return [
+            gr.update(choices=items, value=current if any(cid == current for _, cid in items) else None,
+                      visible=bool(items))
+            for items in groups.values()
+        ]  # fmt: skip
+
+    inputs = [search, chat.conversation_id, mode, character]
+    for trigger in (search.change, chat.conversation_id.change, chat.picker.change):
+        trigger(listing, inputs, radios, api_name=False, queue=False, show_progress="hidden")
+    for radio in radios:
+        radio.input(chat.pick, [radio, *chat.context], chat.shown, api_name=False)
 
 
 def _header_updates(app: App) -> list:
     default = _is_default(app)
-    return [describe(app.engine.info), gr.update(visible=default), gr.update(visible=default)]
+    return [describe(app), gr.update(visible=default), gr.update(visible=default)]
 
 
 def _is_default(app: App) -> bool:

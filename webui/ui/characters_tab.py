@@ -29,7 +29,8 @@ LABELS = {
 LINES = {"greeting": 3, "context": 6, "example_dialogue": 5, "description": 4, "scenario": 2, "system_prompt": 2}
 
 
-def build_characters_tab(app: App) -> None:
+def build_characters_tab(app: App) -> tuple:
+    """The tab; returns (fill, inputs, outputs) for the page load to fill the form with the picked character."""
     store = app.characters
     keys = store.keys()
     with gr.Row():
@@ -150,10 +151,13 @@ def build_characters_tab(app: App) -> None:
     save.click(on_save, [pick, *fields], outputs, api_name=False)
     duplicate.click(on_duplicate, pick, outputs, api_name=False)
     delete.click(on_delete, pick, outputs, api_name=False)
-    upload.upload(on_picture, [pick, upload], [picture, status], api_name=False)
-    card.upload(on_import, card, outputs, api_name=False)
+    # once read, the upload boxes empty again (the next import must not show the previous file)
+    upload.upload(on_picture, [pick, upload], [picture, status], api_name=False).then(
+        lambda: None, None, upload, api_name=False, queue=False
+    )
+    card.upload(on_import, card, outputs, api_name=False).then(lambda: None, None, card, api_name=False, queue=False)
     export.click(on_export, pick, [exported, status], api_name=False)
-    return fill
+    return fill, [pick], outputs
 
 
 def _show_picture(path: Path | None) -> Image.Image | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -102,10 +103,16 @@ class ChatTab:
     restore_outputs: list
     model_changed: Callable
     model_outputs: list
+    pick: Callable  # open a conversation by id: pick(id, *context) -> the `shown` updates
+    context: list  # system, start reply with, max tokens, mode, character
+    shown: list
+    picker: gr.Dropdown
+    conversation_id: gr.Textbox
 
 
-def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
-    """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name."""
+def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = None) -> ChatTab:
+    """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name.
+    ``sidebar``: where the mode, character and conversation pickers go (else above the chat)."""
     sessions = ChatSessions(app.chat, app.settings.stream_interval_s)  # per UI, not module-level
     rule_knobs = list(params_inputs)  # a models.yaml rule may set any of them
     prefs = TemplatePrefs(app.settings.user_data)
@@ -113,18 +120,24 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     exports = Path(tempfile.mkdtemp(prefix="inglenook-exports-"))
 
     characters = app.characters.keys()
-    with gr.Row():
-        mode = gr.Radio(
-            ["chat", "chat-instruct", "instruct"], value=INSTRUCT, label="Mode", scale=3, elem_id="chat-mode"
-        )
-        character = gr.Dropdown(
-            choices=characters, value="Assistant" if "Assistant" in characters else None, label="Character",
-            scale=3, elem_id="chat-character",
-        )  # fmt: skip
-    with gr.Row():
-        picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
-        new = gr.Button("New chat", scale=1, elem_id="new-chat")
-        delete = gr.Button("Delete", scale=1, variant="secondary", elem_id="delete-chat")
+    with sidebar if sidebar is not None else contextlib.nullcontext():  # the page's conversations sidebar
+        with gr.Row():
+            mode = gr.Radio(
+                ["chat", "chat-instruct", "instruct"], value=INSTRUCT, label="Mode", scale=3, elem_id="chat-mode"
+            )
+            character = gr.Dropdown(
+                choices=characters, value="Assistant" if "Assistant" in characters else None, label="Character",
+                scale=3, elem_id="chat-character",
+            )  # fmt: skip
+        with gr.Row():
+            picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
+            new = gr.Button("New chat", scale=1, elem_id="new-chat")
+            delete = gr.Button("Delete", scale=1, variant="secondary", elem_id="delete-chat")
+        with gr.Group(visible=False, elem_id="delete-chat-ask") as ask_delete:  # a deletion is asked first
+            gr.Markdown("Delete this conversation? (It moves to the trash folder.)")
+            with gr.Row():
+                delete_yes = gr.Button("Delete it", variant="stop", size="sm", elem_id="delete-chat-confirm")
+                delete_no = gr.Button("Keep it", size="sm", elem_id="delete-chat-cancel")
     # The id lives in the page, not in server memory, so a restarted server continues the same file.
     conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
     chatbot = gr.Chatbot(
@@ -138,8 +151,9 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     error = gr.Markdown("", elem_id="chat-error")
     with gr.Row():
         message = gr.Textbox(
-            placeholder="Type a message and press Enter", show_label=False, scale=8, elem_id="chat-input", lines=1
-        )
+            placeholder="Type a message and press Enter", label="Message", show_label=False, scale=8,
+            elem_id="chat-input", lines=1,
+        )  # fmt: skip
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
     with gr.Row():
@@ -148,8 +162,9 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         imper = gr.Button("Impersonate", size="sm", elem_id="impersonate")
         remove = gr.Button("Remove last", size="sm", elem_id="remove-last")
         start_with = gr.Textbox(
-            placeholder="Start reply with…", show_label=False, scale=3, elem_id="start-reply-with", lines=1
-        )
+            placeholder="Start reply with…", label="Start reply with", show_label=False, scale=3,
+            elem_id="start-reply-with", lines=1,
+        )  # fmt: skip
     with gr.Accordion("Prompt template", open=False):
         with gr.Row():
             template = gr.Dropdown(
@@ -473,7 +488,11 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     new.click(new_chat, ctx, shown, api_name=False)
     chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
     picker.input(pick, [picker, *ctx], shown, api_name=False)
-    delete.click(delete_chat, [conversation_id, *ctx], shown, api_name=False)
+    delete.click(lambda: gr.update(visible=True), None, ask_delete, api_name=False, queue=False)
+    delete_no.click(lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False)
+    delete_yes.click(delete_chat, [conversation_id, *ctx], shown, api_name=False).then(
+        lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False
+    )
     mode.input(switch, ctx, shown, api_name=False)
     character.input(switch, ctx, shown, api_name=False)
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
@@ -495,4 +514,9 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         restore_outputs=[*shown, *template_outputs],
         model_changed=template_view,
         model_outputs=template_outputs,
+        pick=pick,
+        context=ctx,
+        shown=shown,
+        picker=picker,
+        conversation_id=conversation_id,
     )

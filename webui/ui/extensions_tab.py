@@ -166,8 +166,25 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
         restart_later(app.close)
         return "Restarting… this page reconnects in a few seconds (reload it if it does not)."
 
-    restart.click(on_restart, None, message, api_name=False)
+    restart.click(on_restart, None, message, api_name=False).then(None, js=RECONNECT_JS)
     del problems
+
+
+# After Restart: wait until the server has gone and answers again, then reload the page (a page built by the
+# new process, with the extension's interface); gives up after two minutes and says so.
+RECONNECT_JS = """async () => {
+    const up = async () => { try { return (await fetch('healthz', {cache: 'no-store'})).ok; } catch { return false; } };
+    const sleep = ms => new Promise(r => setTimeout(r, ms));
+    const until = Date.now() + 120000;
+    let seenDown = false;
+    while (Date.now() < until) {
+        const ok = await up();
+        if (!ok) seenDown = true;
+        else if (seenDown) { location.reload(); return; }
+        await sleep(500);
+    }
+    alert('Inglenook did not come back within two minutes: reload this page when it runs again.');
+}"""
 
 
 def _widget(spec: Setting, value):

@@ -1,10 +1,13 @@
-"""The Model row: model, quantization, loader, the loader's settings, Load/Unload/Reload/Save and the info panel.
+"""The Model tab: model, quantization, loader, the loader's settings, Load/Unload/Reload/Save and the info panel.
 
 Widgets only: every decision is a function of :mod:`webui.models.panel`, tested without a browser. One widget
 per settings field name across all registered loaders; choosing a loader shows its fields and hides the rest.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -30,28 +33,50 @@ def _widget(field, interactive: bool):
     return gr.Textbox(value=field.default, label=field.label, elem_id=f"setting-{field.name}")
 
 
-def build_model_tab(app: App, on_change) -> tuple:
-    """The model row. ``on_change(app)`` gives the header updates after a load/unload; returns (status, outputs)."""
+LOADING_BAR = (
+    '<div class="inglenook-loading" role="progressbar" aria-label="Loading the model" aria-busy="true">'
+    '<div class="inglenook-loading-bar"></div></div>'
+)  # indeterminate: the loaders report no progress across the worker's pipe yet
+
+
+@dataclass
+class ModelTab:
+    """What the page wires to the model controls: the buttons' (button, handler, inputs) and a refresh."""
+
+    status: gr.Markdown
+    model: gr.Dropdown
+    progress: gr.HTML
+    load: tuple
+    unload: tuple
+    reload: tuple
+    save: tuple
+    refresh: Callable
+    refresh_outputs: list
+
+
+def build_model_tab(app: App, on_change) -> ModelTab:
+    """The model controls. ``on_change(app)`` gives the header updates after a load/unload."""
     catalog = Catalog(app.settings.models_dir, app.remotes)
     fields = core.all_fields(app)
-    model0, variant0 = core.current(app, catalog)
-    loaders0, loader0 = core.loader_choices(app, catalog, variant0 or "")
-    values0 = core.form_values(app, catalog, loader0, variant0 or "")
+    state0 = core.panel_state(app, catalog)
+    model0, variant0, loader0, values0 = state0.model, state0.variant, state0.loader, state0.values
     with gr.Row():
-        model = gr.Dropdown(choices=core.model_choices(catalog), value=model0, label="Model", allow_custom_value=True,
+        model = gr.Dropdown(choices=state0.models, value=model0, label="Model", allow_custom_value=True,
                             scale=4, elem_id="model-choice")  # fmt: skip
         variant = gr.Dropdown(
-            choices=core.variant_choices(catalog, model0 or ""), value=variant0, label="Quantization",
+            choices=state0.variants, value=variant0, label="Quantization",
             allow_custom_value=True, scale=4, elem_id="variant-choice",
         )  # fmt: skip
         loader = gr.Dropdown(
-            choices=loaders0, value=loader0, label="Loader", scale=2, allow_custom_value=True, elem_id="loader-choice"
-        )
+            choices=state0.loaders, value=loader0, label="Loader", scale=2, allow_custom_value=True,
+            elem_id="loader-choice",
+        )  # fmt: skip
     with gr.Row():
         load = gr.Button("Load", variant="primary", scale=1, elem_id="load-model")
         unload = gr.Button("Unload", scale=1, elem_id="unload-model")
         reload = gr.Button("Reload", scale=1, elem_id="reload-model")
         save = gr.Button("Save settings for this model", scale=2, elem_id="save-model-settings")
+    progress = gr.HTML("", visible=False, elem_id="model-progress")
     status = gr.Markdown("", elem_id="model-status")
     with gr.Accordion("Load settings", open=False, elem_id="load-settings"):
         widgets = {}
@@ -63,7 +88,7 @@ def build_model_tab(app: App, on_change) -> tuple:
                 w.visible = name in values0 or not values0
                 widgets[name] = w
     with gr.Accordion("Model info", open=False, elem_id="model-info-box"):
-        info = gr.Markdown(core.info_markdown(app, catalog, variant0 or "", values0.get("n_ctx")), elem_id="model-info")
+        info = gr.Markdown(state0.info, elem_id="model-info")
     missing0 = [name for name, _ in core.missing_loaders(app)]
     with gr.Accordion("Install loaders", open=False, visible=bool(missing0), elem_id="install-loaders"):
         missing_md = gr.Markdown(core.loaders_markdown(app), elem_id="missing-loaders")
@@ -101,7 +126,19 @@ def build_model_tab(app: App, on_change) -> tuple:
 
     def after(message):
         m, v = core.current(app, catalog)
-        return [*on_change(app), gr.update(value=m), message]
+        # with nothing loaded (an Unload, a failed first load) the picker keeps its choice for the next Load
+        return [*on_change(app), gr.update(value=m) if m is not None else gr.skip(), message]
+
+    def refresh(model_name, variant_name):
+        """The controls for the server's state now: a new tab or a refresh shows the current model and the
+        settings it runs with, not the page as it was built at start-up."""
+        state = core.panel_state(app, catalog, keep=(model_name, variant_name))
+        shown = [gr.update(visible=n in state.values, value=state.values.get(n)) if n in state.values
+                 else gr.update(visible=not state.values) for n in names]  # fmt: skip
+        return [
+            gr.update(choices=state.models, value=state.model), gr.update(choices=state.variants, value=state.variant),
+            gr.update(choices=state.loaders, value=state.loader), *shown, state.info,
+        ]  # fmt: skip
 
     def admin(request: gr.Request | None) -> bool:
         """Decided server-side for whoever sent the event (``request`` first: Gradio fills it in)."""
@@ -141,11 +178,9 @@ def build_model_tab(app: App, on_change) -> tuple:
         widgets["n_ctx"].change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
         # after a load/unload/reload (each sets the status line) the panel says what the load chose
         status.change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
-    return (
-        status,
-        (load, do_load, inputs),
-        (unload, do_unload),
-        (reload, do_reload, inputs),
-        (save, do_save, inputs),
-        model,
-    )
+    return ModelTab(
+        status=status, model=model, progress=progress, load=(load, do_load, inputs), unload=(unload, do_unload),
+        reload=(reload, do_reload, inputs), save=(save, do_save, inputs),
+        refresh=refresh,
+        refresh_outputs=[model, variant, loader, *widgets.values(), info],
+    )  # fmt: skip
