@@ -43,7 +43,7 @@ OWNER = INSTRUCT_OWNER  # conversations without a character
 def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
     """(title, id) pairs for the conversation picker, newest first."""
     listing = app.history.list(owner)
-    return [(c.title or "(empty)", c.id) for c in listing.conversations]
+    return [(c.label(), c.id) for c in listing.conversations]
 
 
 def open_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Conversation:
