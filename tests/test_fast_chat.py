@@ -116,8 +116,8 @@ def test_a_character_chat_opens_with_its_greeting_and_is_saved_under_the_charact
     app = make_fake_app("echo.fake")
     conversation = start_conversation(app.history, app.characters, "chat-instruct", "Wren")
     assert conversation.owner == owner_for("chat-instruct", "Wren")
-    greeting = saved(app, conversation)
-    assert len(greeting) == 1 and greeting[0][0] == "assistant"
+    assert [m.role for m in conversation.messages] == ["assistant"]
+    assert app.history.list(conversation.owner).conversations == [], "saved with the first message, not before"
     character = app.characters.load("Wren")
     final = last(app.chat.turn(conversation, "Is there tea?", greedy(), TurnOptions(character=character)))
     # chat-instruct ends the prompt with the character's name: the echo model repeats that last line
