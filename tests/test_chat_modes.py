@@ -114,7 +114,8 @@ def test_a_character_chat_is_titled_from_the_users_first_message_and_the_picker_
     history.save(conv)
     [summary] = history.list(conv.owner).conversations
     assert summary.title == "Is the causeway safe tonight?"
-    assert summary.label() == f"Is the causeway safe tonight? · {summary.updated[:10]} {summary.updated[11:16]} · 2 messages"
+    when = f"{summary.updated[:10]} {summary.updated[11:16]}"
+    assert summary.label() == f"Is the causeway safe tonight? · {when} · 2 messages"
 
 
 def test_a_cards_alternate_greetings_are_versions_of_the_first_message(tmp_path):

@@ -191,3 +191,31 @@ def test_every_mode_answers_on_the_fake_model(make_fake_app, mode):
     character = app.characters.load("Wren") if mode != "instruct" else None
     final = last(app.chat.turn(conversation, "Hello", greedy(), TurnOptions(character=character)))
     assert final.error is None and final.text.strip() == FAKE_HELLO
+
+
+PROMPT_HOOKS = """
+@hookimpl
+def history_modifier(messages):
+    return [{"role": "system", "content": "Remember: the user's name is Ada."}, *messages]
+
+@hookimpl
+def custom_prompt(messages, prompt):
+    return prompt + "[extra]"
+"""
+
+
+def test_show_prompt_and_the_token_count_are_the_prompt_sent_with_what_extensions_add(make_fake_app, tmp_path):
+    """Issue 13, bug 7: the preview left out what extensions add (a memory note was sent but not shown)."""
+    from test_extensions import write_extension
+
+    from webui.chat.actions import preview_prompt, prompt_summary
+
+    write_extension(tmp_path / "user_data", "note", PROMPT_HOOKS)
+    app = make_fake_app()
+    conversation = app.history.new(INSTRUCT_OWNER)
+    plan = preview_prompt(app.chat, conversation, TurnOptions(), "Hello?")
+    assert "Remember: the user's name is Ada." in plan.text and plan.text.endswith("[extra]")
+    assert prompt_summary(app.chat, conversation, TurnOptions(), "Hello?") == plan.summary()
+    final = last(app.chat.turn(conversation, "Hello?", greedy()))
+    assert final.prompt.text == plan.text, "the preview is exactly what was sent"
+    assert final.usage.prompt_tokens == plan.tokens == app.engine.count_tokens(plan.text)

@@ -213,7 +213,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         options = TurnOptions(
             system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
         )
-        count = prompt_summary(app.engine, conv, options, max_new_tokens=int(n or 0))
+        count = prompt_summary(app.chat, conv, options, max_new_tokens=int(n or 0))
         thumb = app.characters.thumbnail(key) if speaker is not None else None
         shown = gr.update(
             value=display_messages(conv.ui_history()), avatar_images=(None, str(thumb) if thumb else None)
@@ -436,7 +436,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             options = TurnOptions(
                 system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
             )
-            plan = preview_prompt(app.engine, conv, options, draft or "", max_new_tokens=int(n or 0))
+            plan = preview_prompt(app.chat, conv, options, draft or "", max_new_tokens=int(n or 0))
         except ValueError as exc:
             return f"⚠️ {exc}", gr.skip()
         if plan is None:
