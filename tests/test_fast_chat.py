@@ -147,7 +147,8 @@ def test_the_chat_shows_each_reply_with_its_stats_and_the_reply_in_flight(fake_a
     assert pending is not None
     shown = display_messages(conversation.ui_history())
     assert shown[0] == {"role": "user", "content": "Hi"}
-    assert shown[1]["content"].startswith(FAKE_HELLO + "\n\n<span class='inglenook-stats'>time to first token")
+    assert shown[1]["content"] == FAKE_HELLO, "the stats line is not in the text (Copy and Edit give it clean)"
+    assert shown[1]["metadata"]["log"].startswith("time to first token") and "title" not in shown[1]["metadata"]
 
 
 def test_the_picker_opens_the_newest_conversation_and_a_message_never_lands_in_another(fake_app):

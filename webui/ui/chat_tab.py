@@ -39,6 +39,34 @@ IDLE = (gr.update(interactive=True), gr.update(interactive=False))
 
 OWNER = INSTRUCT_OWNER  # conversations without a character
 
+# Draws each reply's stats line (the message's metadata.log, see webui.chat.session.display_messages) under
+# its bubble, outside the message text, so Copy and Edit give the text alone. Runs in the page on every change
+# of the chatbot; an observer draws again when Gradio re-renders a bubble.
+STATS_JS = """(value) => {
+    window.__inglenookStats = (value || []).filter(m => m.role === 'assistant')
+        .map(m => (m.metadata && m.metadata.log) || '');
+    const draw = () => {
+        const stats = window.__inglenookStats || [];
+        document.querySelectorAll('#chatbot [data-testid="bot"]').forEach((bot, i) => {
+            let line = bot.querySelector(':scope > .inglenook-stats');
+            const text = stats[i] || '';
+            if (!text) { if (line) line.remove(); return; }
+            if (!line) {
+                line = document.createElement('div');
+                line.className = 'inglenook-stats';
+                bot.appendChild(line);
+            }
+            if (line.textContent !== text) line.textContent = text;
+        });
+    };
+    const root = document.querySelector('#chatbot');
+    if (root && !root.__inglenookObserved) {
+        root.__inglenookObserved = true;
+        new MutationObserver(draw).observe(root, {subtree: true, childList: true});
+    }
+    requestAnimationFrame(draw);
+}"""
+
 
 def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
     """(title, id) pairs for the conversation picker, newest first."""
@@ -354,8 +382,19 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             return
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
-    def stop_generation(request: gr.Request):
-        sessions.stop(request.session_hash)
+    def stop_generation(conv_id: str, request: gr.Request):
+        sessions.stop(request.session_hash, conv_id or "")
+
+    def follow_reply(conv_id, system_text, prefix, n, chosen_mode, key, request: gr.Request):
+        """A reply another tab (or this one before a reload) is writing into the conversation now shown."""
+        ctx = (system_text, prefix, n, chosen_mode, key)
+        load = lambda: locate_conv(conv_id, chosen_mode, key)[0]  # noqa: E731
+        followed = False
+        for out in relay(sessions.follow(request.session_hash, conv_id or "", load), ctx):
+            followed = True
+            yield out
+        if not followed:  # a generator that yields nothing would blank every output
+            yield tuple(gr.skip() for _ in range(9))
 
     def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
@@ -455,7 +494,10 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     knobs = {"concurrency_limit": None, "inputs_kwargs": params_inputs}
     message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs)
     send.click(respond, inputs, stream_outputs, api_name=False, **knobs)
-    stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
+    stop.click(stop_generation, conversation_id, None, api_name="stop", concurrency_limit=None, queue=False)
+    # a page opened (or reloaded) while a reply is written into its conversation follows it to its end
+    conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, api_name=False,
+                           concurrency_limit=None)  # fmt: skip
     gen_inputs = [conversation_id, system, start_with, *who]
     regen.click(regenerate_reply, gen_inputs, stream_outputs, api_name="regenerate", **knobs)
     chatbot.retry(regenerate_reply, gen_inputs, stream_outputs, api_name=False, **knobs)
@@ -472,14 +514,17 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     next_version.click(page(+1), [conversation_id, *ctx], shown, api_name=False)
     new.click(new_chat, ctx, shown, api_name=False)
     chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
-    picker.input(pick, [picker, *ctx], shown, api_name=False)
+    # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
+    # saved conversation yet) opened the newest old one (issue 13, bug 1)
+    picker.select(pick, [picker, *ctx], shown, api_name=False)
     delete.click(delete_chat, [conversation_id, *ctx], shown, api_name=False)
     mode.input(switch, ctx, shown, api_name=False)
-    character.input(switch, ctx, shown, api_name=False)
+    character.select(switch, ctx, shown, api_name=False)
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
     rename.click(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
     chatbot.select(select_message, None, branch_at, api_name=False)
+    chatbot.change(None, chatbot, None, js=STATS_JS, api_name=False)
     export.click(export_chat, [conversation_id, *who], [download, error], api_name=False)
     upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
     template.input(choose_template, template, [template, template_info], api_name=False)

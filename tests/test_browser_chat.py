@@ -1,0 +1,104 @@
+"""The chat's behaviour in the browser, on scripted fake models (quick): what a walk-through found losing state
+or showing the wrong thing (issue 13) — each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import running_server, write_fake
+from test_browser import CHROMIUM_ARGS, LOCAL_HOSTS, open_page, send, user_messages
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPLY = "Hello there, friend.\nA second line."
+LONG = " ".join(f"w{i}" for i in range(400))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    models, user_data = tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("user_data")
+    write_fake(models, "hello", reply=REPLY)
+    write_fake(models, "slow", reply=LONG, token_delay_ms=40)
+    args = ("--models-dir", str(models), "--user-data", str(user_data), "--model", "hello.fake")
+    with running_server(*args) as (url, _proc):
+        yield url, user_data
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=None)
+
+    def only_local(route):
+        from urllib.parse import urlparse
+
+        if urlparse(route.request.url).hostname in LOCAL_HOSTS or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", only_local)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context, served):
+    page = context.new_page()
+    open_page(page, served[0])
+    page.click("#new-chat")
+    sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+    return page
+
+
+def stats_lines(page):
+    return page.locator("#chatbot .inglenook-stats")
+
+
+def saved_conversations(user_data: Path, owner: str = "instruct") -> list[dict]:
+    folder = user_data / "chats" / owner
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def test_new_chat_stays_new_when_the_conversation_or_character_dropdown_loses_focus(page):
+    """Bug 1: New chat, then Tab out of the Conversation (or Character) dropdown reloaded the newest old chat."""
+    send(page, "First conversation.")
+    sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
+    page.click("#new-chat")
+    sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+    for box in ("#conversation-choice input", "#chat-character input"):
+        page.click(box)
+        page.keyboard.press("Tab")
+        page.wait_for_timeout(1_500)  # the blur's event has had its round trip
+        assert user_messages(page) == [], f"the new chat was replaced after a blur of {box}"
+    send(page, "Second conversation.")
+    sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
+    assert user_messages(page) == ["Second conversation."], "the message went into the new chat, alone"
+
+
+def test_copy_and_edit_give_the_reply_text_without_the_stats_markup(page):
+    """Bug 2: copying a reply copied <span class='inglenook-stats'>…; the Edit box showed the same markup."""
+    send(page, "Say hello.")
+    sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
+    assert "time to first token" in stats_lines(page).first.inner_text(), "the stats still show beside the reply"
+    bot = page.locator('#chatbot [data-testid="bot"]').last
+    bot.hover()
+    page.locator("#chatbot").get_by_role("button", name="Copy message").last.click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.strip() == REPLY, copied
+    bot.hover()
+    page.locator("#chatbot").get_by_role("button", name="Edit").last.click()
+    editor = page.locator("#chatbot textarea").last
+    assert editor.input_value() == REPLY
+    assert "inglenook-stats" not in editor.input_value()
