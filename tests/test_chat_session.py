@@ -73,7 +73,7 @@ def test_one_reply_per_session_stop_ends_it_and_another_session_is_not_blocked(s
     assert not sessions.busy("s2")
     assert sessions.stop("s1") and not sessions.stop("s2")
     last = list(stream)[-1]
-    assert last.busy is False and "stopped" in last.chat[-1]["content"]
+    assert last.busy is False and "stopped" in last.chat[-1]["metadata"]["log"]
     assert not sessions.busy("s1")
 
 

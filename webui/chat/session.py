@@ -301,7 +301,7 @@ class ChatSessions:
         seen = 0  # the empty reply the flight starts with is already shown
         while True:
             with flight.changed:
-                flight.changed.wait_for(lambda: flight.done or flight.version != seen)
+                flight.changed.wait_for(lambda seen=seen: flight.done or flight.version != seen)
                 reply, seen, done = flight.reply, flight.version, flight.done
             if done:
                 yield reply
