@@ -21,7 +21,6 @@ LONG = " ".join(f"w{i}" for i in range(400))
 def served(tmp_path_factory):
     models, user_data = tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("user_data")
     write_fake(models, "hello", reply=REPLY)
-    write_fake(models, "slow", reply=LONG, token_delay_ms=40)
     args = ("--models-dir", str(models), "--user-data", str(user_data), "--model", "hello.fake")
     with running_server(*args) as (url, _proc):
         yield url, user_data
@@ -102,3 +101,42 @@ def test_copy_and_edit_give_the_reply_text_without_the_stats_markup(page):
     editor = page.locator("#chatbot textarea").last
     assert editor.input_value() == REPLY
     assert "inglenook-stats" not in editor.input_value()
+
+
+@pytest.fixture(scope="module")
+def slow_served(tmp_path_factory):
+    """A server whose model takes 16 s for a reply (400 words, 40 ms each)."""
+    models, user_data = tmp_path_factory.mktemp("slow_models"), tmp_path_factory.mktemp("slow_user_data")
+    write_fake(models, "slow", reply=LONG, token_delay_ms=40)
+    args = ("--models-dir", str(models), "--user-data", str(user_data), "--model", "slow.fake")
+    with running_server(*args) as (url, _proc):
+        yield url, user_data
+
+
+def bot_text(page) -> str:
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def test_a_reply_goes_on_and_is_saved_when_its_tab_closes_and_a_new_tab_follows_it(context, slow_served):
+    """Bug 5: closing the tab mid-reply lost the partial reply. The reply belongs to the server."""
+    url, user_data = slow_served
+    first = context.new_page()
+    open_page(first, url)
+    first.click("#new-chat")
+    send(first, "Tell me a long story.")
+    first.wait_for_function(
+        "() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+        " return b.length && b[b.length - 1].innerText.includes('w5'); }",
+        timeout=60_000,
+    )
+    first.close()  # mid-reply: 400 words at 40 ms each take 16 s
+    second = context.new_page()
+    open_page(second, url)  # reopens the newest conversation: the one being written
+    assert user_messages(second) == ["Tell me a long story."]
+    sync_api.expect(second.locator('#chatbot [data-testid="bot"]')).to_contain_text("w5", timeout=30_000)
+    sync_api.expect(stats_lines(second)).to_have_count(1, timeout=90_000)  # it followed the reply to its end
+    assert "w399" in bot_text(second)
+    [saved] = [c for c in saved_conversations(user_data) if c["title"] == "Tell me a long story."]
+    assert saved["messages"][-1]["content"].split()[-1] == "w399", "written to its end and saved"
+    assert "inglenook-stats" not in json.dumps(saved), "the file holds the text, the stats apart"
