@@ -140,3 +140,29 @@ def test_a_reply_goes_on_and_is_saved_when_its_tab_closes_and_a_new_tab_follows_
     [saved] = [c for c in saved_conversations(user_data) if c["title"] == "Tell me a long story."]
     assert saved["messages"][-1]["content"].split()[-1] == "w399", "written to its end and saved"
     assert "inglenook-stats" not in json.dumps(saved), "the file holds the text, the stats apart"
+
+
+def test_a_reload_brings_back_the_character_chat_its_mode_system_prompt_and_changed_parameters(page, served):
+    """Bug 6: a Wren chat-mode conversation came back as instruct / Assistant, the System prompt box empty,
+    the Parameters back to the preset."""
+    from test_browser import set_max_tokens
+    from test_browser_characters import choose
+
+    page.locator("#chat-mode").get_by_text("chat", exact=True).click()
+    choose(page, "chat-character", "Wren")
+    sync_api.expect(page.locator('#chatbot [data-testid="bot"]').first).to_contain_text("Wren looks up")
+    set_max_tokens(page, 33)
+    page.get_by_role("button", name="System prompt").click()
+    system = page.get_by_label("System prompt", exact=True)
+    system.fill("Answer in French.")
+    send(page, "Is the causeway safe tonight?")
+    sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
+    page.reload()
+    open_page(page, served[0])
+    assert user_messages(page) == ["Is the causeway safe tonight?"]
+    sync_api.expect(page.locator("#chat-mode input[value='chat']")).to_be_checked()
+    sync_api.expect(page.locator("#chat-character input")).to_have_value("Wren")
+    page.get_by_role("button", name="System prompt").click()
+    sync_api.expect(page.get_by_label("System prompt", exact=True)).to_have_value("Answer in French.")
+    page.get_by_role("tab", name="Parameters").click()
+    sync_api.expect(page.get_by_label("number input for Max new tokens")).to_have_value("33")

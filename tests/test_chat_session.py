@@ -138,3 +138,40 @@ def test_impersonate_streams_into_the_message_box(quick):
 def test_the_chat_service_holds_the_hooks_not_the_engine(quick):
     assert quick.chat.hooks is quick.extensions and quick.chat.engine is quick.engine
     assert not hasattr(quick.engine, "extensions")
+
+
+def test_a_conversation_keeps_its_system_prompt_and_changed_parameters_and_a_reload_finds_it(quick):
+    """Issue 13, bug 6: a reload lost the conversation's settings (and went back to the newest instruct chat)."""
+    from webui.chat.history import HistoryStore
+
+    sessions = ChatSessions(quick.chat, 0.0)
+    conv = quick.history.new("character-Wren", mode="chat")
+    options = TurnOptions(system="Answer in French.")
+    sampling = {**SAMPLING, "temperature": 0.3, "max_new_tokens": 77}
+    list(sessions.send("s", "Bonjour", sampling, lambda: (conv, options)))
+    saved = HistoryStore(quick.settings.user_data).load("character-Wren", conv.id)
+    assert saved.mode == "chat" and saved.settings == {
+        "system": "Answer in French.",
+        "sampling": {"temperature": 0.3, "max_new_tokens": 77},
+    }
+    older = quick.history.new(INSTRUCT_OWNER)
+    older.append("user", "older")
+    quick.history.save(older)
+    list(sessions.send("s", "Encore", sampling, lambda: (saved, options)))  # the character chat is newest again
+    assert quick.history.newest_owner() == "character-Wren"
+    plain = json.loads(quick.history.path("character-Wren", conv.id).read_text())
+    assert plain["settings"]["system"] == "Answer in French."
+
+
+def test_files_without_settings_still_read_and_bad_settings_are_refused(tmp_path):
+    from webui.chat.conversation import HistoryError
+    from webui.chat.transfer import from_dict, to_dict
+
+    from_old = {"schema_version": 1, "id": "a", "owner": "instruct", "title": "", "mode": "instruct",
+                "created": "", "updated": "", "messages": []}  # fmt: skip
+    conv = from_dict(from_old)
+    assert conv.settings == {} and "settings" not in to_dict(conv)
+    conv.settings = {"system": "Be brief.", "sampling": {"top_k": 5}, "from_a_newer_version": 1}
+    assert from_dict(to_dict(conv)).settings == conv.settings, "kept whole, unknown keys too"
+    with pytest.raises(HistoryError, match="settings.system"):
+        from_dict({**from_old, "settings": {"system": 3}})

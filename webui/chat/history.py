@@ -236,6 +236,16 @@ class HistoryStore:
                 continue
         return found
 
+    def newest_owner(self) -> str | None:
+        """The owner whose conversation was saved last, of all owners: where a page opened without a
+        conversation id (a reload, a new tab) goes back to, a character's chat included."""
+        best: Summary | None = None
+        for owner in self.owners():
+            first = next(iter(self.list(owner).conversations), None)
+            if first is not None and (best is None or (first.updated, first.id) > (best.updated, best.id)):
+                best = first
+        return best.owner if best else None
+
     def latest(self, owner: str) -> Conversation | None:
         """The most recently saved conversation of ``owner``: what a refreshed page or restarted server shows."""
         for summary in self.list(owner).conversations:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from backends.base import CancelToken, SamplingParams
 from webui.chat.history import Conversation
 from webui.chat.reply import Reply, throttle
+from webui.chat.sampling import default_params
 from webui.chat.service import Chat, TurnOptions
-from webui.presets import PresetError, params_from_form
+from webui.presets import PresetError, form_values, params_from_form
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,28 @@ def without_stats(content: object) -> str:
 def stats_of(shown: list[dict]) -> list[str]:
     """The stats line of each assistant message the chatbot shows ("" where none): what the page draws."""
     return [(m.get("metadata") or {}).get("log", "") for m in shown if m.get("role") == "assistant"]
+
+
+def changed_sampling(sampling: dict) -> dict:
+    """The Parameters form's values that differ from the defaults (what a conversation keeps of them)."""
+    defaults = form_values(default_params())
+    given = form_values(form_params(sampling))
+    return {k: v for k, v in given.items() if k in sampling and v != defaults.get(k) and _plain(v)}
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def remember_settings(conv: Conversation, system: str, sampling: dict) -> None:
+    """Keep how the conversation is asked for in it (saved with its next message): the system prompt and the
+    changed parameters (issue 13: a reload lost them)."""
+    kept = {k: v for k, v in conv.settings.items() if k not in ("system", "sampling")}
+    if system.strip():
+        kept["system"] = system
+    if changed := changed_sampling(sampling):
+        kept["sampling"] = changed
+    conv.settings = kept
 
 
 def form_params(sampling: dict) -> SamplingParams:
@@ -171,6 +194,7 @@ class ChatSessions:
         if self.flight(conv.id) is not None:  # another tab's reply is being written into this conversation
             yield ChatUpdate(note=STILL_STREAMING)
             return
+        remember_settings(conv, options.system, sampling)
         cancel = CancelToken()
         turn = self.chat.turn(conv, text, params, _with_cancel(options, cancel))
         pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
@@ -196,6 +220,7 @@ class ChatSessions:
         if self.flight(conv.id) is not None:
             yield ChatUpdate(note=STILL_STREAMING)
             return
+        remember_settings(conv, options.system, sampling)
         cancel = CancelToken()
         replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
         act = self.chat.continue_reply if action == "continue" else self.chat.regenerate

@@ -269,12 +269,30 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         except UnsafeName:
             return False
 
+    def saved_settings(conv: Conversation) -> list:
+        """The system prompt box and the Parameters widgets as the conversation was last asked with."""
+        system_value = conv.settings.get("system", "") if conv.settings or conv.messages else gr.skip()
+        sampling = conv.settings.get("sampling", {})
+        return [system_value, *(sampling[name] if name in sampling else gr.skip() for name in rule_knobs)]
+
     def restore(conversation_id: str, system_text: str):
-        owner = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), OWNER)
+        found = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), None)
+        owner = found or (app.history.newest_owner() if not conversation_id else None) or OWNER
         problems = app.history.list(owner).problems
         lines = [*(f"moved aside at start: {p}" for p in notices), *(str(p) for p in problems)]
         note = "⚠️ Damaged history files: " + "; ".join(lines) if lines else ""
-        return (*show(open_conversation(app, conversation_id, owner), note, system_text), *template_view())
+        conv = open_conversation(app, conversation_id, owner)
+        template_dropdown, template_note, *rule_values = template_view()
+        system_value, *saved = saved_settings(conv)
+        values = [rule if isinstance(mine, dict) and mine.get("__type__") == "update" else mine
+                  for rule, mine in zip(rule_values, saved, strict=True)]  # fmt: skip
+        shown_system = system_value if isinstance(system_value, str) else system_text
+        return (*show(conv, note, shown_system), template_dropdown, template_note, *values, system_value)
+
+    def apply_settings(conv_id: str, chosen_mode: str, key: str | None):
+        """After a conversation is picked: its system prompt and changed parameters come back with it."""
+        conv, _ = locate_conv(conv_id, chosen_mode, key)
+        return tuple(saved_settings(conv))
 
     def busy(request: gr.Request) -> bool:
         return sessions.busy(request.session_hash)
@@ -516,10 +534,15 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
     # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
     # saved conversation yet) opened the newest old one (issue 13, bug 1)
-    picker.select(pick, [picker, *ctx], shown, api_name=False)
+    settings_outputs = [system, *(params_inputs[name] for name in rule_knobs)]
+    picker.select(pick, [picker, *ctx], shown, api_name=False).then(
+        apply_settings, [conversation_id, *who], settings_outputs, api_name=False
+    )
     delete.click(delete_chat, [conversation_id, *ctx], shown, api_name=False)
     mode.input(switch, ctx, shown, api_name=False)
-    character.select(switch, ctx, shown, api_name=False)
+    character.select(switch, ctx, shown, api_name=False).then(
+        apply_settings, [conversation_id, *who], settings_outputs, api_name=False
+    )
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
     rename.click(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
@@ -537,7 +560,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     return ChatTab(
         restore=restore,
         restore_inputs=[conversation_id, system],
-        restore_outputs=[*shown, *template_outputs],
+        restore_outputs=[*shown, *template_outputs, system],
         model_changed=template_view,
         model_outputs=template_outputs,
     )
