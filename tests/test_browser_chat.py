@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import running_server, write_fake
-from test_browser import CHROMIUM_ARGS, LOCAL_HOSTS, open_page, send, user_messages
+from test_browser import CHROMIUM_ARGS, LOCAL_HOSTS, markdown, open_page, send, user_messages
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -166,3 +166,40 @@ def test_a_reload_brings_back_the_character_chat_its_mode_system_prompt_and_chan
     sync_api.expect(page.get_by_label("System prompt", exact=True)).to_have_value("Answer in French.")
     page.get_by_role("tab", name="Parameters").click()
     sync_api.expect(page.get_by_label("number input for Max new tokens")).to_have_value("33")
+
+
+def test_the_chat_keys(page):
+    """Enter sends, Shift+Enter a new line, Ctrl+Enter regenerates, Alt+Enter continues, ↑ in an empty box edits
+    the last message."""
+    box = page.locator("#chat-input textarea")
+    box.fill("Hi")
+    box.press("Shift+Enter")
+    box.type("there")
+    assert box.input_value() == "Hi\nthere" and user_messages(page) == [], "Shift+Enter is a new line, not a send"
+    box.press("Enter")
+    sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
+    box.press("Control+Enter")
+    sync_api.expect(markdown(page, "#version-label")).to_have_text("2/2", timeout=60_000)
+    box.press("Alt+Enter")
+    sync_api.expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text(
+        "A second line.Hello there", timeout=60_000
+    )  # continued: the fake model says its line again after the reply
+    assert user_messages(page) == ["Hi\nthere"], "Ctrl/Alt+Enter sent nothing"
+    box.press("ArrowUp")
+    sync_api.expect(page.locator("#chatbot textarea").first).to_have_value("Hi\nthere")
+
+
+def test_escape_stops_and_regenerate_is_off_while_a_reply_streams(context, slow_served):
+    page = context.new_page()
+    open_page(page, slow_served[0])
+    page.click("#new-chat")
+    send(page, "Go on and on.")
+    sync_api.expect(page.locator("#regenerate")).to_be_disabled(timeout=30_000)
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+        " return b.length && b[b.length - 1].innerText.includes('w3'); }",
+        timeout=60_000,
+    )
+    page.locator("#chat-input textarea").press("Escape")
+    sync_api.expect(stats_lines(page)).to_contain_text("stopped", timeout=30_000)
+    sync_api.expect(page.locator("#regenerate")).to_be_enabled()

@@ -32,9 +32,12 @@ from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
 from webui.ui.arena_panel import ArenaWiring, build_arena_panel
 
-# (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
-BUSY = (gr.update(interactive=False), gr.update(interactive=True))
-IDLE = (gr.update(interactive=True), gr.update(interactive=False))
+# (Send, Stop, Regenerate, Continue) while a reply streams and while idle: only what can act is enabled
+BUSY = (gr.update(interactive=False), gr.update(interactive=True), gr.update(interactive=False),
+        gr.update(interactive=False))  # fmt: skip
+IDLE = (gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=True),
+        gr.update(interactive=True))  # fmt: skip
+SKIP_BUTTONS = (gr.skip(),) * len(BUSY)
 
 
 OWNER = INSTRUCT_OWNER  # conversations without a character
@@ -65,7 +68,47 @@ STATS_JS = """(value) => {
         new MutationObserver(draw).observe(root, {subtree: true, childList: true});
     }
     requestAnimationFrame(draw);
+    if (!window.__inglenookKeys) { window.__inglenookKeys = true; (KEYS_INSTALL)(); }
 }"""
+
+# The chat's keys, in the capture phase so Gradio's own Enter (send) does not also fire: Enter sends (Gradio),
+# Shift+Enter a new line, Escape stops, Ctrl+Enter regenerates, Alt+Enter continues, and ↑ in an empty box
+# opens the last message of the user's for editing. Buttons that are disabled (a reply streams) do nothing.
+KEYS_JS = """() => {
+    const click = (id) => {
+        const button = document.getElementById(id);
+        if (button && !button.disabled) button.click();
+    };
+    const editLast = () => {
+        const users = document.querySelectorAll('#chatbot .message-row.user-row');
+        const row = users[users.length - 1];
+        if (!row) return false;
+        const rows = [...document.querySelectorAll('#chatbot .message-row')];
+        const next = rows[rows.indexOf(row) + 1];
+        const edit = [...document.querySelectorAll('#chatbot button[aria-label="Edit"]')].find(b =>
+            (row.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING) &&
+            (!next || (b.compareDocumentPosition(next) & Node.DOCUMENT_POSITION_FOLLOWING)));
+        if (edit) edit.click();
+        return !!edit;
+    };
+    document.addEventListener('keydown', (e) => {
+        const box = e.target && e.target.closest && e.target.closest('#chat-input');
+        if (e.key === 'Escape' && document.getElementById('stop') && !document.getElementById('stop').disabled) {
+            e.preventDefault();
+            click('stop');
+            return;
+        }
+        if (!box) return;
+        if (e.key === 'Enter' && (e.ctrlKey || e.metaKey || e.altKey) && !e.shiftKey) {
+            e.preventDefault();
+            e.stopImmediatePropagation();
+            click(e.altKey ? 'continue' : 'regenerate');
+        } else if (e.key === 'ArrowUp' && e.target.value === '' && editLast()) {
+            e.preventDefault();
+        }
+    }, true);
+}"""
+CHAT_JS = STATS_JS.replace("KEYS_INSTALL", KEYS_JS)  # what the page runs on every change of the chatbot
 
 
 def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
@@ -166,8 +209,9 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     error = gr.Markdown("", elem_id="chat-error")
     with gr.Row():
         message = gr.Textbox(
-            placeholder="Type a message and press Enter", show_label=False, scale=8, elem_id="chat-input", lines=1
-        )
+            placeholder="Type a message and press Enter (Shift+Enter: new line)", label="Message", show_label=False,
+            scale=8, elem_id="chat-input", lines=1, max_lines=12,
+        )  # fmt: skip
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
     with gr.Row():
@@ -303,7 +347,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         picker_update = label = count = gr.skip()
         if update.shown is not None:
             picker_update, _, _, _, label, count, *_ = show(update.shown, "", *ctx)
-        buttons = (gr.skip(), gr.skip()) if update.busy is None else (BUSY if update.busy else IDLE)
+        buttons = SKIP_BUTTONS if update.busy is None else (BUSY if update.busy else IDLE)
         head = (update.message, update.conversation_id, update.chat, update.note)
         return (*(gr.skip() if v is None else v for v in head), *buttons, picker_update, label, count)
 
@@ -352,7 +396,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         updates = sessions.impersonate(request.session_hash, sampling, where)
         try:
             for u in updates:
-                buttons = (gr.skip(), gr.skip()) if u.busy is None else (BUSY if u.busy else IDLE)
+                buttons = SKIP_BUTTONS if u.busy is None else (BUSY if u.busy else IDLE)
                 yield (
                     (gr.skip() if u.message is None else u.message),
                     (gr.skip() if u.note is None else u.note),
@@ -392,11 +436,11 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             edited = edit_message(app.history, conv, index, without_stats(data.value))
         except (HistoryError, IndexError) as exc:
             picker_update, cid, shown, note, label, count, *_ = show(conv, f"⚠️ {exc}", *ctx)
-            yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
+            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count
             return
         if edited.role != "user":  # an edited reply is a new version of it: nothing to generate
             picker_update, cid, shown, note, label, count, *_ = show(conv, "", *ctx)
-            yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
+            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count
             return
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
@@ -412,7 +456,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             followed = True
             yield out
         if not followed:  # a generator that yields nothing would blank every output
-            yield tuple(gr.skip() for _ in range(9))
+            yield tuple(gr.skip() for _ in range(7 + len(BUSY)))
 
     def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
@@ -505,7 +549,8 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     who = [mode, character]
     ctx = [system, start_with, max_tokens, *who]
     shown = [picker, conversation_id, chatbot, error, versions, tokens, *who]
-    stream_outputs = [message, conversation_id, chatbot, error, send, stop, picker, versions, tokens]
+    buttons = [send, stop, regen, cont]  # BUSY / IDLE
+    stream_outputs = [message, conversation_id, chatbot, error, *buttons, picker, versions, tokens]
     # /chat's inputs: message, conversation id, system, start reply with, mode, character; then every
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
@@ -522,7 +567,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     cont.click(continue_last, gen_inputs, stream_outputs, api_name="continue", **knobs)
     chatbot.edit(on_edit, gen_inputs, stream_outputs, api_name=False, **knobs)
     imper.click(
-        impersonate_user, [message, conversation_id, system, *who], [message, error, send, stop],
+        impersonate_user, [message, conversation_id, system, *who], [message, error, *buttons],
         api_name="impersonate", **knobs,
     )  # fmt: skip
     remove_inputs = [conversation_id, *ctx]
@@ -547,7 +592,7 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     rename.click(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
     chatbot.select(select_message, None, branch_at, api_name=False)
-    chatbot.change(None, chatbot, None, js=STATS_JS, api_name=False)
+    chatbot.change(None, chatbot, None, js=CHAT_JS, api_name=False)
     export.click(export_chat, [conversation_id, *who], [download, error], api_name=False)
     upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
     template.input(choose_template, template, [template, template_info], api_name=False)
