@@ -175,3 +175,20 @@ def test_files_without_settings_still_read_and_bad_settings_are_refused(tmp_path
     assert from_dict(to_dict(conv)).settings == conv.settings, "kept whole, unknown keys too"
     with pytest.raises(HistoryError, match="settings.system"):
         from_dict({**from_old, "settings": {"system": 3}})
+
+
+def test_another_tab_follows_a_reply_until_it_moves_to_another_conversation(slow):
+    sessions = ChatSessions(slow.chat, 0.0)
+    conv = slow.history.new(INSTRUCT_OWNER)
+    stream = sessions.send("s1", "Hi", SAMPLING, where(slow, conv))
+    while next(stream).chat[-1]["content"] == "…":  # the message is saved and the reply has begun
+        pass
+    assert list(sessions.follow("s1", conv.id, lambda: conv)) == [], "the sender does not follow its own reply"
+    load = lambda: slow.history.load(INSTRUCT_OWNER, conv.id)  # noqa: E731
+    following = sessions.follow("s2", conv.id, load)
+    first = next(following)
+    assert first.busy is True and first.chat[0] == {"role": "user", "content": "Hi"}
+    sessions.unfollow("s2")  # New chat (or a pick) in that tab
+    assert list(following) == [], "it no longer paints the other conversation"
+    assert sessions.stop("s1")
+    stream.close()

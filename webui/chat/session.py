@@ -135,6 +135,7 @@ class ChatSessions:
         self.interval_s = interval_s
         self._cancels: dict[str, CancelToken] = {}  # impersonations: the page's own, ended with the page
         self._flights: dict[str, Flight] = {}  # replies saved into a conversation: the server's
+        self._following: dict[str, int] = {}  # per session: which follow is current (another view ends it)
         self._lock = threading.Lock()
 
     def busy(self, session: str) -> bool:
@@ -195,6 +196,7 @@ class ChatSessions:
             yield ChatUpdate(note=STILL_STREAMING)
             return
         remember_settings(conv, options.system, sampling)
+        self.unfollow(session)
         cancel = CancelToken()
         turn = self.chat.turn(conv, text, params, _with_cancel(options, cancel))
         pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
@@ -221,6 +223,7 @@ class ChatSessions:
             yield ChatUpdate(note=STILL_STREAMING)
             return
         remember_settings(conv, options.system, sampling)
+        self.unfollow(session)
         cancel = CancelToken()
         replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
         act = self.chat.continue_reply if action == "continue" else self.chat.regenerate
@@ -268,14 +271,23 @@ class ChatSessions:
         flight = self.flight(conversation_id)
         with self._lock:
             mine = flight is not None and self._flights.get(session) is flight
+            ticket = self._following[session] = self._following.get(session, 0) + 1
         if flight is None or mine:
             return
         saved = load().ui_history()[: flight.keep]
         for reply in self.watch(flight):
+            with self._lock:
+                if self._following.get(session) != ticket:  # the page moved to another conversation
+                    return
             if not reply.done:
                 yield ChatUpdate(chat=display_messages(saved, reply), busy=True)
         conv = load()
         yield ChatUpdate(chat=display_messages(conv.ui_history()), busy=False, shown=conv)
+
+    def unfollow(self, session: str) -> None:
+        """The page shows another conversation now: a reply it was following stops updating it."""
+        with self._lock:
+            self._following[session] = self._following.get(session, 0) + 1
 
     def _start(self, session: str, flight: Flight, turn: Iterator[Reply]) -> Flight:
         """Start the reply's thread: from here on it runs to its end (or Stop) and is saved, watched or not."""

@@ -444,7 +444,11 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
             return
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
-    def stop_generation(conv_id: str, request: gr.Request):
+    def stop_generation(request: gr.Request):
+        sessions.stop(request.session_hash)
+
+    def stop_shown(conv_id: str, request: gr.Request):
+        """Stop also stops a reply this page follows but did not start (another tab's, or before a reload)."""
         sessions.stop(request.session_hash, conv_id or "")
 
     def follow_reply(conv_id, system_text, prefix, n, chosen_mode, key, request: gr.Request):
@@ -458,18 +462,23 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
         if not followed:  # a generator that yields nothing would blank every output
             yield tuple(gr.skip() for _ in range(7 + len(BUSY)))
 
-    def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+    def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None, request: gr.Request = None):
+        if request is not None:
+            sessions.unfollow(request.session_hash)
         owner = chat_owner(app, chosen_mode, key)
         conv = start_conversation(app.history, app.characters, *mode_of(owner))
         return show(conv, "", system_text, prefix, n, chosen_mode)
 
-    def pick(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+    def pick(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None,
+             request: gr.Request = None):  # fmt: skip
+        if request is not None:
+            sessions.unfollow(request.session_hash)
         conv = open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key))
         return show(conv, "", system_text, prefix, n, chosen_mode)
 
-    def switch(system_text, prefix, n, chosen_mode, key):
+    def switch(system_text, prefix, n, chosen_mode, key, request: gr.Request):
         """Another mode or character: its newest conversation (a new one, greeting first, if it has none)."""
-        return pick("", system_text, prefix, n, chosen_mode, key)
+        return pick("", system_text, prefix, n, chosen_mode, key, request)
 
     def delete_chat(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
@@ -557,7 +566,8 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     knobs = {"concurrency_limit": None, "inputs_kwargs": params_inputs}
     message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs)
     send.click(respond, inputs, stream_outputs, api_name=False, **knobs)
-    stop.click(stop_generation, conversation_id, None, api_name="stop", concurrency_limit=None, queue=False)
+    stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
+    stop.click(stop_shown, conversation_id, None, api_name=False, concurrency_limit=None, queue=False)
     # a page opened (or reloaded) while a reply is written into its conversation follows it to its end
     conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, api_name=False,
                            concurrency_limit=None)  # fmt: skip
