@@ -587,6 +587,9 @@ def build_chat_tab(app: App, params_inputs: dict) -> ChatTab:
     next_version.click(page(+1), [conversation_id, *ctx], shown, api_name=False)
     new.click(new_chat, ctx, shown, api_name=False)
     chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
+    # ...and at once in the page: the bin empties the chat before new_chat answers, and a message sent in
+    # between must not go into the conversation just cleared
+    chatbot.clear(None, None, conversation_id, js="() => ''", api_name=False, queue=False)
     # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
     # saved conversation yet) opened the newest old one (issue 13, bug 1)
     settings_outputs = [system, *(params_inputs[name] for name in rule_knobs)]
