@@ -402,7 +402,9 @@ def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_change
     page.get_by_role("button", name=re.compile(r"^Conversation")).click()
     page.fill("#rename-title textarea", "Teal chat")
     page.click("#rename-chat")
-    sync_api.expect(page.locator("#conversation-choice input")).to_have_value("Teal chat")
+    sync_api.expect(page.locator("#conversation-choice input")).to_have_value(
+        re.compile(r"^Teal chat · .* · 2 messages$")
+    )
 
     page.click("#export-chat")
     link = page.locator("#export-file a").first
@@ -429,7 +431,9 @@ def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_change
     chooser.value.set_files(str(exported))
     sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Imported", timeout=30_000)
     assert user_messages(page) == ["Remember the colour teal."]
-    sync_api.expect(page.locator("#conversation-choice input")).to_have_value("Teal chat")
+    sync_api.expect(page.locator("#conversation-choice input")).to_have_value(
+        re.compile(r"^Teal chat · .* · 2 messages$")
+    )
 
 
 def test_editing_an_earlier_message_in_the_chat_replies_again_from_there(page):

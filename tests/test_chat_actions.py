@@ -272,11 +272,11 @@ def test_a_newest_message_too_long_for_the_context_is_a_clear_error(app, store):
 @pytest.mark.slow
 def test_the_token_count_line_measures_the_next_prompt(app, store):
     conversation = said(store, ("Hi", "Hello!"))
-    summary = prompt_summary(app.engine, conversation, TurnOptions(system="Be brief."), draft="How are you?")
-    plan = preview_prompt(app.engine, conversation, TurnOptions(system="Be brief."), "How are you?")
+    summary = prompt_summary(app.chat, conversation, TurnOptions(system="Be brief."), draft="How are you?")
+    plan = preview_prompt(app.chat, conversation, TurnOptions(system="Be brief."), "How are you?")
     assert plan.text.endswith("How are you?<end_of_turn>\n<start_of_turn>model\n")
     assert summary == f"prompt {app.engine.count_tokens(plan.text):,} / 1,024 tokens"
-    assert prompt_summary(app.engine, store.new(OWNER)) == "prompt 0 / 1,024 tokens"
+    assert prompt_summary(app.chat, store.new(OWNER)) == "prompt 0 / 1,024 tokens"
 
 
 # --------------------------------------------------------------------------- templates per model

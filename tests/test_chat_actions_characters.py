@@ -189,7 +189,7 @@ def test_a_long_character_chat_drops_its_oldest_turns_but_keeps_the_persona(app,
 
 def test_the_prompt_preview_of_a_character_chat_is_what_the_send_uses(app, store, wren):
     conversation = wren_chat(app, store, "chat-instruct")
-    plan = preview_prompt(app.engine, conversation, TurnOptions(character=wren), "Hello there.")
+    plan = preview_prompt(app.chat, conversation, TurnOptions(character=wren), "Hello there.")
     assert 'Write a single reply for the character "Wren"' in plan.text
     assert plan.text.endswith("<start_of_turn>model\nWren:")
     final = last(chat_with(app, store).turn(conversation, "Hello there.", greedy(4), TurnOptions(character=wren)))

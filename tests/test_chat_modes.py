@@ -16,6 +16,7 @@ from webui.chat.modes import (
     CHARACTER_PREFIX,
     build_prompt,
     character_of,
+    has_system_role,
     owner_for,
     start_conversation,
 )
@@ -44,15 +45,27 @@ def test_instruct_mode_is_the_templates_format_with_no_character():
     assert prompt.stop == ["<end_of_turn>", "<start_of_turn>"]
 
 
-def test_chat_mode_puts_the_persona_after_the_system_prompt_and_stops_at_the_users_name():
+def test_chat_mode_puts_the_persona_first_then_the_greeting_then_the_chat_and_stops_at_the_users_name():
+    """Gemma's template has no system role: the persona is the first user turn, before the greeting (issue 13,
+    bug 8: it came after the greeting, inside the user's first message)."""
     prompt = build_prompt(CHAT, GEMMA, "chat", WREN)
     assert prompt.text == (
-        "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
         "<start_of_turn>user\nReply in one sentence.\n\nWren keeps an inn; Ann is a guest.\n\n"
-        "Scenario: A rainy night.\n\nIs there tea?<end_of_turn>\n"
+        "Scenario: A rainy night.<end_of_turn>\n"
+        "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
+        "<start_of_turn>user\nIs there tea?<end_of_turn>\n"
         "<start_of_turn>model\n"
     )
     assert prompt.stop == ["<end_of_turn>", "<start_of_turn>", "\nAnn:"]  # the template's stops still apply
+
+
+def test_chat_mode_on_a_template_with_a_system_role_sends_the_persona_as_system_text_before_the_greeting():
+    qwen = ModelInfo(name="q", loader="llama.cpp", path="q.gguf", architecture="qwen2")
+    assert has_system_role(qwen) and not has_system_role(GEMMA)
+    text = build_prompt(CHAT, qwen, "chat", WREN).text
+    persona, greeting, question = (text.index(s) for s in ("Wren keeps an inn", "Evening, Ann.", "Is there tea?"))
+    assert persona < greeting < question
+    assert text.index("system") < persona < text.index("assistant"), "the persona is the system turn"
 
 
 def test_chat_instruct_wraps_the_transcript_in_an_instruction_and_opens_the_characters_line():
@@ -88,8 +101,21 @@ def test_a_new_chat_with_a_character_opens_with_its_greeting(tmp_path):
     conv = start_conversation(history, characters, "chat", "Wren")
     assert conv.owner == "character-Wren" and conv.mode == "chat"
     assert conv.chat_messages() == [{"role": "assistant", "content": "Evening, Ann."}]
-    assert history.load(conv.owner, conv.id).chat_messages() == conv.chat_messages()  # saved at once
+    assert history.list(conv.owner).conversations == [], "picking a character saves no file of its greeting alone"
     assert start_conversation(history, characters, "instruct", "Wren").messages == []
+
+
+def test_a_character_chat_is_titled_from_the_users_first_message_and_the_picker_shows_date_and_count(tmp_path):
+    """Issue 13, bug 9: character chats stayed "New conversation" (the greeting-only save titled them)."""
+    history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
+    characters.save("Wren", WREN)
+    conv = start_conversation(history, characters, "chat", "Wren")
+    conv.append("user", "Is the causeway safe tonight?")
+    history.save(conv)
+    [summary] = history.list(conv.owner).conversations
+    assert summary.title == "Is the causeway safe tonight?"
+    when = f"{summary.updated[:10]} {summary.updated[11:16]}"
+    assert summary.label() == f"Is the causeway safe tonight? · {when} · 2 messages"
 
 
 def test_a_cards_alternate_greetings_are_versions_of_the_first_message(tmp_path):
@@ -97,6 +123,7 @@ def test_a_cards_alternate_greetings_are_versions_of_the_first_message(tmp_path)
     history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
     characters.save("Wren", replace(WREN, alternate_greetings=["Back again, {{user}}?", "  "]))
     conv = start_conversation(history, characters, "chat", "Wren")
+    history.save(conv)
     first = history.load(conv.owner, conv.id).messages[0]
     assert [v.content for v in first.versions] == ["Evening, Ann.", "Back again, Ann?"] and first.shown == 0
     conv.page_version(0, 1)
@@ -161,6 +188,7 @@ def test_a_renamed_character_keeps_its_conversations(tmp_path):
     history, characters = HistoryStore(tmp_path), CharacterStore(tmp_path / "characters")
     characters.save("Wren", WREN)
     conv = start_conversation(history, characters, "chat", "Wren")
+    history.save(conv)
     move_conversations(history, "Wren", "Robin")
     assert history.load("character-Robin", conv.id).chat_messages() == conv.chat_messages()
 
@@ -174,6 +202,7 @@ def test_the_chat_tab_picks_the_owner_from_mode_and_character(make_app):
     assert chat_owner(app, "chat", "No such one") == chat_owner(app, "chat", "../x") == INSTRUCT_OWNER
     conv = open_conversation(app, "", "character-Wren")  # nothing saved yet: a new chat, greeting first
     assert conv.chat_messages()[0]["role"] == "assistant" and "Traveller" in conv.chat_messages()[0]["content"]
+    app.history.save(conv)
     assert open_conversation(app, conv.id, "character-Wren").id == conv.id
 
 

@@ -116,8 +116,8 @@ def test_a_character_chat_opens_with_its_greeting_and_is_saved_under_the_charact
     app = make_fake_app("echo.fake")
     conversation = start_conversation(app.history, app.characters, "chat-instruct", "Wren")
     assert conversation.owner == owner_for("chat-instruct", "Wren")
-    greeting = saved(app, conversation)
-    assert len(greeting) == 1 and greeting[0][0] == "assistant"
+    assert [m.role for m in conversation.messages] == ["assistant"]
+    assert app.history.list(conversation.owner).conversations == [], "saved with the first message, not before"
     character = app.characters.load("Wren")
     final = last(app.chat.turn(conversation, "Is there tea?", greedy(), TurnOptions(character=character)))
     # chat-instruct ends the prompt with the character's name: the echo model repeats that last line
@@ -147,7 +147,8 @@ def test_the_chat_shows_each_reply_with_its_stats_and_the_reply_in_flight(fake_a
     assert pending is not None
     shown = display_messages(conversation.ui_history())
     assert shown[0] == {"role": "user", "content": "Hi"}
-    assert shown[1]["content"].startswith(FAKE_HELLO + "\n\n<span class='inglenook-stats'>time to first token")
+    assert shown[1]["content"] == FAKE_HELLO, "the stats line is not in the text (Copy and Edit give it clean)"
+    assert shown[1]["metadata"]["log"].startswith("time to first token") and "title" not in shown[1]["metadata"]
 
 
 def test_the_picker_opens_the_newest_conversation_and_a_message_never_lands_in_another(fake_app):
@@ -191,3 +192,31 @@ def test_every_mode_answers_on_the_fake_model(make_fake_app, mode):
     character = app.characters.load("Wren") if mode != "instruct" else None
     final = last(app.chat.turn(conversation, "Hello", greedy(), TurnOptions(character=character)))
     assert final.error is None and final.text.strip() == FAKE_HELLO
+
+
+PROMPT_HOOKS = """
+@hookimpl
+def history_modifier(messages):
+    return [{"role": "system", "content": "Remember: the user's name is Ada."}, *messages]
+
+@hookimpl
+def custom_prompt(messages, prompt):
+    return prompt + "[extra]"
+"""
+
+
+def test_show_prompt_and_the_token_count_are_the_prompt_sent_with_what_extensions_add(make_fake_app, tmp_path):
+    """Issue 13, bug 7: the preview left out what extensions add (a memory note was sent but not shown)."""
+    from test_extensions import write_extension
+
+    from webui.chat.actions import preview_prompt, prompt_summary
+
+    write_extension(tmp_path / "user_data", "note", PROMPT_HOOKS)
+    app = make_fake_app()
+    conversation = app.history.new(INSTRUCT_OWNER)
+    plan = preview_prompt(app.chat, conversation, TurnOptions(), "Hello?")
+    assert "Remember: the user's name is Ada." in plan.text and plan.text.endswith("[extra]")
+    assert prompt_summary(app.chat, conversation, TurnOptions(), "Hello?") == plan.summary()
+    final = last(app.chat.turn(conversation, "Hello?", greedy()))
+    assert final.prompt.text == plan.text, "the preview is exactly what was sent"
+    assert final.usage.prompt_tokens == plan.tokens == app.engine.count_tokens(plan.text)

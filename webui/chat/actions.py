@@ -8,17 +8,16 @@ other front end, only calls these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends.base import ModelInfo, SamplingParams
 from webui.chat.conversation import Conversation, HistoryError, Message
 from webui.chat.history import HistoryStore
 from webui.chat.options import PLAIN, TurnOptions
-from webui.chat.prompting import PromptPlan, plan_prompt
-from webui.chat.reply import prompt_messages
+from webui.chat.prompting import PromptPlan
 from webui.chat.sampling import default_params, known_settings, unknown_settings
-from webui.engine import Engine
+from webui.chat.service import Chat
 from webui.paths import UnsafeName
 from webui.templates.library import PRESETS_DIR
 from webui.templates.render import TemplateError, select_template
@@ -94,39 +93,34 @@ def template_status(info: ModelInfo | None, choice: str | None = None, presets: 
 
 
 def preview_prompt(
-    engine: Engine,
+    chat: Chat,
     conversation: Conversation,
     options: TurnOptions = PLAIN,
     draft: str = "",
     *,
     max_new_tokens: int = 0,
 ) -> PromptPlan | None:
-    """The exact prompt the next send would produce (with ``draft`` as the user's message, if any), asked for
-    with ``options`` (system prompt, template, start reply with, character) in the conversation's mode.
+    """The exact prompt the next send would generate from (with ``draft`` as the user's message, if any), asked
+    for with ``options`` (system prompt, template, start reply with, character) in the conversation's mode,
+    with what extensions add (:meth:`Chat.preview`, the path a send takes).
 
     None when there is nothing to send yet. Raises ValueError when it cannot be built (the same error the
     send would show).
     """
-    messages = prompt_messages(conversation, options.system)
-    if draft.strip():
-        messages.append({"role": "user", "content": draft})
-    if not any(m["role"] != "system" for m in messages):
-        return None
-    return plan_prompt(engine, messages, replace(options, mode=conversation.mode), reserve=max_new_tokens)
+    return chat.preview(conversation, options, draft, max_new_tokens=max_new_tokens)
 
 
-def prompt_summary(
-    engine: Engine, conversation: Conversation, options: TurnOptions = PLAIN, draft: str = "", **kw
-) -> str:
+def prompt_summary(chat: Chat, conversation: Conversation, options: TurnOptions = PLAIN, draft: str = "", **kw) -> str:
     """The token-count line for the chat tab, or the reason there is none."""
-    if engine.info is None:
+    info = chat.engine.info
+    if info is None:
         return ""
     try:
-        plan = preview_prompt(engine, conversation, options, draft, **kw)
+        plan = preview_prompt(chat, conversation, options, draft, **kw)
     except ValueError as exc:
         return f"⚠️ {exc}"
     if plan is None:
-        return f"prompt 0 / {engine.info.context_length:,} tokens"
+        return f"prompt 0 / {info.context_length:,} tokens"
     return plan.summary()
 
 

@@ -90,6 +90,9 @@ class Conversation:
     created: str = ""
     updated: str = ""
     messages: list[Message] = field(default_factory=list)
+    # how it is asked for, saved with it so it comes back with it: "system" (the system prompt) and "sampling"
+    # (the parameters changed from the defaults, by name, as the Parameters form shows them)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     # -- what front ends read
 

@@ -55,6 +55,13 @@ class Summary:
     updated: str
     messages: int
 
+    def label(self) -> str:
+        """The picker's line: title, when it was last written (UTC, to the minute) and how many messages,
+        so four chats that opened with the same words can be told apart."""
+        when = self.updated[:16].replace("T", " ")
+        count = f"{self.messages} message{'s' if self.messages != 1 else ''}"
+        return " · ".join(part for part in (self.title or UNTITLED, when, count) if part)
+
 
 @dataclass
 class Problem:
@@ -93,13 +100,16 @@ def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+UNTITLED = "New conversation"
+
+
 def default_title(conversation: Conversation) -> str:
     """The first line of the first user message, shortened: a title until the user gives one."""
     for m in conversation.messages:
         if m.role == "user":
             line = " ".join(m.content.split())
             return line if len(line) <= 60 else line[:59].rstrip() + "…"
-    return "New conversation"
+    return UNTITLED
 
 
 def clean_title(title: str) -> str:
@@ -148,8 +158,8 @@ class HistoryStore:
         path = self.path(conversation.owner, conversation.id)
         conversation.updated = _now()
         conversation.created = conversation.created or conversation.updated
-        if not conversation.title and conversation.messages:
-            conversation.title = default_title(conversation)
+        if not conversation.title and any(m.role == "user" for m in conversation.messages):
+            conversation.title = default_title(conversation)  # a character's greeting is no title: wait for the user
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, to_json(conversation).encode("utf-8"))
         return path
@@ -225,6 +235,16 @@ class HistoryStore:
             except ValueError:
                 continue
         return found
+
+    def newest_owner(self) -> str | None:
+        """The owner whose conversation was saved last, of all owners: where a page opened without a
+        conversation id (a reload, a new tab) goes back to, a character's chat included."""
+        best: Summary | None = None
+        for owner in self.owners():
+            first = next(iter(self.list(owner).conversations), None)
+            if first is not None and (best is None or (first.updated, first.id) > (best.updated, best.id)):
+                best = first
+        return best.owner if best else None
 
     def latest(self, owner: str) -> Conversation | None:
         """The most recently saved conversation of ``owner``: what a refreshed page or restarted server shows."""

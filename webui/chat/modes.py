@@ -17,14 +17,18 @@ never equal the instruct owner (``instruct``), whatever the character is called.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from backends.base import ModelInfo
 from webui.characters.store import Character, CharacterStore, valid_name
 from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, Version
 from webui.chat.history import HistoryStore
-from webui.templates.render import Prompt, build_chat_prompt
+from webui.templates.library import PRESETS_DIR
+from webui.templates.render import Prompt, TemplateError, build_chat_prompt
 
 CHAT, CHAT_INSTRUCT, INSTRUCT = "chat", "chat-instruct", "instruct"
 CHARACTER_PREFIX = "character-"
+_PROBE_SYSTEM, _PROBE_USER = "InglenookSystemProbe7f3", "InglenookUserProbe7f3"
 CHAT_INSTRUCT_COMMAND = (
     'Continue the chat dialogue below. Write a single reply for the character "<|character|>".\n\n<|prompt|>'
 )
@@ -53,7 +57,11 @@ def check_mode(mode: str) -> str:
 def start_conversation(
     history: HistoryStore, characters: CharacterStore, mode: str, character_key: str | None
 ) -> Conversation:
-    """A new conversation for the mode and character; in a character mode it opens with the greeting (saved)."""
+    """A new conversation for the mode and character; in a character mode it opens with the greeting.
+
+    Not saved: it reaches the disk with the user's first message (or a change to it), so merely picking a
+    character leaves no file holding only its greeting.
+    """
     owner = owner_for(mode, character_key)
     conversation = history.new(owner, mode=mode)
     if owner != INSTRUCT_OWNER:
@@ -61,7 +69,6 @@ def start_conversation(
         if greetings:
             message = conversation.append("assistant", greetings[0])
             message.versions += [Version(text) for text in greetings[1:]]  # alternate greetings: page with ◀ ▶
-            history.save(conversation)
     return conversation
 
 
@@ -78,23 +85,47 @@ def build_prompt(
     if mode == INSTRUCT or character is None:
         return build_chat_prompt(messages, info, choice=choice)
     if mode == CHAT:
-        prompt = build_chat_prompt(chat_messages(messages, character), info, choice=choice)
+        shaped = chat_messages(messages, character, has_system_role(info, choice))
+        prompt = build_chat_prompt(shaped, info, choice=choice)
     else:
         prompt = build_chat_prompt(chat_instruct_messages(messages, character), info, choice=choice)
         prompt.text += f"{character.name}:"
     return add_stop(prompt, f"\n{character.user}:")
 
 
-def chat_messages(messages: list[dict], character: Character) -> list[dict]:
+def has_system_role(info: ModelInfo, choice: str | None = None, presets: Path = PRESETS_DIR) -> bool:
+    """Whether the template gives a system message its own place (False: it folds the system text into the
+    first user turn, as Gemma's does, or refuses a system message)."""
+    probe = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
+    try:
+        text = build_chat_prompt(probe, info, False, choice, presets).text
+    except (TemplateError, ValueError):
+        return False
+    start, end = text.find(_PROBE_SYSTEM), text.find(_PROBE_USER)
+    if start < 0 or end < 0:
+        return False
+    return bool(text[start + len(_PROBE_SYSTEM) : end].strip())  # a turn boundary between them
+
+
+def chat_messages(messages: list[dict], character: Character, system_role: bool = True) -> list[dict]:
     """Chat mode's messages: the user's system text then the character's persona as one system message,
-    then the dialogue as it is."""
+    then the dialogue as it is (greeting first).
+
+    ``system_role`` False (a template without a system role): the persona becomes the first user turn when
+    the dialogue opens with the character's greeting, as text-generation-webui does, so the persona still
+    comes before the greeting instead of inside the user's first message after it.
+    """
     system = user_system(messages)
     dialogue = [m for m in messages if m.get("role") != "system"]
     context = "\n\n".join(part for part in (system, character.persona()) if part)
     after = character.after_history()
     if after and dialogue and dialogue[-1].get("role") == "user":  # in the prompt only, after the newest message
         dialogue[-1] = {**dialogue[-1], "content": f"{dialogue[-1]['content']}\n\n{after}"}
-    return ([{"role": "system", "content": context}] if context else []) + dialogue
+    if not context:
+        return dialogue
+    if not system_role and dialogue and dialogue[0].get("role") == "assistant":
+        return [{"role": "user", "content": context}, *dialogue]
+    return [{"role": "system", "content": context}, *dialogue]
 
 
 def chat_instruct_messages(messages: list[dict], character: Character) -> list[dict]:

@@ -24,7 +24,15 @@ from pathlib import Path
 
 from backends.base import PromptTooLong
 from webui.characters.store import Character
-from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT, add_stop, chat_instruct_messages, chat_messages, check_mode
+from webui.chat.modes import (
+    CHAT_INSTRUCT,
+    INSTRUCT,
+    add_stop,
+    chat_instruct_messages,
+    chat_messages,
+    check_mode,
+    has_system_role,
+)
 from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.tools import Tool, ToolChoice, prepare
 from webui.engine import Engine
@@ -79,7 +87,8 @@ def render_prompt(
         prompt = build_chat_prompt(chat_instruct_messages(messages, character), info, True, choice, presets)
         prompt.text += f"{character.name}:" + (f" {prefix}" if prefix else "")
     else:
-        prompt = _shaped(chat_messages(messages, character), info, choice, prefix, impersonate, presets)
+        shaped = chat_messages(messages, character, has_system_role(info, choice, presets))
+        prompt = _shaped(shaped, info, choice, prefix, impersonate, presets)
     # stop where the model starts writing the other side's line
     return add_stop(prompt, f"\n{character.name}:" if impersonate else f"\n{character.user}:")
 

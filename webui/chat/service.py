@@ -19,7 +19,7 @@ from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadErro
 from webui.chat.history import Conversation, HistoryError, HistoryStore
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT
 from webui.chat.options import PLAIN, TurnOptions
-from webui.chat.prompting import plan_prompt
+from webui.chat.prompting import PromptPlan, plan_prompt
 from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, format_stats, prompt_messages
 from webui.engine import Engine
 from webui.hookspecs import ChatHooks
@@ -44,7 +44,7 @@ class Chat:
         ``impersonate`` makes the model write the user's next message instead. The oldest turns are left out
         when the conversation outgrows the context.
         """
-        engine, hooks, prefix = self.engine, self.hooks, options.start_with
+        engine, prefix = self.engine, options.start_with
         mode, character = options.mode or INSTRUCT, options.character
         info = options.model or engine.info
         if info is None:
@@ -54,28 +54,53 @@ class Chat:
             if len(m.get("content", "")) > MAX_MESSAGE_CHARS:
                 yield Reply(done=True, error=f"a message is longer than {MAX_MESSAGE_CHARS:,} characters")
                 return
-        messages = hooks.chat_messages(messages, info.name)  # input, chat input, history modifiers
         try:
-            plan = plan_prompt(
-                engine, messages, replace(options, mode=mode, model=info), impersonate=impersonate,
-                reserve=params.max_new_tokens,
-            )  # fmt: skip
+            plan, head = self.prepare(messages, replace(options, mode=mode, model=info), params.max_new_tokens,
+                                      impersonate=impersonate)  # fmt: skip
         except ValueError as exc:
             yield _failed(exc)
             return
         params = replace(params, stop=[*params.stop, *(s for s in plan.stop if s not in params.stop)])
-        text, head = plan.text, prefix
-        if not impersonate:  # an impersonation is the user's line: no custom prompt, bot prefix or output hook
-            text, bot_prefix = hooks.chat_prompt(plan.text, messages, info.name)  # custom prompt, bot prefix
-            head += bot_prefix
         strip = mode == CHAT_INSTRUCT and character is not None and not head and not impersonate
-        for reply in self._generate(text, params, options.cancel, "chat", options.model):
+        for reply in self._generate(plan.text, params, options.cancel, "chat", options.model):
             body = reply.text.lstrip() if strip else reply.text  # the prompt ends "Name:"; a space follows
             reply = replace(
                 reply, text=head + body if body or not reply.error else body, prompt=plan,
                 ignored_params=list(reply.ignored_params),
             )  # fmt: skip
             yield self._finished(reply, "chat", info.name) if reply.done and not impersonate else reply
+
+    def prepare(
+        self, messages: list[dict], options: TurnOptions, reserve: int = 0, *, impersonate: bool = False
+    ) -> tuple[PromptPlan, str]:
+        """(the exact prompt a chat reply is generated from, the text the reply starts with): the extensions'
+        message hooks, the mode's rendering fitted into the context, then their prompt hook. The one place a
+        chat prompt is made, so Show prompt and the token count show what is sent. Raises ValueError."""
+        info = options.model or self.engine.info
+        if info is None:
+            raise ModelNotLoaded("no model is loaded")
+        messages = self.hooks.chat_messages(messages, info.name)  # input, chat input, history modifiers
+        plan = plan_prompt(self.engine, messages, replace(options, model=info), impersonate=impersonate,
+                           reserve=reserve)  # fmt: skip
+        if impersonate:  # an impersonation is the user's line: no custom prompt, bot prefix or output hook
+            return plan, options.start_with
+        text, bot_prefix = self.hooks.chat_prompt(plan.text, messages, info.name)  # custom prompt, bot prefix
+        if text != plan.text:
+            plan = replace(plan, text=text, tokens=self.engine.count_tokens(text))
+        return plan, options.start_with + bot_prefix
+
+    def preview(
+        self, conversation: Conversation, options: TurnOptions = PLAIN, draft: str = "", *, max_new_tokens: int = 0
+    ) -> PromptPlan | None:
+        """The exact prompt the next send in ``conversation`` would generate from (with ``draft`` as the user's
+        message, if any), extensions included. None when there is nothing to send yet; ValueError (the error
+        the send would show) when it cannot be built."""
+        messages = prompt_messages(conversation, options.system)
+        if draft.strip():
+            messages.append({"role": "user", "content": draft})
+        if not any(m["role"] != "system" for m in messages):
+            return None
+        return self.prepare(messages, replace(options, mode=conversation.mode), max_new_tokens)[0]
 
     def complete(self, prompt: str, params: SamplingParams, options: TurnOptions = PLAIN) -> Iterator[Reply]:
         """Stream a raw continuation of ``prompt`` (the notebook, ``inglenook run``, the API); ``options``: its

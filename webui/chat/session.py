@@ -9,39 +9,77 @@ here, without Gradio.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from backends.base import CancelToken, SamplingParams
 from webui.chat.history import Conversation
 from webui.chat.reply import Reply, throttle
+from webui.chat.sampling import default_params
 from webui.chat.service import Chat, TurnOptions
-from webui.presets import PresetError, params_from_form
+from webui.presets import PresetError, form_values, params_from_form
+
+log = logging.getLogger(__name__)
 
 STATS_SPAN = re.compile(r"\s*<span class='inglenook-stats'>.*?</span>\s*$", re.DOTALL)
 STILL_STREAMING = "A reply is still streaming: wait for it or press Stop."
 
 
 def display_messages(history: list[dict], pending: Reply | None = None) -> list[dict]:
-    """What the chatbot shows: the history, each reply followed by its stats line, then the reply in flight."""
+    """What the chatbot shows: the history, then the reply in flight.
+
+    A reply's stats line travels beside its text, in the message's ``metadata`` (``log``; no ``title``, so it
+    is no "thought"), and the page draws it under the message (:data:`webui.ui.chat_tab.STATS_JS`): the
+    message's own text stays clean for Copy and Edit.
+    """
     shown = []
     for m in history:
-        content = m["content"]
+        item = {"role": m["role"], "content": m["content"]}
         if m.get("stats"):
-            content = f"{content}\n\n<span class='inglenook-stats'>{m['stats']}</span>"
-        shown.append({"role": m["role"], "content": content})
+            item["metadata"] = {"log": m["stats"]}
+        shown.append(item)
     if pending is not None:
         shown.append({"role": "assistant", "content": pending.text or "…"})
     return shown
 
 
 def without_stats(content: object) -> str:
-    """A message as the user edited it in the chatbot, without the stats line the chatbot showed under it."""
-    if isinstance(content, list):  # Gradio may hand back [{"type": "text", "text": ...}]
+    """A message as the user edited it in the chatbot (Gradio may hand back ``[{"type": "text", ...}]``), without
+    a stats line that older pages put inside the text."""
+    if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return STATS_SPAN.sub("", str(content or ""))
+
+
+def stats_of(shown: list[dict]) -> list[str]:
+    """The stats line of each assistant message the chatbot shows ("" where none): what the page draws."""
+    return [(m.get("metadata") or {}).get("log", "") for m in shown if m.get("role") == "assistant"]
+
+
+def changed_sampling(sampling: dict) -> dict:
+    """The Parameters form's values that differ from the defaults (what a conversation keeps of them)."""
+    defaults = form_values(default_params())
+    given = form_values(form_params(sampling))
+    return {k: v for k, v in given.items() if k in sampling and v != defaults.get(k) and _plain(v)}
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def remember_settings(conv: Conversation, system: str, sampling: dict) -> None:
+    """Keep how the conversation is asked for in it (saved with its next message): the system prompt and the
+    changed parameters (issue 13: a reload lost them)."""
+    kept = {k: v for k, v in conv.settings.items() if k not in ("system", "sampling")}
+    if system.strip():
+        kept["system"] = system
+    if changed := changed_sampling(sampling):
+        kept["sampling"] = changed
+    conv.settings = kept
 
 
 def form_params(sampling: dict) -> SamplingParams:
@@ -68,26 +106,63 @@ class ChatUpdate:
     shown: Conversation | None = None
 
 
+@dataclass
+class Flight:
+    """A reply being written: it belongs to the server, not to the tab that asked for it.
+
+    A thread drives the turn to its end (or to Stop) and the turn saves it, whether or not any page still
+    watches; pages watch ``reply`` (``version`` counts its changes) under ``changed``.
+    """
+
+    conversation_id: str
+    cancel: CancelToken
+    keep: int | None  # how many saved messages the reply shows under (None: all; -1: it replaces the last)
+    reply: Reply = field(default_factory=Reply)
+    version: int = 0
+    done: bool = False
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def snapshot(self) -> tuple[Reply, int, bool]:
+        with self.changed:
+            return self.reply, self.version, self.done
+
+
 class ChatSessions:
     """The replies in flight, at most one per browser session (per UI; not module-level)."""
 
     def __init__(self, chat: Chat, interval_s: float) -> None:
         self.chat = chat
         self.interval_s = interval_s
-        self._cancels: dict[str, CancelToken] = {}
+        self._cancels: dict[str, CancelToken] = {}  # impersonations: the page's own, ended with the page
+        self._flights: dict[str, Flight] = {}  # replies saved into a conversation: the server's
+        self._following: dict[str, int] = {}  # per session: which follow is current (another view ends it)
         self._lock = threading.Lock()
 
     def busy(self, session: str) -> bool:
         with self._lock:
-            return session in self._cancels
+            return session in self._cancels or session in self._flights
 
-    def stop(self, session: str) -> bool:
-        """Stop the session's reply; False if none streams."""
+    def stop(self, session: str, conversation_id: str = "") -> bool:
+        """Stop the session's reply, or else the one being written into ``conversation_id`` (a tab opened while
+        it streams); False if none streams."""
         with self._lock:
             token = self._cancels.get(session)
+            flight = self._flights.get(session) or self._flight_of(conversation_id)
+        if flight is not None:
+            token = flight.cancel
         if token is not None:
             token.cancel()
         return token is not None
+
+    def flight(self, conversation_id: str) -> Flight | None:
+        """The reply being written into ``conversation_id``, if one is."""
+        with self._lock:
+            return self._flight_of(conversation_id)
+
+    def _flight_of(self, conversation_id: str) -> Flight | None:
+        if not conversation_id:
+            return None
+        return next((f for f in self._flights.values() if f.conversation_id == conversation_id), None)
 
     def _begin(self, session: str) -> CancelToken:
         with self._lock:
@@ -117,13 +192,19 @@ class ChatSessions:
             yield ChatUpdate(note=f"⚠️ {exc}")
             return
         conv, options = locate()
-        cancel = self._begin(session)
+        if self.flight(conv.id) is not None:  # another tab's reply is being written into this conversation
+            yield ChatUpdate(note=STILL_STREAMING)
+            return
+        remember_settings(conv, options.system, sampling)
+        self.unfollow(session)
+        cancel = CancelToken()
         turn = self.chat.turn(conv, text, params, _with_cancel(options, cancel))
         pending = [*conv.ui_history(), {"role": "user", "content": text}]  # the turn saves it on its first step
+        flight = self._start(session, Flight(conv.id, cancel, None), turn)
         yield ChatUpdate(
             message="", conversation_id=conv.id, chat=display_messages(pending, Reply()), note="", busy=True
         )
-        yield from self._drive(session, conv, turn, cancel, None, restore=text)
+        yield from self._drive(conv, flight, before=len(pending) - 1, restore=text)
 
     def again(
         self, session: str, action: str, sampling: dict, locate: Callable[[], tuple[Conversation, TurnOptions]]
@@ -138,14 +219,20 @@ class ChatSessions:
             yield ChatUpdate(note=f"⚠️ {exc}")
             return
         conv, options = locate()
-        cancel = self._begin(session)
+        if self.flight(conv.id) is not None:
+            yield ChatUpdate(note=STILL_STREAMING)
+            return
+        remember_settings(conv, options.system, sampling)
+        self.unfollow(session)
+        cancel = CancelToken()
         replacing = bool(conv.messages) and conv.messages[-1].role == "assistant"
         act = self.chat.continue_reply if action == "continue" else self.chat.regenerate
         turn = act(conv, params, _with_cancel(options, cancel))
         keep = -1 if replacing else None
-        yield ChatUpdate(conversation_id=conv.id, chat=display_messages(conv.ui_history()[:keep], Reply()), note="",
-                         busy=True)  # fmt: skip
-        yield from self._drive(session, conv, turn, cancel, keep)
+        shown = display_messages(conv.ui_history()[:keep], Reply())
+        flight = self._start(session, Flight(conv.id, cancel, keep), turn)
+        yield ChatUpdate(conversation_id=conv.id, chat=shown, note="", busy=True)
+        yield from self._drive(conv, flight, before=len(conv.messages))
 
     def impersonate(
         self, session: str, sampling: dict, locate: Callable[[], tuple[Conversation, TurnOptions]]
@@ -177,29 +264,88 @@ class ChatSessions:
 
     # ------------------------------------------------------------------ inside
 
-    def _drive(
-        self, session: str, conv: Conversation, turn: Iterator[Reply], cancel: CancelToken, keep: int | None,
-        restore: str | None = None,
-    ) -> Iterator[ChatUpdate]:  # fmt: skip
-        """Drive a reply into the chatbot (``keep``: how many saved messages to show above it) and end idle.
+    def follow(self, session: str, conversation_id: str, load: Callable[[], Conversation]) -> Iterator[ChatUpdate]:
+        """A page that opens a conversation while a reply is being written into it (another tab's, or its own
+        before a reload) watches that reply to its end; ``load`` reads the conversation as saved. Nothing when
+        no reply is being written, or when this session is already watching its own."""
+        flight = self.flight(conversation_id)
+        with self._lock:
+            mine = flight is not None and self._flights.get(session) is flight
+            ticket = self._following[session] = self._following.get(session, 0) + 1
+        if flight is None or mine:
+            return
+        saved = load().ui_history()[: flight.keep]
+        for reply in self.watch(flight):
+            with self._lock:
+                if self._following.get(session) != ticket:  # the page moved to another conversation
+                    return
+            if not reply.done:
+                yield ChatUpdate(chat=display_messages(saved, reply), busy=True)
+        conv = load()
+        yield ChatUpdate(chat=display_messages(conv.ui_history()), busy=False, shown=conv)
 
-        ``restore``: the message just sent; if the turn added nothing (no reply), it goes back into the box.
+    def unfollow(self, session: str) -> None:
+        """The page shows another conversation now: a reply it was following stops updating it."""
+        with self._lock:
+            self._following[session] = self._following.get(session, 0) + 1
+
+    def _start(self, session: str, flight: Flight, turn: Iterator[Reply]) -> Flight:
+        """Start the reply's thread: from here on it runs to its end (or Stop) and is saved, watched or not."""
+        with self._lock:
+            self._flights[session] = flight
+        threading.Thread(target=self._write, args=(session, flight, turn), daemon=True, name="chat-reply").start()
+        return flight
+
+    def _drive(
+        self, conv: Conversation, flight: Flight, before: int, restore: str | None = None
+    ) -> Iterator[ChatUpdate]:
+        """Watch the reply into the chatbot (``flight.keep``: how many saved messages to show above it) and end
+        idle. The page going away ends the watching, not the reply.
+
+        ``restore``: the message just sent; if the turn added nothing (``conv`` still holds ``before`` messages
+        or fewer: no reply), it goes back into the box.
         """
-        before = len(conv.messages)
         final = Reply(done=True)
-        try:
-            for reply in throttle(turn, self.interval_s):
-                final = reply
-                if not reply.done:
-                    yield ChatUpdate(chat=display_messages(conv.ui_history()[:keep], reply), busy=True)
-        finally:  # also when the page goes away mid-reply: stop generating for nobody
-            self._end(session)
+        for final in self.watch(flight):
             if not final.done:
-                cancel.cancel()
+                yield ChatUpdate(chat=display_messages(conv.ui_history()[: flight.keep], final), busy=True)
         note = f"⚠️ {final.error}" if final.error else self.ignored_note(final.ignored_params)
         box = restore if restore is not None and len(conv.messages) <= before else None
         # a plain value for the chatbot: API clients read the chat from it
         yield ChatUpdate(box, conv.id, display_messages(conv.ui_history()), note, busy=False, shown=conv)
+
+    def _write(self, session: str, flight: Flight, turn: Iterator[Reply]) -> None:
+        """The reply's thread: drive the turn (which saves the conversation) to its end, whoever watches."""
+        final = Reply(done=True)
+        try:
+            for final in turn:
+                with flight.changed:
+                    flight.reply, flight.version = final, flight.version + 1
+                    flight.changed.notify_all()
+        except Exception as exc:  # a bug, not a generation error (those come as a Reply): end the flight anyway
+            log.exception("chat reply failed")
+            final = Reply(done=True, error=f"the reply failed: {exc}")
+        finally:
+            with self._lock:
+                if self._flights.get(session) is flight:
+                    del self._flights[session]
+            with flight.changed:
+                flight.reply, flight.done = replace(final, done=True), True
+                flight.changed.notify_all()
+
+    def watch(self, flight: Flight) -> Iterator[Reply]:
+        """The flight's reply as it grows, at most one update per interval, then the final one (``done``)."""
+        seen = 0  # the empty reply the flight starts with is already shown
+        while True:
+            with flight.changed:
+                flight.changed.wait_for(lambda seen=seen: flight.done or flight.version != seen)
+                reply, seen, done = flight.reply, flight.version, flight.done
+            if done:
+                yield reply
+                return
+            yield reply
+            if self.interval_s > 0:
+                time.sleep(self.interval_s)
 
     def ignored_note(self, ignored: list[str]) -> str:
         """The line under the chat when the loader did not honour some parameters the user set."""

@@ -47,6 +47,7 @@ def to_dict(conversation: Conversation) -> dict[str, Any]:
         "created": conversation.created,
         "updated": conversation.updated,
         "messages": messages,
+        **({"settings": conversation.settings} if conversation.settings else {}),
     }
 
 
@@ -93,7 +94,20 @@ def from_dict(data: Any) -> Conversation:
         created=_text(data, "created"),
         updated=_text(data, "updated"),
         messages=[_message_from_dict(i, m) for i, m in enumerate(raw_messages)],
+        settings=_settings(data.get("settings", {})),
     )
+
+
+def _settings(settings: Any) -> dict[str, Any]:
+    """The conversation's own settings (optional; files from before they existed have none). Keys this
+    version does not know are kept, so a file written by a newer one loses nothing when saved back."""
+    if not isinstance(settings, dict):
+        raise HistoryError("'settings' is not an object")
+    if not isinstance(settings.get("system", ""), str):
+        raise HistoryError("'settings.system' is not text")
+    if not isinstance(settings.get("sampling", {}), dict):
+        raise HistoryError("'settings.sampling' is not an object")
+    return settings
 
 
 def from_json(text: str | bytes) -> Conversation:

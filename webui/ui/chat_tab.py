@@ -33,18 +33,89 @@ from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
 from webui.ui.arena_panel import ArenaWiring, build_arena_panel
 
-# (Send, Stop) while a reply streams and while idle: only the button that can act is enabled
-BUSY = (gr.update(interactive=False), gr.update(interactive=True))
-IDLE = (gr.update(interactive=True), gr.update(interactive=False))
+# (Send, Stop, Regenerate, Continue) while a reply streams and while idle: only what can act is enabled
+BUSY = (gr.update(interactive=False), gr.update(interactive=True), gr.update(interactive=False),
+        gr.update(interactive=False))  # fmt: skip
+IDLE = (gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=True),
+        gr.update(interactive=True))  # fmt: skip
+SKIP_BUTTONS = (gr.skip(),) * len(BUSY)
 
 
 OWNER = INSTRUCT_OWNER  # conversations without a character
+
+# Draws each reply's stats line (the message's metadata.log, see webui.chat.session.display_messages) under
+# its bubble, outside the message text, so Copy and Edit give the text alone. Runs in the page on every change
+# of the chatbot; an observer draws again when Gradio re-renders a bubble.
+STATS_JS = """(value) => {
+    window.__inglenookStats = (value || []).filter(m => m.role === 'assistant')
+        .map(m => (m.metadata && m.metadata.log) || '');
+    const draw = () => {
+        const stats = window.__inglenookStats || [];
+        document.querySelectorAll('#chatbot [data-testid="bot"]').forEach((bot, i) => {
+            let line = bot.querySelector(':scope > .inglenook-stats');
+            const text = stats[i] || '';
+            if (!text) { if (line) line.remove(); return; }
+            if (!line) {
+                line = document.createElement('div');
+                line.className = 'inglenook-stats';
+                bot.appendChild(line);
+            }
+            if (line.textContent !== text) line.textContent = text;
+        });
+    };
+    const root = document.querySelector('#chatbot');
+    if (root && !root.__inglenookObserved) {
+        root.__inglenookObserved = true;
+        new MutationObserver(draw).observe(root, {subtree: true, childList: true});
+    }
+    requestAnimationFrame(draw);
+    if (!window.__inglenookKeys) { window.__inglenookKeys = true; (KEYS_INSTALL)(); }
+}"""
+
+# The chat's keys, in the capture phase so Gradio's own Enter (send) does not also fire: Enter sends (Gradio),
+# Shift+Enter a new line, Escape stops, Ctrl+Enter regenerates, Alt+Enter continues, and ↑ in an empty box
+# opens the last message of the user's for editing. Buttons that are disabled (a reply streams) do nothing.
+KEYS_JS = """() => {
+    const click = (id) => {
+        const button = document.getElementById(id);
+        if (button && !button.disabled) button.click();
+    };
+    const editLast = () => {
+        const users = document.querySelectorAll('#chatbot .message-row.user-row');
+        const row = users[users.length - 1];
+        if (!row) return false;
+        const rows = [...document.querySelectorAll('#chatbot .message-row')];
+        const next = rows[rows.indexOf(row) + 1];
+        const edit = [...document.querySelectorAll('#chatbot button[aria-label="Edit"]')].find(b =>
+            (row.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING) &&
+            (!next || (b.compareDocumentPosition(next) & Node.DOCUMENT_POSITION_FOLLOWING)));
+        if (edit) edit.click();
+        return !!edit;
+    };
+    document.addEventListener('keydown', (e) => {
+        const box = e.target && e.target.closest && e.target.closest('#chat-input');
+        if (e.key === 'Escape' && document.getElementById('stop') && !document.getElementById('stop').disabled) {
+            e.preventDefault();
+            click('stop');
+            return;
+        }
+        if (!box) return;
+        if (e.key === 'Enter' && (e.ctrlKey || e.metaKey || e.altKey) && !e.shiftKey) {
+            e.preventDefault();
+            e.stopImmediatePropagation();
+            click(e.altKey ? 'continue' : 'regenerate');
+        } else if (e.key === 'ArrowUp' && e.target.value === '' && editLast()) {
+            e.preventDefault();
+        }
+    }, true);
+}"""
+CHAT_JS = STATS_JS.replace("KEYS_INSTALL", KEYS_JS)  # what the page runs on every change of the chatbot
 
 
 def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
     """(title, id) pairs for the conversation picker, newest first."""
     listing = app.history.list(owner)
-    return [(c.title or "(empty)", c.id) for c in listing.conversations]
+    return [(c.label(), c.id) for c in listing.conversations]
 
 
 def open_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Conversation:
@@ -151,8 +222,8 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     error = gr.Markdown("", elem_id="chat-error")
     with gr.Row():
         message = gr.Textbox(
-            placeholder="Type a message and press Enter", label="Message", show_label=False, scale=8,
-            elem_id="chat-input", lines=1,
+            placeholder="Type a message and press Enter (Shift+Enter: new line)", label="Message", show_label=False,
+            scale=8, elem_id="chat-input", lines=1, max_lines=12,
         )  # fmt: skip
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", interactive=False)
@@ -228,7 +299,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         options = TurnOptions(
             system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
         )
-        count = prompt_summary(app.engine, conv, options, max_new_tokens=int(n or 0))
+        count = prompt_summary(app.chat, conv, options, max_new_tokens=int(n or 0))
         thumb = app.characters.thumbnail(key) if speaker is not None else None
         shown = gr.update(
             value=display_messages(conv.ui_history()), avatar_images=(None, str(thumb) if thumb else None)
@@ -256,12 +327,30 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         except UnsafeName:
             return False
 
+    def saved_settings(conv: Conversation) -> list:
+        """The system prompt box and the Parameters widgets as the conversation was last asked with."""
+        system_value = conv.settings.get("system", "") if conv.settings or conv.messages else gr.skip()
+        sampling = conv.settings.get("sampling", {})
+        return [system_value, *(sampling[name] if name in sampling else gr.skip() for name in rule_knobs)]
+
     def restore(conversation_id: str, system_text: str):
-        owner = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), OWNER)
+        found = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), None)
+        owner = found or (app.history.newest_owner() if not conversation_id else None) or OWNER
         problems = app.history.list(owner).problems
         lines = [*(f"moved aside at start: {p}" for p in notices), *(str(p) for p in problems)]
         note = "⚠️ Damaged history files: " + "; ".join(lines) if lines else ""
-        return (*show(open_conversation(app, conversation_id, owner), note, system_text), *template_view())
+        conv = open_conversation(app, conversation_id, owner)
+        template_dropdown, template_note, *rule_values = template_view()
+        system_value, *saved = saved_settings(conv)
+        values = [rule if isinstance(mine, dict) and mine.get("__type__") == "update" else mine
+                  for rule, mine in zip(rule_values, saved, strict=True)]  # fmt: skip
+        shown_system = system_value if isinstance(system_value, str) else system_text
+        return (*show(conv, note, shown_system), template_dropdown, template_note, *values, system_value)
+
+    def apply_settings(conv_id: str, chosen_mode: str, key: str | None):
+        """After a conversation is picked: its system prompt and changed parameters come back with it."""
+        conv, _ = locate_conv(conv_id, chosen_mode, key)
+        return tuple(saved_settings(conv))
 
     def busy(request: gr.Request) -> bool:
         return sessions.busy(request.session_hash)
@@ -272,7 +361,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         picker_update = label = count = gr.skip()
         if update.shown is not None:
             picker_update, _, _, _, label, count, *_ = show(update.shown, "", *ctx)
-        buttons = (gr.skip(), gr.skip()) if update.busy is None else (BUSY if update.busy else IDLE)
+        buttons = SKIP_BUTTONS if update.busy is None else (BUSY if update.busy else IDLE)
         head = (update.message, update.conversation_id, update.chat, update.note)
         return (*(gr.skip() if v is None else v for v in head), *buttons, picker_update, label, count)
 
@@ -321,7 +410,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         updates = sessions.impersonate(request.session_hash, sampling, where)
         try:
             for u in updates:
-                buttons = (gr.skip(), gr.skip()) if u.busy is None else (BUSY if u.busy else IDLE)
+                buttons = SKIP_BUTTONS if u.busy is None else (BUSY if u.busy else IDLE)
                 yield (
                     (gr.skip() if u.message is None else u.message),
                     (gr.skip() if u.note is None else u.note),
@@ -361,29 +450,49 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             edited = edit_message(app.history, conv, index, without_stats(data.value))
         except (HistoryError, IndexError) as exc:
             picker_update, cid, shown, note, label, count, *_ = show(conv, f"⚠️ {exc}", *ctx)
-            yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
+            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count
             return
         if edited.role != "user":  # an edited reply is a new version of it: nothing to generate
             picker_update, cid, shown, note, label, count, *_ = show(conv, "", *ctx)
-            yield gr.skip(), cid, shown, note, gr.skip(), gr.skip(), picker_update, label, count
+            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count
             return
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
     def stop_generation(request: gr.Request):
         sessions.stop(request.session_hash)
 
-    def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+    def stop_shown(conv_id: str, request: gr.Request):
+        """Stop also stops a reply this page follows but did not start (another tab's, or before a reload)."""
+        sessions.stop(request.session_hash, conv_id or "")
+
+    def follow_reply(conv_id, system_text, prefix, n, chosen_mode, key, request: gr.Request):
+        """A reply another tab (or this one before a reload) is writing into the conversation now shown."""
+        ctx = (system_text, prefix, n, chosen_mode, key)
+        load = lambda: locate_conv(conv_id, chosen_mode, key)[0]  # noqa: E731
+        followed = False
+        for out in relay(sessions.follow(request.session_hash, conv_id or "", load), ctx):
+            followed = True
+            yield out
+        if not followed:  # a generator that yields nothing would blank every output
+            yield tuple(gr.skip() for _ in range(7 + len(BUSY)))
+
+    def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None, request: gr.Request = None):
+        if request is not None:
+            sessions.unfollow(request.session_hash)
         owner = chat_owner(app, chosen_mode, key)
         conv = start_conversation(app.history, app.characters, *mode_of(owner))
         return show(conv, "", system_text, prefix, n, chosen_mode)
 
-    def pick(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+    def pick(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None,
+             request: gr.Request = None):  # fmt: skip
+        if request is not None:
+            sessions.unfollow(request.session_hash)
         conv = open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key))
         return show(conv, "", system_text, prefix, n, chosen_mode)
 
-    def switch(system_text, prefix, n, chosen_mode, key):
+    def switch(system_text, prefix, n, chosen_mode, key, request: gr.Request):
         """Another mode or character: its newest conversation (a new one, greeting first, if it has none)."""
-        return pick("", system_text, prefix, n, chosen_mode, key)
+        return pick("", system_text, prefix, n, chosen_mode, key, request)
 
     def delete_chat(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
         owner = chat_owner(app, chosen_mode, key)
@@ -451,7 +560,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             options = TurnOptions(
                 system=system_text or "", template=chosen_template(), start_with=prefix or "", character=speaker
             )
-            plan = preview_prompt(app.engine, conv, options, draft or "", max_new_tokens=int(n or 0))
+            plan = preview_prompt(app.chat, conv, options, draft or "", max_new_tokens=int(n or 0))
         except ValueError as exc:
             return f"⚠️ {exc}", gr.skip()
         if plan is None:
@@ -463,7 +572,8 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     who = [mode, character]
     ctx = [system, start_with, max_tokens, *who]
     shown = [picker, conversation_id, chatbot, error, versions, tokens, *who]
-    stream_outputs = [message, conversation_id, chatbot, error, send, stop, picker, versions, tokens]
+    buttons = [send, stop, regen, cont]  # BUSY / IDLE
+    stream_outputs = [message, conversation_id, chatbot, error, *buttons, picker, versions, tokens]
     # /chat's inputs: message, conversation id, system, start reply with, mode, character; then every
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
@@ -471,13 +581,17 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs)
     send.click(respond, inputs, stream_outputs, api_name=False, **knobs)
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
+    stop.click(stop_shown, conversation_id, None, api_name=False, concurrency_limit=None, queue=False)
+    # a page opened (or reloaded) while a reply is written into its conversation follows it to its end
+    conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, api_name=False,
+                           concurrency_limit=None)  # fmt: skip
     gen_inputs = [conversation_id, system, start_with, *who]
     regen.click(regenerate_reply, gen_inputs, stream_outputs, api_name="regenerate", **knobs)
     chatbot.retry(regenerate_reply, gen_inputs, stream_outputs, api_name=False, **knobs)
     cont.click(continue_last, gen_inputs, stream_outputs, api_name="continue", **knobs)
     chatbot.edit(on_edit, gen_inputs, stream_outputs, api_name=False, **knobs)
     imper.click(
-        impersonate_user, [message, conversation_id, system, *who], [message, error, send, stop],
+        impersonate_user, [message, conversation_id, system, *who], [message, error, *buttons],
         api_name="impersonate", **knobs,
     )  # fmt: skip
     remove_inputs = [conversation_id, *ctx]
@@ -487,18 +601,29 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     next_version.click(page(+1), [conversation_id, *ctx], shown, api_name=False)
     new.click(new_chat, ctx, shown, api_name=False)
     chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
-    picker.input(pick, [picker, *ctx], shown, api_name=False)
+    # ...and at once in the page: the bin empties the chat before new_chat answers, and a message sent in
+    # between must not go into the conversation just cleared
+    chatbot.clear(None, None, conversation_id, js="() => ''", api_name=False, queue=False)
+    # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
+    # saved conversation yet) opened the newest old one (issue 13, bug 1)
+    settings_outputs = [system, *(params_inputs[name] for name in rule_knobs)]
+    picker.select(pick, [picker, *ctx], shown, api_name=False).then(
+        apply_settings, [conversation_id, *who], settings_outputs, api_name=False
+    )
     delete.click(lambda: gr.update(visible=True), None, ask_delete, api_name=False, queue=False)
     delete_no.click(lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False)
     delete_yes.click(delete_chat, [conversation_id, *ctx], shown, api_name=False).then(
         lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False
     )
     mode.input(switch, ctx, shown, api_name=False)
-    character.input(switch, ctx, shown, api_name=False)
+    character.select(switch, ctx, shown, api_name=False).then(
+        apply_settings, [conversation_id, *who], settings_outputs, api_name=False
+    )
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
     rename.click(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
     chatbot.select(select_message, None, branch_at, api_name=False)
+    chatbot.change(None, chatbot, None, js=CHAT_JS, api_name=False)
     export.click(export_chat, [conversation_id, *who], [download, error], api_name=False)
     upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
     template.input(choose_template, template, [template, template_info], api_name=False)
@@ -511,7 +636,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     return ChatTab(
         restore=restore,
         restore_inputs=[conversation_id, system],
-        restore_outputs=[*shown, *template_outputs],
+        restore_outputs=[*shown, *template_outputs, system],
         model_changed=template_view,
         model_outputs=template_outputs,
         pick=pick,
