@@ -34,7 +34,8 @@ class DeviceSettings(LoadSettings):
 def test_the_llama_cpp_settings_become_typed_fields_in_declaration_order():
     fields = {f.name: f for f in setting_fields(LlamaCppSettings)}
     assert list(fields) == [
-        "n_ctx", "threads", "n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "extra_buffer_types"
+        "n_ctx", "threads", "n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "extra_buffer_types",
+        "parallel",
     ]  # fmt: skip
     assert (fields["n_ctx"].kind, fields["n_ctx"].default) == ("int", 4096)
     assert fields["n_ctx"].label == "Context length (tokens)"
