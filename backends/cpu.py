@@ -93,10 +93,12 @@ class ThreadGovernor:
         self._not_before = {self.most: 0.0, self.fewer: 0.0}
         self._explored = False
         self._seen = 0  # tokens timed at the full count before the first try
+        self.tokens_at: dict[int, int] = {}  # thread count -> tokens timed at it (what the governor chose, in sum)
 
     def observe(self, seconds: float) -> int:
         """Record one token's time at the current count; returns the count for the next token."""
         t = self.threads
+        self.tokens_at[t] = self.tokens_at.get(t, 0) + 1
         avg = self._recent.get(t)
         self._recent[t] = seconds if avg is None else 0.7 * avg + 0.3 * seconds
         if self.most == self.fewer:

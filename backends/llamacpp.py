@@ -257,6 +257,11 @@ class LlamaCppModel(Model):
         """The threads llama.cpp decodes with now (the governor may have lowered them)."""
         return int(self._lib.llama_n_threads(self._llm._ctx.ctx))
 
+    @property
+    def tokens_at_threads(self) -> dict[int, int]:
+        """Tokens decoded per thread count so far (empty without a governor)."""
+        return dict(self._governor.tokens_at) if self._governor is not None else {}
+
     def _set_threads(self, threads: int) -> None:
         """Decode (and the next prompt's batch) with ``threads`` from the next step on."""
         if threads != self._threads:

@@ -37,10 +37,12 @@ CHAT = [
     {"role": "assistant", "content": "Evening, Ann."},
     {"role": "user", "content": "Is there tea?"},
 ]
+# Gemma has no system role: the persona is the first user turn, then the greeting, then the chat (issue 13, bug 8)
 PERSONA_TURN = (
-    "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
     "<start_of_turn>user\nReply in one sentence.\n\nWren keeps an inn; Ann is a guest.\n\n"
-    "Scenario: A rainy night.\n\nIs there tea?<end_of_turn>\n"
+    "Scenario: A rainy night.<end_of_turn>\n"
+    "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
+    "<start_of_turn>user\nIs there tea?<end_of_turn>\n"
 )
 
 
