@@ -180,11 +180,13 @@ def test_the_chat_keys(page):
     sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
     box.press("Control+Enter")
     sync_api.expect(markdown(page, "#version-label")).to_have_text("2/2", timeout=60_000)
+    sync_api.expect(page.locator("#regenerate")).to_be_enabled(timeout=60_000)  # the new version has ended
     box.press("Alt+Enter")
     sync_api.expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text(
         "A second line.Hello there", timeout=60_000
     )  # continued: the fake model says its line again after the reply
     assert user_messages(page) == ["Hi\nthere"], "Ctrl/Alt+Enter sent nothing"
+    sync_api.expect(page.locator("#regenerate")).to_be_enabled(timeout=60_000)  # the continuation has ended
     box.press("ArrowUp")
     sync_api.expect(page.locator("#chatbot textarea").first).to_have_value("Hi\nthere")
 

@@ -25,7 +25,7 @@ def test_loaders_json_lists_every_loader_with_what_it_loads_and_honours():
     assert result.returncode == 0, result.stderr
     found = {item["name"]: item for item in json.loads(result.stdout)}
     # the built-ins in pick order, then plugins from entry points (tests/run.sh installs the test loader `fake`)
-    assert list(found) == ["llama.cpp", "gptq", "transformers", "fake"]
+    assert list(found) == ["llama.cpp", "gptq", "transformers", "openai-remote", "fake"]
     assert found["fake"]["loads"].startswith("`.fake`")
     assert all(item["available"] for item in found.values())
     assert "grammar" in found["llama.cpp"]["samplers"]
