@@ -7,6 +7,7 @@ about Gradio, HTTP or the chat layer, so any front end can drive any loader.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
@@ -17,6 +18,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from backends.gbnf import grammar_problem
+
+
+def missing_modules(*names: str) -> str | None:
+    """Name the first module not installed, without importing any: a loader's ``available()`` runs in the server
+    and the CLI (model list, doctor), where importing torch or GPTQModel would cost seconds and hundreds of MB
+    for a model that is loaded in a worker process anyway. A module installed but broken fails at load instead."""
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"No module named '{name}'"
+    return None
 
 
 class ModelLoadError(Exception):

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import Loader, LoadSettings, Model, ModelLoadError
+from backends.base import Loader, LoadSettings, Model, ModelLoadError, missing_modules
 from backends.hookspecs import hookimpl
 from backends.transformers import (
     SUPPORTED_PARAMS,
@@ -85,13 +85,8 @@ class GptqLoader(Loader):
 
     def available(self) -> str | None:
         cpu_workers_default()
-        try:
-            with quiet_stdout():  # GPTQModel prints a banner and logs on stdout; stdout belongs to our output
-                import gptqmodel  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError as exc:
-            return f"GPTQModel is not importable ({exc}); {self.install_hint}"
-        return None
+        missing = missing_modules("torch", "gptqmodel")
+        return f"GPTQModel is not importable ({missing}); {self.install_hint}" if missing else None
 
     def can_load(self, path: Path) -> bool:
         return path.is_dir() and quant_method(path) == "gptq"
@@ -111,9 +106,12 @@ class GptqLoader(Loader):
         backend = getattr(settings, "backend", "auto")
         trust = bool(getattr(settings, "trust_remote_code", False))
         apply_threads(settings.threads)
-        with quiet_stdout():
-            from gptqmodel import BACKEND, GPTQModel
-        from transformers import AutoTokenizer
+        try:
+            with quiet_stdout():
+                from gptqmodel import BACKEND, GPTQModel
+            from transformers import AutoTokenizer
+        except ImportError as exc:
+            raise ModelLoadError(f"GPTQModel is not importable ({exc}); {self.install_hint}") from exc
 
         try:
             with quiet_stdout():

@@ -39,6 +39,7 @@ from backends.base import (
     SamplingParams,
     StopMatcher,
     Stopwatch,
+    missing_modules,
 )
 from backends.hookspecs import hookimpl
 
@@ -462,12 +463,8 @@ class TransformersLoader(Loader):
     loads = "Hugging Face folders (config.json + *.safetensors); .gguf files via gguf_file= (dequantized)"
 
     def available(self) -> str | None:
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            return f"{exc}; {self.install_hint}"
-        return None
+        missing = missing_modules("torch", "transformers")
+        return f"{missing}; {self.install_hint}" if missing else None
 
     def can_load(self, path: Path) -> bool:
         if path.is_file():
@@ -494,7 +491,10 @@ class TransformersLoader(Loader):
         device = resolve_device(s.device)
         dtype = resolve_dtype(s.dtype, device)
         apply_threads(s.threads)
-        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        try:
+            from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ModelLoadError(f"transformers is not importable ({exc}); {self.install_hint}") from exc
 
         if path.is_file():  # GGUF: transformers dequantizes it into a full-precision model
             source, extra = str(path.parent), {"gguf_file": path.name}

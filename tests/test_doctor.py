@@ -21,7 +21,7 @@ def _doctor(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
-@pytest.mark.slow  # imports every loader's packages (torch, GPTQModel) to say whether they are available
+@pytest.mark.slow  # a subprocess that loads llama.cpp's libraries and probes Chromium
 def test_doctor_json_fields(tmp_path: Path):
     models = tmp_path / "models"
     done = _doctor("--json", "--models-dir", str(models), "--user-data", str(tmp_path / "ud"))

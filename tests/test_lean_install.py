@@ -145,3 +145,18 @@ def test_install_button_is_for_admins_only(make_app):
     assert "installing loaders is refused" in next(install_loader(app, "transformers"))
     logins = make_app(ui_auth=[("alice", "pw")], admin_auth=[("root", "pw2")])
     assert "installing loaders is refused" in next(install_loader(logins, "transformers", admin=False))
+
+
+def test_asking_whether_a_loader_is_available_imports_nothing_heavy():
+    """The model list and `doctor` ask every loader; with torch installed that must still not import torch or
+    GPTQModel into the server (seconds and hundreds of MB, and GPTQModel's banner on the terminal)."""
+    code = """
+import sys
+from backends.registry import LoaderRegistry
+registry = LoaderRegistry()
+answers = {name: registry.get(name).available() for name in ("transformers", "gptq")}
+print(answers, sorted(m for m in ("torch", "transformers", "gptqmodel") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'transformers': None, 'gptq': None} []", done.stdout
