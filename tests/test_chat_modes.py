@@ -14,12 +14,12 @@ from webui.chat.conversation import INSTRUCT_OWNER
 from webui.chat.history import HistoryStore
 from webui.chat.modes import (
     CHARACTER_PREFIX,
-    build_prompt,
     character_of,
     has_system_role,
     owner_for,
     start_conversation,
 )
+from webui.chat.prompting import render_prompt
 from webui.chat.service import TurnOptions
 from webui.paths import UnsafeName
 
@@ -36,7 +36,7 @@ CHAT = [
 
 
 def test_instruct_mode_is_the_templates_format_with_no_character():
-    prompt = build_prompt(CHAT, GEMMA, "instruct", WREN)
+    prompt = render_prompt(CHAT, GEMMA, mode="instruct", character=WREN)
     assert prompt.text == (
         "<start_of_turn>model\nEvening, Ann.<end_of_turn>\n"
         "<start_of_turn>user\nReply in one sentence.\n\nIs there tea?<end_of_turn>\n"
@@ -48,7 +48,7 @@ def test_instruct_mode_is_the_templates_format_with_no_character():
 def test_chat_mode_puts_the_persona_first_then_the_greeting_then_the_chat_and_stops_at_the_users_name():
     """Gemma's template has no system role: the persona is the first user turn, before the greeting (issue 13,
     bug 8: it came after the greeting, inside the user's first message)."""
-    prompt = build_prompt(CHAT, GEMMA, "chat", WREN)
+    prompt = render_prompt(CHAT, GEMMA, mode="chat", character=WREN)
     assert prompt.text == (
         "<start_of_turn>user\nReply in one sentence.\n\nWren keeps an inn; Ann is a guest.\n\n"
         "Scenario: A rainy night.<end_of_turn>\n"
@@ -62,14 +62,14 @@ def test_chat_mode_puts_the_persona_first_then_the_greeting_then_the_chat_and_st
 def test_chat_mode_on_a_template_with_a_system_role_sends_the_persona_as_system_text_before_the_greeting():
     qwen = ModelInfo(name="q", loader="llama.cpp", path="q.gguf", architecture="qwen2")
     assert has_system_role(qwen) and not has_system_role(GEMMA)
-    text = build_prompt(CHAT, qwen, "chat", WREN).text
+    text = render_prompt(CHAT, qwen, mode="chat", character=WREN).text
     persona, greeting, question = (text.index(s) for s in ("Wren keeps an inn", "Evening, Ann.", "Is there tea?"))
     assert persona < greeting < question
     assert text.index("system") < persona < text.index("assistant"), "the persona is the system turn"
 
 
 def test_chat_instruct_wraps_the_transcript_in_an_instruction_and_opens_the_characters_line():
-    prompt = build_prompt(CHAT, GEMMA, "chat-instruct", WREN)
+    prompt = render_prompt(CHAT, GEMMA, mode="chat-instruct", character=WREN)
     assert prompt.text == (
         "<start_of_turn>user\nReply in one sentence.\n\n"
         'Continue the chat dialogue below. Write a single reply for the character "Wren".\n\n'
@@ -82,7 +82,7 @@ def test_chat_instruct_wraps_the_transcript_in_an_instruction_and_opens_the_char
 
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown chat mode"):
-        build_prompt(CHAT, GEMMA, "roleplay", WREN)
+        render_prompt(CHAT, GEMMA, mode="roleplay", character=WREN)
 
 
 def test_conversations_are_stored_per_character_and_a_character_called_instruct_cannot_meet_instruct_chats():
@@ -132,15 +132,17 @@ def test_a_cards_alternate_greetings_are_versions_of_the_first_message(tmp_path)
 
 def test_post_history_instructions_follow_the_newest_message_in_the_prompt_only():
     card = replace(WREN, post_history_instructions="{{original}} Stay in character as {{char}}.")
-    prompt = build_prompt(CHAT, GEMMA, "chat", card)
+    prompt = render_prompt(CHAT, GEMMA, mode="chat", character=card)
     assert prompt.text.endswith("Is there tea?\n\nStay in character as Wren.<end_of_turn>\n<start_of_turn>model\n")
     assert CHAT[-1]["content"] == "Is there tea?"  # the conversation itself is untouched
-    instructed = build_prompt(CHAT, GEMMA, "chat-instruct", card)
+    instructed = render_prompt(CHAT, GEMMA, mode="chat-instruct", character=card)
     assert instructed.text.endswith(
         "Ann: Is there tea?\n\nStay in character as Wren.<end_of_turn>\n<start_of_turn>model\nWren:"
     )
-    assert "Stay in character" not in build_prompt(CHAT, GEMMA, "instruct", card).text  # no character, no card text
-    continuing = build_prompt(CHAT[:2], GEMMA, "chat", card)  # the reply is the newest message: nothing to follow
+    instruct = render_prompt(CHAT, GEMMA, mode="instruct", character=card)
+    assert "Stay in character" not in instruct.text  # no character, no card text
+    # the reply is the newest message: nothing to follow
+    continuing = render_prompt(CHAT[:2], GEMMA, mode="chat", character=card)
     assert "Stay in character" not in continuing.text
 
 
@@ -225,3 +227,11 @@ def test_a_damaged_character_file_falls_back_to_instruct_instead_of_failing(make
     app.characters.folder.mkdir(parents=True)
     (app.characters.folder / "Broken.yaml").write_text("name: [unclosed")
     assert chat_owner(app, "chat", "Broken") == INSTRUCT_OWNER
+
+
+def test_chat_instruct_on_the_plain_template_opens_the_characters_line_after_a_space():
+    """A base model (no template in its metadata) gets the plain ``Assistant:`` label; the character's name
+    follows it as its own word, not glued to it."""
+    base = ModelInfo(name="base", loader="llama.cpp", path="base.gguf", architecture="llama")
+    text = render_prompt(CHAT, base, mode="chat-instruct", character=WREN).text
+    assert text.endswith("Assistant: Wren:"), text[-40:]

@@ -72,27 +72,6 @@ def start_conversation(
     return conversation
 
 
-def build_prompt(
-    messages: list[dict],
-    info: ModelInfo,
-    mode: str = INSTRUCT,
-    character: Character | None = None,
-    choice: str | None = None,
-) -> Prompt:
-    """The prompt for ``messages`` in ``mode``. System messages are the user's system prompt; in the
-    character modes it comes before the character's persona."""
-    check_mode(mode)
-    if mode == INSTRUCT or character is None:
-        return build_chat_prompt(messages, info, choice=choice)
-    if mode == CHAT:
-        shaped = chat_messages(messages, character, has_system_role(info, choice))
-        prompt = build_chat_prompt(shaped, info, choice=choice)
-    else:
-        prompt = build_chat_prompt(chat_instruct_messages(messages, character), info, choice=choice)
-        prompt.text += f"{character.name}:"
-    return add_stop(prompt, f"\n{character.user}:")
-
-
 def has_system_role(info: ModelInfo, choice: str | None = None, presets: Path = PRESETS_DIR) -> bool:
     """Whether the template gives a system message its own place (False: it folds the system text into the
     first user turn, as Gemma's does, or refuses a system message)."""
@@ -143,6 +122,15 @@ def chat_instruct_messages(messages: list[dict], character: Character) -> list[d
 def user_system(messages: list[dict]) -> str:
     """The user's system prompt: the system messages' text, joined."""
     return "\n\n".join(m["content"].strip() for m in messages if m.get("role") == "system" and m["content"].strip())
+
+
+def open_line(prompt: Prompt, name: str) -> Prompt:
+    """``prompt`` opened with the character's ``Name:``, apart from a turn label that ends without a space or
+    newline (the plain template's ``Assistant:``), so the model reads ``Assistant: Wren:``, not ``Assistant:Wren:``."""
+    if prompt.text and not prompt.text[-1].isspace():
+        prompt.text += " "
+    prompt.text += f"{name}:"
+    return prompt
 
 
 def add_stop(prompt: Prompt, stop: str) -> Prompt:

@@ -32,6 +32,7 @@ from webui.chat.modes import (
     chat_messages,
     check_mode,
     has_system_role,
+    open_line,
 )
 from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.tools import Tool, ToolChoice, prepare
@@ -85,7 +86,8 @@ def render_prompt(
         return _shaped(messages, info, choice, prefix, impersonate, presets, native_tools)
     if mode == CHAT_INSTRUCT and not impersonate:
         prompt = build_chat_prompt(chat_instruct_messages(messages, character), info, True, choice, presets)
-        prompt.text += f"{character.name}:" + (f" {prefix}" if prefix else "")
+        prompt = open_line(prompt, character.name)
+        prompt.text += f" {prefix}" if prefix else ""
     else:
         shaped = chat_messages(messages, character, has_system_role(info, choice, presets))
         prompt = _shaped(shaped, info, choice, prefix, impersonate, presets)
