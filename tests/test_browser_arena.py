@@ -26,6 +26,7 @@ def server(tmp_path_factory) -> str:
     write_fake(models, "alpha", reply=ALPHA)
     write_fake(models, "beta", reply=BETA)
     write_fake(models, "hello", reply="Hello there, friend.")
+    write_fake(models, "slowpoke", reply=" ".join(f"s{i}" for i in range(400)), token_delay_ms=25)
     user_data = tmp_path_factory.mktemp("user_data")
     args = ("--models-dir", str(models), "--user-data", str(user_data), "--model", "hello.fake")
     with running_server(*args) as (url, _proc):
@@ -65,4 +66,26 @@ def test_ask_two_models_and_keep_b(server: str) -> None:
         assert "2" in page.inner_text("#version-label")  # the other reply is the second version
         page.evaluate("window.scrollTo(0, 0)")
         shot(page, "kept")
+        browser.close()
+
+
+def test_stop_ends_the_round_keeps_what_came_and_skips_the_other_side(server: str) -> None:
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server)
+        page.wait_for_selector("#chat-input textarea")
+        page.get_by_text("Ask two models").click()
+        pick(page, "#arena-a", "slowpoke.fake")
+        pick(page, "#arena-b", "beta.fake")
+        page.fill("#chat-input textarea", "Count slowly.")
+        page.click("#arena-ask")
+        page.wait_for_selector("#arena-reply-a:has-text('s5')", timeout=60_000)
+        page.click("#arena-stop")
+        page.wait_for_selector("#arena-status:has-text('is loaded again')", timeout=60_000)
+        reply_a = page.inner_text("#arena-reply-a")
+        assert "s5" in reply_a and "s399" not in reply_a, "A stopped part-way"
+        assert "stopped" in page.inner_text("#arena-reply-b") and BETA not in page.inner_text("#arena-reply-b")
+        page.wait_for_selector("#chatbot:has-text('s5')", timeout=30_000)  # A's part is saved as the reply
+        assert "s399" not in page.inner_text("#chatbot")
         browser.close()

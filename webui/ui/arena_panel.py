@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gradio as gr
 
+from backends.base import CancelToken
 from webui.access import is_ui_admin
 from webui.app import App
 from webui.chat import arena
@@ -42,8 +43,9 @@ def _side(contender: arena.Contender | None, label: str) -> tuple[str, str]:
 
 
 def build_arena_panel(app: App, wiring: ArenaWiring) -> None:
-    """The accordion: two model pickers, "Ask both", the replies side by side with their stats, Keep A / Keep B."""
+    """The accordion: two model pickers, "Ask both", Stop, the replies side by side with stats, Keep A / Keep B."""
     names = arena.choices(app)
+    running: dict[str, CancelToken] = {}  # browser session -> the round it runs, for Stop (this page's, not global)
     with gr.Accordion("Ask two models", open=False, elem_id="arena"):
         gr.Markdown(
             "Sends the message in the box to model A, then to model B (one at a time: each is loaded in turn, "
@@ -55,6 +57,7 @@ def build_arena_panel(app: App, wiring: ArenaWiring) -> None:
             model_b = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Model B",
                                   elem_id="arena-b", allow_custom_value=True)  # fmt: skip
             ask = gr.Button("Ask both", variant="primary", elem_id="arena-ask")
+            stop = gr.Button("Stop", variant="stop", elem_id="arena-stop")
         status = gr.Markdown("", elem_id="arena-status")
         with gr.Row(equal_height=True):
             with gr.Column():
@@ -86,10 +89,16 @@ def build_arena_panel(app: App, wiring: ArenaWiring) -> None:
             return
         conv, options = wiring.locate(conv_id, system_text, prefix, chosen_mode, key)
         admin = is_ui_admin(app.settings, getattr(request, "username", None))
+        token = running[request.session_hash] = CancelToken()
         current = arena.Round()
-        for current in arena.ask_two(app, conv, text, (a, b), params, options, allow_paths=admin):
-            if not current.done:
-                yield *view(current), None, gr.skip(), *keep_shown
+        try:
+            rounds = arena.ask_two(app, conv, text, (a, b), params, replace(options, cancel=token), allow_paths=admin)
+            for current in rounds:
+                if not current.done:
+                    yield *view(current), None, gr.skip(), *keep_shown
+        finally:
+            if running.get(request.session_hash) is token:
+                del running[request.session_hash]
         n = sampling.get("max_new_tokens")
         shown = wiring.show(conv, "", system_text, prefix, n, chosen_mode, key)
         yield *view(current), current, "" if current.saved else gr.skip(), *shown
@@ -115,6 +124,16 @@ def build_arena_panel(app: App, wiring: ArenaWiring) -> None:
         ask_both, [wiring.message, model_a, model_b, *wiring.context], [*sides, last, wiring.message, *wiring.shown],
         api_name=False, inputs_kwargs=wiring.params_inputs,
     )  # fmt: skip
+
+    def stop_round(request: gr.Request) -> str | dict:
+        """Stop the reply streaming now and skip the side not asked yet; what came is kept as that side's reply."""
+        token = running.get(request.session_hash)
+        if token is None:
+            return gr.skip()
+        token.cancel()
+        return "stopping…"
+
+    stop.click(stop_round, None, status, api_name=False)
     for picker in (model_a, model_b):  # models added since the page was built (a quantize, a download)
         picker.focus(lambda: gr.update(choices=arena.choices(app)), None, picker, api_name=False)
     max_tokens = wiring.params_inputs["max_new_tokens"]
