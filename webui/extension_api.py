@@ -18,6 +18,6 @@ for the full list and README.md (``## Extensions``) for installing and safety.
 from __future__ import annotations
 
 from backends.base import SamplingParams
-from webui.hookspecs import SETTING_TYPES, Context, ReplyInfo, Setting, hookimpl
+from webui.hookspecs import SETTING_TYPES, Context, ExtensionTool, ReplyInfo, Setting, hookimpl
 
-__all__ = ["SETTING_TYPES", "Context", "ReplyInfo", "SamplingParams", "Setting", "hookimpl"]
+__all__ = ["SETTING_TYPES", "Context", "ExtensionTool", "ReplyInfo", "SamplingParams", "Setting", "hookimpl"]
