@@ -219,14 +219,13 @@ def test_the_chat_shows_calls_and_results_as_cards(make_fake_app, fake_models, t
     updates = list(sessions.send("s", "What is 2+2?", {}, locate))
     assert updates[-1].note == 'Run calculator({"expression": "2+2"})? Approve or deny the call.'
     card = updates[-1].chat[1]
-    assert card["metadata"] == {"title": "🛠️ calculator — waiting for your approval", "status": "pending",
-                                "log": conversation.messages[1].stats}  # fmt: skip
+    assert card["metadata"] == {"title": "🛠️ calculator — waiting for your approval", "status": "pending"}
     assert '"expression": "2+2"' in card["content"]
     updates = list(sessions.resolve("s", True, {}, locate))
     shown = updates[-1].chat
     assert [m.get("metadata", {}).get("title") for m in shown[1:3]] == ["🛠️ calculator", "📋 Result of calculator"]
     assert shown[2]["content"] == "4" and shown[3]["content"] == ANSWER and updates[-1].busy is False
-    assert stats_of(shown)[:2] == ["", ""]  # a card's stats sit beside its title, not under the bubble
+    assert stats_of(shown) == ["", "", conversation.messages[-1].stats]  # the cards have no stats line
     assert list(sessions.resolve("s", True, {}, locate))[-1].note == "No tool call is waiting."
 
 

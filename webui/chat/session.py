@@ -59,7 +59,7 @@ RESULT_TITLES = {"ran": "📋 Result of {name}", "error": "⚠️ {name} failed"
 
 def tool_card(message: dict) -> dict:
     """A tool call or its result as a collapsible card (Gradio's metadata ``title``): the call's arguments as
-    JSON, the result as text. A waiting call shows as pending; stats (``log``) beside the title."""
+    JSON, the result as text. A waiting call shows as pending."""
     tool = message["tool"]
     status, name = tool.get("status", ""), tool.get("name", "?")
     if message["role"] == TOOL_CALL:
@@ -73,9 +73,7 @@ def tool_card(message: dict) -> dict:
         title = RESULT_TITLES.get(status, "📋 Result of {name}").format(name=name)
         content = message["content"]
     metadata = {"title": title, "status": "pending" if status == PENDING else "done"}
-    if message.get("stats"):
-        metadata["log"] = message["stats"]
-    return {"role": "assistant", "content": content, "metadata": metadata}
+    return {"role": "assistant", "content": content, "metadata": metadata}  # no stats line: a card is no reply
 
 
 def without_stats(content: object) -> str:
@@ -87,13 +85,8 @@ def without_stats(content: object) -> str:
 
 
 def stats_of(shown: list[dict]) -> list[str]:
-    """The stats line of each assistant message the chatbot shows ("" where none): what the page draws (a tool
-    card shows its own beside its title)."""
-    return [
-        "" if (m.get("metadata") or {}).get("title") else (m.get("metadata") or {}).get("log", "")
-        for m in shown
-        if m.get("role") == "assistant"
-    ]
+    """The stats line of each assistant message the chatbot shows ("" where none): what the page draws."""
+    return [(m.get("metadata") or {}).get("log", "") for m in shown if m.get("role") == "assistant"]
 
 
 def changed_sampling(sampling: dict) -> dict:
