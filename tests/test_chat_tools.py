@@ -236,3 +236,46 @@ def test_an_extension_whose_tools_are_malformed_is_disabled(make_fake_app, tmp_p
     app.extensions.enable("sloppy")
     assert app.extensions.tools() == []
     assert not app.extensions.get("sloppy").active
+
+
+def test_the_calculator_evaluates_arithmetic_and_refuses_everything_else(tmp_path):
+    from webui.extensions.host import ExtensionHost
+
+    host = ExtensionHost(tmp_path, entry_points=False)
+    host.start()
+    assert host.tools() == []  # bundled extensions are off until enabled
+    host.enable("calculator")
+    (tool,) = host.tools()
+    assert (tool.name, tool.parameters["required"]) == ("calculator", ["expression"])
+    assert tool.run({"expression": "(2 + 3) * 4 / sqrt(16)"}) == "5"
+    assert tool.run({"expression": "2 ** 0.5"}) == "1.4142135623730951"
+    refused = {
+        "__import__('os').system('true')": "not allowed in an expression",
+        "open('/etc/passwd')": "not allowed in an expression",
+        "(1).__class__": "not allowed in an expression",
+        "9 ** 9 ** 9": "powers are limited",
+        "(10 ** 999) ** 1000": "powers are limited",
+        "1 / 0": "division by zero",
+        "2 +": "not an arithmetic expression",
+        "1" * 201: "longer than 200 characters",
+    }
+    for expression, why in refused.items():
+        with pytest.raises(ValueError, match=why):
+            tool.run({"expression": expression})
+
+
+def test_stop_while_a_tool_runs_ends_the_rounds(make_fake_app, fake_models, tmp_path):
+    from backends.base import CancelToken
+
+    stop = CancelToken()
+
+    def pressed_stop(arguments: dict) -> str:  # the user presses Stop while the tool runs
+        stop.cancel()
+        return "4"
+
+    app = tool_app(make_fake_app, fake_models, tmp_path, reply=CALL, when=[["Result of calculator: 4", ANSWER]])
+    app.extensions.tools = lambda: [ExtensionTool("calculator", "", {"type": "object"}, pressed_stop)]
+    conversation = conversation_with_tools(app, auto=True)
+    final = last(app.chat.turn(conversation, "What is 2+2?", greedy(), TurnOptions(cancel=stop)))
+    assert final.finish_reason == "cancelled" and final.error is None
+    assert kinds(conversation)[1:] == [("tool_call", "ran"), ("tool", "ran")]  # no answer was generated after it

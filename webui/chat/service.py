@@ -268,6 +268,9 @@ class Chat:
         Each call, result and reply is saved as it comes. ``first``: the user's message was just sent (a reply
         that fails without any text takes it back out)."""
         while True:
+            if not first and options.cancel is not None and options.cancel.cancelled:  # Stop between rounds
+                yield Reply(done=True, finish_reason="cancelled")
+                return
             rounds = _rounds_since_user(conversation)
             offered = bool(box.tools) and rounds < MAX_TOOL_ROUNDS
             choice = ToolChoice("auto" if offered else "none", None, True)
