@@ -279,3 +279,22 @@ def test_stop_while_a_tool_runs_ends_the_rounds(make_fake_app, fake_models, tmp_
     final = last(app.chat.turn(conversation, "What is 2+2?", greedy(), TurnOptions(cancel=stop)))
     assert final.finish_reason == "cancelled" and final.error is None
     assert kinds(conversation)[1:] == [("tool_call", "ran"), ("tool", "ran")]  # no answer was generated after it
+
+
+def test_regenerating_the_answer_after_a_tool_round_leaves_the_old_answer_out(make_fake_app, fake_models, tmp_path):
+    from webui.chat.reply import prompt_messages
+
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'
+    answer = [["<tool_response>\n42\n</tool_response>", "It is 42."]]
+    app = tool_app(make_fake_app, fake_models, tmp_path, "calculator", reply=f"Sure. {call}", when=answer)
+    conversation = conversation_with_tools(app, auto=True)
+    options = TurnOptions(template="chatml")
+    last(app.chat.turn(conversation, "6 times 7?", greedy(), options))
+    assert len(conversation.messages) == 5  # user, "Sure.", the call, its result, the answer
+    before_answer = prompt_messages(conversation, "", len(conversation.messages) - 1)
+    assert [m["role"] for m in before_answer] == ["user", "assistant", "tool"]  # "Sure." and its call: one turn
+    assert before_answer[1]["content"] == "Sure." and before_answer[1]["tool_calls"]
+    final = last(app.chat.regenerate(conversation, greedy(), options))
+    assert final.text == "It is 42." and len(conversation.messages[-1].versions) == 2
+    with pytest.raises(HistoryError, match="cannot be edited"):
+        conversation.edit(2, "calculator({})")

@@ -105,16 +105,17 @@ class Conversation:
 
     # -- what front ends read
 
-    def chat_messages(self) -> list[dict[str, Any]]:
+    def chat_messages(self, upto: int | None = None) -> list[dict[str, Any]]:
         """``{"role", "content"}`` dicts of the shown versions: what :func:`webui.chat.reply.stream_chat` takes.
 
         Replies that an extension's ``output_modifier`` changed are given back as the model wrote them,
         as text-generation-webui keeps ``internal`` apart from ``visible``. Tool calls and results come in
         OpenAI's shape (an assistant message's ``tool_calls``, ``tool`` messages), as :mod:`webui.chat.tools`
-        renders them; a call joins the reply text written just before it.
+        renders them; a call joins the reply text written just before it. ``upto``: only the first ``upto``
+        messages (counted in :attr:`messages`).
         """
         out: list[dict[str, Any]] = []
-        for m in self.messages:
+        for m in self.messages[:upto]:
             if m.role == TOOL_CALL and m.tool is not None:
                 call = {"id": m.tool["id"], "type": "function",
                         "function": {"name": m.tool["name"], "arguments": m.tool.get("arguments", "{}")}}  # fmt: skip
@@ -214,6 +215,8 @@ class Conversation:
         i = self._index(index)
         content = _nonempty(content)
         message = self.messages[i]
+        if message.role in TOOL_ROLES:
+            raise HistoryError("a tool call or its result cannot be edited")
         if message.role == "assistant":
             message.versions.append(Version(content))
             message.shown = len(message.versions) - 1

@@ -45,7 +45,7 @@ def prompt_messages(conversation: Conversation, system: str = "", upto: int | No
     The one place a prompt's messages are assembled; chat modes and characters plug in here.
     """
     head = [{"role": "system", "content": system}] if system.strip() else []
-    return head + conversation.chat_messages()[:upto]
+    return head + conversation.chat_messages(upto)
 
 
 def throttle(replies: Iterable[Reply], interval_s: float) -> Iterator[Reply]:
