@@ -298,3 +298,25 @@ def test_regenerating_the_answer_after_a_tool_round_leaves_the_old_answer_out(ma
     assert final.text == "It is 42." and len(conversation.messages[-1].versions) == 2
     with pytest.raises(HistoryError, match="cannot be edited"):
         conversation.edit(2, "calculator({})")
+
+
+@pytest.mark.slow
+def test_the_real_model_forced_to_call_the_calculator_in_a_chat(make_app):
+    """The embedded gemma with tool_choice "required": the grammar makes its reply a call that validates; approved,
+    the calculator runs and the model goes on with the result in its prompt."""
+    from webui.chat.tools import ToolChoice
+
+    app = make_app()
+    app.start()
+    app.extensions.enable("calculator")
+    conversation = conversation_with_tools(app)
+    options = TurnOptions(tool_choice=ToolChoice("required"))
+    final = last(app.chat.turn(conversation, "Use the calculator: what is 12 * 7?", greedy(80), options))
+    assert final.error is None, final.error
+    (call,) = conversation.pending_calls()  # it parsed and matched the schema: it waits for approval
+    assert call.tool["name"] == "calculator" and "expression" in json.loads(call.tool["arguments"])
+    final = last(app.chat.resolve_tools(conversation, True, greedy(40), options))
+    result = next(m for m in conversation.messages if m.role == "tool")
+    assert result.tool["status"] == "ran"  # gemma writes "12 * 7" here; the calculator's own answer is the result
+    assert result.content == app.extensions.tools()[0].run(json.loads(call.tool["arguments"]))
+    assert final.error is None and conversation.messages[-1].role == "assistant"  # it went on, in text

@@ -32,7 +32,16 @@ from webui.chat.toolbox import (
     call_text,
     tools_enabled,
 )
-from webui.chat.tools import CallFilter, ToolCallError, ToolChoice, parse_tool_calls, tool_format, validate_call
+from webui.chat.tools import (
+    CallFilter,
+    ToolCallError,
+    ToolChoice,
+    ToolError,
+    parse_tool_calls,
+    tool_format,
+    tool_grammar,
+    validate_call,
+)
 from webui.engine import Engine
 from webui.hookspecs import ChatHooks
 
@@ -265,6 +274,7 @@ class Chat:
     ) -> Iterator[Reply]:
         """Replies with tools offered, until the model answers in text, a call waits for the user's approval, or
         :data:`MAX_TOOL_ROUNDS` calls in a row have run (then the tools are taken away and the model answers).
+        ``options.tool_choice`` "required" (or a named function) makes the first reply a call, by grammar.
         Each call, result and reply is saved as it comes. ``first``: the user's message was just sent (a reply
         that fails without any text takes it back out)."""
         while True:
@@ -274,12 +284,24 @@ class Chat:
             rounds = _rounds_since_user(conversation)
             offered = bool(box.tools) and rounds < MAX_TOOL_ROUNDS
             choice = ToolChoice("auto" if offered else "none", None, True)
-            asked = replace(options, tools=box.specs if offered else (), tool_choice=choice)
             info = options.model or self.engine.info
             fmt = tool_format(info, options.template)[0] if info is not None else "generic"
+            asked_params = params
+            wanted = options.tool_choice
+            if offered and rounds == 0 and wanted is not None and wanted.forced:  # a call is required: a grammar
+                choice = ToolChoice("required", wanted.name, False)
+                try:
+                    asked_params = replace(params, grammar=tool_grammar(list(box.specs), fmt, choice))
+                except ToolError as exc:
+                    if first:
+                        conversation.remove_last()
+                        self.history.save(conversation)
+                    yield Reply(done=True, error=str(exc), failure=exc)
+                    return
+            asked = replace(options, tools=box.specs if offered else (), tool_choice=choice)
             watch = CallFilter(fmt, list(box.specs), choice)
             final, shown, seen = Reply(done=True), "", 0
-            for reply in self.stream(prompt_messages(conversation, options.system), params, asked):
+            for reply in self.stream(prompt_messages(conversation, options.system), asked_params, asked):
                 final = reply
                 if not reply.done:
                     shown += watch.feed(reply.text[seen:])  # a call being written is not shown as text
