@@ -101,7 +101,9 @@ def test_the_extensions_tab_builds_extension_tabs_and_toggles_live(tmp_path, mak
     labels = [b.label for b in blocks.blocks.values() if isinstance(b, gr.Tab)]
     assert "Generation Stats" in labels and "Extensions" in labels
     assert list(chat_blocks) == ["memory"]  # memory builds a block under the chat, no tab
-    assert [row[:3] for row in table(app)] == [["memory", "1.0.0", "enabled"], ["generation_stats", "1.0.0", "enabled"]]
+    assert [row[:3] for row in table(app)] == [
+        ["memory", "1.0.0", "enabled"], ["calculator", "1.0.0", "disabled"], ["generation_stats", "1.0.0", "enabled"]
+    ]  # fmt: skip
     assert toggle(app, "memory", False) == (
         "Disabled memory: its hooks have stopped and its interface is hidden.",
         False,

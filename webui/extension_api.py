@@ -10,6 +10,9 @@ rest of Inglenook can be refactored without breaking extensions. A minimal exten
     def output_modifier(text, context):
         return text.upper()
 
+An extension offers the model a function (in chats with tools on; the user approves each call) through the
+``tools`` hook, returning :class:`ExtensionTool` s (name, description, JSON Schema, callable).
+
 Every hook is optional and takes any subset of its arguments (by name). A modifier
 returns the new value, or ``None`` to leave it unchanged. See ``webui/hookspecs.py``
 for the full list and README.md (``## Extensions``) for installing and safety.
@@ -18,6 +21,6 @@ for the full list and README.md (``## Extensions``) for installing and safety.
 from __future__ import annotations
 
 from backends.base import SamplingParams
-from webui.hookspecs import SETTING_TYPES, Context, ReplyInfo, Setting, hookimpl
+from webui.hookspecs import SETTING_TYPES, Context, ExtensionTool, ReplyInfo, Setting, hookimpl
 
-__all__ = ["SETTING_TYPES", "Context", "ReplyInfo", "SamplingParams", "Setting", "hookimpl"]
+__all__ = ["SETTING_TYPES", "Context", "ExtensionTool", "ReplyInfo", "SamplingParams", "Setting", "hookimpl"]

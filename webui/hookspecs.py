@@ -9,7 +9,7 @@ leaves the value unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +97,19 @@ class ReplyInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExtensionTool:
+    """A function an extension offers the model in the chat (the ``tools`` hook): ``name`` (1-64 letters,
+    digits, ``_ - .``), what it does, its arguments' JSON Schema (an object), and ``run``, called with the
+    arguments (a dict that passed the schema) once the user approves the call. ``run`` returns the result
+    (text, or anything JSON can write); what it raises is shown in the chat as the call's result."""
+
+    name: str
+    description: str
+    parameters: dict
+    run: Callable[[dict], Any]
+
+
 @hookspec
 def input_modifier(text: str, context: Context) -> str | None:
     """The user's message (chat) or the prompt (notebook, ``inglenook run``) before it reaches the model."""
@@ -130,6 +143,12 @@ def bot_prefix_modifier(prefix: str, context: Context) -> str | None:
 @hookspec
 def output_modifier(text: str, reply: ReplyInfo, context: Context) -> str | None:
     """The finished reply as front ends show and save it; ``reply.raw_text`` keeps the model's own text."""
+
+
+@hookspec
+def tools(context: Context) -> list[ExtensionTool] | None:
+    """Functions the model may call in a chat that has tools turned on (see :class:`ExtensionTool`); every
+    active extension's tools are offered together (a name two extensions use goes to the first)."""
 
 
 @hookspec
@@ -177,3 +196,7 @@ class ChatHooks:
 
     def output(self, text: str, usage: Usage | None, finish_reason: str | None, mode: str, model: str | None) -> str:
         return text
+
+    def tools(self) -> list[ExtensionTool]:
+        """The functions the active extensions offer a chat with tools turned on (none without extensions)."""
+        return []

@@ -18,9 +18,17 @@ from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.prompting import PromptPlan
 from webui.chat.sampling import default_params, known_settings, unknown_settings
 from webui.chat.service import Chat
+from webui.chat.toolbox import set_tool_settings
 from webui.paths import UnsafeName
 from webui.templates.library import PRESETS_DIR
 from webui.templates.render import TemplateError, select_template
+
+
+def set_tools(store: HistoryStore, conversation: Conversation, enabled: bool, approve_all: bool) -> None:
+    """Turn tools (the enabled extensions' functions) and auto-approval of their calls on or off for
+    ``conversation``, and save it: the choice stays with the conversation."""
+    set_tool_settings(conversation, bool(enabled), bool(approve_all))
+    store.save(conversation)
 
 
 def remove_last(store: HistoryStore, conversation: Conversation) -> list[Message]:

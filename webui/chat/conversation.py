@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
-ROLES = ("system", "user", "assistant")
+SCHEMA_VERSION = 2  # 2: tool calls and results (a file without them is still written as 1, for older versions)
+TOOL_CALL, TOOL = "tool_call", "tool"  # a call the model made (name, arguments, status) and its result
+TOOL_ROLES = (TOOL_CALL, TOOL)
+ROLES = ("system", "user", "assistant", *TOOL_ROLES)
+# a call's status: waiting for the user, ran, refused by the user, or not run (its arguments failed the schema)
+PENDING, RAN, DENIED, INVALID = "pending", "ran", "denied", "invalid"
 MODES = ("chat", "instruct", "chat-instruct")
 INSTRUCT_OWNER = "instruct"
 
@@ -58,13 +62,18 @@ class Message:
     role: str
     versions: list[Version]
     shown: int = 0
+    # tool_call: {"id", "name", "arguments" (JSON text), "status"}; tool (a result): {"id", "name", "status"}
+    tool: dict[str, str] | None = None
 
     @classmethod
-    def make(cls, role: str, content: str, stats: str = "", raw: str = "") -> Message:
-        """A message with a single version, checked: a known role and non-empty text."""
+    def make(cls, role: str, content: str, stats: str = "", raw: str = "", tool: dict | None = None) -> Message:
+        """A message with a single version, checked: a known role and non-empty text (tool messages: their
+        ``tool`` facts)."""
         if role not in ROLES:
             raise HistoryError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        return cls(role, [_version(content, stats, raw)])
+        if (role in TOOL_ROLES) != (tool is not None):
+            raise HistoryError(f"a {role} message {'needs' if tool is None else 'has no'} tool facts")
+        return cls(role, [_version(content, stats, raw)], tool=dict(tool) if tool is not None else None)
 
     @property
     def content(self) -> str:
@@ -96,26 +105,60 @@ class Conversation:
 
     # -- what front ends read
 
-    def chat_messages(self) -> list[dict[str, str]]:
+    def chat_messages(self, upto: int | None = None) -> list[dict[str, Any]]:
         """``{"role", "content"}`` dicts of the shown versions: what :func:`webui.chat.reply.stream_chat` takes.
 
         Replies that an extension's ``output_modifier`` changed are given back as the model wrote them,
-        as text-generation-webui keeps ``internal`` apart from ``visible``.
+        as text-generation-webui keeps ``internal`` apart from ``visible``. Tool calls and results come in
+        OpenAI's shape (an assistant message's ``tool_calls``, ``tool`` messages), as :mod:`webui.chat.tools`
+        renders them; a call joins the reply text written just before it. ``upto``: only the first ``upto``
+        messages (counted in :attr:`messages`).
         """
-        return [{"role": m.role, "content": m.model_text} for m in self.messages]
+        out: list[dict[str, Any]] = []
+        for m in self.messages[:upto]:
+            if m.role == TOOL_CALL and m.tool is not None:
+                call = {"id": m.tool["id"], "type": "function",
+                        "function": {"name": m.tool["name"], "arguments": m.tool.get("arguments", "{}")}}  # fmt: skip
+                if out and out[-1]["role"] == "assistant":
+                    out[-1]["tool_calls"] = [*out[-1].get("tool_calls", []), call]
+                else:
+                    out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            elif m.role == TOOL and m.tool is not None:
+                out.append({"role": "tool", "tool_call_id": m.tool["id"], "name": m.tool["name"], "content": m.content})
+            else:
+                out.append({"role": m.role, "content": m.model_text})
+        return out
 
     def ui_history(self) -> list[dict[str, Any]]:
-        """The chat tab's history dicts (role, content, stats) plus version paging info (versions, shown)."""
+        """The chat tab's history dicts (role, content, stats) plus version paging info (versions, shown), and
+        ``tool`` for tool calls and results."""
         return [
-            {"role": m.role, "content": m.content, "stats": m.stats, "versions": len(m.versions), "shown": m.shown}
+            {
+                "role": m.role,
+                "content": m.content,
+                "stats": m.stats,
+                "versions": len(m.versions),
+                "shown": m.shown,
+                **({"tool": dict(m.tool)} if m.tool is not None else {}),
+            }  # fmt: skip
             for m in self.messages
         ]
 
+    def pending_calls(self) -> list[Message]:
+        """The tool calls at the end of the conversation that wait for the user's approval."""
+        found = []
+        for m in reversed(self.messages):
+            if m.role == TOOL_CALL and m.tool is not None and m.tool.get("status") == PENDING:
+                found.insert(0, m)
+            elif m.role != TOOL_CALL:
+                break
+        return found
+
     # -- message operations (in memory; save afterwards)
 
-    def append(self, role: str, content: str, stats: str = "", raw: str = "") -> Message:
+    def append(self, role: str, content: str, stats: str = "", raw: str = "", tool: dict | None = None) -> Message:
         """Add a message at the end. Empty or whitespace-only text is refused."""
-        message = Message.make(role, content, stats, raw)
+        message = Message.make(role, content, stats, raw, tool)
         self.messages.append(message)
         return message
 
@@ -151,7 +194,15 @@ class Conversation:
         if not self.messages:
             raise HistoryError("the conversation is empty")
         removed = [self.messages.pop()]
-        if removed[0].role == "assistant" and self.messages and self.messages[-1].role == "user":
+        if removed[0].role == "user":
+            return removed
+        # a reply that used tools: its calls, their results and the text written before a call go with it
+        while self.messages and (
+            self.messages[-1].role in TOOL_ROLES
+            or (self.messages[-1].role == "assistant" and removed[0].role == TOOL_CALL)
+        ):
+            removed.insert(0, self.messages.pop())
+        if self.messages and self.messages[-1].role == "user":
             removed.insert(0, self.messages.pop())
         return removed
 
@@ -164,6 +215,8 @@ class Conversation:
         i = self._index(index)
         content = _nonempty(content)
         message = self.messages[i]
+        if message.role in TOOL_ROLES:
+            raise HistoryError("a tool call or its result cannot be edited")
         if message.role == "assistant":
             message.versions.append(Version(content))
             message.shown = len(message.versions) - 1

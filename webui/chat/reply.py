@@ -36,6 +36,7 @@ class Reply:
     prompt: PromptPlan | None = None  # what was sent (chat replies): its size, format, and turns left out
     raw_text: str = ""  # the model's own text when an extension's output_modifier changed ``text``
     failure: Exception | None = field(default=None, repr=False)  # the typed error behind ``error``, if any
+    note: str = ""  # a line for the user that is no error (a tool call waits for approval, the tool rounds ran out)
 
 
 def prompt_messages(conversation: Conversation, system: str = "", upto: int | None = None) -> list[dict]:
@@ -44,7 +45,7 @@ def prompt_messages(conversation: Conversation, system: str = "", upto: int | No
     The one place a prompt's messages are assembled; chat modes and characters plug in here.
     """
     head = [{"role": "system", "content": system}] if system.strip() else []
-    return head + conversation.chat_messages()[:upto]
+    return head + conversation.chat_messages(upto)
 
 
 def throttle(replies: Iterable[Reply], interval_s: float) -> Iterator[Reply]:

@@ -16,11 +16,32 @@ from dataclasses import replace
 from pathlib import Path
 
 from backends.base import CancelToken, GenerationError, ModelInfo, ModelLoadError, ModelNotLoaded, SamplingParams
+from webui.chat.conversation import DENIED, INVALID, PENDING, TOOL, TOOL_CALL, TOOL_ROLES
 from webui.chat.history import Conversation, HistoryError, HistoryStore
 from webui.chat.modes import CHAT_INSTRUCT, INSTRUCT
 from webui.chat.options import PLAIN, TurnOptions
 from webui.chat.prompting import PromptPlan, plan_prompt
 from webui.chat.reply import MAX_MESSAGE_CHARS, Reply, format_stats, prompt_messages
+from webui.chat.toolbox import (
+    DENIED_TEXT,
+    ERROR,
+    MAX_TOOL_ROUNDS,
+    NOT_RUN_TEXT,
+    Toolbox,
+    auto_approve,
+    call_text,
+    tools_enabled,
+)
+from webui.chat.tools import (
+    CallFilter,
+    ToolCallError,
+    ToolChoice,
+    ToolError,
+    parse_tool_calls,
+    tool_format,
+    tool_grammar,
+    validate_call,
+)
 from webui.engine import Engine
 from webui.hookspecs import ChatHooks
 
@@ -123,12 +144,19 @@ class Chat:
         stopped or not. A crash loses at most the reply in flight. A reply that failed before producing any
         text takes its message back out. ``options.start_with`` is kept in the saved reply.
         """
+        if not (text or "").strip():
+            yield Reply(done=True, error="a message may not be empty")
+            return
+        self._settle(conversation, NOT_RUN_TEXT)  # a call left waiting gets its result before the new message
         try:
             conversation.append("user", text)
         except HistoryError as exc:
             yield Reply(done=True, error=str(exc))
             return
         self.history.save(conversation)
+        if (box := self.toolbox(conversation)) is not None:
+            yield from self._tool_rounds(conversation, params, options, box, first=True)
+            return
         messages = prompt_messages(conversation, options.system)
         final = yield from self._reply_in(conversation, messages, params, options)
         if final.text.strip():
@@ -151,6 +179,9 @@ class Chat:
         """
         if not conversation.messages:
             yield Reply(done=True, error="nothing to regenerate: the conversation is empty")
+            return
+        if conversation.pending_calls():
+            yield Reply(done=True, error="a tool call waits for approval: approve or deny it first")
             return
         replacing = conversation.messages[-1].role == "assistant"
         upto = len(conversation.messages) - 1 if replacing else None
@@ -196,6 +227,136 @@ class Chat:
         messages = prompt_messages(conversation, options.system)
         yield from self.stream(messages, params, replace(options, mode=conversation.mode), impersonate=True)
 
+    # ------------------------------------------------------------------ tools in a saved conversation
+
+    def toolbox(self, conversation: Conversation) -> Toolbox | None:
+        """The tools the model is offered in ``conversation``: the active extensions' ones when the conversation
+        has tools turned on, else None (an empty toolbox when it does but no extension offers any)."""
+        if not tools_enabled(conversation):
+            return None
+        return Toolbox(tuple(self.hooks.tools()))
+
+    def resolve_tools(
+        self, conversation: Conversation, approve: bool, params: SamplingParams, options: TurnOptions = PLAIN
+    ) -> Iterator[Reply]:
+        """The user's answer to the calls waiting for approval: run them (``approve``) or refuse them (each gets
+        the result "denied by user"); then the model goes on with the results, as in :meth:`turn`."""
+        pending = conversation.pending_calls()
+        if not pending:
+            yield Reply(done=True, error="no tool call is waiting for approval")
+            return
+        box = self.toolbox(conversation) or Toolbox(())
+        for message in pending:
+            tool = message.tool or {}
+            if approve:
+                status, result = box.run(tool["name"], tool["arguments"])
+            else:
+                status, result = DENIED, DENIED_TEXT
+            self._result(conversation, message, status, result)
+        self.history.save(conversation)
+        yield Reply()  # the results show before the model writes on
+        yield from self._tool_rounds(conversation, params, options, box, first=False)
+
+    def _settle(self, conversation: Conversation, text: str) -> None:
+        """Give every call still waiting for approval the result ``text`` (they were not run)."""
+        for message in conversation.pending_calls():
+            self._result(conversation, message, DENIED, text)
+
+    @staticmethod
+    def _result(conversation: Conversation, call, status: str, text: str) -> None:
+        """Mark ``call`` with ``status`` and add its result (``error`` results keep the call's status "ran")."""
+        tool = call.tool
+        tool["status"] = status if status in (DENIED, INVALID) else "ran"
+        conversation.append(TOOL, text, tool={"id": tool["id"], "name": tool["name"], "status": status})
+
+    def _tool_rounds(
+        self, conversation: Conversation, params: SamplingParams, options: TurnOptions, box: Toolbox, first: bool
+    ) -> Iterator[Reply]:
+        """Replies with tools offered, until the model answers in text, a call waits for the user's approval, or
+        :data:`MAX_TOOL_ROUNDS` calls in a row have run (then the tools are taken away and the model answers).
+        ``options.tool_choice`` "required" (or a named function) makes the first reply a call, by grammar.
+        Each call, result and reply is saved as it comes. ``first``: the user's message was just sent (a reply
+        that fails without any text takes it back out)."""
+        while True:
+            if not first and options.cancel is not None and options.cancel.cancelled:  # Stop between rounds
+                yield Reply(done=True, finish_reason="cancelled")
+                return
+            rounds = _rounds_since_user(conversation)
+            offered = bool(box.tools) and rounds < MAX_TOOL_ROUNDS
+            choice = ToolChoice("auto" if offered else "none", None, True)
+            info = options.model or self.engine.info
+            fmt = tool_format(info, options.template)[0] if info is not None else "generic"
+            asked_params = params
+            wanted = options.tool_choice
+            if offered and rounds == 0 and wanted is not None and wanted.forced:  # a call is required: a grammar
+                choice = ToolChoice("required", wanted.name, False)
+                try:
+                    asked_params = replace(params, grammar=tool_grammar(list(box.specs), fmt, choice))
+                except ToolError as exc:
+                    if first:
+                        conversation.remove_last()
+                        self.history.save(conversation)
+                    yield Reply(done=True, error=str(exc), failure=exc)
+                    return
+            asked = replace(options, tools=box.specs if offered else (), tool_choice=choice)
+            watch = CallFilter(fmt, list(box.specs), choice)
+            final, shown, seen = Reply(done=True), "", 0
+            for reply in self.stream(prompt_messages(conversation, options.system), asked_params, asked):
+                final = reply
+                if not reply.done:
+                    shown += watch.feed(reply.text[seen:])  # a call being written is not shown as text
+                    seen = len(reply.text)
+                    yield replace(reply, text=shown, ignored_params=list(reply.ignored_params))
+            note = "" if offered or not box.tools else (
+                f"the model called tools {MAX_TOOL_ROUNDS} times in a row: it answers without them now"
+            )  # fmt: skip
+            stats = format_stats(final.usage, final.finish_reason)
+            try:
+                parsed = parse_tool_calls(final.raw_text or final.text, fmt) if offered else None
+            except ToolCallError as exc:  # a call begun but broken: the text is kept, the error shown
+                parsed, note = None, f"⚠️ the model's tool call could not be read: {exc}"
+            if parsed is None or not parsed.calls:
+                if final.text.strip():
+                    conversation.append("assistant", final.text, stats, final.raw_text)
+                elif first:
+                    conversation.remove_last()
+                    final.error = final.error or "the model produced no text"
+                else:
+                    final.error = final.error or "the model produced no text"
+                self.history.save(conversation)
+                yield replace(final, note=note, ignored_params=list(final.ignored_params))
+                return
+            first = False
+            if parsed.content.strip():
+                conversation.append("assistant", parsed.content)
+            calls, problems = [], []
+            for call in parsed.calls:
+                try:
+                    validate_call(call, list(box.specs))
+                    status = PENDING
+                except ToolCallError as exc:
+                    status = INVALID
+                    problems.append((call, f"error: {exc}"))
+                facts = {"id": call.id, "name": call.name, "arguments": call.arguments, "status": status}
+                calls.append(conversation.append(TOOL_CALL, call_text(call.name, call.arguments), tool=facts))
+            for call, problem in problems:  # not run; the model reads why and may try again
+                conversation.append(TOOL, problem, tool={"id": call.id, "name": call.name, "status": ERROR})
+            calls[-1].versions[0].stats = stats
+            waiting = [m for m in calls if m.tool["status"] == PENDING]
+            if waiting and auto_approve(conversation):
+                self.history.save(conversation)
+                yield Reply(text="")  # the calls show while they run
+                for message in waiting:
+                    self._result(conversation, message, *box.run(message.tool["name"], message.tool["arguments"]))
+                waiting = []
+            self.history.save(conversation)
+            if waiting:
+                names = ", ".join(call_text(m.tool["name"], m.tool["arguments"]) for m in waiting)
+                yield replace(final, text="", note=f"Run {names}? Approve or deny the call.",
+                              ignored_params=list(final.ignored_params))  # fmt: skip
+                return
+            yield Reply(text="")
+
     # ------------------------------------------------------------------ inside
 
     def _reply_in(
@@ -238,6 +399,18 @@ class Chat:
         model's own text kept in ``raw_text``."""
         text = self.hooks.output(reply.text, reply.usage, reply.finish_reason, mode, model)
         return replace(reply, text=text, raw_text=reply.text, ignored_params=list(reply.ignored_params))
+
+
+def _rounds_since_user(conversation: Conversation) -> int:
+    """How many replies since the user's last message were tool calls (a round: one reply's calls)."""
+    rounds, previous = 0, None
+    for message in reversed(conversation.messages):
+        if message.role == "user":
+            break
+        if message.role == TOOL_CALL and previous != TOOL_CALL:
+            rounds += 1
+        previous = message.role if message.role in TOOL_ROLES else None
+    return rounds
 
 
 def _failed(exc: Exception) -> Reply:

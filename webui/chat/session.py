@@ -9,6 +9,7 @@ here, without Gradio.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from backends.base import CancelToken, SamplingParams
+from webui.chat.conversation import DENIED, INVALID, PENDING, TOOL_CALL
 from webui.chat.history import Conversation
 from webui.chat.reply import Reply, throttle
 from webui.chat.sampling import default_params
@@ -38,6 +40,9 @@ def display_messages(history: list[dict], pending: Reply | None = None) -> list[
     """
     shown = []
     for m in history:
+        if m.get("tool"):
+            shown.append(tool_card(m))
+            continue
         item = {"role": m["role"], "content": m["content"]}
         if m.get("stats"):
             item["metadata"] = {"log": m["stats"]}
@@ -45,6 +50,30 @@ def display_messages(history: list[dict], pending: Reply | None = None) -> list[
     if pending is not None:
         shown.append({"role": "assistant", "content": pending.text or "…"})
     return shown
+
+
+TOOL_TITLES = {PENDING: "🛠️ {name} — waiting for your approval", "ran": "🛠️ {name}", DENIED: "🛠️ {name} — denied",
+               INVALID: "🛠️ {name} — not run: invalid arguments"}  # fmt: skip
+RESULT_TITLES = {"ran": "📋 Result of {name}", "error": "⚠️ {name} failed", DENIED: "🚫 {name} was not run"}
+
+
+def tool_card(message: dict) -> dict:
+    """A tool call or its result as a collapsible card (Gradio's metadata ``title``): the call's arguments as
+    JSON, the result as text. A waiting call shows as pending."""
+    tool = message["tool"]
+    status, name = tool.get("status", ""), tool.get("name", "?")
+    if message["role"] == TOOL_CALL:
+        try:
+            arguments = json.dumps(json.loads(tool.get("arguments", "")), ensure_ascii=False, indent=1)
+        except ValueError:
+            arguments = tool.get("arguments", "")
+        title = TOOL_TITLES.get(status, "🛠️ {name}").format(name=name)
+        content = f"```json\n{arguments}\n```"
+    else:
+        title = RESULT_TITLES.get(status, "📋 Result of {name}").format(name=name)
+        content = message["content"]
+    metadata = {"title": title, "status": "pending" if status == PENDING else "done"}
+    return {"role": "assistant", "content": content, "metadata": metadata}  # no stats line: a card is no reply
 
 
 def without_stats(content: object) -> str:
@@ -234,6 +263,33 @@ class ChatSessions:
         yield ChatUpdate(conversation_id=conv.id, chat=shown, note="", busy=True)
         yield from self._drive(conv, flight, before=len(conv.messages))
 
+    def resolve(
+        self, session: str, approve: bool, sampling: dict, locate: Callable[[], tuple[Conversation, TurnOptions]]
+    ) -> Iterator[ChatUpdate]:
+        """The user's Approve (``approve``) or Deny of the tool calls waiting in the conversation; the model then
+        goes on with the results, streamed as a reply is."""
+        if self.busy(session):
+            yield ChatUpdate(note=STILL_STREAMING, busy=True)
+            return
+        try:
+            params = form_params(sampling)
+        except ValueError as exc:
+            yield ChatUpdate(note=f"⚠️ {exc}")
+            return
+        conv, options = locate()
+        if self.flight(conv.id) is not None:
+            yield ChatUpdate(note=STILL_STREAMING)
+            return
+        if not conv.pending_calls():
+            yield ChatUpdate(chat=display_messages(conv.ui_history()), note="No tool call is waiting.", shown=conv)
+            return
+        self.unfollow(session)
+        cancel = CancelToken()
+        turn = self.chat.resolve_tools(conv, approve, params, _with_cancel(options, cancel))
+        flight = self._start(session, Flight(conv.id, cancel, None), turn)
+        yield ChatUpdate(conversation_id=conv.id, chat=display_messages(conv.ui_history(), Reply()), note="", busy=True)
+        yield from self._drive(conv, flight, before=len(conv.messages))
+
     def impersonate(
         self, session: str, sampling: dict, locate: Callable[[], tuple[Conversation, TurnOptions]]
     ) -> Iterator[ChatUpdate]:
@@ -309,7 +365,7 @@ class ChatSessions:
         for final in self.watch(flight):
             if not final.done:
                 yield ChatUpdate(chat=display_messages(conv.ui_history()[: flight.keep], final), busy=True)
-        note = f"⚠️ {final.error}" if final.error else self.ignored_note(final.ignored_params)
+        note = f"⚠️ {final.error}" if final.error else (final.note or self.ignored_note(final.ignored_params))
         box = restore if restore is not None and len(conv.messages) <= before else None
         # a plain value for the chatbot: API clients read the chat from it
         yield ChatUpdate(box, conv.id, display_messages(conv.ui_history()), note, busy=False, shown=conv)

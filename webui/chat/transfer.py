@@ -15,6 +15,8 @@ from webui.chat.conversation import (
     MODES,
     ROLES,
     SCHEMA_VERSION,
+    TOOL_CALL,
+    TOOL_ROLES,
     Conversation,
     HistoryError,
     Message,
@@ -37,9 +39,13 @@ def to_dict(conversation: Conversation) -> dict[str, Any]:
         if len(m.versions) > 1:
             item["versions"] = [_version_dict(v) for v in m.versions]
             item["shown"] = m.shown
+        if m.tool is not None:
+            item["tool"] = dict(m.tool)
         messages.append(item)
+    # a file without tool messages stays version 1, so an older Inglenook still reads it
+    tools = any(m.tool is not None for m in conversation.messages)
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION if tools else 1,
         "id": conversation.id,
         "owner": conversation.owner,
         "title": conversation.title,
@@ -173,9 +179,10 @@ def _message_from_dict(index: int, data: Any) -> Message:
         raise HistoryError(f"{where} has unknown role {role!r}")
     content, stats = _text(data, "content", where), _text(data, "stats", where)
     raw = _text(data, "raw", where)
+    tool = _tool_facts(role, data.get("tool"), where)
     raw_versions = data.get("versions")
     if raw_versions is None:
-        return Message(role, [Version(content, stats, raw)])
+        return Message(role, [Version(content, stats, raw)], tool=tool)
     if not isinstance(raw_versions, list) or not raw_versions:
         raise HistoryError(f"{where}: 'versions' is not a non-empty list")
     versions = []
@@ -187,7 +194,21 @@ def _message_from_dict(index: int, data: Any) -> Message:
     if not isinstance(shown, int) or isinstance(shown, bool) or not 0 <= shown < len(versions):
         raise HistoryError(f"{where}: 'shown' is not an index into its versions")
     versions[shown] = Version(content, stats, raw)  # `content` is what people read and hand-edit: it wins
-    return Message(role, versions, shown)
+    return Message(role, versions, shown, tool)
+
+
+def _tool_facts(role: str, tool: Any, where: str) -> dict[str, str] | None:
+    """A tool message's ``tool`` object: required for tool calls and results, refused on other messages."""
+    if role not in TOOL_ROLES:
+        if tool is not None:
+            raise HistoryError(f"{where}: a {role} message has no 'tool'")
+        return None
+    needed = ("id", "name", "arguments") if role == TOOL_CALL else ("id", "name")
+    if not isinstance(tool, dict) or not all(isinstance(tool.get(k), str) for k in needed):
+        raise HistoryError(f"{where}: a {role} message needs a 'tool' object with {', '.join(needed)}")
+    if not all(isinstance(v, str) for v in tool.values()):
+        raise HistoryError(f"{where}: 'tool' values must be strings")
+    return dict(tool)
 
 
 def _text(data: dict, key: str, where: str = "conversation") -> str:

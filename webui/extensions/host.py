@@ -35,6 +35,7 @@ import pluggy
 
 from backends.base import SamplingParams, Usage
 from webui import hookspecs
+from webui.chat.tools import ToolError, parse_tools
 from webui.extensions.manifest import (  # ManifestError, parse_manifest, read_manifest: re-exported for callers
     MANIFEST,
     TGW_SCRIPT,
@@ -46,7 +47,7 @@ from webui.extensions.manifest import (  # ManifestError, parse_manifest, read_m
     requirement_problems,
 )
 from webui.extensions.state import StateFile
-from webui.hookspecs import SETTING_TYPES, ChatHooks, Context, ReplyInfo, Setting
+from webui.hookspecs import SETTING_TYPES, ChatHooks, Context, ExtensionTool, ReplyInfo, Setting
 
 __all__ = ["ExtensionError", "ExtensionHost", "Manifest", "ManifestError", "parse_manifest", "read_manifest",
            "requirement_problems"]  # fmt: skip
@@ -619,6 +620,28 @@ class ExtensionHost(ChatHooks):
         )
         return self._chain("output_modifier", text, "text", _is_str, "str", reply=reply, mode=mode, model=model)
 
+    def tools(self) -> list[ExtensionTool]:
+        """The active extensions' tools, in hook order; a name already taken is skipped (the first keeps it). An
+        extension whose hook returns something that is not a list of valid tools is disabled, as for any hook."""
+        found: list[ExtensionTool] = []
+        for ext, impl in self._each("tools"):
+            try:
+                result = self._call(ext, "tools", impl, {"context": self.context(ext, "chat")})
+            except _HookFailed:
+                continue
+            if result is None:
+                continue
+            problem = _tools_problem(result)
+            if problem:
+                self._fail(ext, f"tools returned {problem}")
+                continue
+            for tool in result:
+                if any(t.name == tool.name for t in found):
+                    log.warning("extension %s: tool %s is already offered by another extension", ext.name, tool.name)
+                    continue
+                found.append(tool)
+        return found
+
     # -- UI and HTTP --------------------------------------------------------------------
     def run_ui(self, ext: Extension, where: str) -> bool:
         """Run ``ext``'s ui hook inside the caller's Gradio context (it must run on the building thread,
@@ -679,6 +702,19 @@ class ExtensionHost(ChatHooks):
 
 
 _HOOK_NAMES = {name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")}
+
+
+def _tools_problem(value: Any) -> str:
+    """Why ``value`` is not a list of usable :class:`ExtensionTool` s ("" when it is)."""
+    if not isinstance(value, list) or not all(isinstance(t, ExtensionTool) for t in value):
+        return "something other than a list of ExtensionTool"
+    if not all(callable(t.run) for t in value):
+        return "a tool whose run is not callable"
+    try:
+        parse_tools([{"name": t.name, "description": t.description, "parameters": t.parameters} for t in value])
+    except ToolError as exc:
+        return f"an invalid tool: {exc}"
+    return ""
 
 
 def _is_str(value: Any) -> bool:

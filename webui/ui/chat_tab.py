@@ -21,6 +21,7 @@ from webui.chat.actions import (
     preview_prompt,
     prompt_summary,
     remove_last,
+    set_tools,
     template_status,
     version_label,
 )
@@ -28,6 +29,7 @@ from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, History
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.service import TurnOptions
 from webui.chat.session import ChatSessions, ChatUpdate, display_messages, without_stats
+from webui.chat.toolbox import auto_approve, call_text, tools_enabled
 from webui.paths import UnsafeName
 from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
@@ -220,6 +222,11 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         next_version = gr.Button("›", size="sm", scale=0, min_width=40, elem_id="version-next")
         tokens = gr.Markdown("", elem_id="prompt-tokens")
     error = gr.Markdown("", elem_id="chat-error")
+    with gr.Group(visible=False, elem_id="tool-approval") as approval:  # a tool call waits for the user's word
+        approval_text = gr.Markdown("", elem_id="tool-approval-text")
+        with gr.Row():
+            approve = gr.Button("Approve", variant="primary", size="sm", elem_id="tool-approve")
+            deny = gr.Button("Deny", variant="stop", size="sm", elem_id="tool-deny")
     with gr.Row():
         message = gr.Textbox(
             placeholder="Type a message and press Enter (Shift+Enter: new line)", label="Message", show_label=False,
@@ -257,6 +264,11 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             export = gr.Button("Export JSON", scale=1, elem_id="export-chat")
             upload = gr.UploadButton("Import JSON", file_types=[".json"], scale=1, elem_id="import-chat")
         download = gr.File(label="Exported conversation", visible=False, interactive=False, elem_id="export-file")
+    with gr.Row(elem_id="chat-tools-row"):  # per conversation, saved with it
+        use_tools = gr.Checkbox(
+            label="Tools (the enabled extensions' functions)", value=False, elem_id="chat-tools", scale=2,
+        )  # fmt: skip
+        auto_tools = gr.Checkbox(label="Run tool calls without asking", value=False, elem_id="chat-tools-auto")
     with gr.Accordion("System prompt", open=False):  # sampling parameters: the Parameters tab
         system = gr.Textbox(label="System prompt", lines=2)
     arena_slot = gr.Column()  # filled once the handlers it borrows exist
@@ -458,6 +470,34 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             return
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
+    def tool_view(conv_id, chosen_mode, key):
+        """The approval box (shown while calls wait in the conversation) and its tool settings."""
+        conv, _ = locate_conv(conv_id, chosen_mode, key)
+        waiting = conv.pending_calls()
+        calls = ", ".join(f"`{call_text(m.tool['name'], m.tool['arguments'])}`" for m in waiting)
+        text = f"Run {calls}?" if waiting else ""
+        return gr.update(visible=bool(waiting)), text, tools_enabled(conv), auto_approve(conv)
+
+    def toggle_tools(conv_id, enabled, approve_all, chosen_mode, key):
+        """Save the choice with the conversation (a new one is saved now, under the id the page holds next)."""
+        conv, _ = locate_conv(conv_id, chosen_mode, key)
+        try:
+            set_tools(app.history, conv, enabled, approve_all)
+        except (HistoryError, UnsafeName) as exc:
+            return f"⚠️ {exc}", gr.skip()
+        note = ""
+        if enabled and not app.extensions.tools():
+            note = "ℹ️ No enabled extension offers tools: enable one (e.g. calculator) in the Extensions tab."
+        return note, conv.id
+
+    def resolve(approved: bool):
+        def handler(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
+            ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
+            where = locator(conv_id, system_text, prefix, chosen_mode, key)
+            yield from relay(sessions.resolve(request.session_hash, approved, sampling, where), ctx)
+
+        return handler
+
     def stop_generation(request: gr.Request):
         sessions.stop(request.session_hash)
 
@@ -578,14 +618,28 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
     knobs = {"concurrency_limit": None, "inputs_kwargs": params_inputs}
-    message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs)
-    send.click(respond, inputs, stream_outputs, api_name=False, **knobs)
+    tool_outputs = [approval, approval_text, use_tools, auto_tools]
+    tool_inputs = [conversation_id, *who]
+    message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs).then(
+        tool_view, tool_inputs, tool_outputs, api_name=False
+    )
+    send.click(respond, inputs, stream_outputs, api_name=False, **knobs).then(
+        tool_view, tool_inputs, tool_outputs, api_name=False
+    )
+    conversation_id.change(tool_view, tool_inputs, tool_outputs, api_name=False)
+    for box in (use_tools, auto_tools):
+        box.input(toggle_tools, [conversation_id, use_tools, auto_tools, *who], [error, conversation_id],
+                  api_name=False)  # fmt: skip
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
     stop.click(stop_shown, conversation_id, None, api_name=False, concurrency_limit=None, queue=False)
     # a page opened (or reloaded) while a reply is written into its conversation follows it to its end
     conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, api_name=False,
                            concurrency_limit=None)  # fmt: skip
     gen_inputs = [conversation_id, system, start_with, *who]
+    for button, approved in ((approve, True), (deny, False)):  # the call runs (or is refused), the model goes on
+        button.click(lambda: gr.update(visible=False), None, approval, api_name=False, queue=False)
+        button.click(resolve(approved), gen_inputs, stream_outputs, api_name="approve_tool" if approved else
+                     "deny_tool", **knobs).then(tool_view, tool_inputs, tool_outputs, api_name=False)  # fmt: skip
     regen.click(regenerate_reply, gen_inputs, stream_outputs, api_name="regenerate", **knobs)
     chatbot.retry(regenerate_reply, gen_inputs, stream_outputs, api_name=False, **knobs)
     cont.click(continue_last, gen_inputs, stream_outputs, api_name="continue", **knobs)

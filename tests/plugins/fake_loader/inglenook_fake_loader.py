@@ -8,6 +8,8 @@ A `.fake` file is JSON (every key optional)::
 
     {"reply": "Hello there.",            # what the model says (default: echoes the prompt's last line)
      "replies": ["a", "b"],               # sampled with the seed when temperature > 0
+     "when": [["text", "reply"], ...],    # the reply of the first pair whose text is in the prompt (before
+                                          # "reply"): a scripted tool call, then an answer once its result is in
      "context_length": 8192, "chat_template": null, "architecture": "fake",
      "token_delay_ms": 0,                 # time per token (a slow model, for cancel and streaming tests)
      "parallel": 1,                       # generations it runs together (as llama.cpp's batching does)
@@ -103,6 +105,9 @@ class FakeModel(Model):
             return json.dumps({"prompt": prompt, "params": changed}, sort_keys=True)
         if self.script.get("echo_params"):
             return json.dumps(changed, sort_keys=True)
+        for needle, reply in self.script.get("when", []):
+            if needle in prompt:
+                return str(reply)
         replies = self.script.get("replies")
         if replies and not params.greedy:
             return random.Random(params.seed if params.seed >= 0 else None).choice(replies)
