@@ -8,18 +8,17 @@ import contextlib
 import json
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from conftest import free_port, write_fake
+from conftest import write_fake
 
 from webui.api.auth import protect
 from webui.app import App
+from webui.serve import thread_server
 from webui.server import build_api_server
 
 pytestmark = pytest.mark.slow  # starts a server
@@ -32,19 +31,8 @@ def served(app: App) -> Iterator[str]:
     """``app``'s API as `serve` runs it (guard included), on a free loopback port; yields its URL."""
     server_app = build_api_server(app)
     protect(server_app, app.settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="test-api-clients", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with thread_server(server_app) as url:
+        yield url
 
 
 def test_a_chunked_body_over_the_limit_is_413_in_openai_shape(fake_app):

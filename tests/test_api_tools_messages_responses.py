@@ -15,9 +15,8 @@ import anthropic
 import jsonschema
 import openai
 import pytest
-from conftest import write_fake
+from api_fixtures import ASK, TOOLS, WEATHER_SCHEMA, write_qwenish, write_tool_fakes
 from fastapi.testclient import TestClient
-from test_api_tools import ASK, CALL, LAST_LINE, TOOLS, WEATHER_SCHEMA
 
 from webui.server import build_api_server
 
@@ -43,9 +42,7 @@ class Clients:
 
 @pytest.fixture
 def served(fake_models, make_fake_app):
-    write_fake(fake_models, "caller", reply=CALL)
-    write_fake(fake_models, "badcaller", reply='{"tool_calls": [{"name": "get_weather", "arguments": {"city": 5}}]}')
-    write_fake(fake_models, "lastline", chat_template=LAST_LINE)
+    write_tool_fakes(fake_models)
     app = make_fake_app(model="caller.fake")
     with TestClient(build_api_server(app)) as http:
         yield Clients(app, http)
@@ -107,10 +104,7 @@ def test_messages_tool_use_and_tool_result_blocks_round_trip_through_the_history
 
 
 def test_messages_a_qwen_style_model_sends_its_text_then_its_call(fake_models, make_fake_app):
-    from test_tools import QWEN_NATIVE
-
-    reply = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
-    write_fake(fake_models, "qwenish", reply=reply, chat_template=QWEN_NATIVE)
+    write_qwenish(fake_models)
     with TestClient(build_api_server(make_fake_app(model="qwenish.fake"))) as http:
         client = Clients(None, http).claude
         message = client.messages.create(model="qwenish", max_tokens=200, messages=ASK, tools=CLAUDE_TOOLS)
