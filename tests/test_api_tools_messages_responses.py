@@ -269,3 +269,53 @@ def test_the_embedded_gemma_answers_responses_with_a_valid_function_call_when_on
     jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
     deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     assert deltas == call.arguments
+
+
+# -- tools this server does not run: a 400 naming the type, in each API's own error shape -----------------------
+
+SERVER_TOOLS = [
+    {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+    {"type": "bash_20250124", "name": "bash"},
+    {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+    {"type": "code_execution_20250522", "name": "code_execution"},
+]
+BUILT_IN_TOOLS = [
+    {"type": "web_search"},
+    {"type": "file_search", "vector_store_ids": ["vs_1"]},
+    {"type": "computer_use_preview", "display_width": 1024, "display_height": 768, "environment": "linux"},
+    {"type": "code_interpreter", "container": {"type": "auto"}},
+    {"type": "mcp", "server_label": "docs", "server_url": "https://example.com/mcp"},
+    {"type": "image_generation"},
+    {"type": "custom", "name": "grammar_tool"},  # a free-form tool: not a function either
+]
+
+
+@pytest.mark.parametrize("tool", SERVER_TOOLS, ids=lambda t: t["type"])
+def test_messages_an_anthropic_server_tool_is_a_400_naming_its_type(served, tool):
+    """Anthropic runs these tools on its side; this server runs none, so it says so instead of answering as if
+    the model had searched. A client tool beside it is fine, and the server tool is named by its index."""
+    with pytest.raises(anthropic.BadRequestError) as err:
+        served.claude.messages.create(model="caller", max_tokens=50, messages=ASK, tools=[*CLAUDE_TOOLS, tool])
+    body = err.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert f"tools[1]: tools of type {tool['type']!r} are not supported" in body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError, match=tool["type"]):  # streamed: refused before it starts
+        with served.claude.messages.stream(model="caller", max_tokens=50, messages=ASK, tools=[tool]):
+            pass
+
+
+@pytest.mark.parametrize("tool", BUILT_IN_TOOLS, ids=lambda t: t["type"])
+def test_responses_a_built_in_tool_is_a_400_naming_its_type(served, tool):
+    with pytest.raises(openai.BadRequestError) as err:
+        served.gpt.responses.create(model="caller", input="Weather?", tools=[tool, *RESPONSES_TOOLS])
+    error = err.value.body if "message" in err.value.body else err.value.body["error"]
+    assert f"tools[0]: tools of type {tool['type']!r} are not supported" in error["message"]
+    assert error["param"] == "tools[0].type" and err.value.status_code == 400
+    r = served.http.post("/v1/responses", json={"model": "caller", "input": "Hi", "tools": [tool], "stream": True})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_custom_anthropic_tool_and_an_untyped_one_still_work(served):
+    typed = [{**CLAUDE_TOOLS[0], "type": "custom"}]
+    message = served.claude.messages.create(model="caller", max_tokens=200, messages=ASK, tools=typed)
+    assert message.stop_reason == "tool_use" and message.content[0].input == PARIS
