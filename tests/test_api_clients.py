@@ -35,7 +35,7 @@ def served(app: App) -> Iterator[str]:
         yield url
 
 
-def test_a_chunked_body_over_the_limit_is_413_in_openai_shape(fake_app):
+def test_a_body_over_the_limit_is_413_in_the_apis_shape_chunked_or_not(fake_app):
     """No Content-Length (a generator body goes out chunked): the limit is still a 413, not a 400 from the body
     parser; a chunked body under the limit still works."""
     megabyte = b"x" * 2**20
@@ -61,6 +61,11 @@ def test_a_chunked_body_over_the_limit_is_413_in_openai_shape(fake_app):
         ok = httpx.post(f"{url}/v1/completions", content=small(), headers=headers, timeout=60)
         assert ok.status_code == 200, ok.text
         assert ok.json()["choices"][0]["text"]
+        # with a Content-Length, the same limit (one check in the guard) answers before the body is read
+        sized = httpx.post(f"{url}/v1/completions", content=b"".join(ten_megabytes()), headers=headers, timeout=60)
+        assert sized.status_code == 413 and sized.json()["error"]["code"] == "request_too_large"
+        claude = httpx.post(f"{url}/v1/messages", content=ten_megabytes(), headers=headers, timeout=60)
+        assert claude.status_code == 413 and claude.json()["error"]["type"] == "request_too_large"  # its shape
 
 
 TOKEN_S = 3.0  # one token of the crawling model: a busy machine's worst (a 270M model took 0.3-1.4 s at load 15)
