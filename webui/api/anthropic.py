@@ -264,11 +264,11 @@ async def _events(turn: Turn, first: str | CallDelta | Ended, msg_id: str, model
             for data in blocks.start({"type": "text", "text": ""}):
                 yield data
         yield _event({"type": "ping"})
-        piece = first
-        while not isinstance(piece, Ended):
-            for data in blocks.text(piece) if isinstance(piece, str) else blocks.call(piece):
+        async for part in turn.rest(first):
+            for data in blocks.text(part) if isinstance(part, str) else blocks.call(part):
                 yield data
-            piece = await turn.next()
+        piece = turn.ended
+        assert piece is not None
         if piece.reason == "error":
             status, _ = failure_status(piece.reply)
             yield _event(anthropic_error_body(max(status, 500), piece.reply.error or "the generation failed"))

@@ -274,11 +274,11 @@ async def _events(turn: Turn, first: str | CallDelta | Ended, shape: _Shape) -> 
         if turn.tools is None:
             for data in items.open_text():
                 yield data
-        piece = first
-        while not isinstance(piece, Ended):
-            for data in items.add_text(piece) if isinstance(piece, str) else items.add_call(piece):
+        async for part in turn.rest(first):
+            for data in items.add_text(part) if isinstance(part, str) else items.add_call(part):
                 yield data
-            piece = await turn.next()
+        piece = turn.ended
+        assert piece is not None
         if piece.reason == "error":
             status, code = failure_status(piece.reply)
             failed = shape.response(None, None, [*items.done, *([shape.item(items.text, "incomplete")]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -217,6 +217,15 @@ class Turn:
             if out:
                 return out
         return self.ended
+
+    async def rest(self, first: str | CallDelta | Ended) -> AsyncIterator[str | CallDelta]:
+        """``first`` and every piece after it, up to the end; then :attr:`ended` says how it ended (the stream
+        loop of both endpoints)."""
+        piece = first
+        while not isinstance(piece, Ended):
+            yield piece
+            piece = await self.next()
+        self.ended = piece
 
     async def first(self, request: Request) -> str | CallDelta | Ended:
         """The first piece; the generation is cancelled if the client leaves while it waits in the queue."""
