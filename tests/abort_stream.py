@@ -22,7 +22,7 @@ def say(event: str, **extra: object) -> None:
 def main(base_url: str, model: str, chunks: int, how: str, stay_ms: float) -> None:
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     seen = 0
-    stream = client.completions.create(model=model, prompt="Count.", max_tokens=1000, stream=True)
+    stream = client.completions.create(model=model, prompt="Count from 1 to 1000:", max_tokens=1000, stream=True)
     if how == "with":
         with stream:
             for chunk in stream:
@@ -37,6 +37,8 @@ def main(base_url: str, model: str, chunks: int, how: str, stay_ms: float) -> No
                 say("aborted", seen=seen)
                 break
         stream.close()
+    if seen < chunks:
+        say("ended", seen=seen)  # the reply ended before CHUNKS chunks: nothing was aborted
     time.sleep(stay_ms / 1000)
     say("exit")
 

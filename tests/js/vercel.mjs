@@ -56,7 +56,7 @@ if (what === "generate") {
   const start = how === "lowmem-break" ? experimental_streamTextLowMemory : streamText;
   const r = start({
     model,
-    prompt: "Count.",
+    prompt: "Count from 1 to 1000:",
     maxOutputTokens: 1000,
     maxRetries: 0,
     abortSignal: controller.signal,
