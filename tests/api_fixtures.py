@@ -10,23 +10,52 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
-import uvicorn
-from conftest import free_port
+from conftest import free_port, write_fake
 
 from webui.app import App
 from webui.models.folder import ensure_default_model
+from webui.serve import thread_server
 from webui.server import build_server
 from webui.settings import Settings
 
 GEMMA = "gemma-3-270m-q4_k_m"
 COPY = "gemma-copy"
+
+# -- tool calling on the fake loader: the same tools, question and scripted models for every API's tests ------
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"],
+}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                           "parameters": WEATHER_SCHEMA}}]  # fmt: skip
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]}'
+# a template that ends the prompt with the last message on its own line, so the echo model repeats it
+LAST_LINE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+QWEN_REPLY = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+def write_tool_fakes(folder: Path) -> None:
+    """Fake models in ``folder`` that answer with a call (``caller``), a call whose arguments fail the schema
+    (``badcaller``), and echo the prompt's last line (``lastline``: how the history reached the prompt)."""
+    write_fake(folder, "caller", reply=CALL)
+    write_fake(folder, "badcaller", reply='{"tool_calls": [{"name": "get_weather", "arguments": {"city": 5}}]}')
+    write_fake(folder, "lastline", chat_template=LAST_LINE)
+
+
+def write_qwenish(folder: Path) -> None:
+    """``qwenish``: a model whose own template renders the tools (Qwen's) and whose reply is text then a
+    ``<tool_call>``."""
+    from test_tools import QWEN_NATIVE
+
+    write_fake(folder, "qwenish", reply=QWEN_REPLY, chat_template=QWEN_NATIVE)
 
 
 def two_model_folder(models_dir: Path, into: Path) -> Path:
@@ -61,18 +90,8 @@ def serve(models: Path, user_data: Path, load: bool = True, **settings) -> Itera
     )
     if load:
         app.load_model(GEMMA)
-    config = uvicorn.Config(build_server(app), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="test-api-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test API server did not start")
-        time.sleep(0.05)
     try:
-        yield Served(app, f"http://127.0.0.1:{port}")
+        with thread_server(build_server(app), port) as url:
+            yield Served(app, url)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         app.close()

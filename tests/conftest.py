@@ -6,15 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from backends.base import CancelToken, Chunk, SamplingParams
@@ -22,6 +19,7 @@ from backends.llamacpp import LlamaCppLoader, LlamaCppSettings
 from backends.registry import LoaderRegistry
 from webui.app import App
 from webui.models.folder import ensure_default_model
+from webui.serve import free_port, process_server
 from webui.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,12 +145,6 @@ def generate(model, prompt: str, params: SamplingParams, cancel: CancelToken | N
     return collect(model.generate(prompt, params, cancel or CancelToken()))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cli(*args: str, timeout: float = 300, input: str | None = None, cwd: Path | None = None):
     """Run the real ``inglenook`` command line in a subprocess."""
     return subprocess.run(
@@ -162,33 +154,20 @@ def cli(*args: str, timeout: float = 300, input: str | None = None, cwd: Path | 
 
 @contextlib.contextmanager
 def running_server(*args: str, port: int | None = None, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start ``inglenook serve`` as its own process; yield its base URL once /healthz answers."""
+    """Start ``inglenook serve`` as its own process; yield its base URL once /healthz answers. ``proc.output()``
+    is what it has printed."""
     port = port or free_port()
-    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen(
-        [*INGLENOOK, "serve", "--port", str(port), *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    proc.output = lambda: (log.seek(0), log.read())[1]  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not answer in time")
-            time.sleep(0.3)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with tempfile.TemporaryFile("w+") as log:
+
+        def output() -> str:
+            log.seek(0)
+            return log.read()
+
+        command = [*INGLENOOK, "serve", "--port", str(port), *args]
+        with process_server(command, url, log, timeout_s=timeout, cwd=REPO, explain=output) as proc:
+            proc.output = output  # type: ignore[attr-defined]
+            yield url, proc
 
 
 def copy_default(models_dir: Path, into: Path) -> Path:

@@ -21,7 +21,7 @@ fi
 bash install.sh test,torch
 # The test loader plugin (tests/plugins/fake_loader) is installed like any third-party loader: an entry point.
 .venv/bin/python -m pip install -q -e tests/plugins/fake_loader
-# JavaScript API clients (the official openai npm package) for tests/test_api_clients.py; skipped without npm.
+# JavaScript API clients (the official openai npm package, the Vercel AI SDK) for tests/test_api_clients.py; skipped without npm.
 if command -v npm >/dev/null; then
     (cd tests/js && npm install --no-audit --no-fund --loglevel=error) || echo "note: npm install in tests/js failed; the Node client tests will be skipped" >&2
 fi

@@ -12,30 +12,17 @@ import json
 import jsonschema
 import openai
 import pytest
+from api_fixtures import ASK, CALL, TOOLS, WEATHER_SCHEMA, write_qwenish, write_tool_fakes
 from conftest import write_fake
 from fastapi.testclient import TestClient
 
 from webui.server import build_api_server
 
-WEATHER_SCHEMA = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["city"],
-}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                           "parameters": WEATHER_SCHEMA}}]  # fmt: skip
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]}'
-# a template that ends the prompt with the last message on its own line, so the echo model repeats it
-LAST_LINE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
-
 
 @pytest.fixture
 def served(fake_models, make_fake_app):
     """An openai client on a fake app whose models answer with a call, a bad call, text, or echo the prompt."""
-    write_fake(fake_models, "caller", reply=CALL)
-    write_fake(fake_models, "badcaller", reply='{"tool_calls": [{"name": "get_weather", "arguments": {"city": 5}}]}')
-    write_fake(fake_models, "lastline", chat_template=LAST_LINE)
+    write_tool_fakes(fake_models)
     app = make_fake_app(model="caller.fake")
     with TestClient(build_api_server(app)) as http:
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
@@ -95,10 +82,7 @@ def test_tool_results_and_earlier_calls_in_the_history_are_accepted(served):
 
 def test_a_model_whose_template_renders_tools_is_read_in_its_own_format(fake_models, make_fake_app):
     """A Qwen-style model: its template gets the tools, and its ``<tool_call>`` reply becomes tool_calls."""
-    from test_tools import QWEN_NATIVE
-
-    reply = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
-    write_fake(fake_models, "qwenish", reply=reply, chat_template=QWEN_NATIVE)
+    write_qwenish(fake_models)
     app = make_fake_app(model="qwenish.fake")
     with TestClient(build_api_server(app)) as http:
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)

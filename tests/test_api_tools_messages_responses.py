@@ -15,9 +15,8 @@ import anthropic
 import jsonschema
 import openai
 import pytest
-from conftest import write_fake
+from api_fixtures import ASK, TOOLS, WEATHER_SCHEMA, write_qwenish, write_tool_fakes
 from fastapi.testclient import TestClient
-from test_api_tools import ASK, CALL, LAST_LINE, TOOLS, WEATHER_SCHEMA
 
 from webui.server import build_api_server
 
@@ -43,9 +42,7 @@ class Clients:
 
 @pytest.fixture
 def served(fake_models, make_fake_app):
-    write_fake(fake_models, "caller", reply=CALL)
-    write_fake(fake_models, "badcaller", reply='{"tool_calls": [{"name": "get_weather", "arguments": {"city": 5}}]}')
-    write_fake(fake_models, "lastline", chat_template=LAST_LINE)
+    write_tool_fakes(fake_models)
     app = make_fake_app(model="caller.fake")
     with TestClient(build_api_server(app)) as http:
         yield Clients(app, http)
@@ -107,10 +104,7 @@ def test_messages_tool_use_and_tool_result_blocks_round_trip_through_the_history
 
 
 def test_messages_a_qwen_style_model_sends_its_text_then_its_call(fake_models, make_fake_app):
-    from test_tools import QWEN_NATIVE
-
-    reply = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
-    write_fake(fake_models, "qwenish", reply=reply, chat_template=QWEN_NATIVE)
+    write_qwenish(fake_models)
     with TestClient(build_api_server(make_fake_app(model="qwenish.fake"))) as http:
         client = Clients(None, http).claude
         message = client.messages.create(model="qwenish", max_tokens=200, messages=ASK, tools=CLAUDE_TOOLS)
@@ -275,3 +269,53 @@ def test_the_embedded_gemma_answers_responses_with_a_valid_function_call_when_on
     jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
     deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     assert deltas == call.arguments
+
+
+# -- tools this server does not run: a 400 naming the type, in each API's own error shape -----------------------
+
+SERVER_TOOLS = [
+    {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+    {"type": "bash_20250124", "name": "bash"},
+    {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+    {"type": "code_execution_20250522", "name": "code_execution"},
+]
+BUILT_IN_TOOLS = [
+    {"type": "web_search"},
+    {"type": "file_search", "vector_store_ids": ["vs_1"]},
+    {"type": "computer_use_preview", "display_width": 1024, "display_height": 768, "environment": "linux"},
+    {"type": "code_interpreter", "container": {"type": "auto"}},
+    {"type": "mcp", "server_label": "docs", "server_url": "https://example.com/mcp"},
+    {"type": "image_generation"},
+    {"type": "custom", "name": "grammar_tool"},  # a free-form tool: not a function either
+]
+
+
+@pytest.mark.parametrize("tool", SERVER_TOOLS, ids=lambda t: t["type"])
+def test_messages_an_anthropic_server_tool_is_a_400_naming_its_type(served, tool):
+    """Anthropic runs these tools on its side; this server runs none, so it says so instead of answering as if
+    the model had searched. A client tool beside it is fine, and the server tool is named by its index."""
+    with pytest.raises(anthropic.BadRequestError) as err:
+        served.claude.messages.create(model="caller", max_tokens=50, messages=ASK, tools=[*CLAUDE_TOOLS, tool])
+    body = err.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert f"tools[1]: tools of type {tool['type']!r} are not supported" in body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError, match=tool["type"]):  # streamed: refused before it starts
+        with served.claude.messages.stream(model="caller", max_tokens=50, messages=ASK, tools=[tool]):
+            pass
+
+
+@pytest.mark.parametrize("tool", BUILT_IN_TOOLS, ids=lambda t: t["type"])
+def test_responses_a_built_in_tool_is_a_400_naming_its_type(served, tool):
+    with pytest.raises(openai.BadRequestError) as err:
+        served.gpt.responses.create(model="caller", input="Weather?", tools=[tool, *RESPONSES_TOOLS])
+    error = err.value.body if "message" in err.value.body else err.value.body["error"]
+    assert f"tools[0]: tools of type {tool['type']!r} are not supported" in error["message"]
+    assert error["param"] == "tools[0].type" and err.value.status_code == 400
+    r = served.http.post("/v1/responses", json={"model": "caller", "input": "Hi", "tools": [tool], "stream": True})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_custom_anthropic_tool_and_an_untyped_one_still_work(served):
+    typed = [{**CLAUDE_TOOLS[0], "type": "custom"}]
+    message = served.claude.messages.create(model="caller", max_tokens=200, messages=ASK, tools=typed)
+    assert message.stop_reason == "tool_use" and message.content[0].input == PARIS

@@ -81,7 +81,7 @@ def test_max_output_tokens_makes_an_incomplete_response(served):
         ({"previous_response_id": "resp_123"}, "stateless", "previous_response_id"),
         ({"store": True}, "stateless", "store"),
         ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "objekt"}}]}, "not a valid", "tools"),
-        ({"tools": [{"type": "web_search"}]}, "only tools of type 'function'", "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools of type 'web_search' are not supported", "tools[0].type"),
         ({"input": [{"type": "function_call_output", "output": "1"}]}, "needs a string call_id", "input.0"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from backends.remote import NAME, RemoteSettings
 from webui.chat.service import TurnOptions
 from webui.models import panel
 from webui.models.catalog import Catalog
+from webui.serve import process_server
 from webui.server import build_api_server
 
 pytestmark = pytest.mark.slow
@@ -172,30 +172,19 @@ def test_a_server_that_dies_mid_stream_is_one_error_and_the_partial_reply_is_kep
 def llama_cpp_server(model: Path, api_key: str) -> Iterator[tuple[str, object]]:
     """llama-cpp-python's own server (python -m llama_cpp.server) on ``model``; yields its URL and its log."""
     port = free_port()
-    log = tempfile.TemporaryFile("w+")
     args = ["--model", str(model), "--model_alias", "gemma", "--n_ctx", "1024", "--port", str(port),
             "--api_key", api_key, "--n_threads", "2"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "llama_cpp_server.py"), *args], cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"llama_cpp.server did not start:\n{log.read()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with tempfile.TemporaryFile("w+") as log:
+
+        def tail() -> str:
+            log.seek(0)
+            return log.read()[-3000:]
+
+        command = [sys.executable, str(REPO / "tests" / "llama_cpp_server.py"), *args]
+        auth = {"Authorization": f"Bearer {api_key}"}
+        with process_server(command, url, log, probe="/v1/models", headers=auth, cwd=REPO, explain=tail):
+            yield url, log
 
 
 def test_llama_cpp_pythons_own_server_as_a_remote(make_fake_app, gemma, gemma_path):

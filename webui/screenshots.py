@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from webui.serve import free_port, process_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 DESKTOP = {"width": 1440, "height": 900}
 MOBILE = {"width": 390, "height": 844}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -40,31 +31,14 @@ def serving(folder: Path, timeout_s: float = 180) -> Iterator[str]:
     models = folder / "models"
     models.mkdir(parents=True, exist_ok=True)
     ensure_default_model(models)
-    port = _free_port()
-    log = (folder / "server.log").open("w")
+    port = free_port()
     command = [sys.executable, "-m", "webui", "serve", "--port", str(port), "--models-dir", str(models),
                "--user-data", str(folder / "user_data")]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}: see {folder / 'server.log'}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not answer in time")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    log_path = folder / "server.log"
+    with log_path.open("w") as log:
+        with process_server(command, url, log, timeout_s=timeout_s, explain=lambda: f"see {log_path}"):
+            yield url
 
 
 def _open(page, url: str) -> None:

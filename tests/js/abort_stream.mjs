@@ -11,7 +11,7 @@ const say = (event, extra = {}) => console.log(JSON.stringify({ event, t: Date.n
 
 const controller = new AbortController();
 const options = how === "signal" ? { signal: controller.signal } : {};
-const stream = await client.completions.create({ model, prompt: "Count.", max_tokens: 1000, stream: true }, options);
+const stream = await client.completions.create({ model, prompt: "Count from 1 to 1000:", max_tokens: 1000, stream: true }, options);
 let seen = 0;
 try {
   for await (const chunk of stream) {

@@ -28,14 +28,15 @@ from webui.api.auth import anthropic_error_body
 from webui.api.deps import generations, get_app
 from webui.api.lookup import use_model
 from webui.api.stream import Generations
-from webui.api.turns import Ended, Turn, begin, failure_status, new_id, sampling_extras
+from webui.api.turns import Ended, Turn, begin, failure_status, new_id, read_choice, read_tools, sampling_extras
 from webui.api.types import ApiError
 from webui.app import App
 from webui.chat.prompting import render_prompt
-from webui.chat.tools import CallDelta, Tool, ToolCall, ToolChoice, ToolError, parse_tool_choice, parse_tools
+from webui.chat.tools import CallDelta, Tool, ToolCall, ToolChoice, ToolError, parse_tool_choice
 
 STOP_REASONS = {"end": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence", "tool_use": "tool_use"}
 SERVER_BLOCKS = ("server_tool_use", "web_search_tool_result")  # Anthropic's own tools: not run here
+CLIENT_TOOL_TYPES = frozenset({None, "custom"})  # the client runs them; web_search_…, bash_… are server tools
 CHOICES = {"auto": "auto", "any": "required", "none": "none"}  # Anthropic's tool_choice type → the core's mode
 SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # a thinking model's earlier turns: not shown to this model
 
@@ -99,28 +100,27 @@ def tool_id(call: ToolCall) -> str:
 
 
 def tool_request(body: _Prompt) -> tuple[list[Tool], ToolChoice]:
-    """The request's ``tools`` and ``tool_choice`` read by the core (a bad schema or choice is a 400 naming it)."""
-    try:
-        tools = parse_tools(body.tools)
-    except ToolError as exc:
-        raise ApiError(400, f"tools: {exc}", param="tools") from None
+    """The request's ``tools`` and ``tool_choice`` read by the core (a bad schema or choice is a 400 naming it; a
+    server tool such as ``web_search_20250305`` is a 400 naming its type)."""
+    tools = read_tools(body.tools, CLIENT_TOOL_TYPES, 'send client tools: {"name", "description", "input_schema"}')
     raw = body.tool_choice
     if raw is None:
         return tools, parse_tool_choice(None, tools)
     kind = raw.get("type")
     parallel = not raw.get("disable_parallel_tool_use", False)
-    try:
+
+    def parse() -> ToolChoice:
         if kind == "tool":
-            choice = parse_tool_choice({"type": "function", "function": {"name": raw.get("name")}}, tools)
-        elif kind in CHOICES:
-            choice = parse_tool_choice(CHOICES[kind], tools, parallel)
-        else:
-            raise ToolError(f"tool_choice.type must be 'auto', 'any', 'tool' or 'none', not {kind!r}")
-    except ToolError as exc:
-        message = str(exc).replace("'required'", "'any'").replace("tool_choice must be a string or", "tool_choice")
-        raise ApiError(400, message if message.startswith("tool_choice") else f"tool_choice: {message}",
-                       param="tool_choice") from None  # fmt: skip
-    return tools, choice
+            return parse_tool_choice({"type": "function", "function": {"name": raw.get("name")}}, tools)
+        if kind in CHOICES:
+            return parse_tool_choice(CHOICES[kind], tools, parallel)
+        raise ToolError(f"tool_choice.type must be 'auto', 'any', 'tool' or 'none', not {kind!r}")
+
+    def reword(message: str) -> str:
+        message = message.replace("'required'", "'any'").replace("tool_choice must be a string or", "tool_choice")
+        return message if message.startswith("tool_choice") else f"tool_choice: {message}"
+
+    return tools, read_choice(parse, reword)
 
 
 def _result_text(block: dict, where: str) -> str:
@@ -264,11 +264,11 @@ async def _events(turn: Turn, first: str | CallDelta | Ended, msg_id: str, model
             for data in blocks.start({"type": "text", "text": ""}):
                 yield data
         yield _event({"type": "ping"})
-        piece = first
-        while not isinstance(piece, Ended):
-            for data in blocks.text(piece) if isinstance(piece, str) else blocks.call(piece):
+        async for part in turn.rest(first):
+            for data in blocks.text(part) if isinstance(part, str) else blocks.call(part):
                 yield data
-            piece = await turn.next()
+        piece = turn.ended
+        assert piece is not None
         if piece.reason == "error":
             status, _ = failure_status(piece.reply)
             yield _event(anthropic_error_body(max(status, 500), piece.reply.error or "the generation failed"))

@@ -175,20 +175,11 @@ class Guard:
             return
         if method != "OPTIONS" and not await self._allowed(scope, send, headers, api):
             return
-        limit = self.settings.api_max_body_bytes
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            await _reply(scope, send, 413, f"request body is {int(length):,} bytes; the limit is {limit:,}",
-                         "request_too_large")  # fmt: skip
+        receive, refusal = await _within_limit(headers, receive, self.settings.api_max_body_bytes)
+        if refusal:
+            await _reply(scope, send, 413, refusal, "request_too_large")
             return
-        if not length.isdigit():  # chunked: read it here (up to the limit) so an oversize body is a 413 too
-            body, over = await _read_body(receive, limit)
-            if over:
-                await _reply(scope, send, 413, f"request body is over the limit of {limit:,} bytes",
-                             "request_too_large")  # fmt: skip
-                return
-            receive = _replay(body, receive)
-        await self.app(scope, _limited(receive, limit), send)
+        await self.app(scope, receive, send)
 
     async def _allowed(self, scope: Scope, send: Send, headers: dict[str, str], api: bool) -> bool:
         """The API key for /v1 (when set); the key or a UI login for extension routes (when either is set).
@@ -251,11 +242,24 @@ async def _too_many(scope: Scope, send: Send, wait: float) -> None:
                  "too_many_failures", ((b"retry-after", str(seconds).encode()),))  # fmt: skip
 
 
-class BodyTooLarge(Exception):
-    """A chunked body grew past the limit while it was read."""
-
-
 DRAIN_MAX = 64 * 2**20  # an oversize chunked body is read (and dropped) up to this much before the 413
+
+
+async def _within_limit(headers: dict[str, str], receive: Receive, limit: int) -> tuple[Receive, str | None]:
+    """The one check of a request body's size: (the ``receive`` to hand on, why it is refused or None).
+
+    With a Content-Length the header decides, before anything is read (the HTTP server reads exactly that many
+    bytes as the body, so no more can arrive). Without one (chunked) the body is read here up to the limit and
+    replayed, so an oversize chunked body is a 413 too, not a 400 from the body parser.
+    """
+    length = headers.get("content-length", "")
+    if length.isdigit():
+        over = int(length) > limit
+        return receive, f"request body is {int(length):,} bytes; the limit is {limit:,}" if over else None
+    body, over = await _read_body(receive, limit)
+    if over:
+        return receive, f"request body is over the limit of {limit:,} bytes"
+    return _replay(body, receive), None
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes | Message, bool]:
@@ -285,21 +289,6 @@ def _replay(body: bytes | Message, receive: Receive) -> Receive:
 
     async def wrapped() -> Message:
         return first.pop() if first else await receive()
-
-    return wrapped
-
-
-def _limited(receive: Receive, limit: int) -> Receive:
-    seen = 0
-
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit:,} bytes")
-        return message
 
     return wrapped
 

@@ -22,7 +22,7 @@ from backends.base import (
     ModelNotLoaded,
     PromptTooLong,
 )
-from webui.api.auth import BodyTooLarge, error_body_for
+from webui.api.auth import error_body_for
 from webui.api.types import ApiError
 
 # Most specific first: the first class the failure is an instance of decides (status, OpenAI error code).
@@ -80,7 +80,3 @@ def install_error_handlers(server: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
         return error_response(400, message, "invalid_request", where or None, path)
-
-    @server.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return error_response(413, str(exc), "request_too_large", path=request.url.path)

@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from webui.api.deps import generations, get_app
 from webui.api.stream import Generations
-from webui.api.turns import Ended, Turn, begin, failure_status, new_id, sampling_extras
+from webui.api.turns import Ended, Turn, begin, failure_status, new_id, read_choice, read_tools, sampling_extras
 from webui.api.types import ApiError
 from webui.app import App
-from webui.chat.tools import CallDelta, Tool, ToolCall, ToolChoice, ToolError, parse_tool_choice, parse_tools
+from webui.chat.tools import CallDelta, Tool, ToolCall, ToolChoice, parse_tool_choice
 
+FUNCTION_TOOL = frozenset({"function"})  # built-in tools (web_search, file_search, mcp …) are not run here
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -57,19 +58,15 @@ class ResponsesRequest(BaseModel):
 
 
 def tool_request(body: ResponsesRequest) -> tuple[list[Tool], ToolChoice]:
-    """The request's function ``tools`` and ``tool_choice`` read by the core (a bad schema or choice is a 400)."""
-    try:
-        tools = parse_tools(body.tools)
-    except ToolError as exc:
-        raise ApiError(400, f"tools: {exc}", param="tools") from None
+    """The request's function ``tools`` and ``tool_choice`` read by the core (a bad schema or choice is a 400; a
+    built-in tool such as ``web_search`` or ``file_search`` is a 400 naming its type)."""
+    tools = read_tools(body.tools, FUNCTION_TOOL, 'send function tools: {"type": "function", "name", "parameters"}')
     raw = body.tool_choice
     if isinstance(raw, dict) and raw.get("type") == "function" and "function" not in raw:
         raw = {"type": "function", "function": {"name": raw.get("name")}}  # the Responses API's flat shape
-    try:
-        return tools, parse_tool_choice(raw, tools, body.parallel_tool_calls)
-    except ToolError as exc:
-        message = str(exc).replace('{"type": "function", "function": {"name": …}}', '{"type": "function", "name": …}')
-        raise ApiError(400, message, param="tool_choice") from None
+    flat = '{"type": "function", "name": …}'
+    return tools, read_choice(lambda: parse_tool_choice(raw, tools, body.parallel_tool_calls),
+                              lambda m: m.replace('{"type": "function", "function": {"name": …}}', flat))  # fmt: skip
 
 
 def _refuse_state(body: ResponsesRequest) -> None:
@@ -277,11 +274,11 @@ async def _events(turn: Turn, first: str | CallDelta | Ended, shape: _Shape) -> 
         if turn.tools is None:
             for data in items.open_text():
                 yield data
-        piece = first
-        while not isinstance(piece, Ended):
-            for data in items.add_text(piece) if isinstance(piece, str) else items.add_call(piece):
+        async for part in turn.rest(first):
+            for data in items.add_text(part) if isinstance(part, str) else items.add_call(part):
                 yield data
-            piece = await turn.next()
+        piece = turn.ended
+        assert piece is not None
         if piece.reason == "error":
             status, code = failure_status(piece.reply)
             failed = shape.response(None, None, [*items.done, *([shape.item(items.text, "incomplete")]

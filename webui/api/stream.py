@@ -38,6 +38,8 @@ class Finished:
     completion_tokens: int
     disconnected: bool
     cancel_to_end_ms: float | None  # from the disconnect to the generation giving up the engine
+    cancelled_at: float | None  # wall clock (epoch ms) when the server saw the client go: a client's own clock
+    ended_at: float | None  # … and when the generation gave the engine up (to time a client's abort end to end)
 
 
 class Generations:
@@ -54,7 +56,8 @@ class Generations:
         usage = final.usage or Usage()
         with self._lock:
             self._recent.append(Finished(gen_id, model, final.finish_reason, usage.completion_tokens,
-                                         pump.cancelled_at is not None, latency))  # fmt: skip
+                                         pump.cancelled_at is not None, latency, pump.cancelled_wall_ms,
+                                         pump.ended_wall_ms))  # fmt: skip
 
     def listing(self) -> list[dict]:
         with self._lock:
@@ -75,8 +78,10 @@ class Pump:
     def __init__(self, replies: Iterator[Reply], cancel: CancelToken) -> None:
         self.cancel = cancel
         self.cancelled_at: float | None = None
+        self.cancelled_wall_ms: float | None = None
         self.ended = threading.Event()
         self.ended_at: float | None = None
+        self.ended_wall_ms: float | None = None
         self.final: Reply | None = None  # the last Reply, once the generation has ended
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -105,6 +110,7 @@ class Pump:
             with contextlib.suppress(Exception):
                 self._replies.close()
             self.ended_at = time.perf_counter()
+            self.ended_wall_ms = round(time.time() * 1000, 1)
             self.final = final
             self.ended.set()
             with contextlib.suppress(RuntimeError):  # the loop is closed at shutdown
@@ -118,6 +124,7 @@ class Pump:
         """Cancel the generation unless it has already ended."""
         if not self.cancel.cancelled and not self.ended.is_set():
             self.cancelled_at = time.perf_counter()
+            self.cancelled_wall_ms = round(time.time() * 1000, 1)
             self.cancel.cancel()
 
 

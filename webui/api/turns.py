@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ from webui.chat.tools import (
     ToolChoice,
     ToolError,
     ToolUse,
+    parse_tools,
     tool_format,
     tool_grammar,
 )
@@ -61,6 +62,31 @@ def sampling_extras(body: BaseModel) -> dict[str, Any]:
     """Body fields beyond the endpoint's own that are named like a :class:`SamplingParams` field (``min_p``,
     ``repetition_penalty``, ``grammar`` …): applied as on the OpenAI routes, checked by the policy."""
     return {k: v for k, v in (body.model_extra or {}).items() if k in SAMPLING_FIELDS}
+
+
+def read_tools(raw: list | None, kinds: frozenset[str | None], runs_here: str) -> list[Tool]:
+    """The request's ``tools`` read by the core. A tool whose ``type`` is not one of ``kinds`` (Anthropic's server
+    tools, the Responses API's built-in tools) is a 400 naming its type: this server runs no tool itself, and a
+    client should hear that rather than get a reply that silently never searched. ``runs_here`` says what does
+    work. Any other bad tool is a 400 naming it."""
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if isinstance(item, dict) and kind not in kinds:
+            raise ApiError(400, f"tools[{i}]: tools of type {kind!r} are not supported: this server runs no "
+                           f"built-in or server tools; {runs_here}", param=f"tools[{i}].type")  # fmt: skip
+    try:
+        return parse_tools(raw)
+    except ToolError as exc:
+        raise ApiError(400, f"tools: {exc}", param="tools") from None
+
+
+def read_choice(parse: Callable[[], ToolChoice], reword: Callable[[str], str]) -> ToolChoice:
+    """The ``tool_choice`` that ``parse`` reads; its ToolError is a 400 worded by ``reword`` in the endpoint's
+    own terms."""
+    try:
+        return parse()
+    except ToolError as exc:
+        raise ApiError(400, reword(str(exc)), param="tool_choice") from None
 
 
 def tool_use(
@@ -191,6 +217,15 @@ class Turn:
             if out:
                 return out
         return self.ended
+
+    async def rest(self, first: str | CallDelta | Ended) -> AsyncIterator[str | CallDelta]:
+        """``first`` and every piece after it, up to the end; then :attr:`ended` says how it ended (the stream
+        loop of both endpoints)."""
+        piece = first
+        while not isinstance(piece, Ended):
+            yield piece
+            piece = await self.next()
+        self.ended = piece
 
     async def first(self, request: Request) -> str | CallDelta | Ended:
         """The first piece; the generation is cancelled if the client leaves while it waits in the queue."""
