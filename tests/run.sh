@@ -23,6 +23,6 @@ bash install.sh test,torch
 .venv/bin/python -m pip install -q -e tests/plugins/fake_loader
 # JavaScript API clients (the official openai npm package, the Vercel AI SDK) for tests/test_api_clients.py; skipped without npm.
 if command -v npm >/dev/null; then
-    (cd tests/js && npm install --no-audit --no-fund --loglevel=error) || echo "note: npm install in tests/js failed; the Node client tests will be skipped" >&2
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) || echo "note: npm install in tests/js failed; the Node client tests will be skipped" >&2
 fi
 exec .venv/bin/python -m pytest "$@"
