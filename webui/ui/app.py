@@ -17,7 +17,7 @@ from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import ChatTab, build_chat_tab, chat_owner
 from webui.ui.compare_tab import build_compare_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
-from webui.ui.model_tab import LOADING_BAR, build_model_tab
+from webui.ui.model_tab import LOADING_BAR, build_model_tab, loading_bar
 from webui.ui.notebook_tab import build_notebook_tab
 from webui.ui.parameters_tab import ParametersTab
 
@@ -34,6 +34,8 @@ CSS = """
 /* chat first: the chat takes the window's height, the input stays on the first screen */
 #chatbot { height: calc(100dvh - 320px) !important; min-height: 220px; }
 .inglenook-loading { height: 6px; border-radius: 3px; overflow: hidden; background: var(--border-color-primary); }
+.inglenook-loading-done { height: 100%; background: var(--color-accent); transition: width 0.3s; }
+.inglenook-loading-text { font-size: 0.85em; margin-top: 2px; }
 .inglenook-loading-bar { height: 100%; width: 35%; background: var(--color-accent);
   animation: inglenook-slide 1.2s ease-in-out infinite; }
 @keyframes inglenook-slide { from { margin-left: -35%; } to { margin-left: 100%; } }
@@ -50,8 +52,8 @@ CSS = """
 """
 
 # Once the page has loaded (Gradio mounts its parts after the document's own load): the chat input takes the
-# focus, a narrow screen starts with the sidebar closed (the chat first), and buttons showing only a sign get
-# a name for screen readers.
+# focus, a narrow screen starts with the sidebar closed (the chat first), buttons showing only a sign get
+# a name for screen readers, and a click on a conversation row always opens it.
 PAGE_JS = """() => {
     const names = {'version-prev': 'Previous version', 'version-next': 'Next version'};
     for (const [id, name] of Object.entries(names)) {
@@ -62,6 +64,13 @@ PAGE_JS = """() => {
         side.querySelector('.toggle-button')?.click();
     }
     const box = document.querySelector('#chat-input textarea'); if (box) box.focus();
+    // a conversation row the page unselected (New chat) may still be checked in the DOM, and a click on a
+    // checked radio sends nothing: uncheck it first, so that clicking it opens that conversation again
+    document.addEventListener('click', (e) => {
+        const row = e.target.closest && e.target.closest('.conversation-group label');
+        const input = row && row.querySelector('input[type=radio]');
+        if (input && e.target !== input && input.getAttribute('aria-checked') !== 'true') input.checked = false;
+    }, true);
 }"""
 
 
@@ -118,8 +127,11 @@ def build_ui(app: App) -> gr.Blocks:
         after = [*heads, model.model, model.status]
         changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
         marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores
-        bar_on = (lambda: gr.update(visible=True, value=LOADING_BAR), None, model.progress)
-        bar_off = (lambda: gr.update(visible=False, value=""), None, model.progress)
+        bars = [model.progress, model.progress_timer]  # the bar, and the timer that follows the load with it
+        bar_on = (lambda: (gr.update(visible=True, value=LOADING_BAR), gr.update(active=True)), None, bars)
+        bar_off = (lambda: (gr.update(visible=False, value=""), gr.update(active=False)), None, bars)
+        model.progress_timer.tick(lambda: loading_bar(app.engine.load_progress), None, model.progress,
+                                  api_name=False, show_progress="hidden")  # fmt: skip
         (load, do_load, load_inputs), (reload, do_reload, reload_inputs) = model.load, model.reload
         load.click(*bar_on, api_name=False, queue=False).then(do_load, load_inputs, after, api_name="load_model").then(
             *bar_off, api_name=False, queue=False

@@ -79,13 +79,20 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
         restart = gr.Button("Restart Inglenook", variant="stop", visible=False, elem_id="extension-restart")
         revision = gr.State(0)  # bumped by enable/disable: an enabled extension's settings become known
 
-        @gr.render(inputs=[choice, revision], triggers=[choice.change, revision.change])
+        # The form is emptied before another extension's is drawn: drawn over the old one, a widget of the old
+        # form (a number box) was handed the new form's value (a text) first, and the browser warned.
+        form_of = gr.Textbox(visible=False)  # the extension whose form is shown
+        choice.change(lambda: "", None, form_of, api_name=False, queue=False).then(
+            lambda name: name, choice, form_of, api_name=False, queue=False
+        )
+
+        @gr.render(inputs=[form_of, revision], triggers=[form_of.change, revision.change])
         def settings_form(name: str | None, _revision: int):
             ext = next((e for e in host.list() if e.name == name), None)
             if ext is None or not ext.setting_specs:
                 return
             gr.Markdown(f"**Settings of {ext.name}**")
-            widgets = [_widget(spec, ext.values.get(spec.name, spec.default), ext.name) for spec in ext.setting_specs]
+            widgets = [_widget(spec, ext.values.get(spec.name, spec.default)) for spec in ext.setting_specs]
             save = gr.Button("Save settings", size="sm", elem_id="extension-save-settings")
 
             def save_settings(request: gr.Request | None, *values):
@@ -187,18 +194,15 @@ RECONNECT_JS = """async () => {
 }"""
 
 
-def _widget(spec: Setting, value, owner: str = ""):
-    """One setting's widget; ``owner`` (the extension) keys it, so that the form of another extension gets
-    new widgets rather than reusing these in place (a number box handed a text gave a console warning)."""
-    label, key = spec.label or spec.name, f"extension-setting-{owner}-{spec.name}"
+def _widget(spec: Setting, value):
+    label = spec.label or spec.name
     if spec.type is bool:
-        return gr.Checkbox(value=value, label=label, info=spec.help or None, interactive=True, key=key)
+        return gr.Checkbox(value=value, label=label, info=spec.help or None, interactive=True)
     if spec.choices:
-        choices = list(spec.choices)
-        return gr.Dropdown(choices, value=value, label=label, info=spec.help or None, interactive=True, key=key)
+        return gr.Dropdown(list(spec.choices), value=value, label=label, info=spec.help or None, interactive=True)
     if spec.type in (int, float):
         if spec.minimum is not None and spec.maximum is not None:
             step = 1 if spec.type is int else (spec.maximum - spec.minimum) / 100
-            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, interactive=True, key=key)
-        return gr.Number(value=value, label=label, precision=0 if spec.type is int else None, interactive=True, key=key)
-    return gr.Textbox(value=value, label=label, lines=spec.lines, info=spec.help or None, interactive=True, key=key)
+            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, interactive=True)
+        return gr.Number(value=value, label=label, precision=0 if spec.type is int else None, interactive=True)
+    return gr.Textbox(value=value, label=label, lines=spec.lines, info=spec.help or None, interactive=True)

@@ -224,7 +224,7 @@ class ParametersTab:
             except (PresetError, UnsafeName) as exc:
                 return gr.skip(), f"⚠️ {exc}"
 
-        preset.input(choose, preset, [*order, status], api_name=False)
+        preset.select(choose, preset, [*order, status], api_name=False)  # the same one again: its values back
         save.click(do_save, [preset, *order], [preset, status], api_name=False)
         save_as.click(do_save_as, [new_name, *order], [preset, status], api_name=False)
         rename.click(do_rename, [preset, new_name], [preset, status], api_name=False)
