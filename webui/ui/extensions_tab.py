@@ -81,7 +81,7 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
 
         # The form is emptied before another extension's is drawn: drawn over the old one, a widget of the old
         # form (a number box) was handed the new form's value (a text) first, and the browser warned.
-        form_of = gr.Textbox(visible=False)  # the extension whose form is shown
+        form_of = gr.Textbox(visible=False, elem_id="extension-form-of")  # the extension whose form is shown
         choice.change(lambda: "", None, form_of, api_name=False, queue=False).then(
             lambda name: name, choice, form_of, api_name=False, queue=False
         )
