@@ -212,9 +212,9 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             undo = gr.Button("Undo", size="sm", scale=0, min_width=80, elem_id="undo-delete")
         deleted = gr.State(None)  # (owner, id) of the conversation Undo brings back
         undo_timer = gr.Timer(UNDO_SECONDS, active=False)
-        with gr.Row(equal_height=True):  # the shown conversation's title, editable (Enter or Rename saves it)
+        with gr.Row(elem_id="sidebar-rename"):  # the shown conversation's title, editable (Enter or Rename saves it)
             title = gr.Textbox(label="Title", scale=4, elem_id="rename-title", lines=1, max_lines=1)
-            rename = gr.Button("Rename", scale=1, min_width=70, elem_id="rename-chat")
+            rename = gr.Button("Rename", size="sm", scale=0, min_width=70, elem_id="rename-chat")
     # The id lives in the page, not in server memory, so a restarted server continues the same file.
     conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
     listed = gr.Textbox(visible=False, elem_id="conversation-listed")  # see listing_stamp
