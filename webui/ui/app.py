@@ -52,8 +52,8 @@ CSS = """
 """
 
 # Once the page has loaded (Gradio mounts its parts after the document's own load): the chat input takes the
-# focus, a narrow screen starts with the sidebar closed (the chat first), buttons showing only a sign get
-# a name for screen readers, and a click on a conversation row always opens it.
+# focus, a narrow screen starts with the sidebar closed (the chat first), and buttons showing only a sign get
+# a name for screen readers.
 PAGE_JS = """() => {
     const names = {'version-prev': 'Previous version', 'version-next': 'Next version'};
     for (const [id, name] of Object.entries(names)) {
@@ -64,13 +64,6 @@ PAGE_JS = """() => {
         side.querySelector('.toggle-button')?.click();
     }
     const box = document.querySelector('#chat-input textarea'); if (box) box.focus();
-    // a conversation row the page unselected (New chat) may still be checked in the DOM, and a click on a
-    // checked radio sends nothing: uncheck it first, so that clicking it opens that conversation again
-    document.addEventListener('click', (e) => {
-        const row = e.target.closest && e.target.closest('.conversation-group label');
-        const input = row && row.querySelector('input[type=radio]');
-        if (input && e.target !== input && input.getAttribute('aria-checked') !== 'true') input.checked = false;
-    }, true);
 }"""
 
 
