@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -383,6 +383,9 @@ class Model(ABC):
         """Free the weights and any cache; the model is unusable afterwards."""
 
 
+LoadProgress = Callable[[float], None]  # told the fraction of a load done
+
+
 class Loader(ABC):
     """Knows how to recognise and load one kind of model file or folder."""
 
@@ -409,6 +412,13 @@ class Loader(ABC):
 
     @abstractmethod
     def load(self, path: Path, settings: LoadSettings) -> Model: ...
+
+    def load_reporting(self, path: Path, settings: LoadSettings, progress: LoadProgress) -> Model:
+        """:meth:`load`, telling ``progress`` the fraction done (0..1, rising, 1.0 last) where the loader can
+        (the page's load bar); a loader that cannot just reports 1.0 once loaded."""
+        model = self.load(path, settings)
+        progress(1.0)
+        return model
 
     def ignored_params(self, params: SamplingParams, model: Model | None = None) -> list[str]:
         """Parameters the user changed that this loader (or ``model``, where it says what it honours: a remote

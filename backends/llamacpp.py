@@ -31,6 +31,7 @@ from backends.base import (
     Chunk,
     GenerationError,
     Loader,
+    LoadProgress,
     LoadSettings,
     Model,
     ModelInfo,
@@ -95,8 +96,9 @@ _PARAMS_LOCK = threading.Lock()
 
 
 @contextmanager
-def model_params(use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
-    """Loads inside this block get ``llama_model_params.use_extra_bufts = use_extra_bufts`` and, with
+def model_params(use_extra_bufts: bool, n_seq_max: int = 1, progress: LoadProgress | None = None) -> Iterator[None]:
+    """Loads inside this block get ``llama_model_params.use_extra_bufts = use_extra_bufts`` (and llama.cpp's
+    ``progress_callback`` calling ``progress`` with the fraction loaded, when given) and, with
     ``n_seq_max > 1``, a context of that many sequences, each with its own KV stream (``kv_unified = false``,
     llama-server's default): a unified cache interleaves the sequences' cells, and the attention's sums then
     run in another order than in a lone run, so greedy output would depend on the other streams."""
@@ -109,6 +111,8 @@ def model_params(use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
         def defaults():
             params = original()
             params.use_extra_bufts = use_extra_bufts
+            if progress is not None:  # the struct keeps the ctypes callback alive as long as the params live
+                params.progress_callback = lib.llama_progress_callback(_progress_callback(progress))
             return params
 
         def context_defaults():
@@ -125,6 +129,19 @@ def model_params(use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
         finally:
             lib.llama_model_default_params = original
             lib.llama_context_default_params = original_context
+
+
+def _progress_callback(progress: LoadProgress) -> Callable[[float, object], bool]:
+    """llama.cpp's progress callback around ``progress``: never raises into C, never aborts the load."""
+
+    def callback(fraction: float, _user_data: object) -> bool:
+        try:
+            progress(float(fraction))
+        except Exception:  # a broken listener must not end the load
+            log.debug("load progress listener failed", exc_info=True)
+        return True
+
+    return callback
 
 
 MAX_PARALLEL = 8  # more sequences than this gain nothing on a CPU and cost KV memory
@@ -462,7 +479,13 @@ class LlamaCppLoader(Loader):
             parallel_slots(settings.parallel, settings.n_ctx, usable_cores())
         read_header(path)
 
-    def load(self, path: Path, settings: LoadSettings) -> Model:
+    def load_reporting(self, path: Path, settings: LoadSettings, progress: LoadProgress) -> Model:
+        """:meth:`load` with llama.cpp's own progress (tensors read), then 1.0."""
+        model = self.load(path, settings, progress)
+        progress(1.0)
+        return model
+
+    def load(self, path: Path, settings: LoadSettings, progress: LoadProgress | None = None) -> Model:
         if not path.is_file():
             raise ModelLoadError(f"{path} is not a file")
         header = read_header(path)
@@ -488,7 +511,7 @@ class LlamaCppLoader(Loader):
                 raise ModelLoadError("parallel decoding needs an explicit n_ctx (the context of each sequence)")
             kwargs["n_ctx"] *= parallel  # unified KV: each sequence may fill n_ctx of the parallel × n_ctx cells
         try:
-            with model_params(use_extra_bufts, parallel):
+            with model_params(use_extra_bufts, parallel, progress):
                 llm = llama_cpp.Llama(**kwargs)
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp could not load {path.name}: {exc}") from exc

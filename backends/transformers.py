@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import random
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from backends.base import (
     CancelToken,
     Chunk,
     Loader,
+    LoadProgress,
     LoadSettings,
     Model,
     ModelInfo,
@@ -42,6 +45,8 @@ from backends.base import (
     missing_modules,
 )
 from backends.hookspecs import hookimpl
+
+_PROGRESS_LOCK = threading.Lock()  # one load at a time wraps transformers' weight loop (a worker holds one model)
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +487,13 @@ class TransformersLoader(Loader):
             return
         check_folder(path, s.allow_pickle, s.trust_remote_code)
 
+    def load_reporting(self, path: Path, settings: LoadSettings, progress: LoadProgress) -> Model:
+        """:meth:`load`, counting the weights transformers loads (its "Loading weights" bar), then 1.0."""
+        with weight_progress(progress):
+            model = self.load(path, settings)
+        progress(1.0)
+        return model
+
     def load(self, path: Path, settings: LoadSettings) -> Model:
         s = as_settings(settings)
         missing = self.available()
@@ -517,6 +529,44 @@ class TransformersLoader(Loader):
             loaded.embedding_only, loaded.pooling = True, folder_pooling(path)
             info.metadata["embedding_only"] = "true"
         return loaded
+
+
+@contextmanager
+def weight_progress(progress: LoadProgress) -> Iterator[None]:
+    """Loads inside this block tell ``progress`` the fraction of weights loaded so far: transformers (5.x)
+    walks them in ``core_model_loading`` under a tqdm bar named "Loading weights"; the bar is wrapped, not
+    replaced. A transformers without that loop loads as before (only the final 1.0 is reported)."""
+    try:
+        import transformers.core_model_loading as loading
+    except ImportError:
+        yield
+        return
+    with _PROGRESS_LOCK:
+        original = getattr(loading, "tqdm", None)
+        if original is None:
+            yield
+            return
+
+        def counting(iterable=None, *args, **kwargs):
+            bar = original(iterable, *args, **kwargs)
+            if kwargs.get("desc") != "Loading weights" or not hasattr(iterable, "__len__") or not len(iterable):
+                return bar
+            return _counted(bar, len(iterable), progress)
+
+        loading.tqdm = counting
+        try:
+            yield
+        finally:
+            loading.tqdm = original
+
+
+def _counted(items, total: int, progress: LoadProgress) -> Iterator:
+    for done, item in enumerate(items, 1):
+        yield item
+        try:
+            progress(min(done / total, 0.99))  # 1.0 once the model is on its device
+        except Exception:  # a broken listener must not end the load
+            log.debug("load progress listener failed", exc_info=True)
 
 
 @hookimpl

@@ -97,7 +97,7 @@ def page(browser, server: str):
 def open_page(page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector("#chat-input textarea", timeout=60_000)
-    sync_api.expect(page.locator("#conversation-choice")).to_be_visible()
+    sync_api.expect(page.locator("#new-chat")).to_be_visible()
     # the page's load event has restored its conversation (it shows the prompt's size last): a click on
     # "New chat" before that would be overtaken by the restore
     sync_api.expect(markdown(page, "#prompt-tokens")).to_contain_text("tokens", timeout=60_000)
@@ -332,8 +332,8 @@ def test_a_refreshed_page_shows_its_conversation_again(page, server):
     page.wait_for_selector("#chat-input textarea", timeout=60_000)
     sync_api.expect(page.locator("#chatbot [data-testid='user']").first).to_have_text("Remember the word lighthouse.")
     assert page.locator("#chatbot .inglenook-stats").count() == 1  # the reply and its stats line came back
-    picker = page.locator("#conversation-choice input")
-    assert picker.input_value().startswith("Remember the word")  # titled after its first message
+    title = page.locator("#rename-title textarea, #rename-title input").first  # the sidebar's title box
+    sync_api.expect(title).to_have_value(re.compile(r"^Remember the word"))  # titled after its first message
 
 
 def test_regenerate_keeps_the_old_reply_and_the_arrows_page_between_versions(page):
@@ -399,12 +399,10 @@ def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_change
     set_max_tokens(page, 8)
     send(page, "Remember the colour teal.")
     wait_for_stats(page)
-    page.get_by_role("button", name=re.compile(r"^Conversation")).click()
-    page.fill("#rename-title textarea", "Teal chat")
+    page.fill("#rename-title input, #rename-title textarea", "Teal chat")  # in the sidebar
     page.click("#rename-chat")
-    sync_api.expect(page.locator("#conversation-choice input")).to_have_value(
-        re.compile(r"^Teal chat · .* · 2 messages$")
-    )
+    sync_api.expect(page.locator("#conversations-today")).to_contain_text("Teal chat · 2 messages")
+    page.get_by_role("button", name=re.compile(r"^Conversation")).click()
 
     page.click("#export-chat")
     link = page.locator("#export-file a").first
@@ -431,9 +429,7 @@ def test_a_conversation_is_renamed_exported_and_imported_and_a_bad_import_change
     chooser.value.set_files(str(exported))
     sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Imported", timeout=30_000)
     assert user_messages(page) == ["Remember the colour teal."]
-    sync_api.expect(page.locator("#conversation-choice input")).to_have_value(
-        re.compile(r"^Teal chat · .* · 2 messages$")
-    )
+    sync_api.expect(page.locator("#rename-title input, #rename-title textarea").first).to_have_value("Teal chat")
 
 
 def test_editing_an_earlier_message_in_the_chat_replies_again_from_there(page):
@@ -712,22 +708,6 @@ def test_the_sidebar_lists_conversations_by_day_and_opens_one(page):
     sync_api.expect(page.locator("#chatbot [data-testid='user']").first).to_have_text("Remember the word kettle.")
     search.fill("no such title anywhere")
     sync_api.expect(today).to_be_hidden()
-
-
-def test_deleting_a_conversation_asks_first(page):
-    set_max_tokens(page, 6)
-    send(page, "Remember the word anchor.")
-    wait_for_stats(page)
-    page.click("#delete-chat")
-    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_visible()
-    page.click("#delete-chat-cancel")  # kept
-    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_hidden()
-    assert user_messages(page) == ["Remember the word anchor."]
-    page.click("#delete-chat")
-    page.click("#delete-chat-confirm")
-    sync_api.expect(markdown(page, "#chat-error")).to_contain_text("Deleted", timeout=30_000)
-    sync_api.expect(page.locator("#delete-chat-confirm")).to_be_hidden()
-    sync_api.expect(page.locator("#sidebar")).not_to_contain_text("Remember the word anchor.")
 
 
 # Last in this module: run before the notebook test, the notebook's box came up empty after its fill

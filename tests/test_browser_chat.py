@@ -70,13 +70,14 @@ def saved_conversations(user_data: Path, owner: str = "instruct") -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def test_new_chat_stays_new_when_the_conversation_or_character_dropdown_loses_focus(page):
-    """Bug 1: New chat, then Tab out of the Conversation (or Character) dropdown reloaded the newest old chat."""
+def test_new_chat_stays_new_when_the_title_box_or_character_dropdown_loses_focus(page):
+    """Bug 1: New chat, then Tab out of the Conversation (or Character) dropdown reloaded the newest old chat.
+    (The sidebar's list and title box replaced that dropdown.)"""
     send(page, "First conversation.")
     sync_api.expect(stats_lines(page)).to_have_count(1, timeout=60_000)
     page.click("#new-chat")
     sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
-    for box in ("#conversation-choice input", "#chat-character input"):
+    for box in ("#rename-title input", "#chat-character input"):
         page.click(box)
         page.keyboard.press("Tab")
         page.wait_for_timeout(1_500)  # the blur's event has had its round trip

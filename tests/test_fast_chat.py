@@ -20,7 +20,6 @@ from webui.chat.session import ChatSessions, display_messages
 from webui.ui.chat_tab import (
     chat_owner,
     continue_conversation,
-    conversation_choices,
     open_conversation,
     startup_problems,
 )
@@ -123,7 +122,7 @@ def test_a_character_chat_opens_with_its_greeting_and_is_saved_under_the_charact
     # chat-instruct ends the prompt with the character's name: the echo model repeats that last line
     assert final.error is None and final.text.startswith("You said: ") and final.text.endswith(f"{character.name}:")
     assert [role for role, _ in saved(app, conversation)] == ["assistant", "user", "assistant"]
-    assert conversation.id in [c for _, c in conversation_choices(app, conversation.owner)]
+    assert conversation.id in [c.id for c in app.history.list(conversation.owner).conversations]  # the sidebar's
 
 
 def test_instruct_mode_puts_the_users_message_last(make_fake_app):
@@ -156,7 +155,7 @@ def test_the_picker_opens_the_newest_conversation_and_a_message_never_lands_in_a
     last(fake_app.chat.turn(older, "older", greedy()))
     newer = fake_app.history.new(INSTRUCT_OWNER)
     last(fake_app.chat.turn(newer, "newer", greedy()))
-    assert [c for _, c in conversation_choices(fake_app)] == [newer.id, older.id]
+    assert [c.id for c in fake_app.history.list(INSTRUCT_OWNER).conversations] == [newer.id, older.id]
     assert open_conversation(fake_app, "").id == newer.id
     assert open_conversation(fake_app, older.id).id == older.id
     fake_app.history.delete(INSTRUCT_OWNER, older.id)

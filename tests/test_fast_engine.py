@@ -142,3 +142,27 @@ def test_token_counts_and_ignored_parameters_come_from_the_loaded_model(fake_app
     assert fake_app.engine.count_tokens("héllo") == len("héllo".encode())
     ignored = fake_app.engine.ignored_params(SamplingParams(temperature=0.5, top_k=5, mirostat_mode=2))
     assert "top_k" in ignored and "temperature" not in ignored
+
+
+def test_a_load_reports_its_progress_rising_to_one_and_the_engine_shows_it_meanwhile(make_fake_app, fake_models):
+    """Issue 13: the page's load bar shows a percentage. The worker passes the loader's fractions on."""
+    from backends.base import LoadSettings
+    from webui.worker import WorkerModel
+
+    write_fake(fake_models, "heavy", reply="ok", load_ms=1500)
+    app = make_fake_app(model=None)
+    seen: list[float] = []
+    model = WorkerModel(app.registry.get("fake"), fake_models / "heavy.fake", LoadSettings(), seen.append)
+    model.close()
+    assert len(seen) >= 5 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 1
+
+    during: list[float | None] = []
+    loading = threading.Thread(target=app.engine.load, args=(fake_models / "heavy.fake",))
+    loading.start()
+    while loading.is_alive():
+        during.append(app.engine.load_progress)
+        time.sleep(0.05)
+    loading.join()
+    assert any(p is not None and 0 < p < 1 for p in during), during  # the bar has something to show
+    assert app.engine.load_progress is None  # nothing loads now
+    assert app.engine.info.name == "heavy"

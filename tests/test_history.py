@@ -115,6 +115,27 @@ def test_delete_moves_the_file_to_the_trash(store):
         store.delete(OWNER, deleted.id)
 
 
+def test_undo_after_delete_gives_back_the_same_bytes(store):
+    """Issue 13: a delete asks nothing and offers Undo, which must restore the file exactly."""
+    conv = chat(store, ("a hand-edited é file", "ok"))
+    path = store.path(OWNER, conv.id)
+    path.write_bytes(path.read_bytes() + b"\n")  # whatever the bytes are, they come back as they were
+    before = path.read_bytes()
+    store.delete(OWNER, conv.id)
+    assert not path.exists()
+    assert store.undelete(OWNER, conv.id) == path
+    assert path.read_bytes() == before
+    assert files(store.trash / OWNER) == []  # moved back, not copied
+    with pytest.raises(ConversationNotFound):  # nothing left to restore
+        store.undelete(OWNER, conv.id)
+    store.delete(OWNER, conv.id)
+    store.save(Conversation(id=conv.id, owner=OWNER, mode="instruct"))  # the id in use again: never overwritten
+    with pytest.raises(HistoryError, match="exists again"):
+        store.undelete(OWNER, conv.id)
+    with pytest.raises(UnsafeName):
+        store.undelete(OWNER, "../../etc")
+
+
 # --------------------------------------------------------------------------- message operations
 
 

@@ -173,3 +173,19 @@ def test_can_load_only_gguf_files(tmp_path, gemma_path):
     assert not loader.can_load(tmp_path)
     (tmp_path / "notes.txt").write_text("hi")
     assert not loader.can_load(tmp_path / "notes.txt")
+
+
+def test_a_gemma_load_reports_rising_fractions_ending_at_one(gemma_path):
+    """Issue 13: the page's load bar shows llama.cpp's own progress (its progress_callback), through the worker."""
+    from webui.worker import WorkerModel
+
+    seen: list[float] = []
+    model = LlamaCppLoader().load_reporting(gemma_path, LlamaCppSettings(n_ctx=512), seen.append)
+    model.close()
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert len({round(f, 2) for f in seen if 0 < f < 1}) >= 3, seen  # steps on the way, not just the end
+
+    relayed: list[float] = []
+    model = WorkerModel(LlamaCppLoader(), gemma_path, LlamaCppSettings(n_ctx=512), relayed.append)
+    model.close()
+    assert relayed == sorted(relayed) and relayed[-1] == 1.0 and any(0 < f < 1 for f in relayed)

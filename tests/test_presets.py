@@ -267,3 +267,24 @@ def test_the_ui_marks_what_the_loaded_loader_ignores_and_hides_it_when_filtering
 def _changed(name: str):
     value = getattr(SamplingParams(), name)
     return not value if isinstance(value, bool) else value + 1 if isinstance(value, int | float) else value + "x"
+
+
+def test_the_preset_line_marks_a_form_that_differs_from_its_preset():
+    """Issue 13: "Balanced •modified" once any parameter differs; the same values (as the form holds them,
+    floats off by a rounding, lists one per line) are not a change."""
+    from webui.presets import differing_fields, form_values, preset_state
+
+    preset = SamplingParams(temperature=0.7, top_p=0.9, stop=["END", "###"], seed=-1)
+    form = form_values(preset)
+    assert preset_state("Balanced", preset, form) == "Balanced"
+    form["temperature"] = 0.7000000000001  # a slider's float
+    form["seed"] = -1.0  # gr.Number gives floats
+    assert differing_fields(preset, form) == []
+    form["top_p"] = 0.85
+    assert preset_state("Balanced", preset, form) == "Balanced •modified"
+    assert differing_fields(preset, form) == ["top_p"]
+    form["top_p"], form["stop"] = 0.9, "END"
+    assert differing_fields(preset, form) == ["stop"]
+    form["temperature"] = "warm"
+    assert differing_fields(preset, form) == ["(form)"]
+    assert preset_state("Balanced", None, form) == "Balanced"  # unreadable preset: the name alone

@@ -140,8 +140,9 @@ def session_call(client: httpx.Client, url: str, session: str, index: int, data:
 def rendered_save(client: httpx.Client, url: str, session: str, name: str) -> int:
     """Pick ``name`` in the Extensions tab (its render handler, by fn_index): the Save button's new fn_index."""
     config = client.get(f"{url}/config").json()
-    choice = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "extension-choice")
-    render = next(d["id"] for d in config["dependencies"] if [choice, "change"] in [list(t) for t in d["targets"]])
+    # the form follows a hidden box that the picker sets (emptied first, see webui/ui/extensions_tab.py)
+    shown = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "extension-form-of")
+    render = next(d["id"] for d in config["dependencies"] if [shown, "change"] in [list(t) for t in d["targets"]])
     result = session_call(client, url, session, render, [name, 0])
     made = result["output"]["render_config"]
     button = next(c["id"] for c in made["components"] if c.get("props", {}).get("elem_id") == "extension-save-settings")

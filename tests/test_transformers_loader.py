@@ -254,3 +254,12 @@ def test_cuda_generates_and_close_returns_the_memory(tiny_llama, gemma_path):
         assert generate(gemma_cuda, PROMPT, greedy(8))[0].startswith(" the capital of the country of France")
     finally:
         gemma_cuda.close()
+
+
+def test_a_load_reports_the_weights_loaded_rising_to_one(tiny_llama):
+    """Issue 13: the page's load bar shows a transformers load as it goes (weights counted), not just a timer."""
+    seen: list[float] = []
+    model = TransformersLoader().load_reporting(tiny_llama, TransformersSettings(), seen.append)
+    model.close()
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert len([f for f in seen if 0 < f < 1]) >= 3, seen  # each weight of the tiny model on the way

@@ -156,6 +156,7 @@ class Engine:
         self._busy_lock = threading.Lock()
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inglenook-decode")
         self._busy_listeners: list[Callable[[bool], None]] = []
+        self._load_progress: float | None = None  # the fraction of the load in progress (None: none)
 
     def on_busy(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(True)`` when a generation takes its turn and ``listener(False)`` when it gives it up.
@@ -187,6 +188,11 @@ class Engine:
     @property
     def loaded(self) -> Loaded | None:
         return self._loaded
+
+    @property
+    def load_progress(self) -> float | None:
+        """How far the load in progress is (0..1, as its loader reports it), None when nothing loads."""
+        return self._load_progress
 
     @property
     def info(self) -> ModelInfo | None:
@@ -372,7 +378,12 @@ class Engine:
             try:
                 # a loader with nothing native in it (a remote server's client) needs no process of its own
                 isolate = self.workers and not loader.in_process
-                model = WorkerModel(loader, path, settings) if isolate else loader.load(path, settings)
+                self._load_progress = 0.0
+                model = (
+                    WorkerModel(loader, path, settings, self._note_progress)
+                    if isolate
+                    else loader.load_reporting(path, settings, self._note_progress)
+                )
             except WorkerLoadCrashed as exc:
                 self._record_crash(exc.report)
                 if attempt < LOAD_ATTEMPTS:
@@ -384,11 +395,16 @@ class Engine:
                 self._broken[path] = Broken(settings, _mtime(path), reason)
                 log.error("%s", reason)
                 raise ModelLoadError(reason) from None
+            finally:
+                self._load_progress = None
             load_s = time.perf_counter() - start
             where = f" in process {model.pid}" if isinstance(model, WorkerModel) else ""
             log.info("loaded %s with %s in %.2f s%s", path.name, loader.name, load_s, where)
             return Loaded(path, loader, settings, model, load_s)
         raise AssertionError("unreachable")
+
+    def _note_progress(self, fraction: float) -> None:
+        self._load_progress = fraction
 
     @property
     def broken(self) -> dict[str, str]:

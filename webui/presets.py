@@ -10,6 +10,7 @@ Grammars: ``presets/grammars/*.gbnf`` shipped, ``user_data/grammars/*.gbnf`` the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -223,3 +224,33 @@ def neutralize(params: SamplingParams) -> SamplingParams:
 def ignored_fields(supported: frozenset[str]) -> set[str]:
     """The fields a loader that honours ``supported`` would ignore (length and stop strings every loader honours)."""
     return set(FIELDS) - supported - {"max_new_tokens", "stop"}
+
+
+# -- which preset the form shows, and whether it was changed since -------------------------
+MODIFIED = "•modified"
+
+
+def differing_fields(reference: SamplingParams, form: Mapping[str, Any]) -> list[str]:
+    """The parameters whose form values differ from ``reference`` (a slider's 0.7000001 is still 0.7).
+
+    A form that cannot be read (a bad value typed) differs as a whole: ``["(form)"]``.
+    """
+    try:
+        shown = params_from_form(form)
+    except ValueError:
+        return ["(form)"]
+    return [name for name in FIELDS if not _same(getattr(shown, name), getattr(reference, name))]
+
+
+def preset_state(name: str, reference: SamplingParams | None, form: Mapping[str, Any]) -> str:
+    """What the page shows about the active preset: "Balanced", or "Balanced •modified" once any parameter
+    differs from it (issue 13); just the name when the preset cannot be read to compare."""
+    if reference is None or not differing_fields(reference, form):
+        return name
+    return f"{name} {MODIFIED}"
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+    return a == b

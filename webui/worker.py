@@ -11,7 +11,8 @@ The protocol is pickled tuples over three pipes (``multiprocessing.connection.Co
   decode thread, as llama.cpp wants one calling thread), ``generate``, ``cancel``, ``call`` (a few named
   extras, e.g. the llama.cpp cache reset ``inglenook bench`` needs), ``close``;
 - replies, child -> parent: ``("ok", value)`` or ``("err", kind, message)`` for every request but
-  ``generate`` and ``cancel``, in order;
+  ``generate`` and ``cancel``, in order; while loading, ``("progress", fraction)`` before the load's reply
+  (the page's load bar);
 - the stream, child -> parent: ``(generation id, text, finish_reason, usage, logprobs)`` per chunk, then
   ``(generation id, None, "end", None, error)``.
 
@@ -51,6 +52,7 @@ from backends.base import (
     Chunk,
     GenerationError,
     Loader,
+    LoadProgress,
     LoadSettings,
     Model,
     ModelCrashed,
@@ -169,7 +171,10 @@ class WorkerModel(Model):
     raises :class:`WorkerCrashed`; the engine loads the model again in a new worker.
     """
 
-    def __init__(self, loader: Loader, path: Path, settings: LoadSettings) -> None:
+    def __init__(
+        self, loader: Loader, path: Path, settings: LoadSettings, progress: LoadProgress | None = None
+    ) -> None:
+        """``progress`` hears the fraction of the load done, as the child's loader reports it."""
         self.path, self.loader_name = path, loader.name
         self.crash: CrashReport | None = None
         self.closed = False
@@ -208,7 +213,7 @@ class WorkerModel(Model):
         )
         self._stderr_reader.start()
         try:
-            self.info = self._load(loader, path, settings)
+            self.info = self._load(loader, path, settings, progress)
             self.parallel = self._call("call", "parallel")
         except BaseException:
             self.close()  # a load that failed (or was interrupted) leaves no process behind
@@ -257,13 +262,13 @@ class WorkerModel(Model):
                 log.debug("worker %s: %s", self.process.pid, line)
         stream.close()
 
-    def _load(self, loader: Loader, path: Path, settings: LoadSettings) -> ModelInfo:
+    def _load(self, loader: Loader, path: Path, settings: LoadSettings, progress: LoadProgress | None) -> ModelInfo:
         try:
             loader_ref = pickle.dumps(loader)
         except Exception:  # a loader with unpicklable state: the child finds it by name in its own registry
             loader_ref = None
         try:
-            return self._call("load", loader.name, loader_ref, str(path), settings, during="loading")
+            return self._call("load", loader.name, loader_ref, str(path), settings, during="loading", progress=progress)
         except WorkerCrashed as exc:
             raise WorkerLoadCrashed(str(exc), exc.report) from None
 
@@ -281,8 +286,9 @@ class WorkerModel(Model):
         crash = self.crash
         return WorkerCrashed(f"the model process crashed ({crash.how}) while {crash.during} ({crash.model})", crash)
 
-    def _call(self, op: str, *args, during: str | None = None):
-        """Send one request and wait for its reply; the worker's death raises :class:`WorkerCrashed`."""
+    def _call(self, op: str, *args, during: str | None = None, progress: LoadProgress | None = None):
+        """Send one request and wait for its reply; the worker's death raises :class:`WorkerCrashed`.
+        ``progress`` hears the ``("progress", fraction)`` messages that come before a load's reply."""
         if self.crash is not None:
             raise self._died(self.crash.during)
         if self.closed:
@@ -291,6 +297,10 @@ class WorkerModel(Model):
             try:
                 self._requests.send((op, *args))
                 reply = self._replies.recv()
+                while reply[0] == "progress":
+                    if progress is not None:
+                        progress(reply[1])
+                    reply = self._replies.recv()
             except (EOFError, OSError):
                 raise self._died(during or op) from None
         if reply[0] == "ok":
@@ -518,7 +528,14 @@ class _Child:
             from backends.registry import LoaderRegistry
 
             loader = LoaderRegistry().get(name)  # built-ins and entry-point plugins, as in the parent
-        self.model = loader.load(Path(path), settings)
+        sent = [-1.0]
+
+        def report(fraction: float) -> None:  # at most ~100 messages a load, the last one 1.0
+            if fraction >= 1.0 or fraction - sent[0] >= 0.01:
+                sent[0] = fraction
+                self.replies.send(("progress", min(max(float(fraction), 0.0), 1.0)))
+
+        self.model = loader.load_reporting(Path(path), settings, report)
         self.model._inglenook_decode_threads = self.decode_threads  # read by the "decode_threads" extra
         return self.model.info
 

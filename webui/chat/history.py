@@ -275,6 +275,23 @@ class HistoryStore:
         fsync_dir(folder)
         return target
 
+    def undelete(self, owner: str, conversation_id: str) -> Path:
+        """Move the newest deleted copy of ``conversation_id`` back from the trash (Undo after a delete): the
+        same file, byte for byte. HistoryError if none is there or the conversation exists again."""
+        path = self.path(owner, conversation_id)  # validates both names
+        folder = inside(self.trash, owner, "owner")
+        kept = sorted(folder.glob(f"{conversation_id}.deleted-*.json*")) if folder.is_dir() else []
+        if not kept:
+            raise ConversationNotFound(f"no deleted conversation {conversation_id!r} for {owner!r} to restore")
+        if path.exists():
+            raise HistoryError(f"conversation {conversation_id!r} exists again; the deleted copy stays in the trash")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        newest = max(kept, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        os.replace(newest, path)
+        fsync_dir(folder)
+        fsync_dir(path.parent)
+        return path
+
     def branch(self, conversation: Conversation, upto: int, title: str = "") -> Conversation:
         """A new, saved conversation holding copies of messages ``0..upto``; the original is untouched."""
         n = len(conversation.messages)

@@ -3,6 +3,7 @@ a search, each with its title and message count. The Gradio layer (webui/ui/app.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -38,3 +39,19 @@ def sidebar_groups(summaries: Iterable[Summary], now: datetime, query: str = "")
             continue
         groups[day_group(s.updated, now)].append((entry_label(s), s.id))
     return groups
+
+
+AVATAR_PX = 24  # the character's picture beside each conversation of the list
+
+
+def avatar_style(png: bytes | None, selector: str = "#sidebar .conversation-group label") -> str:
+    """A style block that puts the character's small picture (PNG bytes, a thumbnail) before every row of the
+    list ("" for none: instruct conversations have no character). The list shows one character's
+    conversations at a time, so one picture serves every row; it travels inline (no file path to serve)."""
+    if not png:
+        return ""
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return (
+        f"<style>{selector}::before {{ content: ''; flex: 0 0 {AVATAR_PX}px; width: {AVATAR_PX}px; "
+        f"height: {AVATAR_PX}px; border-radius: 50%; background: url('{uri}') center / cover; }}</style>"
+    )

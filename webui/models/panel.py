@@ -315,3 +315,10 @@ def status_line(app: App) -> str:
     parts = [f"**{html.escape(info.name)}**", info.loader, info.quantization or "",
              f"context {info.context_length}", f"memory {rss / 2**30:.1f} GiB" if rss else ""]  # fmt: skip
     return " · ".join(p for p in parts if p)
+
+
+def load_progress_text(fraction: float | None) -> str:
+    """The load bar's words: "Loading… 42 %" once the loader reported how far it is, else "Loading…"."""
+    if fraction is None:
+        return "Loading…"
+    return f"Loading… {round(min(max(fraction, 0.0), 1.0) * 100)} %"

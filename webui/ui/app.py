@@ -9,14 +9,15 @@ from datetime import datetime
 import gradio as gr
 
 from webui.app import App
-from webui.chat.sidebar import GROUPS, sidebar_groups
+from webui.chat.modes import character_of
+from webui.chat.sidebar import GROUPS, avatar_style, sidebar_groups
 from webui.models import panel as core
 from webui.models.folder import DEFAULT_NOTE, default_model_license, is_default_model
 from webui.ui.characters_tab import build_characters_tab
 from webui.ui.chat_tab import ChatTab, build_chat_tab, chat_owner
 from webui.ui.compare_tab import build_compare_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
-from webui.ui.model_tab import LOADING_BAR, build_model_tab
+from webui.ui.model_tab import LOADING_BAR, build_model_tab, loading_bar
 from webui.ui.notebook_tab import build_notebook_tab
 from webui.ui.parameters_tab import ParametersTab
 
@@ -33,11 +34,16 @@ CSS = """
 /* chat first: the chat takes the window's height, the input stays on the first screen */
 #chatbot { height: calc(100dvh - 320px) !important; min-height: 220px; }
 .inglenook-loading { height: 6px; border-radius: 3px; overflow: hidden; background: var(--border-color-primary); }
+.inglenook-loading-done { height: 100%; background: var(--color-accent); transition: width 0.3s; }
+.inglenook-loading-text { font-size: 0.85em; margin-top: 2px; }
 .inglenook-loading-bar { height: 100%; width: 35%; background: var(--color-accent);
   animation: inglenook-slide 1.2s ease-in-out infinite; }
 @keyframes inglenook-slide { from { margin-left: -35%; } to { margin-left: 100%; } }
 #conversation-list .wrap { flex-direction: column; gap: 2px; }
 #conversation-list label { width: 100%; }
+.conversation-group label { display: flex; align-items: center; gap: 0.4rem; width: 100%; }
+#sidebar-rename { align-items: end; }
+#undo-delete-row { align-items: center; }
 @media (max-width: 640px) {
   #app-title { display: none; }
   #topbar { padding-left: 1.75rem; }  /* clear of the sidebar's toggle */
@@ -80,7 +86,12 @@ def build_ui(app: App) -> gr.Blocks:
             search = gr.Textbox(
                 label="Search conversations", placeholder="Search titles…", lines=1, elem_id="conversation-search"
             )
-            lists = {g: gr.Radio([], label=g, visible=False, elem_id=f"conversations-{g.lower()}") for g in GROUPS}
+            lists = {
+                g: gr.Radio([], label=g, visible=False, elem_id=f"conversations-{g.lower()}",
+                            elem_classes="conversation-group")
+                for g in GROUPS
+            }  # fmt: skip
+            avatar = gr.HTML("", elem_id="conversation-avatar", padding=False)  # each row's picture (a style)
         with gr.Tab("Model", elem_id="model-tab"):
             default_note = gr.Markdown(DEFAULT_NOTE, visible=_is_default(app), elem_id="default-note")
             with gr.Accordion(
@@ -109,8 +120,11 @@ def build_ui(app: App) -> gr.Blocks:
         after = [*heads, model.model, model.status]
         changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
         marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores
-        bar_on = (lambda: gr.update(visible=True, value=LOADING_BAR), None, model.progress)
-        bar_off = (lambda: gr.update(visible=False, value=""), None, model.progress)
+        bars = [model.progress, model.progress_timer]  # the bar, and the timer that follows the load with it
+        bar_on = (lambda: (gr.update(visible=True, value=LOADING_BAR), gr.update(active=True)), None, bars)
+        bar_off = (lambda: (gr.update(visible=False, value=""), gr.update(active=False)), None, bars)
+        model.progress_timer.tick(lambda: loading_bar(app.engine.load_progress), None, model.progress,
+                                  api_name=False, show_progress="hidden")  # fmt: skip
         (load, do_load, load_inputs), (reload, do_reload, reload_inputs) = model.load, model.reload
         load.click(*bar_on, api_name=False, queue=False).then(do_load, load_inputs, after, api_name="load_model").then(
             *bar_off, api_name=False, queue=False
@@ -121,29 +135,39 @@ def build_ui(app: App) -> gr.Blocks:
         ).then(*bar_off, api_name=False, queue=False).then(*changed, api_name=False).then(*marked, api_name=False)
         model.save[0].click(model.save[1], model.save[2], model.status, api_name="save_model_settings")
         blocks.load(*marked, api_name=False)
-        _wire_sidebar(app, chat, search, lists)
+        _wire_sidebar(app, chat, search, lists, avatar)
     return blocks
 
 
-def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, gr.Radio]) -> None:
-    """The grouped list follows the chat's conversation; picking an entry opens it like the picker does."""
+def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, gr.Radio], avatar: gr.HTML) -> None:
+    """The grouped list follows the chat's conversation (its rows with the character's picture and message
+    count, the title box with its title); picking an entry opens it with its saved settings."""
     radios = list(lists.values())
     mode, character = chat.context[3], chat.context[4]
 
     def listing(query: str, current: str, chosen_mode: str, key: str | None) -> list:
         owner = chat_owner(app, chosen_mode, key)
-        groups = sidebar_groups(app.history.list(owner).conversations, datetime.now().astimezone(), query or "")
+        summaries = app.history.list(owner).conversations
+        groups = sidebar_groups(summaries, datetime.now().astimezone(), query or "")
+        shown = next((s for s in summaries if s.id == current), None)
+        picture = character_of(owner)
+        thumb = app.characters.thumbnail(picture) if picture else None
         return [
-            gr.update(choices=items, value=current if any(cid == current for _, cid in items) else None,
-                      visible=bool(items))
-            for items in groups.values()
+            *(gr.update(choices=items, value=current if any(cid == current for _, cid in items) else None,
+                        visible=bool(items))
+              for items in groups.values()),
+            shown.title if shown is not None else "",
+            avatar_style(thumb.read_bytes() if thumb else None),
         ]  # fmt: skip
 
     inputs = [search, chat.conversation_id, mode, character]
-    for trigger in (search.change, chat.conversation_id.change, chat.picker.change):
-        trigger(listing, inputs, radios, api_name=False, queue=False, show_progress="hidden")
+    outputs = [*radios, chat.title, avatar]
+    for trigger in (search.change, chat.conversation_id.change, chat.listed.change):
+        trigger(listing, inputs, outputs, api_name=False, queue=False, show_progress="hidden")
     for radio in radios:
-        radio.input(chat.pick, [radio, *chat.context], chat.shown, api_name=False)
+        radio.input(chat.pick, [radio, *chat.context], chat.shown, api_name=False).then(
+            *chat.settings_applied, api_name=False
+        )
 
 
 def _header_updates(app: App) -> list:

@@ -44,6 +44,7 @@ SKIP_BUTTONS = (gr.skip(),) * len(BUSY)
 
 
 OWNER = INSTRUCT_OWNER  # conversations without a character
+UNDO_SECONDS = 10.0  # how long "Undo" stays after a conversation is deleted
 
 # Draws each reply's stats line (the message's metadata.log, see webui.chat.session.display_messages) under
 # its bubble, outside the message text, so Copy and Edit give the text alone. Runs in the page on every change
@@ -114,10 +115,10 @@ KEYS_JS = """() => {
 CHAT_JS = STATS_JS.replace("KEYS_INSTALL", KEYS_JS)  # what the page runs on every change of the chatbot
 
 
-def conversation_choices(app: App, owner: str = OWNER) -> list[tuple[str, str]]:
-    """(title, id) pairs for the conversation picker, newest first."""
-    listing = app.history.list(owner)
-    return [(c.label(), c.id) for c in listing.conversations]
+def listing_stamp(conv: Conversation) -> str:
+    """What the sidebar's list depends on for the shown conversation (which one, its title, its size): when it
+    changes, the list is drawn again."""
+    return f"{conv.owner}/{conv.id}/{len(conv.messages)}/{conv.updated}/{conv.title}"
 
 
 def open_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Conversation:
@@ -176,11 +177,13 @@ class ChatTab:
     restore_outputs: list
     model_changed: Callable
     model_outputs: list
-    pick: Callable  # open a conversation by id: pick(id, *context) -> the `shown` updates
+    pick: Callable  # open a conversation by id with its saved mode: pick(id, *context) -> the `shown` updates
     context: list  # system, start reply with, max tokens, mode, character
     shown: list
-    picker: gr.Dropdown
+    listed: gr.Textbox  # changes when the sidebar's list should be drawn again (see listing_stamp)
     conversation_id: gr.Textbox
+    title: gr.Textbox  # the sidebar's editable title of the shown conversation
+    settings_applied: tuple  # (fn, inputs, outputs): the shown conversation's saved settings back in the form
 
 
 def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = None) -> ChatTab:
@@ -203,16 +206,20 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
                 scale=3, elem_id="chat-character",
             )  # fmt: skip
         with gr.Row():
-            picker = gr.Dropdown(choices=[], label="Conversation", scale=6, elem_id="conversation-choice")
             new = gr.Button("New chat", scale=1, elem_id="new-chat")
             delete = gr.Button("Delete", scale=1, variant="secondary", elem_id="delete-chat")
-        with gr.Group(visible=False, elem_id="delete-chat-ask") as ask_delete:  # a deletion is asked first
-            gr.Markdown("Delete this conversation? (It moves to the trash folder.)")
-            with gr.Row():
-                delete_yes = gr.Button("Delete it", variant="stop", size="sm", elem_id="delete-chat-confirm")
-                delete_no = gr.Button("Keep it", size="sm", elem_id="delete-chat-cancel")
+        # a deletion asks nothing and offers Undo for a while (the file waits in user_data/trash until then)
+        with gr.Row(visible=False, elem_id="undo-delete-row") as undo_row:
+            undo_note = gr.Markdown("", elem_id="undo-delete-note")
+            undo = gr.Button("Undo", size="sm", scale=0, min_width=80, elem_id="undo-delete")
+        deleted = gr.State(None)  # (owner, id) of the conversation Undo brings back
+        undo_timer = gr.Timer(UNDO_SECONDS, active=False)
+        with gr.Row(elem_id="sidebar-rename"):  # the shown conversation's title, editable (Enter or Rename saves it)
+            title = gr.Textbox(label="Title", scale=4, elem_id="rename-title", lines=1, max_lines=1)
+            rename = gr.Button("Rename", size="sm", scale=0, min_width=70, elem_id="rename-chat")
     # The id lives in the page, not in server memory, so a restarted server continues the same file.
     conversation_id = gr.Textbox(visible=False, elem_id="conversation-id")
+    listed = gr.Textbox(visible=False, elem_id="conversation-listed")  # see listing_stamp
     chatbot = gr.Chatbot(
         label="Chat", height=520, elem_id="chatbot", buttons=["copy"], feedback_options=None, editable="all"
     )
@@ -254,9 +261,6 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             show_prompt = gr.Button("Show the prompt the next message sends", size="sm", elem_id="show-prompt")
             preview = gr.Textbox(show_label=False, lines=12, max_lines=30, interactive=False, elem_id="prompt-preview")
     with gr.Accordion("Conversation", open=False):
-        with gr.Row():
-            title = gr.Textbox(label="Title", scale=4, elem_id="rename-title")
-            rename = gr.Button("Rename", scale=1, elem_id="rename-chat")
         with gr.Row():
             branch_at = gr.Number(label="Branch from message # (click a message)", precision=0, value=None, scale=4)
             branch = gr.Button("Branch", scale=1, elem_id="branch-chat")
@@ -302,10 +306,8 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         conv: Conversation, note: str = "", system_text: str = "", prefix: str = "", n: float = 0,
         chosen_mode: str | None = None, _key: str | None = None,
     ):  # fmt: skip
-        """Picker, id, chatbot (with the character's picture), note, version label, token count, mode and
-        character for ``conv``."""
-        choices = conversation_choices(app, conv.owner)
-        value = conv.id if any(cid == conv.id for _, cid in choices) else None
+        """The sidebar list's stamp, id, chatbot (with the character's picture), note, version label, token
+        count, mode and character for ``conv``."""
         key = character_of(conv.owner)
         speaker = speaker_for(conv, chosen_mode)
         options = TurnOptions(
@@ -318,7 +320,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         )
         keys = app.characters.keys()
         return (
-            gr.update(choices=choices, value=value), conv.id, shown, note, version_label(conv), count,
+            listing_stamp(conv), conv.id, shown, note, version_label(conv), count,
             chosen_mode or conv.mode, gr.update(choices=keys, value=key) if key else gr.update(choices=keys),
         )  # fmt: skip
 
@@ -368,8 +370,8 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         return sessions.busy(request.session_hash)
 
     def outputs(update: ChatUpdate, ctx) -> tuple:
-        """A ChatUpdate as the streaming handlers' outputs (message, id, chatbot, note, Send, Stop, picker,
-        version label, token count)."""
+        """A ChatUpdate as the streaming handlers' outputs (message, id, chatbot, note, Send, Stop, the sidebar
+        list's stamp, version label, token count)."""
         picker_update = label = count = gr.skip()
         if update.shown is not None:
             picker_update, _, _, _, label, count, *_ = show(update.shown, "", *ctx)
@@ -530,19 +532,51 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         conv = open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key))
         return show(conv, "", system_text, prefix, n, chosen_mode)
 
+    def pick_with_mode(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None,
+                       request: gr.Request = None):  # fmt: skip
+        """Open a conversation from the sidebar as it was left: a character's chat in its saved mode."""
+        if request is not None:
+            sessions.unfollow(request.session_hash)
+        conv = open_conversation(app, conversation_id or "", chat_owner(app, chosen_mode, key))
+        if character_of(conv.owner) and conv.mode in MODES and conv.mode != INSTRUCT:
+            chosen_mode = conv.mode
+        return show(conv, "", system_text, prefix, n, chosen_mode)
+
     def switch(system_text, prefix, n, chosen_mode, key, request: gr.Request):
         """Another mode or character: its newest conversation (a new one, greeting first, if it has none)."""
         return pick("", system_text, prefix, n, chosen_mode, key, request)
 
     def delete_chat(conversation_id: str, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+        """Delete at once (into the trash) and offer Undo: the shown updates, the Undo row, what to undo, timer."""
         owner = chat_owner(app, chosen_mode, key)
         ctx = (system_text, prefix, n, chosen_mode)
+        hidden = (gr.update(visible=False), gr.skip(), gr.update(active=False))
         try:
-            if conversation_id and app.history.exists(owner, conversation_id):
-                app.history.delete(owner, conversation_id)
+            if not (conversation_id and app.history.exists(owner, conversation_id)):
+                shown_now = show(open_conversation(app, conversation_id or "", owner), "Nothing saved to delete.", *ctx)
+                return *shown_now, *hidden
+            title = app.history.load(owner, conversation_id).title or "the conversation"
+            app.history.delete(owner, conversation_id)
         except (HistoryError, UnsafeName) as exc:
-            return show(open_conversation(app, "", owner), f"⚠️ {exc}", *ctx)
-        return show(open_conversation(app, "", owner), "Deleted (moved to the trash folder).", *ctx)
+            return *show(open_conversation(app, "", owner), f"⚠️ {exc}", *ctx), *hidden
+        return (
+            *show(open_conversation(app, "", owner), "", *ctx), gr.update(visible=True),
+            (owner, conversation_id), gr.update(active=True), f"Deleted “{title}”.",
+        )  # fmt: skip
+
+    def undo_delete(what, system_text, prefix, n, chosen_mode=INSTRUCT, key=None):
+        """Bring the deleted conversation back (the same file) and show it."""
+        hide = (gr.update(visible=False), None, gr.update(active=False))
+        owner, ctx = chat_owner(app, chosen_mode, key), (system_text, prefix, n, chosen_mode)
+        if not what:
+            return *show(open_conversation(app, "", owner), "Nothing to undo.", *ctx), *hide
+        was_owner, conversation_id = what
+        try:
+            app.history.undelete(was_owner, conversation_id)
+        except (HistoryError, UnsafeName) as exc:
+            return *show(open_conversation(app, "", owner), f"⚠️ {exc}", *ctx), *hide
+        conv = open_conversation(app, conversation_id, was_owner)
+        return *show(conv, "Restored.", *ctx), *hide
 
     def rename_chat(conv_id, new_title, *ctx):
         conv, _ = locate_conv(conv_id, *ctx[3:])
@@ -611,9 +645,9 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
 
     who = [mode, character]
     ctx = [system, start_with, max_tokens, *who]
-    shown = [picker, conversation_id, chatbot, error, versions, tokens, *who]
+    shown = [listed, conversation_id, chatbot, error, versions, tokens, *who]
     buttons = [send, stop, regen, cont]  # BUSY / IDLE
-    stream_outputs = [message, conversation_id, chatbot, error, *buttons, picker, versions, tokens]
+    stream_outputs = [message, conversation_id, chatbot, error, *buttons, listed, versions, tokens]
     # /chat's inputs: message, conversation id, system, start reply with, mode, character; then every
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
@@ -661,20 +695,20 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
     # saved conversation yet) opened the newest old one (issue 13, bug 1)
     settings_outputs = [system, *(params_inputs[name] for name in rule_knobs)]
-    picker.select(pick, [picker, *ctx], shown, api_name=False).then(
-        apply_settings, [conversation_id, *who], settings_outputs, api_name=False
+    settings_applied = (apply_settings, [conversation_id, *who], settings_outputs)
+    delete.click(
+        delete_chat, [conversation_id, *ctx], [*shown, undo_row, deleted, undo_timer, undo_note], api_name=False
+    ).then(*settings_applied, api_name=False)
+    undo.click(undo_delete, [deleted, *ctx], [*shown, undo_row, deleted, undo_timer], api_name=False).then(
+        *settings_applied, api_name=False
     )
-    delete.click(lambda: gr.update(visible=True), None, ask_delete, api_name=False, queue=False)
-    delete_no.click(lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False)
-    delete_yes.click(delete_chat, [conversation_id, *ctx], shown, api_name=False).then(
-        lambda: gr.update(visible=False), None, ask_delete, api_name=False, queue=False
-    )
+    undo_timer.tick(lambda: (gr.update(visible=False), None, gr.update(active=False)), None,
+                    [undo_row, deleted, undo_timer], api_name=False)  # fmt: skip
     mode.input(switch, ctx, shown, api_name=False)
-    character.select(switch, ctx, shown, api_name=False).then(
-        apply_settings, [conversation_id, *who], settings_outputs, api_name=False
-    )
+    character.select(switch, ctx, shown, api_name=False).then(*settings_applied, api_name=False)
     character.focus(lambda: gr.update(choices=app.characters.keys()), None, character, api_name=False)
     rename.click(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
+    title.submit(rename_chat, [conversation_id, title, *ctx], shown, api_name=False)
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
     chatbot.select(select_message, None, branch_at, api_name=False)
     chatbot.change(None, chatbot, None, js=CHAT_JS, api_name=False)
@@ -693,9 +727,11 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         restore_outputs=[*shown, *template_outputs, system],
         model_changed=template_view,
         model_outputs=template_outputs,
-        pick=pick,
+        pick=pick_with_mode,
         context=ctx,
         shown=shown,
-        picker=picker,
+        listed=listed,
         conversation_id=conversation_id,
+        title=title,
+        settings_applied=settings_applied,
     )

@@ -79,7 +79,14 @@ def build_extensions_tab(app: App, chat_blocks: dict[str, gr.Column]) -> None:
         restart = gr.Button("Restart Inglenook", variant="stop", visible=False, elem_id="extension-restart")
         revision = gr.State(0)  # bumped by enable/disable: an enabled extension's settings become known
 
-        @gr.render(inputs=[choice, revision], triggers=[choice.change, revision.change])
+        # The form is emptied before another extension's is drawn: drawn over the old one, a widget of the old
+        # form (a number box) was handed the new form's value (a text) first, and the browser warned.
+        form_of = gr.Textbox(visible=False, elem_id="extension-form-of")  # the extension whose form is shown
+        choice.change(lambda: "", None, form_of, api_name=False, queue=False).then(
+            lambda name: name, choice, form_of, api_name=False, queue=False
+        )
+
+        @gr.render(inputs=[form_of, revision], triggers=[form_of.change, revision.change])
         def settings_form(name: str | None, _revision: int):
             ext = next((e for e in host.list() if e.name == name), None)
             if ext is None or not ext.setting_specs:

@@ -6,6 +6,7 @@ per settings field name across all registered loaders; choosing a loader shows i
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,10 +34,23 @@ def _widget(field, interactive: bool):
     return gr.Textbox(value=field.default, label=field.label, elem_id=f"setting-{field.name}")
 
 
-LOADING_BAR = (
-    '<div class="inglenook-loading" role="progressbar" aria-label="Loading the model" aria-busy="true">'
-    '<div class="inglenook-loading-bar"></div></div>'
-)  # indeterminate: the loaders report no progress across the worker's pipe yet
+def loading_bar(fraction: float | None = None) -> str:
+    """The load bar: how far the load is ("Loading… 42 %", as the loader reports it through the worker), or
+    a sliding bar until the loader has said anything."""
+    text = html.escape(core.load_progress_text(fraction))
+    if fraction is None:
+        inner, value = '<div class="inglenook-loading-bar"></div>', ""
+    else:
+        percent = round(min(max(fraction, 0.0), 1.0) * 100)
+        inner = f'<div class="inglenook-loading-done" style="width: {percent}%"></div>'
+        value = f' aria-valuemin="0" aria-valuemax="100" aria-valuenow="{percent}"'
+    return (
+        f'<div class="inglenook-loading" role="progressbar" aria-label="Loading the model" aria-busy="true"{value}>'
+        f'{inner}</div><div class="inglenook-loading-text">{text}</div>'
+    )
+
+
+LOADING_BAR = loading_bar()
 
 
 @dataclass
@@ -46,6 +60,7 @@ class ModelTab:
     status: gr.Markdown
     model: gr.Dropdown
     progress: gr.HTML
+    progress_timer: gr.Timer  # active while a load runs: the bar follows the engine's load progress
     load: tuple
     unload: tuple
     reload: tuple
@@ -77,6 +92,7 @@ def build_model_tab(app: App, on_change) -> ModelTab:
         reload = gr.Button("Reload", scale=1, elem_id="reload-model")
         save = gr.Button("Save settings for this model", scale=2, elem_id="save-model-settings")
     progress = gr.HTML("", visible=False, elem_id="model-progress")
+    progress_timer = gr.Timer(0.5, active=False)
     status = gr.Markdown("", elem_id="model-status")
     with gr.Accordion("Load settings", open=False, elem_id="load-settings"):
         widgets = {}
@@ -179,7 +195,8 @@ def build_model_tab(app: App, on_change) -> ModelTab:
         # after a load/unload/reload (each sets the status line) the panel says what the load chose
         status.change(refresh_info, [variant, widgets["n_ctx"]], info, api_name=False)
     return ModelTab(
-        status=status, model=model, progress=progress, load=(load, do_load, inputs), unload=(unload, do_unload),
+        status=status, model=model, progress=progress, progress_timer=progress_timer, load=(load, do_load, inputs),
+        unload=(unload, do_unload),
         reload=(reload, do_reload, inputs), save=(save, do_save, inputs),
         refresh=refresh,
         refresh_outputs=[model, variant, loader, *widgets.values(), info],

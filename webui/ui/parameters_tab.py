@@ -22,6 +22,7 @@ from webui.presets import (
     ignored_fields,
     neutralize,
     params_from_form,
+    preset_state,
 )
 from webui.templates.prefs import TemplatePrefs
 
@@ -114,6 +115,8 @@ class ParametersTab:
                 choices=self.store.names(), value=DEFAULT_PRESET, label="Preset", scale=4, elem_id="preset-choice"
             )
             new_name = gr.Textbox(label="Name for Save as / Rename", scale=3, elem_id="preset-new-name")
+        # the active preset, marked "•modified" once a parameter differs from it (webui.presets.preset_state)
+        state = gr.Markdown(f"Preset: **{DEFAULT_PRESET}**", elem_id="preset-state")
         with gr.Row():
             save = gr.Button("Save", elem_id="preset-save")
             save_as = gr.Button("Save as", elem_id="preset-save-as")
@@ -141,18 +144,33 @@ class ParametersTab:
             shown = form_values(params)
             return [shown[n] for n in NAMES]
 
-        def choose(name: str):
-            try:
-                loaded = self.store.load(name)
-            except (PresetError, UnsafeName) as exc:
-                return [gr.skip()] * len(order) + [f"⚠️ {exc}"]
+        def reference(name: str) -> tuple[SamplingParams, str]:
+            """What picking preset ``name`` sets the form to (the model's rule under it), and a note."""
+            loaded = self.store.load(name)  # PresetError, UnsafeName
             note = f"⚠️ {loaded.warning}" if loaded.warning else f"Loaded preset {name} ({loaded.source})."
             info = self.app.engine.info  # the model's models.yaml rule lies under the preset (webui.chat.sampling)
             choice = TemplatePrefs(self.app.settings.user_data).get(info.name) if info else None
             try:
-                return [*values_of(preset_params(info, loaded, choice).params), note]
+                return preset_params(info, loaded, choice).params, note
             except ValueError as exc:  # a models.yaml rule with a bad value
-                return [*values_of(loaded.params), f"⚠️ {exc}"]
+                return loaded.params, f"⚠️ {exc}"
+
+        def choose(name: str):
+            try:
+                params, note = reference(name)
+            except (PresetError, UnsafeName) as exc:
+                return [gr.skip()] * len(order) + [f"⚠️ {exc}"]
+            return [*values_of(params), note]
+
+        def show_state(name: str | None, *values):
+            """The preset line: its name, and "•modified" when the form differs from what picking it sets."""
+            if not name:
+                return "Preset: (none)"
+            try:
+                params = reference(name)[0]
+            except (PresetError, UnsafeName):
+                params = None
+            return f"Preset: **{preset_state(name, params, dict(zip(NAMES, values, strict=True)))}**"
 
         def current(values: list) -> SamplingParams:
             return params_from_form(dict(zip(NAMES, values, strict=True)))
@@ -206,7 +224,7 @@ class ParametersTab:
             except (PresetError, UnsafeName) as exc:
                 return gr.skip(), f"⚠️ {exc}"
 
-        preset.input(choose, preset, [*order, status], api_name=False)
+        preset.select(choose, preset, [*order, status], api_name=False)  # the same one again: its values back
         save.click(do_save, [preset, *order], [preset, status], api_name=False)
         save_as.click(do_save_as, [new_name, *order], [preset, status], api_name=False)
         rename.click(do_rename, [preset, new_name], [preset, status], api_name=False)
@@ -214,6 +232,12 @@ class ParametersTab:
         neutral.click(do_neutralize, order, [*order, status], api_name=False)
         grammar_file.input(pick_grammar, grammar_file, [self.grammar, status], api_name=False)
         filtered.change(lambda f: loader_marks(self.app, f), filtered, order, api_name=False)
+        # any change of a value (typed, a preset picked, a conversation's saved values) re-marks the line;
+        # "always_last" folds the burst of changes a preset pick makes into one check
+        gr.on(
+            [preset.change, *(w.change for w in order)], show_state, [preset, *order], state, api_name=False,
+            trigger_mode="always_last", show_progress="hidden",
+        )  # fmt: skip
         self.filtered = filtered
         return filtered
 

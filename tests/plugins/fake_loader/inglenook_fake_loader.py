@@ -17,6 +17,7 @@ A `.fake` file is JSON (every key optional)::
                                           # (those that differ from neutral), to test which ones reach a model
      "echo_prompt": false,                # true: the reply is {"prompt": the prompt as rendered, "params": ...}
                                           # (how a server behind a remote rendered the messages it got)
+     "load_ms": 0,                        # a load that takes this long, reporting its progress in 10 steps
      "crash": "",                         # "load", "token:N" (after N tokens), "abort:N": the process dies
      "embed": false}                      # true: embed() gives bag-of-words vectors (64 dims, L2-normalised),
                                           # so texts sharing words are closer; false: it cannot embed
@@ -45,6 +46,7 @@ from backends.base import (
     CancelToken,
     Chunk,
     Loader,
+    LoadProgress,
     LoadSettings,
     Model,
     ModelInfo,
@@ -188,6 +190,17 @@ class FakeLoader(Loader):
             raise ModelLoadError(f"not a .fake file: {path}")
         script = self._script(path)
         _crash_plan(getattr(settings, "crash", "") or str(script.get("crash", "")))
+
+    def load_reporting(self, path: Path, settings: LoadSettings, progress: LoadProgress) -> Model:
+        """A load of ``load_ms`` in ten steps, each reported (the page's load bar)."""
+        self.check(path, settings)
+        steps, total_s = 10, float(self._script(path).get("load_ms", 0)) / 1000
+        for step in range(1, steps + 1):
+            time.sleep(total_s / steps)
+            progress(step / steps if step < steps else 0.99)  # 1.0 once the model exists
+        model = self.load(path, settings)
+        progress(1.0)
+        return model
 
     def load(self, path: Path, settings: LoadSettings) -> Model:
         self.check(path, settings)
