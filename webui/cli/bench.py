@@ -42,7 +42,7 @@ from webui.bench.measure import (
     settings_mismatch,
 )
 from webui.bench.raw import RawContender
-from webui.bench.report import format_switch, format_table, header, summarise
+from webui.bench.report import format_switch, format_table, header, summarise, text_note
 from webui.bench.switch import bench_switch
 from webui.cli.options import add_model_options, settings_from
 from webui.models.folder import resolve_model
@@ -123,6 +123,11 @@ def _gguf(app: App, args: argparse.Namespace) -> Path:
         raise BenchError(f"bench compares against raw llama-cpp-python, so it needs a GGUF model; {path.name} "
                          f"loads with {loader.name}")  # fmt: skip
     return path
+
+
+def _kernel_facts(info) -> dict[str, str]:
+    """What decides whether the engine's greedy text should equal raw's: parallel and the extra buffer types."""
+    return {k: v for k, v in info.metadata.items() if k in ("inglenook.parallel", "inglenook.extra_buffer_types")}
 
 
 def _common(info, args: argparse.Namespace, raw: RawContender, load_average, contenders: list[Contender]) -> dict:
@@ -256,6 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             **_common(info, args, raw, load_average, contenders),
             "settings_mismatch": settings_mismatch(app, raw.kwargs),
             "engine_text_matches_raw": engine.samples[-1].text == raw.samples[-1].text,
+            "engine_metadata": _kernel_facts(info),
         }
     except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -271,8 +277,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     if result["settings_mismatch"]:
         print("WARNING: raw and the engine load the model differently: " + "; ".join(result["settings_mismatch"]))
-    if not result["engine_text_matches_raw"]:
-        print("note: the engine's text differs from raw's (it should not under greedy decoding)")
+    if note := text_note("the engine's", result["engine_text_matches_raw"], result["engine_metadata"]):
+        print(note)
     return 0
 
 
@@ -333,6 +339,7 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
         result = {
             **_common(info, args, raw, load_average, contenders),
             "api_text_matches_raw": api.samples[-1].text == raw.samples[-1].text,
+            "engine_metadata": _kernel_facts(info),
             "skipped": skipped,
         }
         if args.clients:
@@ -360,8 +367,8 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
     print(format_table(result))
     for name, why in skipped.items():
         print(f"{name}: skipped, {why}")
-    if not result["api_text_matches_raw"]:
-        print("note: the API's text differs from raw's (it should not under greedy decoding)")
+    if note := text_note("the API's", result["api_text_matches_raw"], result["engine_metadata"]):
+        print(note)
     if "load_test" in result:
         for lt in (result.get("load_test_single"), result["load_test"]):
             if lt:
