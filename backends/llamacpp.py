@@ -12,6 +12,7 @@ temperature or sampler order, and its penalties never see the prompt.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from backends.base import (
 from backends.cpu import ThreadGovernor, cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
+from backends.llamacpp_cache import MB, MIN_PREFIX, PrefixCache
 
 log = logging.getLogger(__name__)
 EMBED_CTX_MAX = 4096  # the longest input embed() takes, in tokens (its context is allocated at this size)
@@ -63,6 +65,11 @@ class LlamaCppSettings(LoadSettings):
     # time (requests beyond it wait in the engine's fair queue); 0 = auto (parallel_slots). Each of them gets
     # the whole n_ctx: the KV cache is unified and holds parallel × n_ctx cells.
     parallel: int = 1
+    # The per-conversation KV cache (backends/llamacpp_cache.py): the states of the last conversations' prompts,
+    # kept so that going back to one reads only its new turn. RAM budget in MB (0 = off), and a disk budget
+    # under user_data/cache/kv/ (0 = off; what RAM evicts goes there).
+    kv_cache_ram_mb: int = 512
+    kv_cache_disk_mb: int = 0
 
 
 # Decides ``auto`` for a model path: (use extra buffer types, why). The app supplies one that probes once per
@@ -149,11 +156,17 @@ def parallel_slots(setting: int, n_ctx: int, cores: int) -> int:
 
 class LlamaCppModel(Model):
     def __init__(
-        self, llm, info: ModelInfo, governor: ThreadGovernor | None = None, parallel: int = 1, n_ctx: int = 0
+        self,
+        llm,
+        info: ModelInfo,
+        governor: ThreadGovernor | None = None,
+        parallel: int = 1,
+        n_ctx: int = 0,
+        kv_cache: PrefixCache | None = None,
     ) -> None:
         """``llm``: a ``llama_cpp.Llama``; ``governor``: picks the decode threads as the load changes (None
         when the user set ``threads``: then that count is obeyed); ``parallel`` > 1: a batch decoder of that
-        many sequences of ``n_ctx`` each."""
+        many sequences of ``n_ctx`` each; ``kv_cache``: where the states of earlier prompts are kept."""
         import llama_cpp
 
         self._llm = llm
@@ -162,6 +175,7 @@ class LlamaCppModel(Model):
         self._governor = governor
         self._threads = llm.context_params.n_threads
         self._cached_prompt: list[int] = []
+        self.kv_cache = kv_cache if kv_cache is not None and kv_cache.enabled else None
         self._sampler = None  # the chain for the generation about to start (see _take_sampler)
         self._embed_ctx = None  # (context, batch, size) for embed(), made on first use
         # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
@@ -200,11 +214,14 @@ class LlamaCppModel(Model):
         seed = params.seed if params.seed >= 0 else random.randrange(2**31)
         self._llm.set_seed(seed)
         # llama-cpp-python reuses any common prefix of the KV cache. Reusing only a short stray prefix
-        # (e.g. just BOS) changed seeded samples here, so reuse only when this prompt extends the last one
-        # (the chat case: previous prompt + reply + new turn); otherwise start clean.
-        if prompt_tokens[: len(self._cached_prompt)] != self._cached_prompt:
-            self._llm.reset()
+        # (e.g. just BOS) changed seeded samples here, so reuse when this prompt extends the last one
+        # (the chat case: previous prompt + reply + new turn); otherwise the KV cache's state is kept in the
+        # per-conversation cache and the longest cached prefix of this prompt is restored (or we start clean).
+        if not self._cached_prompt or prompt_tokens[: len(self._cached_prompt)] != self._cached_prompt:
+            self._switch_kv(prompt_tokens)
         self._cached_prompt = prompt_tokens
+        held = self._llm._input_ids[: self._llm.n_tokens].tolist()
+        cached = min(_common_prefix(held, prompt_tokens), len(prompt_tokens) - 1)  # Llama.generate reads the rest
         if params.grammar:
             self._check_grammar(params.grammar)
         plan = sampler_plan(params, seed, n_ctx, self._eog_tokens())
@@ -250,7 +267,58 @@ class LlamaCppModel(Model):
             tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
             if tail:
                 yield Chunk(tail, logprobs=pending or None)
-        yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_tokens), n))
+        usage = watch.usage(len(prompt_tokens), n)
+        usage.cached_tokens = max(0, cached)
+        yield Chunk(finish_reason=finish, usage=usage)
+
+    # -- the per-conversation KV cache (parallel = 1) --------------------------------------------------------
+    def _switch_kv(self, prompt_tokens: list[int]) -> None:
+        """Give the KV cache to ``prompt_tokens``: keep what it holds in :attr:`kv_cache`, then restore the longest
+        cached prefix of the prompt (at least ``MIN_PREFIX`` tokens), or start clean."""
+        llm = self._llm
+        cache = self.kv_cache
+        if cache is not None:
+            held = tuple(llm._input_ids[: llm.n_tokens].tolist())
+            if len(held) >= MIN_PREFIX and held not in cache:
+                cache.put(held, self._kv_state())
+            best = cache.longest_prefix(prompt_tokens)
+            state = cache.get(best) if best is not None else None
+            if state is not None and self._restore_kv(best, state):
+                return
+        llm.reset()
+
+    def _kv_state(self) -> bytes:
+        """The state of sequence 0 (its K/V cells), as llama.cpp serialises it."""
+        ctx = self._llm._ctx.ctx
+        size = self._lib.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(ctx, buf, size, 0)
+        return ctypes.string_at(buf, written)
+
+    def _restore_kv(self, tokens: tuple[int, ...], state: bytes) -> bool:
+        """Make the KV cache hold ``tokens`` from their saved ``state``; False (and a clean cache) if llama.cpp
+        refuses it (e.g. a state from another context size)."""
+        llm, lib = self._llm, self._lib
+        lib.llama_memory_clear(lib.llama_get_memory(llm._ctx.ctx), True)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if len(tokens) >= len(llm.input_ids) or not lib.llama_state_seq_set_data(llm._ctx.ctx, buf, len(state), 0):
+            log.warning("a cached KV state of %d tokens did not load; the prompt is read in full", len(tokens))
+            llm.reset()
+            return False
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        llm._requires_eval = True  # the logits are not restored: Llama.generate reads at least one token again
+        return True
+
+    def forget_kv(self) -> None:
+        """Empty the KV cache and the RAM tier of the per-conversation cache (``inglenook bench`` times cold
+        prompts)."""
+        if self._batch is not None:
+            self._batch.forget()
+        self._llm.reset()
+        self._cached_prompt = []
+        if self.kv_cache is not None:
+            self.kv_cache.clear()
 
     @property
     def decode_threads(self) -> int:
@@ -440,8 +508,10 @@ class LlamaCppLoader(Loader):
     install_hint = "pip install llama-cpp-python"
     loads = ".gguf files"
 
-    def __init__(self, auto_extra_buffers: AutoExtraBuffers | None = None) -> None:
+    def __init__(self, auto_extra_buffers: AutoExtraBuffers | None = None, cache_dir: Path | None = None) -> None:
+        """``cache_dir``: the folder of the KV cache's disk tier (the app gives ``user_data/cache/kv``)."""
         self.auto_extra_buffers = auto_extra_buffers
+        self.cache_dir = cache_dir
 
     def available(self) -> str | None:
         try:
@@ -460,7 +530,30 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {settings.extra_buffer_types!r}")
         if isinstance(settings, LlamaCppSettings):
             parallel_slots(settings.parallel, settings.n_ctx, usable_cores())
+            self._check_kv_cache(settings)
         read_header(path)
+
+    def _check_kv_cache(self, settings: LlamaCppSettings) -> None:
+        if settings.kv_cache_ram_mb < 0 or settings.kv_cache_disk_mb < 0:
+            raise ModelLoadError("kv_cache_ram_mb and kv_cache_disk_mb must be 0 (off) or a number of megabytes")
+        if settings.kv_cache_disk_mb and self.cache_dir is None:
+            raise ModelLoadError("kv_cache_disk_mb needs a cache folder (the app's user_data/cache), and there is none")
+
+    def _kv_cache(self, path: Path, settings: LoadSettings, kwargs: dict, parallel: int) -> PrefixCache | None:
+        """The per-conversation KV cache for a model loaded with ``kwargs`` (None when off, or with ``parallel`` >
+        1, where each slot keeps its own conversation instead)."""
+        if not isinstance(settings, LlamaCppSettings) or parallel > 1:
+            return None
+        self._check_kv_cache(settings)
+        if not (settings.kv_cache_ram_mb or settings.kv_cache_disk_mb):
+            return None
+        import llama_cpp
+
+        stat = path.stat()
+        # a state fits only the same weights, context and cache types: a file of another is never read
+        fingerprint = (f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|n_ctx={kwargs['n_ctx']}|"
+                       f"flash_attn={kwargs['flash_attn']}|llama-cpp-python {llama_cpp.__version__}")  # fmt: skip
+        return PrefixCache(settings.kv_cache_ram_mb * MB, settings.kv_cache_disk_mb * MB, self.cache_dir, fingerprint)
 
     def load(self, path: Path, settings: LoadSettings) -> Model:
         if not path.is_file():
@@ -514,7 +607,12 @@ class LlamaCppLoader(Loader):
         explicit = (settings.threads or 0) > 0
         # the governor times the one-sequence decode; the batch decoder keeps the threads it was given
         governor = None if explicit or parallel > 1 else ThreadGovernor(llm.context_params.n_threads)
-        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx)
+        try:
+            kv_cache = self._kv_cache(path, settings, kwargs, parallel)
+        except Exception:
+            llm.close()
+            raise
+        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx, kv_cache)
 
 
 def ensure_backends() -> None:
@@ -716,6 +814,16 @@ def dry_breakers(text: str) -> list[str]:
     if not all(isinstance(b, str) for b in found):
         raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}")
     return found
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _usable_ctx(llm) -> int:
