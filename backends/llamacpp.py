@@ -278,11 +278,11 @@ class LlamaCppModel(Model):
         llm = self._llm
         cache = self.kv_cache
         if cache is not None:
+            best = cache.longest_prefix(prompt_tokens)
+            state = cache.get(best) if best is not None else None  # taken first: keeping ours may evict it
             held = tuple(llm._input_ids[: llm.n_tokens].tolist())
             if len(held) >= MIN_PREFIX and held not in cache:
                 cache.put(held, self._kv_state())
-            best = cache.longest_prefix(prompt_tokens)
-            state = cache.get(best) if best is not None else None
             if state is not None and self._restore_kv(best, state):
                 return
         llm.reset()

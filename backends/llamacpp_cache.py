@@ -187,7 +187,9 @@ class PrefixCache:
             if path.name.startswith("."):
                 continue
             found = _read_header(path)
-            if found is None:
+            if found is None:  # not a cache file (any more): a truncated write of an old version, a damaged disk
+                with contextlib.suppress(OSError):
+                    path.unlink()
                 continue
             meta, _ = found
             if meta.get("model") != self.fingerprint:
