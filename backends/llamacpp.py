@@ -45,7 +45,7 @@ from backends.base import (
 from backends.cpu import ThreadGovernor, cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
-from backends.llamacpp_cache import MB, MIN_PREFIX, PrefixCache
+from backends.llamacpp_cache import MB, MIN_PREFIX, PrefixCache, common_prefix
 
 log = logging.getLogger(__name__)
 EMBED_CTX_MAX = 4096  # the longest input embed() takes, in tokens (its context is allocated at this size)
@@ -221,7 +221,7 @@ class LlamaCppModel(Model):
             self._switch_kv(prompt_tokens)
         self._cached_prompt = prompt_tokens
         held = self._llm._input_ids[: self._llm.n_tokens].tolist()
-        cached = min(_common_prefix(held, prompt_tokens), len(prompt_tokens) - 1)  # Llama.generate reads the rest
+        cached = min(common_prefix(held, prompt_tokens), len(prompt_tokens) - 1)  # Llama.generate reads the rest
         if params.grammar:
             self._check_grammar(params.grammar)
         plan = sampler_plan(params, seed, n_ctx, self._eog_tokens())
@@ -273,17 +273,22 @@ class LlamaCppModel(Model):
 
     # -- the per-conversation KV cache (parallel = 1) --------------------------------------------------------
     def _switch_kv(self, prompt_tokens: list[int]) -> None:
-        """Give the KV cache to ``prompt_tokens``: keep what it holds in :attr:`kv_cache`, then restore the longest
-        cached prefix of the prompt (at least ``MIN_PREFIX`` tokens), or start clean."""
+        """Give the KV cache to ``prompt_tokens``: keep what it holds in :attr:`kv_cache`, then restore the cached
+        state sharing the longest start with the prompt (at least ``MIN_PREFIX`` tokens), keep the live one if it
+        shares more, or start clean."""
         llm = self._llm
         cache = self.kv_cache
         if cache is not None:
-            best = cache.longest_prefix(prompt_tokens)
-            state = cache.get(best) if best is not None else None  # taken first: keeping ours may evict it
             held = tuple(llm._input_ids[: llm.n_tokens].tolist())
+            match = cache.best_match(prompt_tokens)
+            if match is not None and match[1] <= common_prefix(held, prompt_tokens):
+                match = None  # what the KV cache holds shares as much: keep it (Llama.generate trims the rest)
+            state = cache.get(match[0]) if match is not None else None  # taken first: keeping ours may evict it
             if len(held) >= MIN_PREFIX and held not in cache:
                 cache.put(held, self._kv_state())
-            if state is not None and self._restore_kv(best, state):
+            if state is not None and self._restore_kv(match[0], state):
+                return  # Llama.generate drops the cells past the shared start and reads the rest
+            if common_prefix(held, prompt_tokens) >= MIN_PREFIX:
                 return
         llm.reset()
 
@@ -814,16 +819,6 @@ def dry_breakers(text: str) -> list[str]:
     if not all(isinstance(b, str) for b in found):
         raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}")
     return found
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """How many tokens ``a`` and ``b`` share from the start."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _usable_ctx(llm) -> int:

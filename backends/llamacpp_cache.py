@@ -79,13 +79,18 @@ class PrefixCache:
         """The cached prefixes, RAM's (oldest first) then disk's."""
         return list(self._ram) + [t for t in self._disk if t not in self._ram]
 
-    def longest_prefix(self, prompt: list[int], at_least: int = MIN_PREFIX) -> tuple[int, ...] | None:
-        """The longest cached token sequence that ``prompt`` starts with (``at_least`` tokens long), or None."""
-        best: tuple[int, ...] | None = None
+    def best_match(self, prompt: list[int], at_least: int = MIN_PREFIX) -> tuple[tuple[int, ...], int] | None:
+        """(the cached token sequence sharing the longest start with ``prompt``, how many tokens they share), when
+        that is ``at_least`` tokens; else None. The sequence need not be a prefix of the prompt: a conversation's
+        state holds the reply as generated, and the next prompt may render it otherwise (or edit it); its
+        cells past the shared start are dropped after the restore."""
+        best: tuple[tuple[int, ...], int] | None = None
         for tokens in self.keys():
-            n = len(tokens)
-            if n >= at_least and n <= len(prompt) and (best is None or n > len(best)) and tuple(prompt[:n]) == tokens:
-                best = tokens
+            shared = common_prefix(tokens, prompt)
+            if shared >= at_least and (
+                best is None or shared > best[1] or (shared == best[1] and len(tokens) < len(best[0]))
+            ):
+                best = (tokens, shared)
         return best
 
     def get(self, tokens: tuple[int, ...]) -> bytes | None:
@@ -221,6 +226,16 @@ class PrefixCache:
             log.warning("KV cache file %s is corrupt or truncated: ignored and removed", entry.path.name)
             return None
         return state
+
+
+def common_prefix(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _read_header(path: Path) -> tuple[dict, int] | None:

@@ -15,16 +15,19 @@ def _tokens(tag: int, n: int = 40) -> tuple[int, ...]:
     return tuple([tag] * n)
 
 
-def test_the_longest_cached_prefix_of_a_prompt_is_found_and_a_short_or_foreign_one_is_not():
+def test_the_cached_state_sharing_the_longest_start_with_a_prompt_is_found_and_a_short_match_is_not():
     cache = PrefixCache(ram_bytes=10_000)
     short, long = tuple(range(40)), tuple(range(80))
+    replied = tuple(range(60)) + (999,) * 10  # a conversation whose reply the next prompt renders otherwise
     cache.put(short, b"s" * 10)
     cache.put(long, b"l" * 10)
-    cache.put(tuple(range(10)), b"x")  # below MIN_PREFIX: never worth a restore
-    assert cache.longest_prefix(list(range(100))) == long
-    assert cache.longest_prefix(list(range(60))) == short  # the long one is not a prefix of this prompt
-    assert cache.longest_prefix(list(range(20))) is None
-    assert cache.longest_prefix([7] + list(range(99))) is None  # differs at the first token
+    cache.put(replied, b"r" * 10)
+    cache.put(tuple(range(10)), b"x")  # shares too little with anything to be worth a restore
+    assert cache.best_match(list(range(100))) == (long, 80)
+    assert cache.best_match(list(range(60)) + [5] * 40) == (replied, 60)  # the shorter of two sharing 60
+    assert cache.best_match(list(range(50))) == (replied, 50)
+    assert cache.best_match(list(range(20))) is None  # below MIN_PREFIX
+    assert cache.best_match([7] + list(range(99))) is None  # differs at the first token
     assert cache.get(long) == b"l" * 10 and cache.get(_tokens(9)) is None
 
 
@@ -56,11 +59,11 @@ def test_ram_evictions_go_to_disk_and_come_back_after_a_restart(tmp_path: Path):
     files = list(folder.glob("*" + SUFFIX))
     assert len(files) == 1 and len(files[0].stem) == 64 and int(files[0].stem, 16) >= 0  # named by a hash only
     assert not list(folder.glob(".tmp-*"))  # written atomically: no temp file left
-    assert cache.longest_prefix(list(a) + [5]) == a and cache.get(a) == b"a" * 100  # read back from disk
+    assert cache.best_match(list(a) + [5]) == (a, len(a)) and cache.get(a) == b"a" * 100  # read back from disk
     again = PrefixCache(ram_bytes=150, disk_bytes=10_000, folder=folder, fingerprint="gemma|1")  # a restart
     assert again.get(a) == b"a" * 100
     other = PrefixCache(ram_bytes=150, disk_bytes=10_000, folder=folder, fingerprint="another model")
-    assert other.longest_prefix(list(a) + [5]) is None  # a state of another model is never used
+    assert other.best_match(list(a) + [5]) is None  # a state of another model is never used
 
 
 def test_disk_evicts_the_least_recently_used_files_by_bytes(tmp_path: Path):

@@ -5,6 +5,7 @@
   ``--clients K --duration S`` a bounded load test.
 - ``bench --switch``: load/unload cycles, load time and resident memory.
 - ``bench --contention``: tok/s idle and beside a busy-loop on one core (raw, raw passive, engine).
+- ``bench --kv-cache``: the next turn of a long conversation after another one ran, against a short cold prompt.
 
 A measurement, not a test: it returns 0 whatever the figures (non-zero with a message when something fails).
 """
@@ -88,6 +89,12 @@ def add_parser(sub) -> None:
         "OMP_WAIT_POLICY=PASSIVE) and our engine",
     )  # fmt: skip
     bench.add_argument("--pp", type=int, default=512, help="with --speed: prompt tokens for pp (default: 512)")
+    bench.add_argument(
+        "--kv-cache", action="store_true",
+        help="instead: TTFT of a long conversation's next turn after another conversation ran (the per-conversation "
+        "KV cache) against a 50-token prompt read cold",
+    )  # fmt: skip
+    bench.add_argument("--history", type=int, default=3000, help="with --kv-cache: the conversation's tokens")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_bench_api(args)
     if args.contention:
         return cmd_contention(args)
+    if args.kv_cache:
+        return cmd_kv_cache(args)
     return cmd_switch(args) if args.switch else cmd_bench(args)
 
 
@@ -204,6 +213,38 @@ def cmd_contention(args: argparse.Namespace) -> int:
           f"load average before: {load_average}; engine OMP_WAIT_POLICY={result['engine_wait_policy']}, "
           f"raw: {result['raw_wait_policy']}; hog pinned to core {result['hog_core']}")  # fmt: skip
     print(format_contention(result))
+    return 0
+
+
+def cmd_kv_cache(args: argparse.Namespace) -> int:
+    """Issue 17 §2: going back to a long conversation costs about what a short prompt does."""
+    from webui.bench.kvcache import format_kv_cache, measure_kv_cache
+
+    if args.history < 100 or args.runs < 1:
+        print("error: --history must be at least 100 tokens and --runs at least 1", file=sys.stderr)
+        return 2
+    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
+    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
+    try:
+        path = _gguf(app, args)
+        load_settings = app.load_settings_for("llama.cpp")
+        n_ctx = max(load_settings.n_ctx, args.history + 512)  # room for the conversation and its next turns
+        _progress(f"loading {path.name} (n_ctx {n_ctx}) ...")
+        info = app.load_model(str(path), "llama.cpp", settings=replace(load_settings, n_ctx=n_ctx))
+        measured = measure_kv_cache(app, args.history, args.runs, _progress)
+        result = {"model": info.name, "n_ctx": n_ctx, "kv_cache_ram_mb": getattr(load_settings, "kv_cache_ram_mb", 0),
+                  "load_average_before": _load_average(), **measured}  # fmt: skip
+    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+        scratch.cleanup()
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(f"{result['model']}, n_ctx {n_ctx}, kv_cache_ram_mb {result['kv_cache_ram_mb']}, median of {args.runs} runs")
+    print(format_kv_cache(result))
     return 0
 
 
