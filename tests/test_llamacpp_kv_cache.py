@@ -89,16 +89,17 @@ def test_states_on_disk_are_restored_and_a_corrupt_file_is_a_miss(gemma_path: Pa
         boats, trees = _conversation("boat"), _conversation("tree")
         reply, _ = generate(model, boats, greedy(8))
         generate(model, trees, greedy(8))
-        (boat_file,) = folder.glob("*" + SUFFIX)
+        assert len(list(folder.glob("*" + SUFFIX))) == 1  # the boats' state, kept when the trees came
         follow = _next_turn(boats, reply)
         text, hit = generate(model, follow, greedy(8))
         assert hit.usage.cached_tokens >= len(model.tokenize(boats))
         assert text == _cold(model, follow, 8)
         generate(model, trees, greedy(8))  # the KV cache goes to the trees again (and the follow-up is kept)
-        for path in folder.glob("*" + SUFFIX):  # every file damaged: the last bytes of the state cut off
+        damaged = list(folder.glob("*" + SUFFIX))
+        for path in damaged:  # every file damaged: the last bytes of the state cut off
             path.write_bytes(path.read_bytes()[:-100])
         text, missed = generate(model, follow, greedy(8))
         assert missed.usage.cached_tokens == 0 and text == _cold(model, follow, 8)  # a miss, read in full
-        assert not boat_file.exists()  # the damaged file was removed
+        assert sum(p.exists() for p in damaged) < len(damaged)  # the damaged file it tried was removed
     finally:
         model.close()
