@@ -70,6 +70,11 @@ class LlamaCppSettings(LoadSettings):
     # under user_data/cache/kv/ (0 = off; what RAM evicts goes there).
     kv_cache_ram_mb: int = 512
     kv_cache_disk_mb: int = 0
+    # Speculative decoding by prompt lookup (backends/llamacpp_draft.py): guess up to draft_tokens next tokens
+    # from the text so far and check them in one batch. Greedy generations only (temperature 0 / do_sample off,
+    # without logprobs), where the output is exactly what it is without drafting; others decode as usual.
+    draft: Literal["off", "prompt-lookup"] = "off"
+    draft_tokens: int = 8
 
 
 # Decides ``auto`` for a model path: (use extra buffer types, why). The app supplies one that probes once per
@@ -134,6 +139,9 @@ def model_params(use_extra_bufts: bool, n_seq_max: int = 1) -> Iterator[None]:
             lib.llama_context_default_params = original_context
 
 
+# A drafted pick is taken from a batched decode only when its top logit leads the runner-up by this much: more
+# than the batched and the lone decode of the same position were measured to differ (~0.2 on gemma-3-270m).
+DRAFT_MARGIN = 1.0
 MAX_PARALLEL = 8  # more sequences than this gain nothing on a CPU and cost KV memory
 AUTO_KV_CELLS = 32768  # auto parallel keeps parallel × n_ctx within this many KV cells
 
@@ -163,10 +171,12 @@ class LlamaCppModel(Model):
         parallel: int = 1,
         n_ctx: int = 0,
         kv_cache: PrefixCache | None = None,
+        draft_tokens: int = 0,
     ) -> None:
         """``llm``: a ``llama_cpp.Llama``; ``governor``: picks the decode threads as the load changes (None
         when the user set ``threads``: then that count is obeyed); ``parallel`` > 1: a batch decoder of that
-        many sequences of ``n_ctx`` each; ``kv_cache``: where the states of earlier prompts are kept."""
+        many sequences of ``n_ctx`` each; ``kv_cache``: where the states of earlier prompts are kept;
+        ``draft_tokens`` > 0: greedy generations draft that many tokens by prompt lookup."""
         import llama_cpp
 
         self._llm = llm
@@ -181,6 +191,7 @@ class LlamaCppModel(Model):
         # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
         llm._init_sampler = self._take_sampler
         self.parallel = parallel
+        self.draft_tokens = draft_tokens if parallel == 1 else 0
         self._batch = None
         if parallel > 1:
             from backends.llamacpp_batch import BatchDecoder
@@ -231,14 +242,20 @@ class LlamaCppModel(Model):
         n = 0
         finish = "length"
         pending: list[dict] = []  # log-probabilities of tokens whose text the stop matcher still holds
-        tokens = self._llm.generate(prompt_tokens)  # samples with self._sampler (see _take_sampler)
+        # drafting picks the top logit itself: only for a plain greedy chain (no penalties, grammar or bias)
+        drafting = self.draft_tokens > 0 and plan == [("greedy", {})] and params.logprobs < 0
+        tally = [0, 0]  # tokens drafted, drafts accepted
+        if drafting:
+            tokens = self._drafted_tokens(prompt_tokens, min(self.draft_tokens, max(0, budget - 1)), tally)
+        else:
+            tokens = self._llm.generate(prompt_tokens)  # samples with self._sampler (see _take_sampler)
         last = 0.0  # when the previous token came (the first one's time is the prompt's: not timed)
         try:
             for token in tokens:
                 if cancel.cancelled:
                     finish = "cancelled"
                     break
-                if self._governor is not None:
+                if self._governor is not None and not drafting:  # drafted tokens come several per decode
                     now = time.perf_counter()
                     if last:
                         self._set_threads(self._governor.observe(now - last))
@@ -269,7 +286,92 @@ class LlamaCppModel(Model):
                 yield Chunk(tail, logprobs=pending or None)
         usage = watch.usage(len(prompt_tokens), n)
         usage.cached_tokens = max(0, cached)
+        usage.draft_tokens, usage.draft_accepted = tally
         yield Chunk(finish_reason=finish, usage=usage)
+
+    # -- prompt-lookup drafting (parallel = 1, greedy) -------------------------------------------------------
+    def _drafted_tokens(self, prompt_tokens: list[int], n_draft: int, tally: list[int]) -> Iterator[int]:
+        """The greedy tokens of ``prompt_tokens``' continuation, as ``Llama.generate`` yields them, decoded with
+        prompt-lookup drafts: each step decodes the token just picked and up to ``n_draft`` guesses in one batch,
+        then picks (the top logit) at each position in turn while the guesses match. ``tally``: [drafted,
+        accepted].
+
+        llama.cpp's kernels are not batch-invariant: a logit computed in a batch of several tokens differs in its
+        last bits (measured here: up to ~0.2) from the same logit decoded alone, so a near tie could go the other
+        way than without drafting. A pick whose margin over the runner-up is under ``DRAFT_MARGIN`` is therefore
+        never taken from the batch: the token before it is decoded again alone, as without drafting, and the
+        pick comes from that decode.
+
+        The KV cache holds every decoded token; ``Llama``'s record of them (``input_ids``, ``n_tokens``) is kept
+        in step, so the next prompt reuses (and the per-conversation cache keeps) them as usual."""
+        import numpy as np
+
+        from backends.llamacpp_draft import lookup_draft
+
+        llm, lib = self._llm, self._lib
+        ctx = llm._ctx.ctx
+        self._sampler = None  # a pure greedy chain: the top logit is its pick
+        n_vocab = llm.n_vocab()
+
+        def pick(index: int) -> tuple[int, float]:
+            """(the top token at batch ``index``, its margin over the runner-up)."""
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+            best = int(np.argmax(logits))  # the first of equal maxima, as llama.cpp's greedy sampler
+            top = float(logits[best])
+            logits[best] = -np.inf  # the logits buffer is rewritten by the next decode
+            margin = top - float(logits.max())
+            logits[best] = top
+            return best, margin
+
+        def decode(tokens: list[int], past: int, batch) -> None:
+            batch.n_tokens = len(tokens)
+            for i, t in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, past + i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            rc = lib.llama_decode(ctx, batch)
+            if rc != 0:
+                raise GenerationError(f"llama_decode returned {rc}" + (" (the context is full)" if rc == 1 else ""))
+            llm.input_ids[past : past + len(tokens)] = tokens
+            llm.n_tokens = past + len(tokens)
+
+        held = llm._input_ids[: llm.n_tokens].tolist()
+        reuse = min(common_prefix(held, prompt_tokens), len(prompt_tokens) - 1)  # as Llama.generate does
+        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.n_tokens = reuse
+        else:
+            llm.reset()
+        llm.eval(prompt_tokens[llm.n_tokens :])
+        n_ctx = _usable_ctx(llm)
+        history = list(prompt_tokens)
+        batch = lib.llama_batch_init(n_draft + 1, 0, 1)
+        try:
+            token = pick(-1)[0]
+            while True:
+                yield token
+                history.append(token)
+                past = llm.n_tokens
+                draft = lookup_draft(history, min(n_draft, n_ctx - past - 1)) if n_draft else []
+                fed = [token, *draft]
+                decode(fed, past, batch)
+                tally[0] += len(draft)
+                for i in range(len(fed)):
+                    token, margin = pick(i)
+                    if len(fed) > 1 and margin < DRAFT_MARGIN:  # a near tie: decided as without drafting
+                        llm._ctx.kv_cache_seq_rm(0, past + i, -1)
+                        decode([fed[i]], past + i, batch)
+                        token = pick(0)[0]
+                        break
+                    if i == len(draft) or token != draft[i]:
+                        break  # a miss (or the guesses ran out): the token picked here is decoded next step
+                    tally[1] += 1
+                    yield token
+                    history.append(token)
+                kept = past + 1 + i  # the cells of the tokens picked so far; the rest were wrong guesses
+                if kept < llm.n_tokens:
+                    llm._ctx.kv_cache_seq_rm(0, kept, -1)
+                    llm.n_tokens = kept
+        finally:
+            lib.llama_batch_free(batch)
 
     # -- the per-conversation KV cache (parallel = 1) --------------------------------------------------------
     def _switch_kv(self, prompt_tokens: list[int]) -> None:
@@ -536,6 +638,7 @@ class LlamaCppLoader(Loader):
         if isinstance(settings, LlamaCppSettings):
             parallel_slots(settings.parallel, settings.n_ctx, usable_cores())
             self._check_kv_cache(settings)
+            _check_draft(settings)
         read_header(path)
 
     def _check_kv_cache(self, settings: LlamaCppSettings) -> None:
@@ -617,7 +720,8 @@ class LlamaCppLoader(Loader):
         except Exception:
             llm.close()
             raise
-        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx, kv_cache)
+        draft = settings.draft_tokens if isinstance(settings, LlamaCppSettings) and settings.draft != "off" else 0
+        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx, kv_cache, draft)
 
 
 def ensure_backends() -> None:
@@ -819,6 +923,13 @@ def dry_breakers(text: str) -> list[str]:
     if not all(isinstance(b, str) for b in found):
         raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}")
     return found
+
+
+def _check_draft(settings: LlamaCppSettings) -> None:
+    if settings.draft not in ("off", "prompt-lookup"):
+        raise ModelLoadError(f"draft must be off or prompt-lookup, not {settings.draft!r}")
+    if settings.draft != "off" and not 1 <= settings.draft_tokens <= 64:
+        raise ModelLoadError(f"draft_tokens must be 1 to 64, not {settings.draft_tokens}")
 
 
 def _usable_ctx(llm) -> int:
