@@ -6,6 +6,8 @@
 - ``bench --switch``: load/unload cycles, load time and resident memory.
 - ``bench --contention``: tok/s idle and beside a busy-loop on one core (raw, raw passive, engine).
 - ``bench --kv-cache``: the next turn of a long conversation after another one ran, against a short cold prompt.
+- ``bench --draft``: prompt-lookup speculative decoding against plain decoding, on a task that repeats its prompt and
+  on one that does not.
 
 A measurement, not a test: it returns 0 whatever the figures (non-zero with a message when something fails).
 """
@@ -95,6 +97,11 @@ def add_parser(sub) -> None:
         "KV cache) against a 50-token prompt read cold",
     )  # fmt: skip
     bench.add_argument("--history", type=int, default=3000, help="with --kv-cache: the conversation's tokens")
+    bench.add_argument(
+        "--draft", type=int, nargs="?", const=8, default=0, metavar="N",
+        help="instead: tok/s with prompt-lookup drafting of N tokens (default 8) against without, on a task that "
+        "repeats its prompt and one that does not",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_contention(args)
     if args.kv_cache:
         return cmd_kv_cache(args)
+    if args.draft:
+        return cmd_draft(args)
     return cmd_switch(args) if args.switch else cmd_bench(args)
 
 
@@ -245,6 +254,30 @@ def cmd_kv_cache(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['model']}, n_ctx {n_ctx}, kv_cache_ram_mb {result['kv_cache_ram_mb']}, median of {args.runs} runs")
     print(format_kv_cache(result))
+    return 0
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    """Issue 17 §5: what prompt-lookup drafting gains where the reply repeats the prompt, and costs where not."""
+    from webui.bench.draft import format_draft, measure_draft
+
+    if not 1 <= args.draft <= 64 or args.tokens < 2 or args.runs < 1:
+        print("error: --draft must be 1 to 64, --tokens at least 2 and --runs at least 1", file=sys.stderr)
+        return 2
+    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
+    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
+    try:
+        path = _gguf(app, args)
+        result = measure_draft(app, str(path), app.load_settings_for("llama.cpp"), args.draft, args.tokens,
+                               args.runs, _progress)  # fmt: skip
+        result["model"], result["load_average_before"] = path.stem, _load_average()
+    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+        scratch.cleanup()
+    print(json.dumps(result, ensure_ascii=False) if args.json else f"{result['model']}: " + format_draft(result))
     return 0
 
 
