@@ -279,6 +279,8 @@ class Usage:
     total_s: float = 0.0  # from the start of generation to the last token
     queued_s: float = 0.0  # time spent waiting for the model before generation started
     cached_tokens: int = 0  # prompt tokens found in the KV cache (not processed again)
+    draft_tokens: int = 0  # tokens guessed by speculative decoding (prompt lookup), checked in batches
+    draft_accepted: int = 0  # of those, the ones the model picked itself (kept)
 
     @property
     def tokens_per_s(self) -> float:
@@ -303,6 +305,7 @@ class Usage:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "queued_ms": round(self.queued_s * 1000, 1),
             **({"cached_tokens": self.cached_tokens} if self.cached_tokens else {}),
+            **({"draft_tokens": self.draft_tokens, "draft_accepted": self.draft_accepted} if self.draft_tokens else {}),
         }
 
 

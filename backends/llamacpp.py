@@ -12,6 +12,7 @@ temperature or sampler order, and its penalties never see the prompt.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from backends.base import (
 from backends.cpu import ThreadGovernor, cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
+from backends.llamacpp_cache import MB, MIN_PREFIX, PrefixCache, common_prefix
 
 log = logging.getLogger(__name__)
 EMBED_CTX_MAX = 4096  # the longest input embed() takes, in tokens (its context is allocated at this size)
@@ -64,6 +66,16 @@ class LlamaCppSettings(LoadSettings):
     # time (requests beyond it wait in the engine's fair queue); 0 = auto (parallel_slots). Each of them gets
     # the whole n_ctx: the KV cache is unified and holds parallel × n_ctx cells.
     parallel: int = 1
+    # The per-conversation KV cache (backends/llamacpp_cache.py): the states of the last conversations' prompts,
+    # kept so that going back to one reads only its new turn. RAM budget in MB (0 = off), and a disk budget
+    # under user_data/cache/kv/ (0 = off; what RAM evicts goes there).
+    kv_cache_ram_mb: int = 512
+    kv_cache_disk_mb: int = 0
+    # Speculative decoding by prompt lookup (backends/llamacpp_draft.py): guess up to draft_tokens next tokens
+    # from the text so far and check them in one batch. Greedy generations only (temperature 0 / do_sample off,
+    # without logprobs), where the output is exactly what it is without drafting; others decode as usual.
+    draft: Literal["off", "prompt-lookup"] = "off"
+    draft_tokens: int = 8
 
 
 # Decides ``auto`` for a model path: (use extra buffer types, why). The app supplies one that probes once per
@@ -144,6 +156,9 @@ def _progress_callback(progress: LoadProgress) -> Callable[[float, object], bool
     return callback
 
 
+# A drafted pick is taken from a batched decode only when its top logit leads the runner-up by this much: more
+# than the batched and the lone decode of the same position were measured to differ (~0.2 on gemma-3-270m).
+DRAFT_MARGIN = 1.0
 MAX_PARALLEL = 8  # more sequences than this gain nothing on a CPU and cost KV memory
 AUTO_KV_CELLS = 32768  # auto parallel keeps parallel × n_ctx within this many KV cells
 
@@ -166,11 +181,19 @@ def parallel_slots(setting: int, n_ctx: int, cores: int) -> int:
 
 class LlamaCppModel(Model):
     def __init__(
-        self, llm, info: ModelInfo, governor: ThreadGovernor | None = None, parallel: int = 1, n_ctx: int = 0
+        self,
+        llm,
+        info: ModelInfo,
+        governor: ThreadGovernor | None = None,
+        parallel: int = 1,
+        n_ctx: int = 0,
+        kv_cache: PrefixCache | None = None,
+        draft_tokens: int = 0,
     ) -> None:
         """``llm``: a ``llama_cpp.Llama``; ``governor``: picks the decode threads as the load changes (None
         when the user set ``threads``: then that count is obeyed); ``parallel`` > 1: a batch decoder of that
-        many sequences of ``n_ctx`` each."""
+        many sequences of ``n_ctx`` each; ``kv_cache``: where the states of earlier prompts are kept;
+        ``draft_tokens`` > 0: greedy generations draft that many tokens by prompt lookup."""
         import llama_cpp
 
         self._llm = llm
@@ -179,11 +202,13 @@ class LlamaCppModel(Model):
         self._governor = governor
         self._threads = llm.context_params.n_threads
         self._cached_prompt: list[int] = []
+        self.kv_cache = kv_cache if kv_cache is not None and kv_cache.enabled else None
         self._sampler = None  # the chain for the generation about to start (see _take_sampler)
         self._embed_ctx = None  # (context, batch, size) for embed(), made on first use
         # Llama.generate builds its sampler through this method; ours hands it the chain built from our plan.
         llm._init_sampler = self._take_sampler
         self.parallel = parallel
+        self.draft_tokens = draft_tokens if parallel == 1 else 0
         self._batch = None
         if parallel > 1:
             from backends.llamacpp_batch import BatchDecoder
@@ -217,11 +242,14 @@ class LlamaCppModel(Model):
         seed = params.seed if params.seed >= 0 else random.randrange(2**31)
         self._llm.set_seed(seed)
         # llama-cpp-python reuses any common prefix of the KV cache. Reusing only a short stray prefix
-        # (e.g. just BOS) changed seeded samples here, so reuse only when this prompt extends the last one
-        # (the chat case: previous prompt + reply + new turn); otherwise start clean.
-        if prompt_tokens[: len(self._cached_prompt)] != self._cached_prompt:
-            self._llm.reset()
+        # (e.g. just BOS) changed seeded samples here, so reuse when this prompt extends the last one
+        # (the chat case: previous prompt + reply + new turn); otherwise the KV cache's state is kept in the
+        # per-conversation cache and the longest cached prefix of this prompt is restored (or we start clean).
+        if not self._cached_prompt or prompt_tokens[: len(self._cached_prompt)] != self._cached_prompt:
+            self._switch_kv(prompt_tokens)
         self._cached_prompt = prompt_tokens
+        held = self._llm._input_ids[: self._llm.n_tokens].tolist()
+        cached = min(common_prefix(held, prompt_tokens), len(prompt_tokens) - 1)  # Llama.generate reads the rest
         if params.grammar:
             self._check_grammar(params.grammar)
         plan = sampler_plan(params, seed, n_ctx, self._eog_tokens())
@@ -231,14 +259,20 @@ class LlamaCppModel(Model):
         n = 0
         finish = "length"
         pending: list[dict] = []  # log-probabilities of tokens whose text the stop matcher still holds
-        tokens = self._llm.generate(prompt_tokens)  # samples with self._sampler (see _take_sampler)
+        # drafting picks the top logit itself: only for a plain greedy chain (no penalties, grammar or bias)
+        drafting = self.draft_tokens > 0 and plan == [("greedy", {})] and params.logprobs < 0
+        tally = [0, 0]  # tokens drafted, drafts accepted
+        if drafting:
+            tokens = self._drafted_tokens(prompt_tokens, min(self.draft_tokens, max(0, budget - 1)), tally)
+        else:
+            tokens = self._llm.generate(prompt_tokens)  # samples with self._sampler (see _take_sampler)
         last = 0.0  # when the previous token came (the first one's time is the prompt's: not timed)
         try:
             for token in tokens:
                 if cancel.cancelled:
                     finish = "cancelled"
                     break
-                if self._governor is not None:
+                if self._governor is not None and not drafting:  # drafted tokens come several per decode
                     now = time.perf_counter()
                     if last:
                         self._set_threads(self._governor.observe(now - last))
@@ -267,7 +301,148 @@ class LlamaCppModel(Model):
             tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
             if tail:
                 yield Chunk(tail, logprobs=pending or None)
-        yield Chunk(finish_reason=finish, usage=watch.usage(len(prompt_tokens), n))
+        usage = watch.usage(len(prompt_tokens), n)
+        usage.cached_tokens = max(0, cached)
+        usage.draft_tokens, usage.draft_accepted = tally
+        yield Chunk(finish_reason=finish, usage=usage)
+
+    # -- prompt-lookup drafting (parallel = 1, greedy) -------------------------------------------------------
+    def _drafted_tokens(self, prompt_tokens: list[int], n_draft: int, tally: list[int]) -> Iterator[int]:
+        """The greedy tokens of ``prompt_tokens``' continuation, as ``Llama.generate`` yields them, decoded with
+        prompt-lookup drafts: each step decodes the token just picked and up to ``n_draft`` guesses in one batch,
+        then picks (the top logit) at each position in turn while the guesses match. ``tally``: [drafted,
+        accepted].
+
+        llama.cpp's kernels are not batch-invariant: a logit computed in a batch of several tokens differs in its
+        last bits (measured here: up to ~0.2) from the same logit decoded alone, so a near tie could go the other
+        way than without drafting. A pick whose margin over the runner-up is under ``DRAFT_MARGIN`` is therefore
+        never taken from the batch: the token before it is decoded again alone, as without drafting, and the
+        pick comes from that decode.
+
+        The KV cache holds every decoded token; ``Llama``'s record of them (``input_ids``, ``n_tokens``) is kept
+        in step, so the next prompt reuses (and the per-conversation cache keeps) them as usual."""
+        import numpy as np
+
+        from backends.llamacpp_draft import lookup_draft
+
+        llm, lib = self._llm, self._lib
+        ctx = llm._ctx.ctx
+        self._sampler = None  # a pure greedy chain: the top logit is its pick
+        n_vocab = llm.n_vocab()
+
+        def pick(index: int) -> tuple[int, float]:
+            """(the top token at batch ``index``, its margin over the runner-up)."""
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+            best = int(np.argmax(logits))  # the first of equal maxima, as llama.cpp's greedy sampler
+            top = float(logits[best])
+            logits[best] = -np.inf  # the logits buffer is rewritten by the next decode
+            margin = top - float(logits.max())
+            logits[best] = top
+            return best, margin
+
+        def decode(tokens: list[int], past: int, batch) -> None:
+            batch.n_tokens = len(tokens)
+            for i, t in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, past + i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            rc = lib.llama_decode(ctx, batch)
+            if rc != 0:
+                raise GenerationError(f"llama_decode returned {rc}" + (" (the context is full)" if rc == 1 else ""))
+            llm.input_ids[past : past + len(tokens)] = tokens
+            llm.n_tokens = past + len(tokens)
+
+        held = llm._input_ids[: llm.n_tokens].tolist()
+        reuse = min(common_prefix(held, prompt_tokens), len(prompt_tokens) - 1)  # as Llama.generate does
+        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.n_tokens = reuse
+        else:
+            llm.reset()
+        llm.eval(prompt_tokens[llm.n_tokens :])
+        n_ctx = _usable_ctx(llm)
+        history = list(prompt_tokens)
+        batch = lib.llama_batch_init(n_draft + 1, 0, 1)
+        try:
+            token = pick(-1)[0]
+            while True:
+                yield token
+                history.append(token)
+                past = llm.n_tokens
+                draft = lookup_draft(history, min(n_draft, n_ctx - past - 1)) if n_draft else []
+                fed = [token, *draft]
+                decode(fed, past, batch)
+                tally[0] += len(draft)
+                for i in range(len(fed)):
+                    token, margin = pick(i)
+                    if len(fed) > 1 and margin < DRAFT_MARGIN:  # a near tie: decided as without drafting
+                        llm._ctx.kv_cache_seq_rm(0, past + i, -1)
+                        decode([fed[i]], past + i, batch)
+                        token = pick(0)[0]
+                        break
+                    if i == len(draft) or token != draft[i]:
+                        break  # a miss (or the guesses ran out): the token picked here is decoded next step
+                    tally[1] += 1
+                    yield token
+                    history.append(token)
+                kept = past + 1 + i  # the cells of the tokens picked so far; the rest were wrong guesses
+                if kept < llm.n_tokens:
+                    llm._ctx.kv_cache_seq_rm(0, kept, -1)
+                    llm.n_tokens = kept
+        finally:
+            lib.llama_batch_free(batch)
+
+    # -- the per-conversation KV cache (parallel = 1) --------------------------------------------------------
+    def _switch_kv(self, prompt_tokens: list[int]) -> None:
+        """Give the KV cache to ``prompt_tokens``: keep what it holds in :attr:`kv_cache`, then restore the cached
+        state sharing the longest start with the prompt (at least ``MIN_PREFIX`` tokens), keep the live one if it
+        shares more, or start clean."""
+        llm = self._llm
+        cache = self.kv_cache
+        if cache is not None:
+            held = tuple(llm._input_ids[: llm.n_tokens].tolist())
+            match = cache.best_match(prompt_tokens)
+            if match is not None and match[1] <= common_prefix(held, prompt_tokens):
+                match = None  # what the KV cache holds shares as much: keep it (Llama.generate trims the rest)
+            state = cache.get(match[0]) if match is not None else None  # taken first: keeping ours may evict it
+            if len(held) >= MIN_PREFIX and held not in cache:
+                cache.put(held, self._kv_state())
+            if state is not None and self._restore_kv(match[0], state):
+                return  # Llama.generate drops the cells past the shared start and reads the rest
+            if common_prefix(held, prompt_tokens) >= MIN_PREFIX:
+                return
+        llm.reset()
+
+    def _kv_state(self) -> bytes:
+        """The state of sequence 0 (its K/V cells), as llama.cpp serialises it."""
+        ctx = self._llm._ctx.ctx
+        size = self._lib.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(ctx, buf, size, 0)
+        return ctypes.string_at(buf, written)
+
+    def _restore_kv(self, tokens: tuple[int, ...], state: bytes) -> bool:
+        """Make the KV cache hold ``tokens`` from their saved ``state``; False (and a clean cache) if llama.cpp
+        refuses it (e.g. a state from another context size)."""
+        llm, lib = self._llm, self._lib
+        lib.llama_memory_clear(lib.llama_get_memory(llm._ctx.ctx), True)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if len(tokens) >= len(llm.input_ids) or not lib.llama_state_seq_set_data(llm._ctx.ctx, buf, len(state), 0):
+            log.warning("a cached KV state of %d tokens did not load; the prompt is read in full", len(tokens))
+            llm.reset()
+            return False
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        llm._requires_eval = True  # the logits are not restored: Llama.generate reads at least one token again
+        return True
+
+    def forget_kv(self) -> None:
+        """Empty the KV cache and the RAM tier of the per-conversation cache (``inglenook bench`` times cold
+        prompts)."""
+        if self._batch is not None:
+            self._batch.forget()
+        self._llm.reset()
+        self._cached_prompt = []
+        if self.kv_cache is not None:
+            self.kv_cache.clear()
 
     @property
     def decode_threads(self) -> int:
@@ -457,8 +632,10 @@ class LlamaCppLoader(Loader):
     install_hint = "pip install llama-cpp-python"
     loads = ".gguf files"
 
-    def __init__(self, auto_extra_buffers: AutoExtraBuffers | None = None) -> None:
+    def __init__(self, auto_extra_buffers: AutoExtraBuffers | None = None, cache_dir: Path | None = None) -> None:
+        """``cache_dir``: the folder of the KV cache's disk tier (the app gives ``user_data/cache/kv``)."""
         self.auto_extra_buffers = auto_extra_buffers
+        self.cache_dir = cache_dir
 
     def available(self) -> str | None:
         try:
@@ -477,7 +654,31 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError(f"extra_buffer_types must be auto, on or off, not {settings.extra_buffer_types!r}")
         if isinstance(settings, LlamaCppSettings):
             parallel_slots(settings.parallel, settings.n_ctx, usable_cores())
+            self._check_kv_cache(settings)
+            _check_draft(settings)
         read_header(path)
+
+    def _check_kv_cache(self, settings: LlamaCppSettings) -> None:
+        if settings.kv_cache_ram_mb < 0 or settings.kv_cache_disk_mb < 0:
+            raise ModelLoadError("kv_cache_ram_mb and kv_cache_disk_mb must be 0 (off) or a number of megabytes")
+        if settings.kv_cache_disk_mb and self.cache_dir is None:
+            raise ModelLoadError("kv_cache_disk_mb needs a cache folder (the app's user_data/cache), and there is none")
+
+    def _kv_cache(self, path: Path, settings: LoadSettings, kwargs: dict, parallel: int) -> PrefixCache | None:
+        """The per-conversation KV cache for a model loaded with ``kwargs`` (None when off, or with ``parallel`` >
+        1, where each slot keeps its own conversation instead)."""
+        if not isinstance(settings, LlamaCppSettings) or parallel > 1:
+            return None
+        self._check_kv_cache(settings)
+        if not (settings.kv_cache_ram_mb or settings.kv_cache_disk_mb):
+            return None
+        import llama_cpp
+
+        stat = path.stat()
+        # a state fits only the same weights, context and cache types: a file of another is never read
+        fingerprint = (f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|n_ctx={kwargs['n_ctx']}|"
+                       f"flash_attn={kwargs['flash_attn']}|llama-cpp-python {llama_cpp.__version__}")  # fmt: skip
+        return PrefixCache(settings.kv_cache_ram_mb * MB, settings.kv_cache_disk_mb * MB, self.cache_dir, fingerprint)
 
     def load_reporting(self, path: Path, settings: LoadSettings, progress: LoadProgress) -> Model:
         """:meth:`load` with llama.cpp's own progress (tensors read), then 1.0."""
@@ -537,7 +738,13 @@ class LlamaCppLoader(Loader):
         explicit = (settings.threads or 0) > 0
         # the governor times the one-sequence decode; the batch decoder keeps the threads it was given
         governor = None if explicit or parallel > 1 else ThreadGovernor(llm.context_params.n_threads)
-        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx)
+        try:
+            kv_cache = self._kv_cache(path, settings, kwargs, parallel)
+        except Exception:
+            llm.close()
+            raise
+        draft = settings.draft_tokens if isinstance(settings, LlamaCppSettings) and settings.draft != "off" else 0
+        return LlamaCppModel(llm, info, governor, parallel, settings.n_ctx, kv_cache, draft)
 
 
 def ensure_backends() -> None:
@@ -739,6 +946,13 @@ def dry_breakers(text: str) -> list[str]:
     if not all(isinstance(b, str) for b in found):
         raise GenerationError(f"dry_sequence_breakers is not a list of quoted strings: {text!r}")
     return found
+
+
+def _check_draft(settings: LlamaCppSettings) -> None:
+    if settings.draft not in ("off", "prompt-lookup"):
+        raise ModelLoadError(f"draft must be off or prompt-lookup, not {settings.draft!r}")
+    if settings.draft != "off" and not 1 <= settings.draft_tokens <= 64:
+        raise ModelLoadError(f"draft_tokens must be 1 to 64, not {settings.draft_tokens}")
 
 
 def _usable_ctx(llm) -> int:

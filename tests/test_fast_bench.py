@@ -54,3 +54,15 @@ def test_medians_ratios_and_goals_against_raw():
     table = format_table({"contenders": result, "tokens_requested": 101})
     assert "engine: tok/s ≥ 0.97× raw PASS, TTFT ≤ +10 ms PASS" in table
     assert "ui: tok/s ≥ 0.97× raw MISS" in table
+
+
+def test_the_text_note_says_why_a_parallel_model_may_differ_from_raw_and_flags_only_a_real_mismatch():
+    from webui.bench.report import text_note
+
+    lone = {"inglenook.parallel": "1", "inglenook.extra_buffer_types": "on (auto: ...)"}
+    batched = {"inglenook.parallel": "4", "inglenook.extra_buffer_types": "off (auto: parallel decoding ...)"}
+    assert text_note("the API's", True, batched) == ""  # equal text: nothing to say
+    assert "it should not" in text_note("the API's", False, lone)  # same kernels: a real mismatch
+    note = text_note("the API's", False, batched)
+    assert "parallel=4" in note and "expected" in note and "should not" not in note
+    assert "may" in text_note("the engine's", False, {"inglenook.extra_buffer_types": "off (set explicitly)"})

@@ -515,6 +515,7 @@ class Engine:
             usage = watch.usage(counted.prompt_tokens, counted.completion_tokens)
             usage.queued_s = queued_s
             usage.cached_tokens = counted.cached_tokens
+            usage.draft_tokens, usage.draft_accepted = counted.draft_tokens, counted.draft_accepted
             yield Chunk(finish_reason=last.finish_reason, usage=usage)
         finally:
             self._active.discard(cancel)

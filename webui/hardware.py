@@ -113,11 +113,14 @@ class ExtraBufferPolicy:
 
 
 def attach(registry, user_data: Path) -> None:
-    """Give the registry's llama.cpp loader this machine's policy (a loader without the attribute is left alone)."""
+    """Give the registry's llama.cpp loader this machine's policy and the KV cache's disk folder,
+    ``user_data/cache/kv`` (a loader without the attributes is left alone)."""
     if "llama.cpp" in registry.names():
         loader = registry.get("llama.cpp")
         if hasattr(loader, "auto_extra_buffers") and loader.auto_extra_buffers is None:
             loader.auto_extra_buffers = ExtraBufferPolicy(user_data)
+        if hasattr(loader, "cache_dir") and loader.cache_dir is None:
+            loader.cache_dir = user_data / "cache" / "kv"
 
 
 def verdict(user_data: Path, cpu: CpuInfo | None = None) -> dict:

@@ -478,6 +478,9 @@ def _llama_state(model: Model) -> dict | None:
 
 
 def _reset_cache(model: Model) -> None:
+    if hasattr(model, "forget_kv"):  # llama.cpp: the KV cache, the slots' and the per-conversation cache
+        model.forget_kv()
+        return
     llm = getattr(model, "_llm", None)
     if getattr(model, "_batch", None) is not None:
         model._batch.forget()  # the parallel slots' caches

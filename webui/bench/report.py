@@ -120,3 +120,26 @@ def format_switch(result: dict) -> str:
     ]
     lines.append(f"\nRSS loaded, last cycle vs first: {result['rss_growth_percent']:+.1f} %")
     return "\n".join(lines)
+
+
+def text_note(who: str, matches: bool, metadata: dict[str, str]) -> str:
+    """The line printed when ``who``'s greedy text (the engine's, the API's) differs from raw's, or "".
+
+    Equal text is expected only when both run llama.cpp's same kernels on a lone sequence. With
+    ``parallel`` > 1 the engine turns the repacked kernels (extra buffer types) off, so a stream's rows are
+    computed as in a batch of any size, while raw keeps llama.cpp's default (on); the logits then differ in
+    their last bits and a near tie between two tokens may go the other way. That is a difference in
+    numerics, not a bug, and the note says so instead of claiming it should not happen.
+    """
+    if matches:
+        return ""
+    parallel = int(metadata.get("inglenook.parallel", "1") or 1)
+    kernels = metadata.get("inglenook.extra_buffer_types", "")
+    if parallel > 1:
+        return (f"note: {who} text differs from raw's, as expected here: the model is loaded with parallel={parallel}, "
+                "which decodes without llama.cpp's repacked kernels (raw keeps them), so the logits differ in their "
+                "last bits and a near tie may go either way; load with parallel=1 to compare texts")  # fmt: skip
+    if kernels.startswith("off"):
+        return (f"note: {who} text differs from raw's, as it may here: the engine decodes without llama.cpp's "
+                f"repacked kernels ({kernels}) and raw with them, so near ties may go either way")  # fmt: skip
+    return f"note: {who} text differs from raw's (it should not under greedy decoding with the same kernels)"

@@ -74,6 +74,8 @@ def format_stats(usage: Usage | None, finish_reason: str | None = None) -> str:
     ]
     if usage.cached_tokens:  # a llama.cpp slot held this conversation's start: not read again
         parts.append(f"prompt cached: {usage.cached_tokens} tokens")
+    if usage.draft_tokens:  # speculative decoding: the share of guessed tokens the model kept
+        parts.append(f"draft accepted {100 * usage.draft_accepted / usage.draft_tokens:.0f} %")
     if finish_reason == "cancelled":
         parts.append("stopped")
     elif finish_reason == "length":

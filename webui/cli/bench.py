@@ -5,6 +5,9 @@
   ``--clients K --duration S`` a bounded load test.
 - ``bench --switch``: load/unload cycles, load time and resident memory.
 - ``bench --contention``: tok/s idle and beside a busy-loop on one core (raw, raw passive, engine).
+- ``bench --kv-cache``: the next turn of a long conversation after another one ran, against a short cold prompt.
+- ``bench --draft``: prompt-lookup speculative decoding against plain decoding, on a task that repeats its prompt and
+  on one that does not.
 
 A measurement, not a test: it returns 0 whatever the figures (non-zero with a message when something fails).
 """
@@ -42,7 +45,7 @@ from webui.bench.measure import (
     settings_mismatch,
 )
 from webui.bench.raw import RawContender
-from webui.bench.report import format_switch, format_table, header, summarise
+from webui.bench.report import format_switch, format_table, header, summarise, text_note
 from webui.bench.switch import bench_switch
 from webui.cli.options import add_model_options, settings_from
 from webui.models.folder import resolve_model
@@ -88,6 +91,17 @@ def add_parser(sub) -> None:
         "OMP_WAIT_POLICY=PASSIVE) and our engine",
     )  # fmt: skip
     bench.add_argument("--pp", type=int, default=512, help="with --speed: prompt tokens for pp (default: 512)")
+    bench.add_argument(
+        "--kv-cache", action="store_true",
+        help="instead: TTFT of a long conversation's next turn after another conversation ran (the per-conversation "
+        "KV cache) against a 50-token prompt read cold",
+    )  # fmt: skip
+    bench.add_argument("--history", type=int, default=3000, help="with --kv-cache: the conversation's tokens")
+    bench.add_argument(
+        "--draft", type=int, nargs="?", const=8, default=0, metavar="N",
+        help="instead: tok/s with prompt-lookup drafting of N tokens (default 8) against without, on a task that "
+        "repeats its prompt and one that does not",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         return cmd_bench_api(args)
     if args.contention:
         return cmd_contention(args)
+    if args.kv_cache:
+        return cmd_kv_cache(args)
+    if args.draft:
+        return cmd_draft(args)
     return cmd_switch(args) if args.switch else cmd_bench(args)
 
 
@@ -123,6 +141,11 @@ def _gguf(app: App, args: argparse.Namespace) -> Path:
         raise BenchError(f"bench compares against raw llama-cpp-python, so it needs a GGUF model; {path.name} "
                          f"loads with {loader.name}")  # fmt: skip
     return path
+
+
+def _kernel_facts(info) -> dict[str, str]:
+    """What decides whether the engine's greedy text should equal raw's: parallel and the extra buffer types."""
+    return {k: v for k, v in info.metadata.items() if k in ("inglenook.parallel", "inglenook.extra_buffer_types")}
 
 
 def _common(info, args: argparse.Namespace, raw: RawContender, load_average, contenders: list[Contender]) -> dict:
@@ -202,6 +225,62 @@ def cmd_contention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kv_cache(args: argparse.Namespace) -> int:
+    """Issue 17 §2: going back to a long conversation costs about what a short prompt does."""
+    from webui.bench.kvcache import format_kv_cache, measure_kv_cache
+
+    if args.history < 100 or args.runs < 1:
+        print("error: --history must be at least 100 tokens and --runs at least 1", file=sys.stderr)
+        return 2
+    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
+    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
+    try:
+        path = _gguf(app, args)
+        load_settings = app.load_settings_for("llama.cpp")
+        n_ctx = max(load_settings.n_ctx, args.history + 512)  # room for the conversation and its next turns
+        _progress(f"loading {path.name} (n_ctx {n_ctx}) ...")
+        info = app.load_model(str(path), "llama.cpp", settings=replace(load_settings, n_ctx=n_ctx))
+        measured = measure_kv_cache(app, args.history, args.runs, _progress)
+        result = {"model": info.name, "n_ctx": n_ctx, "kv_cache_ram_mb": getattr(load_settings, "kv_cache_ram_mb", 0),
+                  "load_average_before": _load_average(), **measured}  # fmt: skip
+    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+        scratch.cleanup()
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(f"{result['model']}, n_ctx {n_ctx}, kv_cache_ram_mb {result['kv_cache_ram_mb']}, median of {args.runs} runs")
+    print(format_kv_cache(result))
+    return 0
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    """Issue 17 §5: what prompt-lookup drafting gains where the reply repeats the prompt, and costs where not."""
+    from webui.bench.draft import format_draft, measure_draft
+
+    if not 1 <= args.draft <= 64 or args.tokens < 2 or args.runs < 1:
+        print("error: --draft must be 1 to 64, --tokens at least 2 and --runs at least 1", file=sys.stderr)
+        return 2
+    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
+    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
+    try:
+        path = _gguf(app, args)
+        result = measure_draft(app, str(path), app.load_settings_for("llama.cpp"), args.draft, args.tokens,
+                               args.runs, _progress)  # fmt: skip
+        result["model"], result["load_average_before"] = path.stem, _load_average()
+    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        app.close()
+        scratch.cleanup()
+    print(json.dumps(result, ensure_ascii=False) if args.json else f"{result['model']}: " + format_draft(result))
+    return 0
+
+
 def cmd_switch(args: argparse.Namespace) -> int:
     if args.runs < 1:
         print("error: --runs must be at least 1", file=sys.stderr)
@@ -256,6 +335,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             **_common(info, args, raw, load_average, contenders),
             "settings_mismatch": settings_mismatch(app, raw.kwargs),
             "engine_text_matches_raw": engine.samples[-1].text == raw.samples[-1].text,
+            "engine_metadata": _kernel_facts(info),
         }
     except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -271,8 +351,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     if result["settings_mismatch"]:
         print("WARNING: raw and the engine load the model differently: " + "; ".join(result["settings_mismatch"]))
-    if not result["engine_text_matches_raw"]:
-        print("note: the engine's text differs from raw's (it should not under greedy decoding)")
+    if note := text_note("the engine's", result["engine_text_matches_raw"], result["engine_metadata"]):
+        print(note)
     return 0
 
 
@@ -333,6 +413,7 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
         result = {
             **_common(info, args, raw, load_average, contenders),
             "api_text_matches_raw": api.samples[-1].text == raw.samples[-1].text,
+            "engine_metadata": _kernel_facts(info),
             "skipped": skipped,
         }
         if args.clients:
@@ -360,8 +441,8 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
     print(format_table(result))
     for name, why in skipped.items():
         print(f"{name}: skipped, {why}")
-    if not result["api_text_matches_raw"]:
-        print("note: the API's text differs from raw's (it should not under greedy decoding)")
+    if note := text_note("the API's", result["api_text_matches_raw"], result["engine_metadata"]):
+        print(note)
     if "load_test" in result:
         for lt in (result.get("load_test_single"), result["load_test"]):
             if lt:
