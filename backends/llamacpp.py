@@ -159,6 +159,8 @@ def _progress_callback(progress: LoadProgress) -> Callable[[float, object], bool
 # A drafted pick is taken from a batched decode only when its top logit leads the runner-up by this much: more
 # than the batched and the lone decode of the same position were measured to differ (~0.2 on gemma-3-270m).
 DRAFT_MARGIN = 1.0
+# After drafts that all missed, drafting rests 1, 3, 7, ... steps (at most this many) before guessing again.
+DRAFT_REST_MAX = 32
 MAX_PARALLEL = 8  # more sequences than this gain nothing on a CPU and cost KV memory
 AUTO_KV_CELLS = 32768  # auto parallel keeps parallel × n_ctx within this many KV cells
 
@@ -272,7 +274,7 @@ class LlamaCppModel(Model):
                 if cancel.cancelled:
                     finish = "cancelled"
                     break
-                if self._governor is not None and not drafting:  # drafted tokens come several per decode
+                if self._governor is not None and not drafting:  # drafting times its decodes itself (per token)
                     now = time.perf_counter()
                     if last:
                         self._set_threads(self._governor.observe(now - last))
@@ -345,9 +347,12 @@ class LlamaCppModel(Model):
             for i, t in enumerate(tokens):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, past + i, 1
                 batch.seq_id[i][0], batch.logits[i] = 0, True
+            started = time.perf_counter()
             rc = lib.llama_decode(ctx, batch)
             if rc != 0:
                 raise GenerationError(f"llama_decode returned {rc}" + (" (the context is full)" if rc == 1 else ""))
+            if self._governor is not None:  # a busy core stalls a batch as it stalls one token: time it per token
+                self._set_threads(self._governor.observe((time.perf_counter() - started) / len(tokens)))
             llm.input_ids[past : past + len(tokens)] = tokens
             llm.n_tokens = past + len(tokens)
 
@@ -361,16 +366,19 @@ class LlamaCppModel(Model):
         n_ctx = _usable_ctx(llm)
         history = list(prompt_tokens)
         batch = lib.llama_batch_init(n_draft + 1, 0, 1)
+        misses = resting = 0  # drafts in a row that gained nothing; steps to decode without one (backing off)
         try:
             token = pick(-1)[0]
             while True:
                 yield token
                 history.append(token)
                 past = llm.n_tokens
-                draft = lookup_draft(history, min(n_draft, n_ctx - past - 1)) if n_draft else []
+                draft = lookup_draft(history, min(n_draft, n_ctx - past - 1)) if n_draft and not resting else []
+                resting = max(0, resting - 1)
                 fed = [token, *draft]
                 decode(fed, past, batch)
                 tally[0] += len(draft)
+                before = tally[1]
                 for i in range(len(fed)):
                     token, margin = pick(i)
                     if len(fed) > 1 and margin < DRAFT_MARGIN:  # a near tie: decided as without drafting
@@ -383,6 +391,9 @@ class LlamaCppModel(Model):
                     tally[1] += 1
                     yield token
                     history.append(token)
+                if draft:  # guesses that keep missing (text that does not repeat) cost a wider decode for nothing
+                    misses = 0 if tally[1] > before else misses + 1
+                    resting = min(DRAFT_REST_MAX, 2**misses - 1)
                 kept = past + 1 + i  # the cells of the tokens picked so far; the rest were wrong guesses
                 if kept < llm.n_tokens:
                     llm._ctx.kv_cache_seq_rm(0, kept, -1)
