@@ -71,7 +71,9 @@ CANCEL_POLL_S = 0.02  # how often a waiting reader checks its cancel token (a to
 # anyway. A cancel is seen between tokens, so the end comes after the token in flight: ~30 ms on an idle machine,
 # but 0.3-1.4 s for one gemma-270m token on 2 cores at load 15 (measured 2026-11-30, what made cancel-to-free
 # 153-2850 ms). The worker finishes that token on its own; the next generation queues behind it and skips its tail.
-CANCEL_GRACE_S = 0.05
+# 20 ms covers one gemma-270m token on an idle machine (~12 ms); 50 ms put the Node and Vercel clients' median
+# cancel-to-free at 105-124 ms under load (issue 15 asks < 100 ms).
+CANCEL_GRACE_S = 0.02
 CLOSE_TIMEOUT_S = 10.0
 # OpenMP's wait policy for llama.cpp's threads in a worker. ACTIVE (libgomp's default) spins at every barrier,
 # so on a small machine one busy core (a browser, an IDE, a build) makes each step wait for a descheduled peer:
