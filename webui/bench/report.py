@@ -95,6 +95,12 @@ def format_table(result: dict) -> str:
             )
     if "ui" in result["contenders"]:
         text += "\nui TTFT includes 0-50 ms of gradio_client's own polling, which a browser does not have"
+    page = result["contenders"].get("page")
+    if page:
+        text += "\npage: as Chromium shows the reply (Enter to the first text, first to last change of the text)"
+        reported = page.get("server_reported") or {}
+        if reported.get("ttft_ms") is not None:
+            text += f"; TTFT {page['ttft_ms'] - reported['ttft_ms']:+.0f} ms over the server's own first token"
     early = [f"{n} ({', '.join(r['finish_reasons'])})" for n, r in result["contenders"].items() if r["stopped_early"]]
     if early:
         text += f"\n* stopped before {result['tokens_requested']} tokens on some run: {', '.join(early)}"
