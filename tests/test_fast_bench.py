@@ -54,3 +54,13 @@ def test_medians_ratios_and_goals_against_raw():
     table = format_table({"contenders": result, "tokens_requested": 101})
     assert "engine: tok/s ≥ 0.97× raw PASS, TTFT ≤ +10 ms PASS" in table
     assert "ui: tok/s ≥ 0.97× raw MISS" in table
+
+
+def test_the_page_row_says_how_far_its_first_token_is_from_the_servers_own():
+    raw = Scripted("raw", [Sample(0.05, 1.0, 101, "length")] * 2)
+    page = Scripted("page", [Sample(0.08, 1.0, 101, "length", reported={"ttft_ms": 60.0, "tokens_per_s": 99.0})] * 2)
+    run_interleaved([raw, page], 1, lambda _: None)
+    result = summarise([raw, page], tokens=101)
+    assert result["page"]["extra_ttft_ms"] == 30.0 and result["page"]["server_reported"]["ttft_ms"] == 60.0
+    table = format_table({"contenders": result, "tokens_requested": 101})
+    assert "page: as Chromium shows the reply" in table and "TTFT +20 ms over the server's own first token" in table
