@@ -72,10 +72,12 @@ def saved_reply(user_data: Path, title: str) -> str:
 
 
 def check_streamed(final: dict, saved: str) -> None:
-    """Every text the page streamed is the saved reply's beginning, exactly; the chat's value at the end is it."""
+    """Every text the page streamed is the saved reply's beginning, exactly, the last one all of it; the chat's
+    value at the end is it too."""
     streamed = final["streamed"]
     assert len(streamed) >= 3, f"the reply should stream bit by bit, saw {streamed}"
     assert all(saved.startswith(text) for text in streamed), [t for t in streamed if not saved.startswith(t)]
+    assert streamed[-1] == saved, "the stream ends with the whole reply, before the chat's own rendering"
     assert final["label"] == LABEL + saved
     assert not final["live"], "the streamed text gives way to the chat's own rendering at the end"
 

@@ -34,3 +34,14 @@ def test_a_stream_sends_the_chat_whole_first_and_last_and_the_text_between():
     final = pending("Sure.")
     assert live.split(final, streaming=False) == (final, "")  # the end: whole, and the carrier emptied
     assert live.held is final
+
+
+def test_the_end_shows_the_whole_text_at_once_where_the_page_holds_the_bubble():
+    live = LiveSplit()
+    live.split(pending("…"), streaming=True)
+    live.split(pending("Su"), streaming=True)
+    final = pending("Sure.")
+    final[-1] = {**final[-1], "metadata": {"log": "5 tokens"}}
+    assert live.finishing(final) == "Sure."  # before the whole chat, which also carries the stats line
+    assert LiveSplit().finishing(final) is None  # a page that holds nothing yet gets the whole chat only
+    assert live.finishing(pending("…")[:-1]) is None  # no reply came (the message went back into the box)

@@ -4,7 +4,8 @@ It opens the UI the ui contender serves (same server, same App) in Chromium thro
 prompt into the chat box and presses Enter, as a person does. In the page, a keydown listener notes
 ``performance.now()`` at Enter and a MutationObserver notes every change of the newest reply's visible text
 (the streamed text while it grows, the rendered message at the end). TTFT: Enter to the first text that is
-not the "…" placeholder; decode: that to the last change. Tokens: the reply as the chat saved it, counted
+not the "…" placeholder; decode: that to the moment the whole reply shows (the streamed text equal to the
+saved reply, or else the chat's own rendering at the end). Tokens: the reply as the chat saved it, counted
 again by the model's tokenizer (as the ui contender does). The server's own TTFT and tok/s come from the
 reply's stats line. Greedy sampling comes from the page's default preset, which the bench writes into its
 scratch user data before the server starts (:func:`write_greedy_preset`).
@@ -42,15 +43,15 @@ RECORD_JS = """(prompt) => {
         if (!bot || bot.dataset.testid !== 'bot') return null;
         const live = bot.querySelector(':scope > .inglenook-live');
         const shown = live || bot.querySelector('.message-content');
-        return shown ? shown.textContent : null;
+        return shown ? [shown.textContent, !!live] : null;
     };
     window.__benchObserver = new MutationObserver(() => {
-        const text = read();
+        const found = read();
         const changes = window.__bench.changes;
-        if (text === null || text === '' || text === '…') return;
-        if (!changes.length || changes[changes.length - 1][1] !== text.length) {
-            changes.push([performance.now(), text.length]);
-        }
+        if (found === null || found[0] === '' || found[0] === '…') return;
+        const [text, live] = found;
+        const previous = changes[changes.length - 1];
+        if (!previous || previous[1] !== text || previous[2] !== live) changes.push([performance.now(), text, live]);
     });
     window.__benchObserver.observe(root, {subtree: true, childList: true, characterData: true});
 }"""
@@ -111,8 +112,11 @@ class PageContender(Contender):
         changes = record["changes"]
         if record["enter"] is None or not changes:
             raise BenchError("the page showed no reply")
-        first, last = changes[0][0], changes[-1][0]
         text, tokens, finish = self._saved_reply()
+        first, last = changes[0][0], changes[-1][0]
+        # the whole reply is on the screen once the streamed text is all of it, even if the chat's own
+        # rendering (markdown) replaces it later; else when that rendering lands
+        last = next((t for t, shown, live in changes if live and shown == text), last)
         reported = None
         if found := STATS.search(stats):
             reported = {"ttft_ms": float(found.group(1)), "tokens_per_s": float(found.group(3))}

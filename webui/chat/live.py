@@ -47,3 +47,16 @@ class LiveSplit:
             return None, text
         self.held = chat
         return chat, ""
+
+    def finishing(self, chat: list[dict] | None) -> str | None:
+        """At the end of a stream: the reply's whole text, for the carrier, when the page holds its bubble (the
+        same chat before it); the page shows it at once, before the whole chat (which costs more to build and
+        to draw) lands. None when there is nothing to show that way."""
+        held = self.held
+        if not chat or not held or len(held) != len(chat) or chat[:-1] != held[:-1]:
+            return None
+        last = chat[-1]
+        if last.get("role") != "assistant" or held[-1].get("role") != "assistant":
+            return None
+        content = last.get("content")
+        return content if isinstance(content, str) and content else None

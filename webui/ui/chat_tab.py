@@ -417,6 +417,8 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         live = LiveSplit()
         try:
             for update in updates:
+                if update.busy is False and (whole := live.finishing(update.chat)) is not None:
+                    yield (*(gr.skip() for _ in range(len(stream_outputs) - 1)), whole)  # the end, at once
                 chat, text = live.split(update.chat, update.busy is True)
                 update = replace(update, chat=chat)
                 yield (*outputs(update, ctx), gr.skip() if text is None else text)
