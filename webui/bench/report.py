@@ -107,7 +107,7 @@ def format_table(result: dict) -> str:
         text += "\nui TTFT includes 0-50 ms of gradio_client's own polling, which a browser does not have"
     page = result["contenders"].get("page")
     if page:
-        text += "\npage: as Chromium shows the reply (Enter to the first text, first to last change of the text)"
+        text += "\npage: as Chromium shows the reply (Enter to the first text, first text to the whole reply shown)"
         if page.get("ratio_to_server_tokens_per_s") is not None:
             text += (
                 f"; run by run against the server's own figures for the same reply: "
