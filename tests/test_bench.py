@@ -25,17 +25,18 @@ def check_row(row: dict) -> None:
     assert len(row["runs"]) == 1
 
 
-def test_bench_reports_raw_engine_and_ui(models_dir):
+def test_bench_reports_raw_engine_ui_and_the_page(models_dir):
     report = bench_json(models_dir)
     contenders = report["contenders"]
-    assert list(contenders) == ["raw", "engine", "ui"]
+    assert list(contenders) == ["raw", "engine", "ui", "page"]  # the page: our chat in headless Chromium
     for row in contenders.values():
         check_row(row)
     assert contenders["raw"]["tokens"] == 8
     assert contenders["engine"]["tokens"] == 8
     assert contenders["raw"]["ratio_tokens_per_s"] == 1.0
     assert contenders["raw"]["extra_ttft_ms"] == 0.0
-    for name in ("engine", "ui"):
+    assert contenders["page"]["server_reported"]["ttft_ms"] > 0  # the reply's own stats line, read in the page
+    for name in ("engine", "ui", "page"):
         assert contenders[name]["goal_tokens_per_s"] in ("PASS", "MISS")
         assert contenders[name]["goal_ttft"] in ("PASS", "MISS")
     assert report["engine_text_matches_raw"] is True  # greedy, same prompt, same model: same tokens

@@ -113,6 +113,22 @@ def test_a_reply_nobody_watches_runs_to_its_end(quick):
     assert saved.messages[-1].content == "Hello there, friend."
 
 
+def test_the_grouping_holds_back_text_never_the_end(quick):
+    """Updates are grouped per interval, but the reply's end goes at once: with an interval of an hour the
+    stream still ends, with the saved reply (it used to sleep a whole interval after each update)."""
+    import threading
+
+    sessions = ChatSessions(quick.chat, 3600.0)
+    updates: list[ChatUpdate] = []
+    reader = threading.Thread(
+        target=lambda: updates.extend(sessions.send("s1", "Hi", SAMPLING, where(quick))), daemon=True
+    )
+    reader.start()
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the stream waited out its interval instead of ending with the reply"
+    assert updates[-1].busy is False and updates[-1].chat[-1]["content"] == "Hello there, friend."
+
+
 def test_refusals_are_notes_and_a_message_that_got_no_reply_goes_back_in_the_box(tmp_path: Path):
     app = make_app(tmp_path, {"reply": ""})
     try:

@@ -66,3 +66,17 @@ def test_the_text_note_says_why_a_parallel_model_may_differ_from_raw_and_flags_o
     note = text_note("the API's", False, batched)
     assert "parallel=4" in note and "expected" in note and "should not" not in note
     assert "may" in text_note("the engine's", False, {"inglenook.extra_buffer_types": "off (set explicitly)"})
+
+
+def test_the_page_row_says_how_far_its_first_token_is_from_the_servers_own():
+    raw = Scripted("raw", [Sample(0.05, 1.0, 101, "length")] * 3)
+    runs = [Sample(0.08, 1.0, 101, "length", reported={"ttft_ms": 60.0, "tokens_per_s": 125.0}),
+            Sample(0.3, 2.0, 101, "length", reported={"ttft_ms": 290.0, "tokens_per_s": 50.0})]  # fmt: skip
+    page = Scripted("page", [runs[0], *runs])  # the warm-up, then the two runs
+    run_interleaved([raw, page], 2, lambda _: None)
+    result = summarise([raw, page], tokens=101)
+    assert result["page"]["server_reported"]["ttft_ms"] == 175.0  # medians of all runs, each on its own
+    # run by run: +20 and +10 ms over the same reply's own TTFT; 100/125 and 50/50 of its own tok/s
+    assert result["page"]["over_server_ttft_ms"] == 15.0 and result["page"]["ratio_to_server_tokens_per_s"] == 0.9
+    table = format_table({"contenders": result, "tokens_requested": 101})
+    assert "page: as Chromium shows the reply" in table and "0.900× its tok/s, TTFT +15 ms" in table

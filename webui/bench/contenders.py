@@ -10,7 +10,8 @@ ui
     thread on a free 127.0.0.1 port), driven by a real ``gradio_client.Client`` submitting to ``/chat`` in a
     fresh session (so no history). The chat path wraps the prompt in the model's chat template, so its
     text differs from the others; a run that stops before N tokens is reported. TTFT: to the first update
-    whose assistant text is non-empty and not the "…" placeholder. Text and tokens: the reply as the chat
+    whose assistant text (in the chatbot, or while it streams in /chat's last output, the live reply) is
+    non-empty and not the "…" placeholder. Text and tokens: the reply as the chat
     saved it (read back from the history store, never from the page's HTML), tokenized again as raw's is.
     The stream is throttled to 20 updates/s by design and gradio_client polls every 50 ms, so this TTFT
     includes 0–50 ms of *client-side* delay a browser does not have.
@@ -18,6 +19,9 @@ api
     The same server driven by the official ``openai`` client: ``completions.create(stream=True,
     temperature=0, max_tokens=N, stream_options={"include_usage": True})`` on the same prompt, so the text
     must equal raw's. Tokens: ``usage``; the server's own TTFT and tok/s come in its ``timings``.
+page
+    Our chat page in headless Chromium on the same server (:mod:`webui.bench.page`): times as the page shows
+    the reply (``performance.now()`` at Enter, a MutationObserver on the reply).
 llama-cpp-server
     llama-cpp-python's own OpenAI server (``python -m llama_cpp.server``) on the same file and settings, in
     its own process, driven the same way. It keeps its KV cache between requests, so from the second run
@@ -56,6 +60,7 @@ from webui.templates.render import build_chat_prompt
 MAX_LOAD_TEST_S = 60.0
 PLACEHOLDER = "…"  # what the chat shows before the first token (webui.ui.chat_tab.display_messages)
 CONVERSATION, CHATBOT, ERROR = 1, 2, 3  # positions in /chat's outputs: message, conversation id, chatbot, error, ...
+LIVE = -1  # the last output: the reply's text while it streams (the chatbot gets it whole at the end)
 
 
 class EngineContender(Contender):
@@ -146,7 +151,8 @@ class UIContender(Contender):
             )  # message, conversation id ("" = a new one), system, start reply with, mode, character
             for outputs in job:
                 last = time.perf_counter()
-                if first is None and _assistant_text(outputs[CHATBOT]) not in ("", PLACEHOLDER):
+                live = outputs[LIVE] if isinstance(outputs[LIVE], str) else ""
+                if first is None and (_assistant_text(outputs[CHATBOT]) or live) not in ("", PLACEHOLDER):
                     first = last
         except Exception as exc:
             raise BenchError(f"the UI stream failed: {type(exc).__name__}: {exc}") from exc

@@ -38,6 +38,16 @@ def summarise(contenders: list[Contender], tokens: int) -> dict:
             out[c.name]["server_reported"] = {
                 key: _median([r[key] for r in reported if r[key] is not None]) for key in ("ttft_ms", "tokens_per_s")
             }
+            # run by run against the same generation's own figures: what the way to the client costs, apart
+            # from what other work on the machine does to the model (which raw's separate runs cannot show)
+            paired = [s for s in runs if s.reported and s.reported.get("ttft_ms") is not None]
+            out[c.name]["over_server_ttft_ms"] = round(
+                _median([s.ttft_s * 1000 - s.reported["ttft_ms"] for s in paired]), 1
+            )
+            speeds = [s for s in paired if s.reported.get("tokens_per_s")]
+            out[c.name]["ratio_to_server_tokens_per_s"] = (
+                round(_median([s.tokens_per_s / s.reported["tokens_per_s"] for s in speeds]), 3) if speeds else None
+            )
     raw = out.get("raw")
     for name, row in out.items():
         if raw and raw["tokens_per_s"] > 0:
@@ -95,6 +105,14 @@ def format_table(result: dict) -> str:
             )
     if "ui" in result["contenders"]:
         text += "\nui TTFT includes 0-50 ms of gradio_client's own polling, which a browser does not have"
+    page = result["contenders"].get("page")
+    if page:
+        text += "\npage: as Chromium shows the reply (Enter to the first text, first text to the whole reply shown)"
+        if page.get("ratio_to_server_tokens_per_s") is not None:
+            text += (
+                f"; run by run against the server's own figures for the same reply: "
+                f"{page['ratio_to_server_tokens_per_s']:.3f}× its tok/s, TTFT {page['over_server_ttft_ms']:+.0f} ms"
+            )
     early = [f"{n} ({', '.join(r['finish_reasons'])})" for n, r in result["contenders"].items() if r["stopped_early"]]
     if early:
         text += f"\n* stopped before {result['tokens_requested']} tokens on some run: {', '.join(early)}"

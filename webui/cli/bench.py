@@ -1,6 +1,7 @@
 """``inglenook bench``: the flags, and the runs put together from :mod:`webui.bench`.
 
-- ``bench [MODEL]``: raw llama-cpp-python vs our engine vs our UI stream (``--no-ui``: without the UI).
+- ``bench [MODEL]``: raw llama-cpp-python vs our engine vs our UI stream (gradio_client) vs our page in headless
+  Chromium (``--no-ui``: without the UI and the page).
 - ``bench --api``: raw vs our OpenAI-compatible API stream vs llama-cpp-python's own server, and with
   ``--clients K --duration S`` a bounded load test.
 - ``bench --switch``: load/unload cycles, load time and resident memory.
@@ -44,6 +45,7 @@ from webui.bench.measure import (
     run_interleaved,
     settings_mismatch,
 )
+from webui.bench.page import PageContender, write_greedy_preset
 from webui.bench.raw import RawContender
 from webui.bench.report import format_switch, format_table, header, summarise, text_note
 from webui.bench.switch import bench_switch
@@ -72,7 +74,7 @@ def add_parser(sub) -> None:
     bench.add_argument("--tokens", type=int, default=128, help="tokens per run (default: 128)")
     bench.add_argument("--runs", type=int, default=5, help="runs per contender; the median is reported (default: 5)")
     bench.add_argument("--prompt", default="The history of the city of Rome begins", help="prompt to continue")
-    bench.add_argument("--no-ui", action="store_true", help="skip the UI stream (no server is started)")
+    bench.add_argument("--no-ui", action="store_true", help="skip the UI stream and the page (no server is started)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument("--api", action="store_true", help="compare raw llama-cpp-python with our OpenAI API stream")
     bench.add_argument("--clients", type=int, default=0, help="with --api: clients for a load test (default: none)")
@@ -328,8 +330,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         engine = EngineContender(app, args.prompt, args.tokens)
         contenders.append(engine)
         if not args.no_ui:
+            write_greedy_preset(Path(scratch.name), args.tokens)  # what the page's form starts with
             _progress(f"starting our server on http://127.0.0.1:{port} ...")
-            contenders.append(UIContender(app, _serve, port, args.prompt, args.tokens))
+            ui = UIContender(app, _serve, port, args.prompt, args.tokens)
+            contenders.append(ui)
+            _progress("opening our page in headless Chromium ...")
+            try:
+                contenders.append(PageContender(app, ui.url, args.prompt, args.tokens, ui.prompt_tokens))
+            except BenchError as exc:  # no browser here: the other contenders still run
+                _progress(f"note: without the page contender: {exc}")
         run_interleaved(contenders, args.runs, _progress)
         result = {
             **_common(info, args, raw, load_average, contenders),

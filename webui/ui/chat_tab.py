@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
@@ -26,6 +26,7 @@ from webui.chat.actions import (
     version_label,
 )
 from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, HistoryError
+from webui.chat.live import LiveSplit
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.service import TurnOptions
 from webui.chat.session import ChatSessions, ChatUpdate, display_messages, without_stats
@@ -65,6 +66,8 @@ STATS_JS = """(value) => {
             }
             if (line.textContent !== text) line.textContent = text;
         });
+        const live = document.querySelector('#chatbot .inglenook-live');
+        if (live && !window.__inglenookLive) live.remove();  // the chatbot shows the whole reply now
     };
     const root = document.querySelector('#chatbot');
     if (root && !root.__inglenookObserved) {
@@ -113,6 +116,47 @@ KEYS_JS = """() => {
     }, true);
 }"""
 CHAT_JS = STATS_JS.replace("KEYS_INSTALL", KEYS_JS)  # what the page runs on every change of the chatbot
+
+# The growing reply, from the live carrier (the reply's text so far; "" once the chatbot holds it whole, see
+# webui.chat.live): shown as plain text in the last bubble, in place of the chatbot's own content, by appending
+# what is new, so an update costs the page one text append instead of a re-rendered chat. The bubble may not
+# be drawn yet when the first text comes (the chat with it arrived in the same breath): it is tried again.
+LIVE_JS = """(text) => {
+    window.__inglenookLive = text || '';
+    if (!document.getElementById('inglenook-live-style')) {
+        const style = document.createElement('style');
+        style.id = 'inglenook-live-style';
+        style.textContent = '#chatbot [data-testid="bot"]:has(> .inglenook-live) > .message-content'
+            + ' { display: none; } #chatbot .inglenook-live { white-space: pre-wrap; overflow-wrap: anywhere; }';
+        document.head.appendChild(style);
+    }
+    const show = (tries) => {
+        const want = window.__inglenookLive;
+        const root = document.querySelector('#chatbot');
+        let live = root && root.querySelector('.inglenook-live');
+        if (!want) { if (live) live.remove(); return; }
+        const turns = root ? root.querySelectorAll('[data-testid="bot"], [data-testid="user"]') : [];
+        const bot = turns[turns.length - 1];
+        if (!bot || bot.dataset.testid !== 'bot') {  // the pending reply's bubble is not drawn yet
+            if (tries > 0) setTimeout(() => show(tries - 1), 16);
+            return;
+        }
+        if (live && live.parentElement !== bot) { live.remove(); live = null; }
+        const box = bot.closest('[role="log"]') || bot.parentElement;
+        const pinned = box && box.scrollHeight - box.scrollTop - box.clientHeight < 48;
+        if (!live) {
+            live = document.createElement('div');
+            live.className = 'inglenook-live md prose chatbot';
+            live.appendChild(document.createTextNode(''));
+            bot.insertBefore(live, bot.querySelector(':scope > .inglenook-stats'));
+        }
+        const node = live.firstChild;
+        if (want.startsWith(node.data)) node.appendData(want.slice(node.data.length));
+        else node.data = want;
+        if (pinned) box.scrollTop = box.scrollHeight;
+    };
+    show(30);
+}"""  # what the page runs on every change of the chatbot
 
 
 def listing_stamp(conv: Conversation) -> str:
@@ -223,6 +267,8 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     chatbot = gr.Chatbot(
         label="Chat", height=520, elem_id="chatbot", buttons=["copy"], feedback_options=None, editable="all"
     )
+    # the reply while it streams, alone (webui.chat.live): LIVE_JS shows it in the last bubble
+    live_reply = gr.Textbox("", visible="hidden", interactive=False, show_label=False, elem_id="chat-live")
     with gr.Row(equal_height=True):
         prev_version = gr.Button("‹", size="sm", scale=0, min_width=40, elem_id="version-prev")
         versions = gr.Markdown("", elem_id="version-label")
@@ -380,10 +426,16 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         return (*(gr.skip() if v is None else v for v in head), *buttons, picker_update, label, count)
 
     def relay(updates: Iterator[ChatUpdate], ctx):
-        """Each update as outputs; closing the handler (the page went away) closes the session's stream."""
+        """Each update as outputs, the growing reply through the live carrier (webui.chat.live); closing the
+        handler (the page went away) closes the session's stream."""
+        live = LiveSplit()
         try:
             for update in updates:
-                yield outputs(update, ctx)
+                if update.busy is False and (whole := live.finishing(update.chat)) is not None:
+                    yield (*(gr.skip() for _ in range(len(stream_outputs) - 1)), whole)  # the end, at once
+                chat, text = live.split(update.chat, update.busy is True)
+                update = replace(update, chat=chat)
+                yield (*outputs(update, ctx), gr.skip() if text is None else text)
         finally:
             updates.close()
 
@@ -464,11 +516,11 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             edited = edit_message(app.history, conv, index, without_stats(data.value))
         except (HistoryError, IndexError) as exc:
             picker_update, cid, shown, note, label, count, *_ = show(conv, f"⚠️ {exc}", *ctx)
-            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count
+            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count, gr.skip()
             return
         if edited.role != "user":  # an edited reply is a new version of it: nothing to generate
             picker_update, cid, shown, note, label, count, *_ = show(conv, "", *ctx)
-            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count
+            yield gr.skip(), cid, shown, note, *SKIP_BUTTONS, picker_update, label, count, gr.skip()
             return
         yield from generation("regenerate", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
@@ -516,7 +568,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             followed = True
             yield out
         if not followed:  # a generator that yields nothing would blank every output
-            yield tuple(gr.skip() for _ in range(7 + len(BUSY)))
+            yield tuple(gr.skip() for _ in range(8 + len(BUSY)))
 
     def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None, request: gr.Request = None):
         if request is not None:
@@ -647,7 +699,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     ctx = [system, start_with, max_tokens, *who]
     shown = [listed, conversation_id, chatbot, error, versions, tokens, *who]
     buttons = [send, stop, regen, cont]  # BUSY / IDLE
-    stream_outputs = [message, conversation_id, chatbot, error, *buttons, listed, versions, tokens]
+    stream_outputs = [message, conversation_id, chatbot, error, *buttons, listed, versions, tokens, live_reply]
     # /chat's inputs: message, conversation id, system, start reply with, mode, character; then every
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
@@ -712,6 +764,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     branch.click(branch_chat, [conversation_id, branch_at, *ctx], shown, api_name=False)
     chatbot.select(select_message, None, branch_at, api_name=False)
     chatbot.change(None, chatbot, None, js=CHAT_JS, api_name=False)
+    live_reply.change(None, live_reply, None, js=LIVE_JS, api_name=False)
     export.click(export_chat, [conversation_id, *who], [download, error], api_name=False)
     upload.upload(import_chat, [upload, conversation_id, *ctx], shown, api_name=False)
     template.input(choose_template, template, [template, template_info], api_name=False)
