@@ -164,8 +164,10 @@ def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, 
     outputs = [*radios, chat.title, avatar]
     for trigger in (search.change, chat.conversation_id.change, chat.listed.change):
         trigger(listing, inputs, outputs, api_name=False, queue=False, show_progress="hidden")
-    for radio in radios:
-        radio.input(chat.pick, [radio, *chat.context], chat.shown, api_name=False).then(
+    for radio in radios:  # .select, not .input: a Radio also sends .input when the list is redrawn under it, and
+        # a redraw landing after Clear (the list still marking the old conversation) reopened it (a message sent
+        # then went into the conversation just cleared)
+        radio.select(chat.pick, [radio, *chat.context], chat.shown, api_name=False).then(
             *chat.settings_applied, api_name=False
         )
 

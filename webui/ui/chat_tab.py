@@ -568,7 +568,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             followed = True
             yield out
         if not followed:  # a generator that yields nothing would blank every output
-            yield tuple(gr.skip() for _ in range(8 + len(BUSY)))
+            yield tuple(gr.skip() for _ in stream_outputs)
 
     def new_chat(system_text, prefix, n, chosen_mode=INSTRUCT, key=None, request: gr.Request = None):
         if request is not None:
