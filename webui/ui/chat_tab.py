@@ -706,21 +706,22 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     knobs = {"concurrency_limit": None, "inputs_kwargs": params_inputs}
     tool_outputs = [approval, approval_text, use_tools, auto_tools]
     tool_inputs = [conversation_id, *who]
+    quiet = {"api_name": False, "show_progress": "hidden"}  # bookkeeping: no "processing" over the chat
     message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs).then(
-        tool_view, tool_inputs, tool_outputs, api_name=False
+        tool_view, tool_inputs, tool_outputs, **quiet
     )
     send.click(respond, inputs, stream_outputs, api_name=False, **knobs).then(
-        tool_view, tool_inputs, tool_outputs, api_name=False
+        tool_view, tool_inputs, tool_outputs, **quiet
     )
-    conversation_id.change(tool_view, tool_inputs, tool_outputs, api_name=False)
+    conversation_id.change(tool_view, tool_inputs, tool_outputs, **quiet)
     for box in (use_tools, auto_tools):
         box.input(toggle_tools, [conversation_id, use_tools, auto_tools, *who], [error, conversation_id],
                   api_name=False)  # fmt: skip
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
     stop.click(stop_shown, conversation_id, None, api_name=False, concurrency_limit=None, queue=False)
     # a page opened (or reloaded) while a reply is written into its conversation follows it to its end
-    conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, api_name=False,
-                           concurrency_limit=None)  # fmt: skip
+    conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, concurrency_limit=None,
+                           **quiet)  # fmt: skip
     gen_inputs = [conversation_id, system, start_with, *who]
     for button, approved in ((approve, True), (deny, False)):  # the call runs (or is refused), the model goes on
         button.click(lambda: gr.update(visible=False), None, approval, api_name=False, queue=False)
