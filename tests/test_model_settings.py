@@ -35,7 +35,7 @@ def test_the_llama_cpp_settings_become_typed_fields_in_declaration_order():
     fields = {f.name: f for f in setting_fields(LlamaCppSettings)}
     assert list(fields) == [
         "n_ctx", "threads", "n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "extra_buffer_types",
-        "parallel",
+        "parallel", "kv_cache_ram_mb", "kv_cache_disk_mb", "draft", "draft_tokens",
     ]  # fmt: skip
     assert (fields["n_ctx"].kind, fields["n_ctx"].default) == ("int", 4096)
     assert fields["n_ctx"].label == "Context length (tokens)"
