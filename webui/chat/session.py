@@ -203,26 +203,38 @@ class ChatSessions:
 
     # ------------------------------------------------------------------ the actions
 
+    def _ready(
+        self,
+        session: str,
+        sampling: dict,
+        locate: Callable[[], tuple[Conversation, TurnOptions]],
+        text: str | None = None,
+    ) -> ChatUpdate | tuple[SamplingParams, Conversation, TurnOptions]:
+        """What every action checks before it starts a reply: the refusal to show, or (params, conversation,
+        options). ``text``: the message a send carries (an empty one is refused)."""
+        if self.busy(session):  # Enter pressed again while this session's reply still streams
+            return ChatUpdate(note=STILL_STREAMING, busy=True)
+        if text is not None and not text:
+            return ChatUpdate(note="Type a message first.")
+        try:
+            params = form_params(sampling)
+        except ValueError as exc:
+            return ChatUpdate(note=f"⚠️ {exc}")
+        conv, options = locate()
+        if self.flight(conv.id) is not None:  # another tab's reply is being written into this conversation
+            return ChatUpdate(note=STILL_STREAMING)
+        return params, conv, options
+
     def send(
         self, session: str, text: str, sampling: dict, locate: Callable[[], tuple[Conversation, TurnOptions]]
     ) -> Iterator[ChatUpdate]:
         """Send ``text`` in the conversation ``locate()`` finds (called only once the send can go ahead)."""
         text = (text or "").strip()
-        if self.busy(session):  # Enter pressed again while this session's reply still streams
-            yield ChatUpdate(note=STILL_STREAMING, busy=True)
+        ready = self._ready(session, sampling, locate, text)
+        if isinstance(ready, ChatUpdate):
+            yield ready
             return
-        if not text:
-            yield ChatUpdate(note="Type a message first.")
-            return
-        try:
-            params = form_params(sampling)
-        except ValueError as exc:
-            yield ChatUpdate(note=f"⚠️ {exc}")
-            return
-        conv, options = locate()
-        if self.flight(conv.id) is not None:  # another tab's reply is being written into this conversation
-            yield ChatUpdate(note=STILL_STREAMING)
-            return
+        params, conv, options = ready
         remember_settings(conv, options.system, sampling)
         self.unfollow(session)
         cancel = CancelToken()
@@ -238,18 +250,11 @@ class ChatSessions:
         self, session: str, action: str, sampling: dict, locate: Callable[[], tuple[Conversation, TurnOptions]]
     ) -> Iterator[ChatUpdate]:
         """``action`` "regenerate" (a new version of the last reply) or "continue" (extend it)."""
-        if self.busy(session):
-            yield ChatUpdate(note=STILL_STREAMING, busy=True)
+        ready = self._ready(session, sampling, locate)
+        if isinstance(ready, ChatUpdate):
+            yield ready
             return
-        try:
-            params = form_params(sampling)
-        except ValueError as exc:
-            yield ChatUpdate(note=f"⚠️ {exc}")
-            return
-        conv, options = locate()
-        if self.flight(conv.id) is not None:
-            yield ChatUpdate(note=STILL_STREAMING)
-            return
+        params, conv, options = ready
         remember_settings(conv, options.system, sampling)
         self.unfollow(session)
         cancel = CancelToken()
@@ -267,18 +272,11 @@ class ChatSessions:
     ) -> Iterator[ChatUpdate]:
         """The user's Approve (``approve``) or Deny of the tool calls waiting in the conversation; the model then
         goes on with the results, streamed as a reply is."""
-        if self.busy(session):
-            yield ChatUpdate(note=STILL_STREAMING, busy=True)
+        ready = self._ready(session, sampling, locate)
+        if isinstance(ready, ChatUpdate):
+            yield ready
             return
-        try:
-            params = form_params(sampling)
-        except ValueError as exc:
-            yield ChatUpdate(note=f"⚠️ {exc}")
-            return
-        conv, options = locate()
-        if self.flight(conv.id) is not None:
-            yield ChatUpdate(note=STILL_STREAMING)
-            return
+        params, conv, options = ready
         if not conv.pending_calls():
             yield ChatUpdate(chat=display_messages(conv.ui_history()), note="No tool call is waiting.", shown=conv)
             return
