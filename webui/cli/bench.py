@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +53,18 @@ from webui.bench.switch import bench_switch
 from webui.cli.options import add_model_options, settings_from
 from webui.models.folder import resolve_model
 from webui.paths import UnsafeName
+
+
+@contextlib.contextmanager
+def _scratch_app(args: argparse.Namespace) -> Iterator[App]:
+    """An App on the user's models with a throwaway user_data (a bench never writes the user's chats or
+    settings), closed with it."""
+    with tempfile.TemporaryDirectory(prefix="inglenook-bench-") as folder:
+        app = App.create(replace(settings_from(args), user_data=Path(folder)))
+        try:
+            yield app
+        finally:
+            app.close()
 
 
 def _close(contenders: list, app: App) -> None:
@@ -234,23 +247,20 @@ def cmd_kv_cache(args: argparse.Namespace) -> int:
     if args.history < 100 or args.runs < 1:
         print("error: --history must be at least 100 tokens and --runs at least 1", file=sys.stderr)
         return 2
-    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
-    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
-    try:
-        path = _gguf(app, args)
-        load_settings = app.load_settings_for("llama.cpp")
-        n_ctx = max(load_settings.n_ctx, args.history + 512)  # room for the conversation and its next turns
-        _progress(f"loading {path.name} (n_ctx {n_ctx}) ...")
-        info = app.load_model(str(path), "llama.cpp", settings=replace(load_settings, n_ctx=n_ctx))
-        measured = measure_kv_cache(app, args.history, args.runs, _progress)
-        result = {"model": info.name, "n_ctx": n_ctx, "kv_cache_ram_mb": getattr(load_settings, "kv_cache_ram_mb", 0),
-                  "load_average_before": _load_average(), **measured}  # fmt: skip
-    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        app.close()
-        scratch.cleanup()
+    with _scratch_app(args) as app:
+        try:
+            path = _gguf(app, args)
+            load_settings = app.load_settings_for("llama.cpp")
+            n_ctx = max(load_settings.n_ctx, args.history + 512)  # room for the conversation and its next turns
+            _progress(f"loading {path.name} (n_ctx {n_ctx}) ...")
+            info = app.load_model(str(path), "llama.cpp", settings=replace(load_settings, n_ctx=n_ctx))
+            measured = measure_kv_cache(app, args.history, args.runs, _progress)
+            ram_mb = getattr(load_settings, "kv_cache_ram_mb", 0)
+            result = {"model": info.name, "n_ctx": n_ctx, "kv_cache_ram_mb": ram_mb,
+                      "load_average_before": _load_average(), **measured}  # fmt: skip
+        except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
@@ -266,19 +276,15 @@ def cmd_draft(args: argparse.Namespace) -> int:
     if not 1 <= args.draft <= 64 or args.tokens < 2 or args.runs < 1:
         print("error: --draft must be 1 to 64, --tokens at least 2 and --runs at least 1", file=sys.stderr)
         return 2
-    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
-    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
-    try:
-        path = _gguf(app, args)
-        result = measure_draft(app, str(path), app.load_settings_for("llama.cpp"), args.draft, args.tokens,
-                               args.runs, _progress)  # fmt: skip
-        result["model"], result["load_average_before"] = path.stem, _load_average()
-    except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        app.close()
-        scratch.cleanup()
+    with _scratch_app(args) as app:
+        try:
+            path = _gguf(app, args)
+            result = measure_draft(app, str(path), app.load_settings_for("llama.cpp"), args.draft, args.tokens,
+                                   args.runs, _progress)  # fmt: skip
+            result["model"], result["load_average_before"] = path.stem, _load_average()
+        except (BenchError, GenerationError, ModelLoadError, UnsafeName) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     print(json.dumps(result, ensure_ascii=False) if args.json else f"{result['model']}: " + format_draft(result))
     return 0
 
@@ -287,16 +293,12 @@ def cmd_switch(args: argparse.Namespace) -> int:
     if args.runs < 1:
         print("error: --runs must be at least 1", file=sys.stderr)
         return 2
-    scratch = tempfile.TemporaryDirectory(prefix="inglenook-bench-")
-    app = App.create(replace(settings_from(args), user_data=Path(scratch.name)))
-    try:
-        result = bench_switch(app, args.model, args.runs)
-    except (ModelLoadError, UnsafeName) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        app.close()
-        scratch.cleanup()
+    with _scratch_app(args) as app:
+        try:
+            result = bench_switch(app, args.model, args.runs)
+        except (ModelLoadError, UnsafeName) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     print(json.dumps(result, ensure_ascii=False) if args.json else format_switch(result))
     return 0
 
