@@ -77,6 +77,19 @@ FAKE_HELLO = "Hello there, friend."
 SLOW_WORDS = 400  # words of slow.fake: long enough to cancel, stop or switch in the middle
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium for a browser test module (one per module: playwright's sync API cannot run
+    beside another module's instance)."""
+    from playwright.sync_api import sync_playwright
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 def write_fake(folder: Path, name: str, **script) -> Path:
     """A ``NAME.fake`` model in ``folder`` (keys as in the fake loader's docstring: reply, replies, ...)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -63,14 +63,6 @@ def server(models_dir: Path, tmp_path_factory) -> str:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser, server: str):
     """A fresh tab on the UI; any request that would leave this machine is blocked and remembered."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import running_server, write_fake
-from test_browser import CHROMIUM_ARGS, LOCAL_HOSTS, markdown, open_page, send, user_messages
+from test_browser import LOCAL_HOSTS, markdown, open_page, send, user_messages
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -24,14 +24,6 @@ def served(tmp_path_factory):
     args = ("--models-dir", str(models), "--user-data", str(user_data), "--model", "hello.fake")
     with running_server(*args) as (url, _proc):
         yield url, user_data
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from urllib.parse import urlparse
 import pytest
 from conftest import running_server, write_fake
 from test_browser import (
-    CHROMIUM_ARGS,
     LOCAL_HOSTS,
     fill_steady,
     markdown,
@@ -36,14 +35,6 @@ def served(tmp_path_factory):
     args = ("--models-dir", str(models), "--user-data", str(user_data), "--model", "hello.fake")
     with running_server(*args) as (url, _proc):
         yield url, user_data
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
