@@ -156,6 +156,41 @@ def test_picking_a_conversation_in_the_sidebar_brings_back_its_settings(page):
     sync_api.expect(markdown(page, "#preset-state")).to_contain_text("•modified")  # 33 is not Balanced's
 
 
+def test_a_conversation_brings_back_its_preset_with_its_changes_from_the_sidebar_and_after_a_reload(page, served):
+    """The preset's name is kept in the conversation file: picking the conversation (or reloading the page on
+    it) shows that preset again, the form as the conversation was asked with, "•modified" where it differed."""
+    state = markdown(page, "#preset-state")
+    page.get_by_role("tab", name="Parameters").click()
+    choose(page, "preset-choice", "Creative")
+    sync_api.expect(state).to_have_text("Preset: Creative", timeout=30_000)
+    fill_steady(page.get_by_label("number input for top_k"), "7")
+    page.get_by_label("number input for top_k").press("Tab")
+    sync_api.expect(state).to_have_text("Preset: Creative •modified", timeout=30_000)
+    page.get_by_role("tab", name="Chat").click()
+    send(page, "Name three herbs.")
+    wait_reply(page)
+    [kept] = [json.loads(d)["settings"] for d in saved(served[1]).values() if b"Name three herbs." in d]
+    assert kept["preset"] == "Creative" and kept["sampling"]["top_k"] == 7
+    page.click("#new-chat")
+    sync_api.expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+    page.get_by_role("tab", name="Parameters").click()
+    choose(page, "preset-choice", "Precise")
+    sync_api.expect(state).to_have_text("Preset: Precise", timeout=30_000)
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#conversations-today").get_by_text("Name three herbs.", exact=False).click()
+    sync_api.expect(page.locator("#chatbot [data-testid='user']").first).to_have_text("Name three herbs.")
+    page.get_by_role("tab", name="Parameters").click()
+    sync_api.expect(state).to_have_text("Preset: Creative •modified", timeout=30_000)
+    sync_api.expect(page.get_by_label("number input for top_k")).to_have_value("7")
+    sync_api.expect(page.locator("#preset-choice input")).to_have_value("Creative")
+    page.reload()  # the page opens on the conversation it showed, with its preset
+    open_page(page, served[0])
+    sync_api.expect(page.locator("#chatbot [data-testid='user']").first).to_have_text("Name three herbs.")
+    page.get_by_role("tab", name="Parameters").click()
+    sync_api.expect(state).to_have_text("Preset: Creative •modified", timeout=30_000)
+    sync_api.expect(page.get_by_label("number input for top_k")).to_have_value("7")
+
+
 def test_a_character_chat_row_shows_its_picture_and_comes_back_in_its_mode(page):
     page.locator("#chat-mode").get_by_text("chat-instruct", exact=True).click()
     choose(page, "chat-character", "Wren")

@@ -163,11 +163,12 @@ def test_a_conversation_keeps_its_system_prompt_and_changed_parameters_and_a_rel
     sessions = ChatSessions(quick.chat, 0.0)
     conv = quick.history.new("character-Wren", mode="chat")
     options = TurnOptions(system="Answer in French.")
-    sampling = {**SAMPLING, "temperature": 0.3, "max_new_tokens": 77}
+    sampling = {**SAMPLING, "temperature": 0.3, "max_new_tokens": 77, "preset": "Creative"}  # the page's picker
     list(sessions.send("s", "Bonjour", sampling, lambda: (conv, options)))
     saved = HistoryStore(quick.settings.user_data).load("character-Wren", conv.id)
     assert saved.mode == "chat" and saved.settings == {
         "system": "Answer in French.",
+        "preset": "Creative",
         "sampling": {"temperature": 0.3, "max_new_tokens": 77},
     }
     older = quick.history.new(INSTRUCT_OWNER)
@@ -191,6 +192,8 @@ def test_files_without_settings_still_read_and_bad_settings_are_refused(tmp_path
     assert from_dict(to_dict(conv)).settings == conv.settings, "kept whole, unknown keys too"
     with pytest.raises(HistoryError, match="settings.system"):
         from_dict({**from_old, "settings": {"system": 3}})
+    with pytest.raises(HistoryError, match="settings.preset"):
+        from_dict({**from_old, "settings": {"preset": ["../../etc/passwd"]}})
 
 
 def test_another_tab_follows_a_reply_until_it_moves_to_another_conversation(slow):

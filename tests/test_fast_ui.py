@@ -59,3 +59,22 @@ def test_the_extensions_table_lists_bundled_extensions_and_toggles_them(fake_app
     assert message.startswith(f"Disabled {name}") and not restart
     assert toggle(fake_app, "", True) == ("Pick an extension first.", False)
     assert toggle(fake_app, "no-such-extension", True)[0].startswith("⚠️")
+
+
+def test_no_event_has_several_handlers_that_gradio_may_defer(served):
+    """Gradio's "always_last" (the default of .change) defers a handler while its last run is pending and,
+    when that run ends, sends the whole event again, to every handler of it. Two such handlers on one event
+    can defer each other for ever: the conversation id's three did, under load, ~10 requests a second that
+    kept resetting the sidebar's title box. So an event with several handlers gives none of them that mode."""
+    _, server, _ = served
+    blocks = next(r.app.get_blocks() for r in server.routes if hasattr(getattr(r, "app", None), "get_blocks"))
+    handlers: dict[tuple, list] = {}
+    for fn in blocks.fns.values():
+        for target, event in fn.targets:
+            if target is not None:
+                handlers.setdefault((target, event), []).append(fn)
+    shared = {key: fns for key, fns in handlers.items() if len(fns) > 1}
+    chat_id = next(b._id for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "conversation-id")
+    assert len(shared[(chat_id, "change")]) >= 2  # the sidebar and the tool card (then following a reply)
+    deferred = {key: [fn.name for fn in fns if fn.trigger_mode == "always_last"] for key, fns in shared.items()}
+    assert {key: names for key, names in deferred.items() if names} == {}

@@ -88,6 +88,10 @@ def stats_of(shown: list[dict]) -> list[str]:
     return [(m.get("metadata") or {}).get("log", "") for m in shown if m.get("role") == "assistant"]
 
 
+# The Parameters tab's preset name comes with its values (the page sends it beside them); it is no parameter.
+PRESET = "preset"
+
+
 def changed_sampling(sampling: dict) -> dict:
     """The Parameters form's values that differ from the defaults (what a conversation keeps of them)."""
     defaults = form_values(default_params())
@@ -100,20 +104,22 @@ def _plain(value: object) -> bool:
 
 
 def remember_settings(conv: Conversation, system: str, sampling: dict) -> None:
-    """Keep how the conversation is asked for in it (saved with its next message): the system prompt and the
-    changed parameters (issue 13: a reload lost them)."""
-    kept = {k: v for k, v in conv.settings.items() if k not in ("system", "sampling")}
+    """Keep how the conversation is asked for in it (saved with its next message): the system prompt, the
+    preset's name and the changed parameters (issue 13: a reload lost them)."""
+    kept = {k: v for k, v in conv.settings.items() if k not in ("system", "sampling", PRESET)}
     if system.strip():
         kept["system"] = system
+    if isinstance(name := sampling.get(PRESET), str) and name:
+        kept[PRESET] = name
     if changed := changed_sampling(sampling):
         kept["sampling"] = changed
     conv.settings = kept
 
 
 def form_params(sampling: dict) -> SamplingParams:
-    """The Parameters tab's values as SamplingParams; ValueError naming a bad key."""
+    """The Parameters tab's values as SamplingParams (its preset's name aside); ValueError naming a bad key."""
     try:
-        return params_from_form(sampling)
+        return params_from_form({k: v for k, v in sampling.items() if k != PRESET})
     except (PresetError, TypeError) as exc:
         raise ValueError(str(exc)) from exc
 

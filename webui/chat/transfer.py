@@ -113,6 +113,8 @@ def _settings(settings: Any) -> dict[str, Any]:
         raise HistoryError("'settings.system' is not text")
     if not isinstance(settings.get("sampling", {}), dict):
         raise HistoryError("'settings.sampling' is not an object")
+    if not isinstance(settings.get("preset", ""), str):
+        raise HistoryError("'settings.preset' is not text")
     return settings
 
 

@@ -14,7 +14,7 @@ from webui.chat.sidebar import GROUPS, avatar_style, sidebar_groups
 from webui.models import panel as core
 from webui.models.folder import DEFAULT_NOTE, default_model_license, is_default_model
 from webui.ui.characters_tab import build_characters_tab
-from webui.ui.chat_tab import ChatTab, build_chat_tab, chat_owner
+from webui.ui.chat_tab import FOLLOWS_ID, ChatTab, build_chat_tab, chat_owner
 from webui.ui.compare_tab import build_compare_tab
 from webui.ui.extensions_tab import build_extension_blocks, build_extensions_tab
 from webui.ui.model_tab import LOADING_BAR, build_model_tab, loading_bar
@@ -80,7 +80,7 @@ def build_ui(app: App) -> gr.Blocks:
             header = gr.Markdown(describe(app), elem_id="model-header")
         parameters = ParametersTab(app)
         with gr.Tab("Chat", elem_id="chat-tab"):
-            chat = build_chat_tab(app, parameters.inputs, sidebar)
+            chat = build_chat_tab(app, parameters.inputs, sidebar, parameters.preset)
             extension_blocks = build_extension_blocks(app)
         with sidebar:  # below the chat's mode, character and conversation pickers
             search = gr.Textbox(
@@ -162,8 +162,10 @@ def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, 
 
     inputs = [search, chat.conversation_id, mode, character]
     outputs = [*radios, chat.title, avatar]
-    for trigger in (search.change, chat.conversation_id.change, chat.listed.change):
+    for trigger in (search.change, chat.listed.change):
         trigger(listing, inputs, outputs, api_name=False, queue=False, show_progress="hidden")
+    chat.conversation_id.change(listing, inputs, outputs, api_name=False, queue=False, show_progress="hidden",
+                                trigger_mode=FOLLOWS_ID)  # fmt: skip
     for radio in radios:  # .select, not .input: a Radio also sends .input when the list is redrawn under it, and
         # a redraw landing after Clear (the list still marking the old conversation) reopened it (a message sent
         # then went into the conversation just cleared)

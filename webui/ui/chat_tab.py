@@ -29,9 +29,10 @@ from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, History
 from webui.chat.live import LiveSplit
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.service import TurnOptions
-from webui.chat.session import ChatSessions, ChatUpdate, display_messages, without_stats
+from webui.chat.session import PRESET, ChatSessions, ChatUpdate, display_messages, form_params, without_stats
 from webui.chat.toolbox import auto_approve, call_text, tools_enabled
 from webui.paths import UnsafeName
+from webui.presets import PresetStore, form_values
 from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
 from webui.ui.arena_panel import ArenaWiring, build_arena_panel
@@ -46,6 +47,9 @@ SKIP_BUTTONS = (gr.skip(),) * len(BUSY)
 
 OWNER = INSTRUCT_OWNER  # conversations without a character
 UNDO_SECONDS = 10.0  # how long "Undo" stays after a conversation is deleted
+# the trigger mode of every handler of the conversation id's .change: each runs for each change, none is
+# deferred (a deferred one re-sends the event to all of them when it ends, and they can defer each other)
+FOLLOWS_ID = "multiple"
 
 # Draws each reply's stats line (the message's metadata.log, see webui.chat.session.display_messages) under
 # its bubble, outside the message text, so Copy and Edit give the text alone. Runs in the page on every change
@@ -230,12 +234,16 @@ class ChatTab:
     settings_applied: tuple  # (fn, inputs, outputs): the shown conversation's saved settings back in the form
 
 
-def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = None) -> ChatTab:
+def build_chat_tab(
+    app: App, params_inputs: dict, sidebar: gr.Sidebar | None = None, preset: gr.Dropdown | None = None
+) -> ChatTab:
     """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name.
-    ``sidebar``: where the mode, character and conversation pickers go (else above the chat)."""
+    ``sidebar``: where the mode, character and conversation pickers go (else above the chat). ``preset``: the
+    Parameters tab's preset picker, whose name each conversation keeps and brings back."""
     sessions = ChatSessions(app.chat, app.settings.stream_interval_s)  # per UI, not module-level
     rule_knobs = list(params_inputs)  # a models.yaml rule may set any of them
     prefs = TemplatePrefs(app.settings.user_data)
+    presets = PresetStore(app.settings.user_data)
     notices = startup_problems(app)
     exports = Path(tempfile.mkdtemp(prefix="inglenook-exports-"))
 
@@ -388,10 +396,20 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
             return False
 
     def saved_settings(conv: Conversation) -> list:
-        """The system prompt box and the Parameters widgets as the conversation was last asked with."""
+        """The preset picker, the system prompt box and the Parameters widgets as the conversation was last
+        asked with. With the name of a preset that still exists, the whole form comes back (the defaults and
+        what differed from them); without one (older files), only the values it changed."""
         system_value = conv.settings.get("system", "") if conv.settings or conv.messages else gr.skip()
         sampling = conv.settings.get("sampling", {})
-        return [system_value, *(sampling[name] if name in sampling else gr.skip() for name in rule_knobs)]
+        name = conv.settings.get(PRESET)
+        if isinstance(name, str) and name in presets.names():
+            try:
+                whole = form_values(form_params(sampling))
+            except ValueError:  # a hand-edited file: fall back to what can be read of it
+                whole = None
+            if whole is not None:
+                return [name, system_value, *(whole[knob] for knob in rule_knobs)]
+        return [gr.skip(), system_value, *(sampling[knob] if knob in sampling else gr.skip() for knob in rule_knobs)]
 
     def restore(conversation_id: str, system_text: str):
         found = next((o for o in app.history.owners() if conversation_id and _exists(o, conversation_id)), None)
@@ -401,16 +419,18 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
         note = "⚠️ Damaged history files: " + "; ".join(lines) if lines else ""
         conv = open_conversation(app, conversation_id, owner)
         template_dropdown, template_note, *rule_values = template_view()
-        system_value, *saved = saved_settings(conv)
+        preset_value, system_value, *saved = saved_settings(conv)
         values = [rule if isinstance(mine, dict) and mine.get("__type__") == "update" else mine
                   for rule, mine in zip(rule_values, saved, strict=True)]  # fmt: skip
         shown_system = system_value if isinstance(system_value, str) else system_text
-        return (*show(conv, note, shown_system), template_dropdown, template_note, *values, system_value)
+        return (*show(conv, note, shown_system), template_dropdown, template_note, *values, system_value,
+                *([preset_value] if preset is not None else []))  # fmt: skip
 
     def apply_settings(conv_id: str, chosen_mode: str, key: str | None):
         """After a conversation is picked: its system prompt and changed parameters come back with it."""
         conv, _ = locate_conv(conv_id, chosen_mode, key)
-        return tuple(saved_settings(conv))
+        picked, *rest = saved_settings(conv)
+        return (*([picked] if preset is not None else []), *rest)
 
     def busy(request: gr.Request) -> bool:
         return sessions.busy(request.session_hash)
@@ -703,25 +723,33 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     # /chat's inputs: message, conversation id, system, start reply with, mode, character; then every
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
-    knobs = {"concurrency_limit": None, "inputs_kwargs": params_inputs}
+    # the preset's name comes along by name too (a conversation keeps it), though it is not a parameter
+    sampling_inputs = {**params_inputs, PRESET: preset} if preset is not None else params_inputs
+    knobs = {"concurrency_limit": None, "inputs_kwargs": sampling_inputs}
     tool_outputs = [approval, approval_text, use_tools, auto_tools]
     tool_inputs = [conversation_id, *who]
     quiet = {"api_name": False, "show_progress": "hidden"}  # bookkeeping: no "processing" over the chat
+    # Several handlers follow the conversation id; Gradio's default for .change ("always_last") re-sends the
+    # whole event when a deferred one ends, which starts the others again: under load they kept deferring
+    # each other (a loop of ~10 requests a second that reset the sidebar's title box). See FOLLOWS_ID.
+    follows_id = {"trigger_mode": FOLLOWS_ID}
     message.submit(respond, inputs, stream_outputs, api_name="chat", **knobs).then(
         tool_view, tool_inputs, tool_outputs, **quiet
     )
     send.click(respond, inputs, stream_outputs, api_name=False, **knobs).then(
         tool_view, tool_inputs, tool_outputs, **quiet
     )
-    conversation_id.change(tool_view, tool_inputs, tool_outputs, **quiet)
+    # a page opened (or reloaded) while a reply is written into its conversation follows it to its end; after
+    # the tool card, as a step of its own: the page runs an event's handlers one by one, each to its end, and
+    # the sidebar's (the next one) would wait for the whole reply
+    conversation_id.change(tool_view, tool_inputs, tool_outputs, **quiet, **follows_id).then(
+        follow_reply, [conversation_id, *ctx], stream_outputs, concurrency_limit=None, **quiet, **follows_id
+    )
     for box in (use_tools, auto_tools):
         box.input(toggle_tools, [conversation_id, use_tools, auto_tools, *who], [error, conversation_id],
                   api_name=False)  # fmt: skip
     stop.click(stop_generation, None, None, api_name="stop", concurrency_limit=None, queue=False)
     stop.click(stop_shown, conversation_id, None, api_name=False, concurrency_limit=None, queue=False)
-    # a page opened (or reloaded) while a reply is written into its conversation follows it to its end
-    conversation_id.change(follow_reply, [conversation_id, *ctx], stream_outputs, concurrency_limit=None,
-                           **quiet)  # fmt: skip
     gen_inputs = [conversation_id, system, start_with, *who]
     for button, approved in ((approve, True), (deny, False)):  # the call runs (or is refused), the model goes on
         button.click(lambda: gr.update(visible=False), None, approval, api_name=False, queue=False)
@@ -741,13 +769,14 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     prev_version.click(page(-1), [conversation_id, *ctx], shown, api_name=False)
     next_version.click(page(+1), [conversation_id, *ctx], shown, api_name=False)
     new.click(new_chat, ctx, shown, api_name=False)
-    chatbot.clear(new_chat, ctx, shown, api_name=False)  # the chatbot's own bin icon starts afresh too
-    # ...and at once in the page: the bin empties the chat before new_chat answers, and a message sent in
-    # between must not go into the conversation just cleared
+    # The chatbot's own bin icon starts afresh too: at once in the page (the id emptied: a message sent
+    # before new_chat answers starts a conversation of its own, never the one just cleared), then on the
+    # server. In this order: the page runs an event's handlers one after another, each to its end.
     chatbot.clear(None, None, conversation_id, js="() => ''", api_name=False, queue=False)
+    chatbot.clear(new_chat, ctx, shown, api_name=False)
     # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
     # saved conversation yet) opened the newest old one (issue 13, bug 1)
-    settings_outputs = [system, *(params_inputs[name] for name in rule_knobs)]
+    settings_outputs = [*([preset] if preset is not None else []), system, *(params_inputs[n] for n in rule_knobs)]
     settings_applied = (apply_settings, [conversation_id, *who], settings_outputs)
     delete.click(
         delete_chat, [conversation_id, *ctx], [*shown, undo_row, deleted, undo_timer, undo_note], api_name=False
@@ -778,7 +807,7 @@ def build_chat_tab(app: App, params_inputs: dict, sidebar: gr.Sidebar | None = N
     return ChatTab(
         restore=restore,
         restore_inputs=[conversation_id, system],
-        restore_outputs=[*shown, *template_outputs, system],
+        restore_outputs=[*shown, *template_outputs, system, *([preset] if preset is not None else [])],
         model_changed=template_view,
         model_outputs=template_outputs,
         pick=pick_with_mode,

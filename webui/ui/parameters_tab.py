@@ -96,6 +96,11 @@ class ParametersTab:
         self.grammar = gr.Code(
             value=values["grammar"], label="Grammar (GBNF)", lines=6, elem_id="param-grammar", render=False
         )
+        # made here, laid out in render(): the chat keeps its name in each conversation (issue 13)
+        self.preset = gr.Dropdown(
+            choices=self.store.names(), value=DEFAULT_PRESET, label="Preset", scale=4, elem_id="preset-choice",
+            render=False,
+        )  # fmt: skip
 
     def _initial(self) -> SamplingParams:
         try:
@@ -110,10 +115,9 @@ class ParametersTab:
 
     def render(self) -> gr.Checkbox:
         """Lay the tab out (call inside ``gr.Tab``); returns the filter checkbox for the page's load event."""
+        preset = self.preset
         with gr.Row():
-            preset = gr.Dropdown(
-                choices=self.store.names(), value=DEFAULT_PRESET, label="Preset", scale=4, elem_id="preset-choice"
-            )
+            preset.render()
             new_name = gr.Textbox(label="Name for Save as / Rename", scale=3, elem_id="preset-new-name")
         # the active preset, marked "•modified" once a parameter differs from it (webui.presets.preset_state)
         state = gr.Markdown(f"Preset: **{DEFAULT_PRESET}**", elem_id="preset-state")
