@@ -104,6 +104,9 @@ def test_bad_requests_get_a_clear_error_and_the_api_keeps_serving(client):
     assert r.status_code == 400
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code in (400, 422)
+    r = client.post("/v1/chat/completions", json={"messages": CHAT, "tools": [{"type": "web_search_preview"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+    assert "tools[0]: tools of type 'web_search_preview' are not supported" in r.json()["error"]["message"]
     assert client.post("/v1/chat/completions", json={"messages": CHAT}).status_code == 200
 
 

@@ -120,7 +120,8 @@ def test_a_required_call_that_did_not_come_is_an_error_and_none_leaves_text_alon
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ([{"type": "retrieval"}], "only tools of type 'function'"),
+        ([{"type": "retrieval"}], "tools of type 'retrieval' are not supported; only tools of type 'function'"),
+        (["get_weather"], "a tool is an object"),
         ([{"type": "function", "function": {"name": "bad name!"}}], "name must be"),
         ([{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}], "not a valid JSON"),
         ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], "describe an object"),

@@ -114,8 +114,10 @@ def parse_tools(raw: list | None) -> list[Tool]:
     tools: list[Tool] = []
     for i, item in enumerate(raw):
         where = f"tools[{i}]"
-        if not isinstance(item, dict) or item.get("type", "function") not in ("function", "custom"):
-            raise ToolError(f"{where}: only tools of type 'function' are supported")
+        if not isinstance(item, dict):
+            raise ToolError(f"{where}: a tool is an object; only tools of type 'function' are supported")
+        if (kind := item.get("type", "function")) not in ("function", "custom"):
+            raise ToolError(f"{where}: tools of type {kind!r} are not supported; only tools of type 'function' are")
         function = item.get("function", item)  # also flat: Responses' {"name", "parameters"}, Anthropic's too
         if not isinstance(function, dict):
             raise ToolError(f"{where}.function must be an object")
