@@ -20,8 +20,8 @@ def test_the_bench_page_contender_times_the_reply_as_chromium_shows_it(make_fake
     from conftest import SLOW_WORDS
 
     from webui.bench.contenders import UIContender
-    from webui.bench.measure import free_port
     from webui.bench.page import PageContender, write_greedy_preset
+    from webui.serve import free_port
     from webui.server import build_server
 
     app = make_fake_app("slow.fake", host="127.0.0.1")

@@ -8,8 +8,9 @@ from __future__ import annotations
 from conftest import FAKE_HELLO
 
 from webui.bench.contenders import UIContender
-from webui.bench.measure import Contender, Sample, free_port, run_interleaved
+from webui.bench.measure import Contender, Sample, run_interleaved
 from webui.bench.report import format_table, summarise
+from webui.serve import free_port
 from webui.server import build_server
 
 

@@ -50,11 +50,11 @@ from webui.bench.measure import (
     Contender,
     Sample,
     engine_llm,
-    free_port,
     reset_cache,
 )
 from webui.chat.conversation import INSTRUCT_OWNER, HistoryError
 from webui.paths import UnsafeName
+from webui.serve import free_port
 from webui.templates.render import build_chat_prompt
 
 MAX_LOAD_TEST_S = 60.0

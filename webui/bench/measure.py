@@ -11,7 +11,6 @@ the whole prompt. Goals: ≥ 0.97× raw tok/s and ≤ 10 ms extra TTFT over raw,
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -100,9 +99,3 @@ def settings_mismatch(app: App, kwargs: dict) -> list[str]:
     }
     expected = {**kwargs, "n_batch": min(kwargs["n_ctx"], kwargs["n_batch"])}
     return [f"{k}: engine {v}, raw {expected[k]}" for k, v in actual.items() if v != expected[k]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -42,7 +42,6 @@ from webui.bench.measure import (
     GOAL_RATIO,
     BenchError,
     Contender,
-    free_port,
     run_interleaved,
     settings_mismatch,
 )
@@ -53,6 +52,7 @@ from webui.bench.switch import bench_switch
 from webui.cli.options import add_model_options, settings_from
 from webui.models.folder import resolve_model
 from webui.paths import UnsafeName
+from webui.serve import free_port
 
 
 @contextlib.contextmanager
