@@ -215,7 +215,7 @@ class LlamaCppModel(Model):
         if parallel > 1:
             from backends.llamacpp_batch import BatchDecoder
 
-            self._batch = BatchDecoder(llm, parallel, n_ctx, self._is_eog, self._logprobs)
+            self._batch = BatchDecoder(llm, parallel, n_ctx, self._is_eog, self._logprobs, self.kv_cache)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
@@ -401,7 +401,7 @@ class LlamaCppModel(Model):
         finally:
             lib.llama_batch_free(batch)
 
-    # -- the per-conversation KV cache (parallel = 1) --------------------------------------------------------
+    # -- the per-conversation KV cache (parallel = 1; the batch decoder keeps its slots' states itself) --------
     def _switch_kv(self, prompt_tokens: list[int]) -> None:
         """Give the KV cache to ``prompt_tokens``: keep what it holds in :attr:`kv_cache`, then restore the cached
         state sharing the longest start with the prompt (at least ``MIN_PREFIX`` tokens), keep the live one if it
@@ -676,9 +676,9 @@ class LlamaCppLoader(Loader):
             raise ModelLoadError("kv_cache_disk_mb needs a cache folder (the app's user_data/cache), and there is none")
 
     def _kv_cache(self, path: Path, settings: LoadSettings, kwargs: dict, parallel: int) -> PrefixCache | None:
-        """The per-conversation KV cache for a model loaded with ``kwargs`` (None when off, or with ``parallel`` >
-        1, where each slot keeps its own conversation instead)."""
-        if not isinstance(settings, LlamaCppSettings) or parallel > 1:
+        """The per-conversation KV cache for a model loaded with ``kwargs`` (None when off). With ``parallel`` > 1
+        it holds the states of conversations whose slot went to another prompt."""
+        if not isinstance(settings, LlamaCppSettings):
             return None
         self._check_kv_cache(settings)
         if not (settings.kv_cache_ram_mb or settings.kv_cache_disk_mb):
@@ -688,7 +688,8 @@ class LlamaCppLoader(Loader):
         stat = path.stat()
         # a state fits only the same weights, context and cache types: a file of another is never read
         fingerprint = (f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|n_ctx={kwargs['n_ctx']}|"
-                       f"flash_attn={kwargs['flash_attn']}|llama-cpp-python {llama_cpp.__version__}")  # fmt: skip
+                       f"flash_attn={kwargs['flash_attn']}|parallel={parallel}|"
+                       f"llama-cpp-python {llama_cpp.__version__}")  # fmt: skip
         return PrefixCache(settings.kv_cache_ram_mb * MB, settings.kv_cache_disk_mb * MB, self.cache_dir, fingerprint)
 
     def load_reporting(self, path: Path, settings: LoadSettings, progress: LoadProgress) -> Model:

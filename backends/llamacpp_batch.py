@@ -10,7 +10,10 @@ its own, never beside another stream's tokens: llama.cpp's kernels are not batch
 depends on its place in the batch), and this way a stream's greedy output is exactly what it gives alone
 (the generating streams' one token each share one decode; those rows are computed one by one, see
 ``extra_buffer_types``). A finished slot keeps its tokens: the next prompt that extends them (the next turn of the same
-conversation) reuses them, the way llama-server picks a slot by its cached prompt.
+conversation) reuses them, the way llama-server picks a slot by its cached prompt. With the per-conversation
+KV cache on (:mod:`backends.llamacpp_cache`), a slot given to another prompt first keeps its sequence's state
+there, and a prompt that finds no slot holding its start gets the cached state sharing the longest start
+with it restored into its slot: more conversations than slots come back without being read again.
 
 All decoding happens on one thread (:class:`BatchDecoder`'s), whatever thread asks: llama.cpp's OpenMP
 pools are per calling thread, and more pools than cores slow every decode.
@@ -19,6 +22,7 @@ pools are per calling thread, and more pools than cores slow every decode.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import queue
 import threading
@@ -27,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from backends.base import CancelToken, Chunk, GenerationError, SamplingParams, StopMatcher, Stopwatch
+from backends.llamacpp_cache import MIN_PREFIX, PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,10 @@ class BatchDecoder:
         n_ctx_seq: int,
         is_eog: Callable[[int], bool],
         logprobs: Callable[[int, int, bytes, int], dict],
+        kv_cache: PrefixCache | None = None,
     ) -> None:
+        """``kv_cache``: where a slot's state goes before the slot serves another prompt, and where a prompt
+        no slot holds the start of looks for it (used on the decode thread only)."""
         import llama_cpp
 
         self._lib = llama_cpp
@@ -84,6 +92,7 @@ class BatchDecoder:
         self._is_eog = is_eog
         self._logprobs = logprobs
         self._slots = [Slot(i) for i in range(slots)]
+        self._cache = kv_cache
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
         self._incoming: queue.SimpleQueue = queue.SimpleQueue()
@@ -175,8 +184,10 @@ class BatchDecoder:
     def _start(self, slot: Slot, job: Job) -> None:
         prompt = job.prompt
         if not (slot.kv and len(slot.kv) < len(prompt) and prompt[: len(slot.kv)] == slot.kv):
+            self._keep(slot)
             self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # removing a whole sequence never fails
             slot.kv = []
+            self._resume(slot, prompt)
         slot.job, slot.used = job, time.monotonic()
         slot.cached = len(slot.kv)
         slot.pending = prompt[len(slot.kv) :]
@@ -185,6 +196,35 @@ class BatchDecoder:
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.logprobs = []
         job.watch = Stopwatch()  # TTFT from the moment the job has a slot (the queue wait is the engine's)
+
+    def _keep(self, slot: Slot) -> None:
+        """Before the slot's cells go: its sequence's state into the KV cache (a conversation worth keeping)."""
+        cache, held = self._cache, tuple(slot.kv)
+        if cache is None or len(held) < MIN_PREFIX or held in cache:
+            return
+        ctx = self._llm._ctx.ctx
+        size = self._lib.llama_state_seq_get_size(ctx, slot.seq)
+        buf = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(ctx, buf, size, slot.seq)
+        cache.put(held, ctypes.string_at(buf, written))
+
+    def _resume(self, slot: Slot, prompt: list[int]) -> None:
+        """Restore into the (empty) slot the cached state that shares the longest start with ``prompt``, cut
+        to that start and at least one token short of the prompt (its logits are not kept); else leave it empty."""
+        if self._cache is None or (match := self._cache.best_match(prompt)) is None:
+            return
+        tokens, shared = match
+        state = self._cache.get(tokens)
+        if state is None:
+            return
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if not self._lib.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state), slot.seq):
+            log.warning("a cached KV state of %d tokens did not load; the prompt is read in full", len(tokens))
+            self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            return
+        keep = min(shared, len(prompt) - 1)
+        self._lib.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+        slot.kv = list(tokens[:keep])
 
     def _step(self, running: list[Slot]) -> None:
         """One chunk of one waiting prompt (a decode of its own), then one ``llama_decode`` for every generating

@@ -134,3 +134,34 @@ def test_slots_keep_conversations_and_the_least_recently_used_is_evicted(batched
     assert cached(starts[4]) == 0  # a fifth conversation evicts the least recently used slot: "two"
     assert cached(starts[2] + " sunny and warm") == len(batched.tokenize(starts[2]))  # "three" stayed
     assert cached(starts[1] + " sunny and warm") == 0  # "two" is gone
+
+
+LONG = [
+    f"Conversation {name}. The travellers reached the old stone bridge at dusk, counted their coins, argued about "
+    f"the map, and finally agreed to spend the night at the inn beside the river, where the {thing}"
+    for name, thing in (("one", "innkeeper"), ("two", "ferryman"), ("three", "blacksmith"))
+]
+
+
+def test_a_conversation_whose_slot_went_to_another_comes_back_from_the_kv_cache(gemma_path):
+    """Two slots, three conversations: the third takes the first one's slot, and the first one's state goes to
+    the per-conversation KV cache; its next turn gets it back into a slot and reads only the new words, and
+    says so; the reply is the one it gets with the cache off (0 MB), where the whole prompt is read again."""
+    replies = {}
+    for ram_mb in (512, 0):
+        model = LlamaCppLoader().load(gemma_path, LlamaCppSettings(n_ctx=512, parallel=2, kv_cache_ram_mb=ram_mb))
+        try:
+            assert (model.kv_cache is not None) == bool(ram_mb)
+            first = [collect(model.generate(p, greedy(4), CancelToken())) for p in LONG]
+            assert [last.usage.cached_tokens for _, last in first] == [0, 0, 0]
+            start = model.tokenize(LONG[0])
+            follow = LONG[0] + first[0][0] + " Then"
+            replies[ram_mb] = collect(model.generate(follow, greedy(16), CancelToken()))
+            if ram_mb:
+                assert any(list(key[: len(start)]) == start for key in model.kv_cache.keys())
+        finally:
+            model.close()
+    (cached_text, cached), (plain_text, plain) = replies[512], replies[0]
+    assert len(start) >= 40 and cached.usage.cached_tokens >= len(start), "it came back from the cache"
+    assert plain.usage.cached_tokens == 0, "without the cache its slot had gone to the third conversation"
+    assert cached_text == plain_text and cached.finish_reason == plain.finish_reason == "length"
