@@ -12,7 +12,7 @@ from webui.app import App
 from webui.chat.history import INSTRUCT_OWNER
 from webui.chat.sampling import default_params
 from webui.chat.service import TurnOptions
-from webui.chat.session import STILL_STREAMING, ChatSessions, ChatUpdate
+from webui.chat.session import STILL_STREAMING, ChatSessions, ChatUpdate, asked_sampling, changed_sampling
 from webui.presets import form_values
 from webui.settings import Settings
 
@@ -178,6 +178,20 @@ def test_a_conversation_keeps_its_system_prompt_and_changed_parameters_and_a_rel
     assert quick.history.newest_owner() == "character-Wren"
     plain = json.loads(quick.history.path("character-Wren", conv.id).read_text())
     assert plain["settings"]["system"] == "Answer in French."
+
+
+def test_the_whole_form_comes_back_from_what_a_conversation_kept():
+    """A conversation keeps only the values that differ from the defaults; the form it was asked with is the
+    defaults and those, not the bare SamplingParams (temperature 1.0, top_k 0) under them."""
+    creative = {**SAMPLING, "temperature": 1.3, "top_k": 7, "stop": "END\nSTOP", "preset": "Creative"}
+    kept = changed_sampling(creative)
+    assert kept == {"temperature": 1.3, "top_k": 7, "stop": "END\nSTOP"}
+    whole = asked_sampling(kept)
+    assert whole == {k: v for k, v in creative.items() if k != "preset"}
+    assert whole["top_p"] == SAMPLING["top_p"] == 0.9, "a value equal to the default comes back as the default"
+    assert asked_sampling({}) == SAMPLING
+    with pytest.raises(ValueError, match="not_a_knob"):
+        asked_sampling({"not_a_knob": 1})
 
 
 def test_files_without_settings_still_read_and_bad_settings_are_refused(tmp_path):

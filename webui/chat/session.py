@@ -99,6 +99,12 @@ def changed_sampling(sampling: dict) -> dict:
     return {k: v for k, v in given.items() if k in sampling and v != defaults.get(k) and _plain(v)}
 
 
+def asked_sampling(changed: dict) -> dict:
+    """The whole Parameters form a conversation was asked with, from what it kept (:func:`changed_sampling`):
+    the defaults, then the values it changed. ValueError naming a bad key (a hand-edited file)."""
+    return form_values(form_params({**form_values(default_params()), **changed}))
+
+
 def _plain(value: object) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 

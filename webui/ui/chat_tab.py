@@ -29,10 +29,10 @@ from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, History
 from webui.chat.live import LiveSplit
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.service import TurnOptions
-from webui.chat.session import PRESET, ChatSessions, ChatUpdate, display_messages, form_params, without_stats
+from webui.chat.session import PRESET, ChatSessions, ChatUpdate, asked_sampling, display_messages, without_stats
 from webui.chat.toolbox import auto_approve, call_text, tools_enabled
 from webui.paths import UnsafeName
-from webui.presets import PresetStore, form_values
+from webui.presets import PresetStore
 from webui.templates.library import template_names
 from webui.templates.prefs import AUTO, TemplatePrefs
 from webui.ui.arena_panel import ArenaWiring, build_arena_panel
@@ -404,7 +404,7 @@ def build_chat_tab(
         name = conv.settings.get(PRESET)
         if isinstance(name, str) and name in presets.names():
             try:
-                whole = form_values(form_params(sampling))
+                whole = asked_sampling(sampling)
             except ValueError:  # a hand-edited file: fall back to what can be read of it
                 whole = None
             if whole is not None:
