@@ -37,6 +37,18 @@ def saved_with_tools(user_data: Path, timeout_s: float = 30) -> None:
     raise AssertionError("turning tools on saved no conversation with tools")
 
 
+def check_steady(box) -> None:
+    """Tick ``box`` and make sure it stayed ticked: the New chat just clicked redraws the Tools box from the
+    new conversation (unticked) when its answer lands, which under load can be after the click."""
+    for _ in range(10):
+        if not box.is_checked():
+            box.click()  # not check(): that fails at once if the redraw unticks it under the click
+        box.page.wait_for_timeout(300)
+        if box.is_checked():
+            return
+    sync_api.expect(box).to_be_checked()
+
+
 def test_approve_a_tool_call_in_the_page_and_see_its_result_and_the_reply(served):
     url, user_data = served
     with sync_api.sync_playwright() as p:
@@ -44,7 +56,7 @@ def test_approve_a_tool_call_in_the_page_and_see_its_result_and_the_reply(served
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         open_page(page, url)
         page.click("#new-chat")
-        page.check("#chat-tools input")
+        check_steady(page.locator("#chat-tools input"))
         saved_with_tools(user_data)  # the choice is saved with the (new) conversation before anything is sent
         sync_api.expect(markdown(page, "#chat-error")).to_have_text("")  # the calculator is enabled: no hint
         send(page, "What is 2+2?")

@@ -161,8 +161,20 @@ def test_the_picker_opens_the_newest_conversation_and_a_message_never_lands_in_a
     fake_app.history.delete(INSTRUCT_OWNER, older.id)
     assert open_conversation(fake_app, older.id).id == newer.id  # gone: the newest one is shown
     fresh = continue_conversation(fake_app, older.id)
-    assert fresh.id not in (older.id, newer.id) and not fresh.messages
+    assert fresh.id not in (older.id, newer.id) and not fresh.messages  # a deleted one's id is not taken again
     assert continue_conversation(fake_app, "../../etc").id not in (older.id, newer.id)
+
+
+def test_the_new_chat_the_page_shows_is_saved_under_the_id_the_page_holds(fake_app):
+    """New chat gives the page an id before anything is saved; the first action on it (a message, the Tools
+    box) saves it under that id, so a second action sent before the first one's answer lands finds it."""
+    shown = fake_app.history.new(INSTRUCT_OWNER)  # what New chat shows: not on disk yet
+    first = continue_conversation(fake_app, shown.id)
+    assert first.id == shown.id and not first.messages
+    last(fake_app.chat.turn(first, "hello", greedy()))
+    again = continue_conversation(fake_app, shown.id)
+    assert again.id == shown.id and [m.content for m in again.messages][0] == "hello"
+    assert continue_conversation(fake_app, "20260101-120000-zzzzzz").id != "20260101-120000-zzzzzz"  # not ours
 
 
 def test_unusable_characters_fall_back_to_instruct_and_damaged_files_are_reported(fake_app):

@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -98,6 +99,14 @@ def _stamp() -> str:
 def new_id() -> str:
     """A sortable, unguessable-enough id that is always a safe file name: ``20250101-120000-1a2b3c``."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+_NEW_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def is_new_id(text: str) -> bool:
+    """Whether ``text`` has the shape of :func:`new_id`'s ids (and so is a safe file name)."""
+    return bool(_NEW_ID.fullmatch(text or ""))
 
 
 UNTITLED = "New conversation"
@@ -274,6 +283,12 @@ class HistoryStore:
         fsync_dir(path.parent)
         fsync_dir(folder)
         return target
+
+    def known(self, owner: str, conversation_id: str) -> bool:
+        """Whether ``conversation_id`` was ever saved for ``owner``: on disk (readable or not) or in the trash."""
+        folder = inside(self.trash, owner, "owner")
+        deleted = folder.is_dir() and any(folder.glob(f"{conversation_id}.deleted-*.json*"))
+        return self.path(owner, conversation_id).exists() or deleted
 
     def undelete(self, owner: str, conversation_id: str) -> Path:
         """Move the newest deleted copy of ``conversation_id`` back from the trash (Undo after a delete): the

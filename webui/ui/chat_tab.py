@@ -26,6 +26,7 @@ from webui.chat.actions import (
     version_label,
 )
 from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, HistoryError
+from webui.chat.history import is_new_id
 from webui.chat.live import LiveSplit
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.service import TurnOptions
@@ -182,13 +183,20 @@ def open_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Con
 
 def continue_conversation(app: App, conversation_id: str, owner: str = OWNER) -> Conversation:
     """The conversation a message goes to: ``conversation_id`` if it still exists, else a new one
-    (never another conversation: a message must not land in a chat the user is not looking at)."""
+    (never another conversation: a message must not land in a chat the user is not looking at).
+
+    The new one keeps ``conversation_id`` when it has the shape of our ids (it is the new chat the page
+    shows, not saved yet): whatever acts on it first (a message, the Tools box) saves it under the id the
+    page already holds, so an action sent before that answer lands still finds it."""
     if conversation_id:
         try:
             return app.history.load(owner, conversation_id)
         except (HistoryError, UnsafeName):  # gone, damaged, or not a name we would ever have made
             pass
-    return start_conversation(app.history, app.characters, *mode_of(owner))
+    conv = start_conversation(app.history, app.characters, *mode_of(owner))
+    if is_new_id(conversation_id) and not app.history.known(owner, conversation_id):  # never a deleted one's
+        conv.id = conversation_id
+    return conv
 
 
 def mode_of(owner: str) -> tuple[str, str | None]:
