@@ -67,6 +67,7 @@ def _stream(app, prompt: str, n: int, log: list, results: dict, cancel: CancelTo
     text = ""
     for chunk in app.engine.generate(prompt, greedy(n), cancel):
         if chunk.text:
+            results.setdefault((prompt, "first text at"), time.monotonic())
             log.append((prompt, "text"))
             text += chunk.text
         if chunk.finish_reason:
@@ -104,9 +105,9 @@ def test_requests_beyond_parallel_wait_and_a_cancel_leaves_the_others_running(ma
     log: list[tuple[str, str]] = []
     results: dict = {}
     cancel = CancelToken()
-    a, b, c = "a " * 30, "b " * 30, "c " * 30
+    a, b, c = "a " * 120, "b " * 80, "c " * 30  # the echo reply has a word per word of the prompt
     ta = threading.Thread(target=_stream, args=(app, a, 200, log, results, cancel))
-    tb = threading.Thread(target=_stream, args=(app, b, 25, log, results))
+    tb = threading.Thread(target=_stream, args=(app, b, 60, log, results))  # 300 ms: a's cancel frees c's place
     ta.start()
     tb.start()
     while len({p for p, _ in log}) < 2:
@@ -114,15 +115,17 @@ def test_requests_beyond_parallel_wait_and_a_cancel_leaves_the_others_running(ma
     tc = threading.Thread(target=_stream, args=(app, c, 5, log, results))
     tc.start()  # a third request: no place until one of the two ends
     time.sleep(0.1)
+    cancelled_at = time.monotonic()
     cancel.cancel()  # cancel a: b keeps running, c takes a's place
     for t in (ta, tb, tc):
         t.join(60)
     assert results[a][1].finish_reason == "cancelled"
-    assert results[b][1].finish_reason == "length" and len(results[b][0].split()) == 25
+    assert results[b][1].finish_reason == "length" and len(results[b][0].split()) == 60
     assert results[c][1].finish_reason == "length"
-    first_c = next(i for i, (p, what) in enumerate(log) if p == c)
-    end_a = log.index((a, "end"))
-    assert first_c > end_a  # c waited for a place
+    # c waited for a place (times, not the order of the three threads' log lines, which race each other)
+    assert results[(c, "first text at")] > cancelled_at
+    assert results[(b, "first text at")] < cancelled_at, "b ran all along"
+    assert results[b][1].usage.completion_tokens == 60
     assert results[c][1].usage.queued_s > 0
     text, last = collect(app.engine.generate("after", greedy(64)))
     assert text == "You said: after" and last.finish_reason == "stop"  # the model serves on
