@@ -99,7 +99,9 @@ def build_ui(app: App) -> gr.Blocks:
             ) as lic:
                 gr.Textbox(_licence_text(), show_label=False, interactive=False, lines=12, max_lines=12)
             model = build_model_tab(app, lambda a: _header_updates(a))
-        with gr.Tab("Parameters"):
+        # mounted (hidden) with the page: values a reload or a picked conversation sets land on drawn widgets,
+        # and what reads them (the preset line) reads those, not the page's values as built
+        with gr.Tab("Parameters", render_children=True) as parameters_tab:
             filtered = parameters.render()
         with gr.Tab("Characters"):
             characters_fill = build_characters_tab(app)
@@ -109,7 +111,10 @@ def build_ui(app: App) -> gr.Blocks:
             build_compare_tab(app)
         build_extensions_tab(app, extension_blocks)
         # a refreshed page (or one reopened after a restart) shows its conversation again
-        blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False)
+        quiet = {"api_name": False, "show_progress": "hidden"}
+        blocks.load(chat.restore, chat.restore_inputs, chat.restore_outputs, api_name=False).then(
+            *parameters.state_refresh, **quiet
+        )
         blocks.load(*notebook_restore, api_name=False)  # the notebook's saved text
         blocks.load(*characters_fill, api_name=False)  # the picked character's form, filled
         heads = [header, default_note, lic]
@@ -135,11 +140,14 @@ def build_ui(app: App) -> gr.Blocks:
         ).then(*bar_off, api_name=False, queue=False).then(*changed, api_name=False).then(*marked, api_name=False)
         model.save[0].click(model.save[1], model.save[2], model.status, api_name="save_model_settings")
         blocks.load(*marked, api_name=False)
-        _wire_sidebar(app, chat, search, lists, avatar)
+        _wire_sidebar(app, chat, search, lists, avatar, parameters.state_refresh)
+        parameters_tab.select(*parameters.state_refresh, **quiet)  # the line as the tab shows it, at the latest
     return blocks
 
 
-def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, gr.Radio], avatar: gr.HTML) -> None:
+def _wire_sidebar(
+    app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, gr.Radio], avatar: gr.HTML, state_refresh: tuple
+) -> None:
     """The grouped list follows the chat's conversation (its rows with the character's picture and message
     count, the title box with its title); picking an entry opens it with its saved settings."""
     radios = list(lists.values())
@@ -171,7 +179,7 @@ def _wire_sidebar(app: App, chat: ChatTab, search: gr.Textbox, lists: dict[str, 
         # then went into the conversation just cleared)
         radio.select(chat.pick, [radio, *chat.context], chat.shown, api_name=False).then(
             *chat.settings_applied, api_name=False
-        )
+        ).then(*state_refresh, api_name=False, show_progress="hidden")
 
 
 def _header_updates(app: App) -> list:

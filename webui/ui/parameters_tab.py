@@ -243,6 +243,9 @@ class ParametersTab:
             trigger_mode="always_last", show_progress="hidden",
         )  # fmt: skip
         self.filtered = filtered
+        # the same check as a step to chain after what sets the preset and the values together (a reload's
+        # restore, a conversation picked): their .change may fire before the picker's new value is read
+        self.state_refresh = (show_state, [preset, *order], state)
         return filtered
 
     def mark(self, filtered: bool) -> list:
