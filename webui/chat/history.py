@@ -286,16 +286,19 @@ class HistoryStore:
 
     def known(self, owner: str, conversation_id: str) -> bool:
         """Whether ``conversation_id`` was ever saved for ``owner``: on disk (readable or not) or in the trash."""
+        return self.path(owner, conversation_id).exists() or bool(self._deleted_copies(owner, conversation_id))
+
+    def _deleted_copies(self, owner: str, conversation_id: str) -> list[Path]:
+        """The trash's copies of ``conversation_id`` (one per delete), oldest name first."""
         folder = inside(self.trash, owner, "owner")
-        deleted = folder.is_dir() and any(folder.glob(f"{conversation_id}.deleted-*.json*"))
-        return self.path(owner, conversation_id).exists() or deleted
+        return sorted(folder.glob(f"{conversation_id}.deleted-*.json*")) if folder.is_dir() else []
 
     def undelete(self, owner: str, conversation_id: str) -> Path:
         """Move the newest deleted copy of ``conversation_id`` back from the trash (Undo after a delete): the
         same file, byte for byte. HistoryError if none is there or the conversation exists again."""
         path = self.path(owner, conversation_id)  # validates both names
         folder = inside(self.trash, owner, "owner")
-        kept = sorted(folder.glob(f"{conversation_id}.deleted-*.json*")) if folder.is_dir() else []
+        kept = self._deleted_copies(owner, conversation_id)
         if not kept:
             raise ConversationNotFound(f"no deleted conversation {conversation_id!r} for {owner!r} to restore")
         if path.exists():
