@@ -12,7 +12,6 @@ temperature or sampler order, and its penalties never see the prompt.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ from backends.base import (
 from backends.cpu import ThreadGovernor, cpu_info
 from backends.gguf_file import read_header
 from backends.hookspecs import hookimpl
-from backends.llamacpp_cache import MB, MIN_PREFIX, PrefixCache, common_prefix
+from backends.llamacpp_cache import MB, MIN_PREFIX, PrefixCache, common_prefix, read_seq_state, write_seq_state
 
 log = logging.getLogger(__name__)
 EMBED_CTX_MAX = 4096  # the longest input embed() takes, in tokens (its context is allocated at this size)
@@ -424,19 +423,14 @@ class LlamaCppModel(Model):
 
     def _kv_state(self) -> bytes:
         """The state of sequence 0 (its K/V cells), as llama.cpp serialises it."""
-        ctx = self._llm._ctx.ctx
-        size = self._lib.llama_state_seq_get_size(ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
-        written = self._lib.llama_state_seq_get_data(ctx, buf, size, 0)
-        return ctypes.string_at(buf, written)
+        return read_seq_state(self._lib, self._llm._ctx.ctx, 0)
 
     def _restore_kv(self, tokens: tuple[int, ...], state: bytes) -> bool:
         """Make the KV cache hold ``tokens`` from their saved ``state``; False (and a clean cache) if llama.cpp
         refuses it (e.g. a state from another context size)."""
         llm, lib = self._llm, self._lib
         lib.llama_memory_clear(lib.llama_get_memory(llm._ctx.ctx), True)
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if len(tokens) >= len(llm.input_ids) or not lib.llama_state_seq_set_data(llm._ctx.ctx, buf, len(state), 0):
+        if len(tokens) >= len(llm.input_ids) or not write_seq_state(lib, llm._ctx.ctx, state, 0):
             log.warning("a cached KV state of %d tokens did not load; the prompt is read in full", len(tokens))
             llm.reset()
             return False

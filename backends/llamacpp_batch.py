@@ -22,7 +22,6 @@ pools are per calling thread, and more pools than cores slow every decode.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import logging
 import queue
 import threading
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from backends.base import CancelToken, Chunk, GenerationError, SamplingParams, StopMatcher, Stopwatch
-from backends.llamacpp_cache import MIN_PREFIX, PrefixCache
+from backends.llamacpp_cache import MIN_PREFIX, PrefixCache, read_seq_state, write_seq_state
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +201,7 @@ class BatchDecoder:
         cache, held = self._cache, tuple(slot.kv)
         if cache is None or len(held) < MIN_PREFIX or held in cache:
             return
-        ctx = self._llm._ctx.ctx
-        size = self._lib.llama_state_seq_get_size(ctx, slot.seq)
-        buf = (ctypes.c_uint8 * size)()
-        written = self._lib.llama_state_seq_get_data(ctx, buf, size, slot.seq)
-        cache.put(held, ctypes.string_at(buf, written))
+        cache.put(held, read_seq_state(self._lib, self._llm._ctx.ctx, slot.seq))
 
     def _resume(self, slot: Slot, prompt: list[int]) -> None:
         """Restore into the (empty) slot the cached state that shares the longest start with ``prompt``, cut
@@ -217,8 +212,7 @@ class BatchDecoder:
         state = self._cache.get(tokens)
         if state is None:
             return
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if not self._lib.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state), slot.seq):
+        if not write_seq_state(self._lib, self._llm._ctx.ctx, state, slot.seq):
             log.warning("a cached KV state of %d tokens did not load; the prompt is read in full", len(tokens))
             self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             return

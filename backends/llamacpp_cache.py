@@ -15,6 +15,7 @@ is a miss and is deleted. This module knows nothing of llama.cpp: it stores byte
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -226,6 +227,20 @@ class PrefixCache:
             log.warning("KV cache file %s is corrupt or truncated: ignored and removed", entry.path.name)
             return None
         return state
+
+
+def read_seq_state(lib, ctx, seq: int) -> bytes:
+    """The state of sequence ``seq`` of the llama.cpp context ``ctx`` (its K/V cells), as llama.cpp serialises it."""
+    size = lib.llama_state_seq_get_size(ctx, seq)
+    buf = (ctypes.c_uint8 * size)()
+    written = lib.llama_state_seq_get_data(ctx, buf, size, seq)
+    return ctypes.string_at(buf, written)
+
+
+def write_seq_state(lib, ctx, state: bytes, seq: int) -> bool:
+    """Load ``state`` (from :func:`read_seq_state`) into sequence ``seq``; False if llama.cpp refuses it."""
+    buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+    return bool(lib.llama_state_seq_set_data(ctx, buf, len(state), seq))
 
 
 def common_prefix(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]) -> int:
