@@ -1,19 +1,25 @@
 """Parallel decoding (continuous batching) for llama.cpp: several generations share one loaded model.
 
 Each generation is a sequence (a ``seq_id``, a *slot*) in one ``llama_batch``; every step decodes one
-token of each running generation, plus a chunk of the prompts still being read, in one ``llama_decode``.
-New requests join between steps. Each has its own sampler chain (seed, grammar, penalties), stop strings,
-cancel token and stopwatch. The KV cache is unified (``kv_unified``, as llama-server with shared slots):
-the context is ``parallel × n_ctx`` cells and each sequence may fill ``n_ctx`` of them, so none can starve
-another. Each sequence has its own KV stream (``kv_unified = false``) and a prompt is read in a decode of
-its own, never beside another stream's tokens: llama.cpp's kernels are not batch-invariant (a row's result
-depends on its place in the batch), and this way a stream's greedy output is exactly what it gives alone
-(the generating streams' one token each share one decode; those rows are computed one by one, see
-``extra_buffer_types``). A finished slot keeps its tokens: the next prompt that extends them (the next turn of the same
-conversation) reuses them, the way llama-server picks a slot by its cached prompt. With the per-conversation
-KV cache on (:mod:`backends.llamacpp_cache`), a slot given to another prompt first keeps its sequence's state
-there, and a prompt that finds no slot holding its start gets the cached state sharing the longest start
-with it restored into its slot: more conversations than slots come back without being read again.
+token of each running generation in one ``llama_decode``. New requests join between steps. Each has its own
+sampler chain (seed, grammar, penalties), stop strings, cancel token and stopwatch. The context is
+``parallel × n_ctx`` cells, each sequence in a KV stream of its own of ``n_ctx`` cells (``kv_unified = false``,
+llama-server's default), so none can starve another and a sequence's cells are in the order a lone run has
+them.
+
+A prompt of several tokens is read in a decode of its own, never beside another stream's tokens: llama.cpp's
+kernels are not batch-invariant (a row's result depends on how the batch is split), and this way a stream's
+greedy output is exactly what it gives alone. One token of each stream shares one decode: each generating
+stream's last token, and the one token left of a prompt whose start was in its slot; those rows are computed
+one by one (see ``extra_buffer_types``).
+
+A finished slot keeps its tokens: the next prompt that shares a good part of its start with them (the next
+turn of the same conversation, a regenerated reply, a repeated prompt) keeps that start, the way llama-server
+picks a slot by its cached prompt and llama-cpp-python keeps the longest common prefix. With the
+per-conversation KV cache on (:mod:`backends.llamacpp_cache`), a slot's state goes there before its cells are
+given to another prompt, and a prompt that finds no slot holding its start gets the cached state sharing the
+longest start with it restored into its slot: more conversations than slots come back without being read
+again.
 
 All decoding happens on one thread (:class:`BatchDecoder`'s), whatever thread asks: llama.cpp's OpenMP
 pools are per calling thread, and more pools than cores slow every decode.
@@ -30,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from backends.base import CancelToken, Chunk, GenerationError, SamplingParams, StopMatcher, Stopwatch
-from backends.llamacpp_cache import MIN_PREFIX, PrefixCache, read_seq_state, write_seq_state
+from backends.llamacpp_cache import MIN_PREFIX, PrefixCache, common_prefix, read_seq_state, write_seq_state
 
 log = logging.getLogger(__name__)
 
@@ -171,21 +177,34 @@ class BatchDecoder:
             job.out.put(GenerationError(why))
 
     def _free_slot(self, prompt: list[int]) -> Slot | None:
-        """The free slot whose cached tokens the prompt extends the furthest, else the least recently used."""
+        """The free slot holding the longest reusable start of the prompt, else the least recently used."""
         free = [s for s in self._slots if s.job is None]
         if not free:
             return None
-        reusable = [s for s in free if s.kv and len(s.kv) < len(prompt) and prompt[: len(s.kv)] == s.kv]
-        if reusable:
-            return max(reusable, key=lambda s: len(s.kv))
+        best = max(free, key=lambda s: self._reusable(s, prompt))
+        if self._reusable(best, prompt):
+            return best
         return min(free, key=lambda s: (bool(s.kv), s.used))
+
+    @staticmethod
+    def _reusable(slot: Slot, prompt: list[int]) -> int:
+        """How many of the slot's cells the prompt can keep: their common start, at least one token short of the
+        prompt (its last token's logits are needed), when that start is worth a slot (half the prompt, or
+        ``MIN_PREFIX`` tokens). A regenerated reply, or a prompt repeated, keeps all but its last token, the
+        way llama-cpp-python keeps the longest common prefix for a lone sequence."""
+        n = min(common_prefix(slot.kv, prompt), len(prompt) - 1)
+        return n if n > 0 and n >= min(MIN_PREFIX, len(prompt) // 2) else 0
 
     def _start(self, slot: Slot, job: Job) -> None:
         prompt = job.prompt
-        if not (slot.kv and len(slot.kv) < len(prompt) and prompt[: len(slot.kv)] == slot.kv):
+        keep = self._reusable(slot, prompt)
+        if keep < len(slot.kv):
             self._keep(slot)
-            self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # removing a whole sequence never fails
-            slot.kv = []
+            if not (keep and self._lib.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)):
+                self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # removing a whole sequence never fails
+                keep = 0
+            slot.kv = slot.kv[:keep]
+        if not slot.kv:
             self._resume(slot, prompt)
         slot.job, slot.used = job, time.monotonic()
         slot.cached = len(slot.kv)
@@ -221,20 +240,22 @@ class BatchDecoder:
         slot.kv = list(tokens[:keep])
 
     def _step(self, running: list[Slot]) -> None:
-        """One chunk of one waiting prompt (a decode of its own), then one ``llama_decode`` for every generating
-        slot's token, each followed by sampling where logits are due."""
+        """A chunk of each prompt with more than one token still to read (each in a decode of its own, first
+        come first read), then one ``llama_decode`` of one token per sequence: each generating slot's last
+        token and the last token of each prompt that has only that one left (a repeated or extended prompt:
+        the rest was in its slot). Sampling follows wherever logits are due."""
         for slot in running:
             if slot.job.cancel.cancelled:
                 self._finish(slot, "cancelled")
-        reading = [s for s in running if s.job is not None and s.pending]
-        if reading:
-            slot = min(reading, key=lambda s: s.used)  # first come, first read
+        for slot in sorted((s for s in running if s.job is not None and len(s.pending) > 1), key=lambda s: s.used):
             self._decode([slot], prompt=True)
-        generating = [s for s in running if s.job is not None and s.last is not None and not s.pending]
-        if generating:
-            self._decode(generating, prompt=False)
+        rows = [s for s in running if s.job is not None and (s.last is not None or len(s.pending) == 1)]
+        if rows:
+            self._decode(rows, prompt=False)
 
     def _decode(self, slots: list[Slot], prompt: bool) -> None:
+        """``prompt``: a chunk of the one slot's prompt; else one token of each slot (its last sampled token, or
+        its prompt's one remaining token), each row computed as in a lone run (see ``extra_buffer_types``)."""
         batch = self._batch
         batch.n_tokens = 0
         want: list[tuple[Slot, int]] = []  # (slot, index of its logits in the batch)
@@ -258,8 +279,11 @@ class BatchDecoder:
                 add(slot, token, not slot.pending and j == len(chunk) - 1)
         else:
             for slot in slots:
-                add(slot, slot.last, True)
-                slot.last = None
+                if slot.last is None:
+                    add(slot, slot.pending.pop(), True)
+                else:
+                    add(slot, slot.last, True)
+                    slot.last = None
         rc = self._lib.llama_decode(self._llm._ctx.ctx, batch)
         if rc != 0:  # the caller ends the jobs of this step and clears their sequences
             raise GenerationError(f"llama_decode returned {rc}" + (" (the KV cache is full)" if rc == 1 else ""))

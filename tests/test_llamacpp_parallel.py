@@ -77,6 +77,23 @@ def test_four_greedy_streams_together_give_exactly_what_each_gives_alone(batched
     assert text and last.usage.prompt_tokens == len(batched.tokenize(follow))
 
 
+def test_a_repeated_prompt_keeps_all_but_its_last_token_and_gives_what_a_lone_repeat_gives(batched, lone):
+    """Regenerate, or a client sending the same prompt again: each prompt finds the slot holding it and reads
+    only its last token (in the decode the other streams share), as llama-cpp-python keeps the longest common
+    prefix for a lone sequence; the replies are exactly the lone model's for the same repeat."""
+    batched._batch.forget()
+    lone_again = []
+    for p in PROMPTS:
+        collect(lone.generate(p, greedy(12), CancelToken()))
+        lone_again.append(collect(lone.generate(p, greedy(12), CancelToken())))
+    together(batched, [(p, greedy(12), CancelToken()) for p in PROMPTS])
+    joint = together(batched, [(p, greedy(12), CancelToken()) for p in PROMPTS])
+    kept = [len(batched.tokenize(p)) - 1 for p in PROMPTS]
+    assert [last.usage.cached_tokens for _, last in joint] == kept
+    assert [last.usage.cached_tokens for _, last in lone_again] == kept
+    assert [text for text, _ in joint] == [text for text, _ in lone_again]
+
+
 def test_each_stream_keeps_its_own_seed_stop_strings_and_grammar(batched):
     sampled = SamplingParams(temperature=1.0, top_k=40, seed=7, max_new_tokens=10)
     stop = greedy(24, stop=["\n"])
@@ -87,7 +104,9 @@ def test_each_stream_keeps_its_own_seed_stop_strings_and_grammar(batched):
         ("Is the sky blue? Answer:", grammar, CancelToken()),
         (PROMPTS[1], SamplingParams(temperature=1.0, top_k=40, seed=8, max_new_tokens=10), CancelToken()),
     ]
+    batched._batch.forget()  # every prompt read cold, as the lone run below (a kept start may move a near tie)
     joint = together(batched, jobs)
+    batched._batch.forget()
     alone_seeded = collect(batched.generate(PROMPTS[1], sampled, CancelToken()))[0]
     assert joint[0][0] == alone_seeded  # the seed decides, not the neighbours
     assert joint[3][0] != joint[0][0]  # another seed, another sample
