@@ -81,3 +81,20 @@ def test_the_page_row_says_how_far_its_first_token_is_from_the_servers_own():
     assert result["page"]["over_server_ttft_ms"] == 15.0 and result["page"]["ratio_to_server_tokens_per_s"] == 0.9
     table = format_table({"contenders": result, "tokens_requested": 101})
     assert "page: as Chromium shows the reply" in table and "0.900× its tok/s, TTFT +15 ms" in table
+
+
+def test_the_parallel_lines_give_the_ratios_and_the_least_a_step_of_k_streams_adds_to_ttft():
+    from webui.cli.bench import format_parallel
+
+    result = {
+        "parallel": 4,
+        "load_test_single": {"clients": 1, "tokens_per_s": 80.0, "ttft_ms_median": 25.0},
+        "load_test": {"clients": 4, "tokens_per_s": 100.0, "ttft_ms_median": 75.0},
+        "raw_batch": {"clients": 4, "batch_tokens_per_s": 120.0, "single_tokens_per_s": 100.0, "ratio": 1.2},
+    }
+    text = format_parallel(result)
+    assert "4 clients give 1.25× the tok/s of 1" in text and "median TTFT 3.00×" in text
+    # raw: 4 tokens in 33.3 ms a step against 1 in 10 ms, so a joining request waits 3.33× a lone step
+    assert "a step of 4 sequences takes 33.3 ms against 10.0 ms for 1 (3.33×)" in text
+    assert "note:" not in text  # loaded with as many slots as clients
+    assert format_parallel({**result, "raw_batch": None}) == ""

@@ -380,6 +380,16 @@ def format_parallel(result: dict) -> str:
         f"ceiling, raw llama-cpp-python: {raw['batch_tokens_per_s']} tok/s for {raw['clients']} sequences in one "
         f"batch vs {raw['single_tokens_per_s']} for 1 ({raw['ratio']:.2f}×)",
     ]
+    if raw["batch_tokens_per_s"] and raw["single_tokens_per_s"]:
+        # A request that joins running streams gets its first token from the next step at the earliest, and a
+        # step of K sequences costs what raw measured: the least TTFT can grow by on this machine.
+        step_many = raw["clients"] * 1000 / raw["batch_tokens_per_s"]
+        step_one = 1000 / raw["single_tokens_per_s"]
+        lines.append(
+            f"ceiling for TTFT: a step of {raw['clients']} sequences takes {step_many:.1f} ms against "
+            f"{step_one:.1f} ms for 1 ({step_many / step_one:.2f}×); a request joining {raw['clients'] - 1} running "
+            "streams waits at least one such step for its first token"
+        )
     if result["parallel"] < many["clients"]:
         lines.append(f"note: load with --set parallel={many['clients']} (or 0, auto) to decode the clients together")
     return "\n".join(lines)
