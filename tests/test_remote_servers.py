@@ -181,7 +181,7 @@ def llama_cpp_server(model: Path, api_key: str) -> Iterator[tuple[str, object]]:
             log.seek(0)
             return log.read()[-3000:]
 
-        command = [sys.executable, str(REPO / "tests" / "llama_cpp_server.py"), *args]
+        command = [sys.executable, "-m", "webui.bench.llama_cpp_server", *args]
         auth = {"Authorization": f"Bearer {api_key}"}
         with process_server(command, url, log, probe="/v1/models", headers=auth, cwd=REPO, explain=tail):
             yield url, log

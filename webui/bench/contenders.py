@@ -275,7 +275,7 @@ class LlamaCppServerContender(Contender):
                 "--n_threads_batch", str(kw["n_threads_batch"]), "--n_gpu_layers", str(kw["n_gpu_layers"]),
                 "--verbose", "False"]  # fmt: skip
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", *args], stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "webui.bench.llama_cpp_server", *args], stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + SERVER_START_S
         while True:
