@@ -242,3 +242,30 @@ def test_the_load_bar_shows_how_far_the_load_is(page):
     sync_api.expect(page.locator("#model-progress")).to_be_hidden(timeout=60_000)
     sync_api.expect(markdown(page, "#model-header")).to_contain_text("heavy")
     assert user_messages(page) == []
+
+
+# Counts the page's requests for an animation frame: installed before any of the page's own scripts, so Gradio's
+# modules (which keep the function they find at load) and our <head> script both call through it.
+COUNT_FRAMES = """
+window.__frames = 0;
+const frame = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => { window.__frames += 1; return frame(callback); };
+"""
+
+
+def test_an_idle_page_asks_for_no_animation_frames(browser, served):
+    """Gradio 6.31's status tracker counts seconds in a requestAnimationFrame loop that the page's own "Loading…"
+    tracker never ends: an idle page drew 60 frames a second. Our <head> script (PAGE_HEAD) runs such counters
+    on a 100 ms timer, so an idle page asks for (almost) none."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        context.add_init_script(COUNT_FRAMES)
+        page = context.new_page()
+        open_page(page, served[0])
+        page.wait_for_timeout(5000)  # the page's own transitions after loading end within ~4 s
+        before = page.evaluate("window.__frames")
+        page.wait_for_timeout(2000)
+        frames = page.evaluate("window.__frames") - before
+        assert frames < 20, f"{frames} animation frames in 2 s of an idle page"
+    finally:
+        context.close()

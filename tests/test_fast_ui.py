@@ -78,3 +78,18 @@ def test_no_event_has_several_handlers_that_gradio_may_defer(served):
     assert len(shared[(chat_id, "change")]) >= 2  # the sidebar and the tool card (then following a reply)
     deferred = {key: [fn.name for fn in fns if fn.trigger_mode == "always_last"] for key, fns in shared.items()}
     assert {key: names for key, names in deferred.items() if names} == {}
+
+
+def test_the_page_script_comes_first_in_the_head_before_gradios_modules(served):
+    """PAGE_HEAD must run before Gradio's modules take the browser's requestAnimationFrame: it goes first into
+    the served page's <head> (Gradio's own ``head=`` is added later, by its script), compressed or not."""
+    from webui.ui.app import PAGE_HEAD
+
+    _, _, client = served
+    for encoding in ("identity", "gzip"):
+        page = client.get("/", headers={"Accept-Encoding": encoding})
+        head = page.text.index("<head")
+        at = page.text.index(PAGE_HEAD)
+        assert head < at < page.text.index('type="module"') and page.text.count(PAGE_HEAD) == 1
+        assert "<" not in page.text[page.text.index(">", head) + 1 : at]  # nothing between <head> and the script
+    assert PAGE_HEAD not in client.get("/config").text  # only the page itself is edited

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import sys
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webui.api.auth import UiUser, check_exposure, exposure_warning, protect
 from webui.api.routes import install_api
 from webui.app import App
 from webui.logs import RequestLog
-from webui.ui.app import CSS, build_ui
+from webui.ui.app import CSS, PAGE_HEAD, build_ui
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ QUEUE_POLL_S = 0.005
 QUEUE_POLL_BUSY_S = 0.05  # while a generation decodes: a new generation waits for it anyway
 PROGRESS_POLL_S = 0.1
 GZIP_MIN_BYTES = 1024  # smaller answers are not worth the work
+HEAD_TAG = re.compile(rb"<head(?:\s[^>]*)?>", re.IGNORECASE)
 
 
 def build_api_server(app: App) -> FastAPI:
@@ -56,8 +60,47 @@ def build_server(app: App) -> FastAPI:
     protect(server, app.settings, ui_user=_gradio_user(server))
     # the page (~360 KiB of JS and JSON) goes compressed to a browser that asks; streams (text/event-stream)
     # are left alone by Starlette's middleware, so tokens are not held back
+    server.add_middleware(FirstInHead, script=PAGE_HEAD.encode())  # inside the compression: it edits plain HTML
     server.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
     return server
+
+
+class FirstInHead:
+    """Puts ``script`` first in the page's ``<head>``, so it runs before Gradio's modules load (a ``head=`` of
+    Gradio's is added to the page later, by Gradio's own script; see :data:`webui.ui.app.PAGE_HEAD`).
+
+    Only the page itself (a GET of ``/`` answered with uncompressed HTML) is touched; every other answer, and
+    every stream, passes through as it comes."""
+
+    def __init__(self, app: ASGIApp, script: bytes) -> None:
+        self.app, self.script = app, script
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        parts: list[bytes] = []
+
+        async def edit(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            parts.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body, headers = b"".join(parts), MutableHeaders(raw=start["headers"])
+            if headers.get("content-type", "").startswith("text/html") and "content-encoding" not in headers:
+                body = HEAD_TAG.sub(lambda m: m.group(0) + self.script, body, count=1)
+                headers["content-length"] = str(len(body))
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, edit)
 
 
 def _gradio_user(server: FastAPI) -> UiUser:

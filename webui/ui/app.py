@@ -54,6 +54,26 @@ CSS = """
 # Once the page has loaded (Gradio mounts its parts after the document's own load): the chat input takes the
 # focus, a narrow screen starts with the sidebar closed (the chat first), and buttons showing only a sign get
 # a name for screen readers.
+# Gradio 6.31's status tracker counts a pending event's seconds in a requestAnimationFrame loop, and a tracker
+# removed while pending (the page's own "Loading…" one, at every load) never ends its loop: an idle page drew
+# 60 frames a second (measured: 0.07 CPU-seconds a second of Chromium, idle; every frame is also taken from
+# llama.cpp while a reply streams). The tracker shows tenths of a second, so such callbacks (they read
+# performance.now() and divide by 1e3) run on a 100 ms timer instead, which draws no frame for a lost one;
+# every other callback is the browser's as before. In <head>: it must be in place before Gradio's modules load.
+PAGE_HEAD = r"""<script>
+(() => {
+    const frame = window.requestAnimationFrame.bind(window), unframe = window.cancelAnimationFrame.bind(window);
+    const timers = new Set(), counter = /performance\.now\(\)\s*-[^;]*\/\s*1e3/;
+    window.requestAnimationFrame = (callback) => {
+        if (typeof callback !== 'function' || !counter.test(String(callback))) return frame(callback);
+        const id = setTimeout(() => { timers.delete(id); callback(performance.now()); }, 100);
+        timers.add(id);
+        return id;
+    };
+    window.cancelAnimationFrame = (id) => (timers.delete(id) ? clearTimeout(id) : unframe(id));
+})();
+</script>"""
+
 PAGE_JS = """() => {
     const names = {'version-prev': 'Previous version', 'version-next': 'Next version'};
     for (const [id, name] of Object.entries(names)) {
