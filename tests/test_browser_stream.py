@@ -1,5 +1,6 @@
-"""The chat page's stream (issue 13, Speed): while a reply grows the page gets its text alone and appends it to
-the last bubble (webui.chat.live, chat_tab.LIVE_JS); the whole chat lands at the end as before. What the page
+"""The chat page's stream (issue 13, Speed): while a reply grows the page gets its text alone, by its own live
+channel, and appends it to the last bubble (webui.chat.live, chat_tab.LIVE_JS); the whole chat lands at the end
+as before. What the page
 streams must be the saved reply exactly, Stop must still stop it, and a second tab must still follow it."""
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def served(tmp_path_factory):
 
 
 def new_page(browser, url: str):
+    """A tab on the page; the live channels it opens (GET /inglenook/live/ID) are kept in ``page.channels``."""
     page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    page.channels = []
+    page.on("request", lambda r: page.channels.append(r.url) if "/inglenook/live/" in r.url else None)
     open_page(page, url)
     return page
 
@@ -90,6 +94,9 @@ def test_the_streamed_text_is_the_saved_reply_exactly_and_the_end_is_rendered(br
     saved = saved_reply(user_data, "Say something tricky.")
     assert saved == TRICKY
     check_streamed(final, saved)
+    # the text came by the page's live channel, one for the reply, not through Gradio's stream
+    [file] = [f for f in (user_data / "chats" / "instruct").glob("*.json") if "Say something tricky." in f.read_text()]
+    assert len(page.channels) == 1 and page.channels[0].endswith("/inglenook/live/" + file.stem)
     assert final["code"] == 'if a < b and c > d:\n    print("&amp; <b>not bold</b>")\n', "markdown at the end"
     bubble = page.locator('#chatbot [data-testid="bot"]').last
     assert "**bold**" not in bubble.inner_text() and "Grüße 👋" in bubble.inner_text()

@@ -331,6 +331,21 @@ def test_a_ui_login_opens_the_extension_routes_but_not_v1(tmp_path):
         assert user.get(f"{s.url}/v1/models").status_code == 401
 
 
+@pytest.mark.slow
+def test_the_pages_live_channel_needs_the_ui_login_when_there_is_one(tmp_path):
+    """/inglenook/live/ID streams a reply in flight to the chat page (webui.chat.live): with UI logins set it is
+    refused to an anonymous client, as the page is, and open to a logged-in one."""
+    models = tmp_path / "models"
+    models.mkdir()
+    with serve(models, tmp_path / "ud", load=False, ui_auth=[USER]) as s:
+        with httpx.Client(timeout=30) as anonymous:
+            r = anonymous.get(f"{s.url}/inglenook/live/20260101-000000-abcdef")
+            assert r.status_code == 401 and "log in" in r.text
+        with logged_in(s.url, USER) as user:
+            r = user.get(f"{s.url}/inglenook/live/20260101-000000-abcdef")
+            assert r.status_code == 200 and r.text == "event: end\ndata: {}\n\n"
+
+
 # -- 5: repeated failures slow down -----------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import sys
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount
@@ -19,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from webui.api.auth import UiUser, check_exposure, exposure_warning, protect
 from webui.api.routes import install_api
 from webui.app import App
+from webui.chat.live import LIVE_PATH, live_events
+from webui.chat.session import ChatSessions
 from webui.logs import RequestLog
 from webui.ui.app import CSS, PAGE_HEAD, build_ui
 
@@ -28,6 +31,7 @@ QUEUE_POLL_S = 0.005
 QUEUE_POLL_BUSY_S = 0.05  # while a generation decodes: a new generation waits for it anyway
 PROGRESS_POLL_S = 0.1
 GZIP_MIN_BYTES = 1024  # smaller answers are not worth the work
+NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # each event as it comes
 HEAD_TAG = re.compile(rb"<head(?:\s[^>]*)?>", re.IGNORECASE)
 
 
@@ -47,9 +51,20 @@ def build_api_server(app: App) -> FastAPI:
 
 
 def build_server(app: App) -> FastAPI:
-    """The FastAPI app serving the API at ``/v1``, extension routes and the Gradio UI at ``/``."""
+    """The FastAPI app serving the API at ``/v1``, extension routes, the chat page's live channel
+    (``/inglenook/live``, :mod:`webui.chat.live`) and the Gradio UI at ``/``."""
     api = build_api_server(app)
-    blocks = build_ui(app)
+    sessions = ChatSessions(app.chat, app.settings.stream_interval_s)  # the chat page's replies in flight
+    api.state.chat_sessions = sessions
+    blocks = build_ui(app, sessions)
+
+    @api.get(LIVE_PATH + "/{conversation_id}", include_in_schema=False)
+    def live(conversation_id: str) -> StreamingResponse:
+        """The reply being written into a conversation, as the page's live channel reads it (the id is only
+        looked up among the replies in flight, never on disk)."""
+        events = live_events(sessions.reply_texts(conversation_id))
+        return StreamingResponse(events, media_type="text/event-stream", headers=NO_BUFFERING)
+
     server = gr.mount_gradio_app(
         api, blocks, path="", server_name=app.settings.host, server_port=app.settings.port,
         css=CSS + app.extensions.custom_css(), head=app.extensions.head_html(),

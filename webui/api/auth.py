@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
 EXTENSIONS_PREFIX = "/extensions"  # extensions' own routes: the API key or a UI login, like the rest
+PAGE_PREFIX = "/inglenook"  # the page's own routes beside Gradio's (its live channel): the same rule
 PUBLIC_PATHS = {"/healthz"}  # the only route of ours that answers without credentials
 LOGIN_PATHS = {"/login", "/login/"}  # Gradio's login form posts here
 SAFE_METHODS = {"GET", "HEAD"}
@@ -169,7 +170,7 @@ class Guard:
             await self._login(scope, receive, send)
             return
         api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
-        extension = path == EXTENSIONS_PREFIX or path.startswith(EXTENSIONS_PREFIX + "/")
+        extension = any(path == p or path.startswith(p + "/") for p in (EXTENSIONS_PREFIX, PAGE_PREFIX))
         if scope["type"] != "http" or not (api or extension):
             await self.app(scope, receive, send)
             return

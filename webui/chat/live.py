@@ -2,14 +2,51 @@
 
 Sending the whole chat value 20 times a second made Gradio validate, diff and send every message each time,
 and the browser re-render the chatbot: the page streamed at ~0.9× the model's speed (issue 13, Speed). While
-a reply grows, only its text changes; the page gets that text alone (a small carrier the chat tab's script
-appends to the last bubble), and the whole chat again when anything else changes and at the end, so the
-final state lands in the chatbot's value exactly as before.
+a reply grows, only its text changes; the page gets that text alone, and the whole chat again when anything
+else changes and at the end, so the final state lands in the chatbot's value exactly as before.
+
+The text goes by the page's own channel (:func:`live_events`, an event stream at ``/inglenook/live/ID``),
+not through Gradio: every message of a Gradio stream costs the browser ~17 ms of bookkeeping over all of the
+page's components (its loading statuses), on the cores llama.cpp decodes on. A page that has not opened the
+channel yet (and an API client of ``/chat``) gets the text in a small carrier output instead, which the chat
+tab's script appends to the last bubble the same way.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+LIVE_PATH = "/inglenook/live"  # + /CONVERSATION_ID: the reply being written into it, as an event stream
+LIVE_MARK = "\x00live:"  # the carrier's value that tells the page to read the reply from the channel: + the id
+
+
+def live_events(texts: Iterable[str]) -> Iterator[str]:
+    """Server-sent events for a reply's successive texts: ``{"at": N, "text": T}`` replaces what the page has
+    from position N on with T (N is where the new text leaves the old, so a grown reply sends what it added,
+    and a trimmed one, e.g. a stop string cut off, what changed; N counts UTF-16 code units, as JavaScript's
+    strings do), then one ``end`` event."""
+    sent = ""
+    for text in texts:
+        if text == sent:
+            continue
+        at = _shared_start(sent, text)
+        # the page counts in UTF-16 code units (JavaScript strings): an emoji is two there, one here
+        units = len(text[:at].encode("utf-16-le", errors="surrogatepass")) // 2
+        yield f"data: {json.dumps({'at': units, 'text': text[at:]})}\n\n"
+        sent = text
+    yield "event: end\ndata: {}\n\n"
+
+
+def _shared_start(a: str, b: str) -> int:
+    if b.startswith(a):  # the usual case: the reply grew
+        return len(a)
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def reply_only(before: list[dict] | None, chat: list[dict]) -> str | None:

@@ -199,6 +199,15 @@ class ChatSessions:
         with self._lock:
             return self._flight_of(conversation_id)
 
+    def reply_texts(self, conversation_id: str) -> Iterator[str]:
+        """The text of the reply being written into ``conversation_id`` as it grows (grouped as the page's
+        updates are), to its end; nothing when none is. What the page's live channel streams."""
+        flight = self.flight(conversation_id)
+        if flight is None:
+            return
+        for reply in self.watch(flight, shown=-1):
+            yield reply.text
+
     def _flight_of(self, conversation_id: str) -> Flight | None:
         if not conversation_id:
             return None
@@ -398,9 +407,10 @@ class ChatSessions:
                 flight.reply, flight.done = replace(final, done=True), True
                 flight.changed.notify_all()
 
-    def watch(self, flight: Flight) -> Iterator[Reply]:
-        """The flight's reply as it grows, at most one update per interval, then the final one (``done``)."""
-        seen = 0  # the empty reply the flight starts with is already shown
+    def watch(self, flight: Flight, shown: int = 0) -> Iterator[Reply]:
+        """The flight's reply as it grows, at most one update per interval, then the final one (``done``).
+        ``shown``: the version the watcher has (0: the empty reply the flight starts with; -1: none)."""
+        seen = shown
         while True:
             with flight.changed:
                 flight.changed.wait_for(lambda seen=seen: flight.done or flight.version != seen)

@@ -10,6 +10,7 @@ import gradio as gr
 
 from webui.app import App
 from webui.chat.modes import character_of
+from webui.chat.session import ChatSessions
 from webui.chat.sidebar import GROUPS, avatar_style, sidebar_groups
 from webui.models import panel as core
 from webui.models.folder import DEFAULT_NOTE, default_model_license, is_default_model
@@ -92,7 +93,8 @@ def describe(app: App) -> str:
     return core.status_line(app)
 
 
-def build_ui(app: App) -> gr.Blocks:
+def build_ui(app: App, sessions: ChatSessions) -> gr.Blocks:
+    """The page. ``sessions``: the chat's replies in flight, shared with the server's live channel."""
     with gr.Blocks(title="Inglenook", analytics_enabled=False, fill_height=True) as blocks:  # nothing leaves
         sidebar = gr.Sidebar(label="Conversations", elem_id="sidebar")  # the chat tab puts its pickers first
         with gr.Row(elem_id="topbar"):
@@ -100,7 +102,7 @@ def build_ui(app: App) -> gr.Blocks:
             header = gr.Markdown(describe(app), elem_id="model-header")
         parameters = ParametersTab(app)
         with gr.Tab("Chat", elem_id="chat-tab"):
-            chat = build_chat_tab(app, parameters.inputs, sidebar, parameters.preset)
+            chat = build_chat_tab(app, parameters.inputs, sidebar, parameters.preset, sessions)
             extension_blocks = build_extension_blocks(app)
         with sidebar:  # below the chat's mode, character and conversation pickers
             search = gr.Textbox(
@@ -142,6 +144,8 @@ def build_ui(app: App) -> gr.Blocks:
         blocks.load(lambda: _header_updates(app), None, heads, api_name=False, queue=False)
         blocks.load(model.refresh, model.refresh_outputs[:2], model.refresh_outputs, api_name=False)
         blocks.load(None, js=PAGE_JS)
+        if chat.channel is not None:  # from now on the page reads growing replies from the live channel
+            blocks.load(None, None, chat.channel, js="() => 'live'", api_name=False)
         after = [*heads, model.model, model.status]
         changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
         marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores

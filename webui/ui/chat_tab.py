@@ -27,7 +27,7 @@ from webui.chat.actions import (
 )
 from webui.chat.conversation import INSTRUCT_OWNER, MODES, Conversation, HistoryError
 from webui.chat.history import is_new_id
-from webui.chat.live import LiveSplit
+from webui.chat.live import LIVE_MARK, LiveSplit
 from webui.chat.modes import INSTRUCT, character_of, owner_for, start_conversation
 from webui.chat.service import TurnOptions
 from webui.chat.session import PRESET, ChatSessions, ChatUpdate, asked_sampling, display_messages, without_stats
@@ -51,6 +51,7 @@ UNDO_SECONDS = 10.0  # how long "Undo" stays after a conversation is deleted
 # the trigger mode of every handler of the conversation id's .change: each runs for each change, none is
 # deferred (a deferred one re-sends the event to all of them when it ends, and they can defer each other)
 FOLLOWS_ID = "multiple"
+LIVE = "live_channel"  # rides with the sampling values by name: "live" when the page reads the reply from the channel
 
 # Draws each reply's stats line (the message's metadata.log, see webui.chat.session.display_messages) under
 # its bubble, outside the message text, so Copy and Edit give the text alone. Runs in the page on every change
@@ -127,7 +128,8 @@ CHAT_JS = STATS_JS.replace("KEYS_INSTALL", KEYS_JS)  # what the page runs on eve
 # what is new, so an update costs the page one text append instead of a re-rendered chat. The bubble may not
 # be drawn yet when the first text comes (the chat with it arrived in the same breath): it is tried again.
 LIVE_JS = """(text) => {
-    window.__inglenookLive = text || '';
+    text = text || '';
+    const channel = window.__inglenookChannel || (window.__inglenookChannel = {source: null, text: ''});
     if (!document.getElementById('inglenook-live-style')) {
         const style = document.createElement('style');
         style.id = 'inglenook-live-style';
@@ -160,8 +162,24 @@ LIVE_JS = """(text) => {
         else node.data = want;
         if (pinned) box.scrollTop = box.scrollHeight;
     };
+    if (channel.source) { channel.source.close(); channel.source = null; }  // a reply ended, or another begins
+    if (text.startsWith('\\u0000live:')) {  // read the reply from the live channel (webui.chat.live)
+        const source = channel.source = new EventSource('inglenook/live/' + encodeURIComponent(text.slice(6)));
+        channel.text = '';
+        source.onmessage = (event) => {
+            if (channel.source !== source) return;
+            const part = JSON.parse(event.data);
+            channel.text = channel.text.slice(0, part.at) + part.text;
+            window.__inglenookLive = channel.text;
+            show(30);
+        };
+        source.addEventListener('end', () => source.close());
+        source.onerror = () => source.close();  // no reconnecting: the reply's end comes with the whole chat
+        return;
+    }
+    window.__inglenookLive = text;
     show(30);
-}"""  # what the page runs on every change of the chatbot
+}"""  # what the page runs on every change of the carrier
 
 
 def listing_stamp(conv: Conversation) -> str:
@@ -240,15 +258,23 @@ class ChatTab:
     conversation_id: gr.Textbox
     title: gr.Textbox  # the sidebar's editable title of the shown conversation
     settings_applied: tuple  # (fn, inputs, outputs): the shown conversation's saved settings back in the form
+    channel: gr.Textbox | None = None  # the page's load script sets it to "live" (None: the page has no channel)
 
 
 def build_chat_tab(
-    app: App, params_inputs: dict, sidebar: gr.Sidebar | None = None, preset: gr.Dropdown | None = None
+    app: App,
+    params_inputs: dict,
+    sidebar: gr.Sidebar | None = None,
+    preset: gr.Dropdown | None = None,
+    sessions: ChatSessions | None = None,
 ) -> ChatTab:
     """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name.
     ``sidebar``: where the mode, character and conversation pickers go (else above the chat). ``preset``: the
-    Parameters tab's preset picker, whose name each conversation keeps and brings back."""
-    sessions = ChatSessions(app.chat, app.settings.stream_interval_s)  # per UI, not module-level
+    Parameters tab's preset picker, whose name each conversation keeps and brings back. ``sessions``: the
+    replies in flight, shared with the server's live channel (:data:`webui.chat.live.LIVE_PATH`); without it
+    the tab keeps its own and the page reads replies from Gradio's stream alone."""
+    live_channel = sessions is not None
+    sessions = sessions or ChatSessions(app.chat, app.settings.stream_interval_s)  # per UI, not module-level
     rule_knobs = list(params_inputs)  # a models.yaml rule may set any of them
     prefs = TemplatePrefs(app.settings.user_data)
     presets = PresetStore(app.settings.user_data)
@@ -285,6 +311,9 @@ def build_chat_tab(
     )
     # the reply while it streams, alone (webui.chat.live): LIVE_JS shows it in the last bubble
     live_reply = gr.Textbox("", visible="hidden", interactive=False, show_label=False, elem_id="chat-live")
+    # "live" once the page's load script sets it (ChatTab.channel): the page then reads a growing reply from the
+    # server's live channel; "" (an API client of /chat, or the page before that script ran): from the carrier
+    channel = gr.Textbox("", visible=False, elem_id="chat-channel")
     with gr.Row(equal_height=True):
         prev_version = gr.Button("‹", size="sm", scale=0, min_width=40, elem_id="version-prev")
         versions = gr.Markdown("", elem_id="version-label")
@@ -453,15 +482,29 @@ def build_chat_tab(
         head = (update.message, update.conversation_id, update.chat, update.note)
         return (*(gr.skip() if v is None else v for v in head), *buttons, picker_update, label, count)
 
-    def relay(updates: Iterator[ChatUpdate], ctx):
-        """Each update as outputs, the growing reply through the live carrier (webui.chat.live); closing the
-        handler (the page went away) closes the session's stream."""
-        live = LiveSplit()
+    def relay(updates: Iterator[ChatUpdate], ctx, live: bool = False, shown_id: str = ""):
+        """Each update as outputs, the growing reply through the live carrier or, when the page has the live
+        channel (``live``), through that channel alone (webui.chat.live): the carrier then only tells the page
+        which conversation's reply to read (``shown_id``: the conversation a followed reply is written into) and
+        when it ends. Closing the handler (the page went away) closes the session's stream."""
+        split = LiveSplit()
+        opened = False
         try:
             for update in updates:
-                if update.busy is False and (whole := live.finishing(update.chat)) is not None:
+                if live:
+                    chat, text = split.split(update.chat, update.busy is True)
+                    if chat is None and text is not None and opened:
+                        continue  # only the reply's text grew: the page reads it from the channel
+                    carrier = gr.skip()
+                    if update.busy is False:
+                        carrier = ""
+                    elif update.busy is True and not opened and (cid := update.conversation_id or shown_id):
+                        carrier, opened = LIVE_MARK + cid, True
+                    yield (*outputs(replace(update, chat=chat), ctx), carrier)
+                    continue
+                if update.busy is False and (whole := split.finishing(update.chat)) is not None:
                     yield (*(gr.skip() for _ in range(len(stream_outputs) - 1)), whole)  # the end, at once
-                chat, text = live.split(update.chat, update.busy is True)
+                chat, text = split.split(update.chat, update.busy is True)
                 update = replace(update, chat=chat)
                 yield (*outputs(update, ctx), gr.skip() if text is None else text)
         finally:
@@ -481,16 +524,18 @@ def build_chat_tab(
 
     def generation(action, request, conv_id, system_text, prefix, sampling, chosen_mode, key):
         """Regenerate or continue the conversation ``conv_id`` (streaming)."""
+        live = sampling.pop(LIVE, "") == "live"
         ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
         where = locator(conv_id, system_text, prefix, chosen_mode, key)
-        yield from relay(sessions.again(request.session_hash, action, sampling, where), ctx)
+        yield from relay(sessions.again(request.session_hash, action, sampling, where), ctx, live)
 
     # ------------------------------------------------------------------ handlers
 
     def respond(text, conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
+        live = sampling.pop(LIVE, "") == "live"
         ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
         where = locator(conv_id, system_text, prefix, chosen_mode, key)
-        yield from relay(sessions.send(request.session_hash, text, sampling, where), ctx)
+        yield from relay(sessions.send(request.session_hash, text, sampling, where), ctx, live)
 
     # (Gradio fills in ``request``/``data`` only for named parameters; the sampling values come by name.)
     def regenerate_reply(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
@@ -500,6 +545,7 @@ def build_chat_tab(
         yield from generation("continue", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
     def impersonate_user(draft, conv_id, system_text, chosen_mode, key, request: gr.Request, **sampling):
+        sampling.pop(LIVE, None)  # the draft streams into the message box, never over the live channel
         where = locator(conv_id, system_text, draft, chosen_mode, key)
         updates = sessions.impersonate(request.session_hash, sampling, where)
         try:
@@ -574,9 +620,10 @@ def build_chat_tab(
 
     def resolve(approved: bool):
         def handler(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
+            live = sampling.pop(LIVE, "") == "live"
             ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
             where = locator(conv_id, system_text, prefix, chosen_mode, key)
-            yield from relay(sessions.resolve(request.session_hash, approved, sampling, where), ctx)
+            yield from relay(sessions.resolve(request.session_hash, approved, sampling, where), ctx, live)
 
         return handler
 
@@ -587,12 +634,13 @@ def build_chat_tab(
         """Stop also stops a reply this page follows but did not start (another tab's, or before a reload)."""
         sessions.stop(request.session_hash, conv_id or "")
 
-    def follow_reply(conv_id, system_text, prefix, n, chosen_mode, key, request: gr.Request):
+    def follow_reply(conv_id, system_text, prefix, n, chosen_mode, key, channel_flag, request: gr.Request):
         """A reply another tab (or this one before a reload) is writing into the conversation now shown."""
         ctx = (system_text, prefix, n, chosen_mode, key)
         load = lambda: locate_conv(conv_id, chosen_mode, key)[0]  # noqa: E731
         followed = False
-        for out in relay(sessions.follow(request.session_hash, conv_id or "", load), ctx):
+        updates = sessions.follow(request.session_hash, conv_id or "", load)
+        for out in relay(updates, ctx, channel_flag == "live", conv_id or ""):
             followed = True
             yield out
         if not followed:  # a generator that yields nothing would blank every output
@@ -732,7 +780,7 @@ def build_chat_tab(
     # sampling parameter by name (unset ones take the Parameters tab's values)
     inputs = [message, conversation_id, system, start_with, *who]
     # the preset's name comes along by name too (a conversation keeps it), though it is not a parameter
-    sampling_inputs = {**params_inputs, PRESET: preset} if preset is not None else params_inputs
+    sampling_inputs = {**params_inputs, **({PRESET: preset} if preset is not None else {}), LIVE: channel}
     knobs = {"concurrency_limit": None, "inputs_kwargs": sampling_inputs}
     tool_outputs = [approval, approval_text, use_tools, auto_tools]
     tool_inputs = [conversation_id, *who]
@@ -751,7 +799,7 @@ def build_chat_tab(
     # the tool card, as a step of its own: the page runs an event's handlers one by one, each to its end, and
     # the sidebar's (the next one) would wait for the whole reply
     conversation_id.change(tool_view, tool_inputs, tool_outputs, **quiet, **follows_id).then(
-        follow_reply, [conversation_id, *ctx], stream_outputs, concurrency_limit=None, **quiet, **follows_id
+        follow_reply, [conversation_id, *ctx, channel], stream_outputs, concurrency_limit=None, **quiet, **follows_id
     )
     for box in (use_tools, auto_tools):
         box.input(toggle_tools, [conversation_id, use_tools, auto_tools, *who], [error, conversation_id],
@@ -825,4 +873,5 @@ def build_chat_tab(
         conversation_id=conversation_id,
         title=title,
         settings_applied=settings_applied,
+        channel=channel if live_channel else None,
     )
