@@ -102,7 +102,7 @@ def build_ui(app: App, sessions: ChatSessions) -> gr.Blocks:
             header = gr.Markdown(describe(app), elem_id="model-header")
         parameters = ParametersTab(app)
         with gr.Tab("Chat", elem_id="chat-tab"):
-            chat = build_chat_tab(app, parameters.inputs, sidebar, parameters.preset, sessions)
+            chat = build_chat_tab(app, parameters.inputs, sessions, sidebar, parameters.preset)
             extension_blocks = build_extension_blocks(app)
         with sidebar:  # below the chat's mode, character and conversation pickers
             search = gr.Textbox(
@@ -144,8 +144,8 @@ def build_ui(app: App, sessions: ChatSessions) -> gr.Blocks:
         blocks.load(lambda: _header_updates(app), None, heads, api_name=False, queue=False)
         blocks.load(model.refresh, model.refresh_outputs[:2], model.refresh_outputs, api_name=False)
         blocks.load(None, js=PAGE_JS)
-        if chat.channel is not None:  # from now on the page reads growing replies from the live channel
-            blocks.load(None, None, chat.channel, js="() => 'live'", api_name=False)
+        # from now on the page reads growing replies from the live channel
+        blocks.load(None, None, chat.channel, js="() => 'live'", api_name=False)
         after = [*heads, model.model, model.status]
         changed = (chat.model_changed, None, chat.model_outputs)  # the chat's template and rule defaults follow
         marked = (parameters.mark, filtered, list(parameters.inputs.values()))  # what the new loader ignores

@@ -182,6 +182,12 @@ LIVE_JS = """(text) => {
 }"""  # what the page runs on every change of the carrier
 
 
+def live_wanted(sampling: dict) -> bool:
+    """Whether the page that sent ``sampling`` reads a growing reply from the live channel; takes the flag out
+    (it rides with the sampling values by name, and is no parameter)."""
+    return sampling.pop(LIVE, "") == "live"
+
+
 def listing_stamp(conv: Conversation) -> str:
     """What the sidebar's list depends on for the shown conversation (which one, its title, its size): when it
     changes, the list is drawn again."""
@@ -258,23 +264,21 @@ class ChatTab:
     conversation_id: gr.Textbox
     title: gr.Textbox  # the sidebar's editable title of the shown conversation
     settings_applied: tuple  # (fn, inputs, outputs): the shown conversation's saved settings back in the form
-    channel: gr.Textbox | None = None  # the page's load script sets it to "live" (None: the page has no channel)
+    channel: gr.Textbox  # the page's load script sets it to "live" (see LIVE)
 
 
 def build_chat_tab(
     app: App,
     params_inputs: dict,
+    sessions: ChatSessions,
     sidebar: gr.Sidebar | None = None,
     preset: gr.Dropdown | None = None,
-    sessions: ChatSessions | None = None,
 ) -> ChatTab:
     """``params_inputs``: parameter name -> the Parameters tab's widget; every generation reads them by name.
-    ``sidebar``: where the mode, character and conversation pickers go (else above the chat). ``preset``: the
-    Parameters tab's preset picker, whose name each conversation keeps and brings back. ``sessions``: the
-    replies in flight, shared with the server's live channel (:data:`webui.chat.live.LIVE_PATH`); without it
-    the tab keeps its own and the page reads replies from Gradio's stream alone."""
-    live_channel = sessions is not None
-    sessions = sessions or ChatSessions(app.chat, app.settings.stream_interval_s)  # per UI, not module-level
+    ``sessions``: the replies in flight (per UI, not module-level), shared with the server's live channel
+    (:data:`webui.chat.live.LIVE_PATH`). ``sidebar``: where the mode, character and conversation pickers go
+    (else above the chat). ``preset``: the Parameters tab's preset picker, whose name each conversation keeps
+    and brings back."""
     rule_knobs = list(params_inputs)  # a models.yaml rule may set any of them
     prefs = TemplatePrefs(app.settings.user_data)
     presets = PresetStore(app.settings.user_data)
@@ -491,22 +495,20 @@ def build_chat_tab(
         opened = False
         try:
             for update in updates:
-                if live:
-                    chat, text = split.split(update.chat, update.busy is True)
-                    if chat is None and text is not None and opened:
-                        continue  # only the reply's text grew: the page reads it from the channel
-                    carrier = gr.skip()
-                    if update.busy is False:
-                        carrier = ""
-                    elif update.busy is True and not opened and (cid := update.conversation_id or shown_id):
-                        carrier, opened = LIVE_MARK + cid, True
-                    yield (*outputs(replace(update, chat=chat), ctx), carrier)
-                    continue
-                if update.busy is False and (whole := split.finishing(update.chat)) is not None:
+                if not live and update.busy is False and (whole := split.finishing(update.chat)) is not None:
                     yield (*(gr.skip() for _ in range(len(stream_outputs) - 1)), whole)  # the end, at once
                 chat, text = split.split(update.chat, update.busy is True)
-                update = replace(update, chat=chat)
-                yield (*outputs(update, ctx), gr.skip() if text is None else text)
+                if not live:
+                    carrier = gr.skip() if text is None else text
+                elif chat is None and text is not None and opened:
+                    continue  # only the reply's text grew: the page reads it from the channel
+                elif update.busy is False:
+                    carrier = ""
+                elif update.busy is True and not opened and (cid := update.conversation_id or shown_id):
+                    carrier, opened = LIVE_MARK + cid, True
+                else:
+                    carrier = gr.skip()
+                yield (*outputs(replace(update, chat=chat), ctx), carrier)
         finally:
             updates.close()
 
@@ -524,7 +526,7 @@ def build_chat_tab(
 
     def generation(action, request, conv_id, system_text, prefix, sampling, chosen_mode, key):
         """Regenerate or continue the conversation ``conv_id`` (streaming)."""
-        live = sampling.pop(LIVE, "") == "live"
+        live = live_wanted(sampling)
         ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
         where = locator(conv_id, system_text, prefix, chosen_mode, key)
         yield from relay(sessions.again(request.session_hash, action, sampling, where), ctx, live)
@@ -532,7 +534,7 @@ def build_chat_tab(
     # ------------------------------------------------------------------ handlers
 
     def respond(text, conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
-        live = sampling.pop(LIVE, "") == "live"
+        live = live_wanted(sampling)
         ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
         where = locator(conv_id, system_text, prefix, chosen_mode, key)
         yield from relay(sessions.send(request.session_hash, text, sampling, where), ctx, live)
@@ -545,7 +547,7 @@ def build_chat_tab(
         yield from generation("continue", request, conv_id, system_text, prefix, sampling, chosen_mode, key)
 
     def impersonate_user(draft, conv_id, system_text, chosen_mode, key, request: gr.Request, **sampling):
-        sampling.pop(LIVE, None)  # the draft streams into the message box, never over the live channel
+        live_wanted(sampling)  # the draft streams into the message box, never over the live channel
         where = locator(conv_id, system_text, draft, chosen_mode, key)
         updates = sessions.impersonate(request.session_hash, sampling, where)
         try:
@@ -620,7 +622,7 @@ def build_chat_tab(
 
     def resolve(approved: bool):
         def handler(conv_id, system_text, prefix, chosen_mode, key, request: gr.Request, **sampling):
-            live = sampling.pop(LIVE, "") == "live"
+            live = live_wanted(sampling)
             ctx = (system_text, prefix, sampling.get("max_new_tokens"), chosen_mode, key)
             where = locator(conv_id, system_text, prefix, chosen_mode, key)
             yield from relay(sessions.resolve(request.session_hash, approved, sampling, where), ctx, live)
@@ -873,5 +875,5 @@ def build_chat_tab(
         conversation_id=conversation_id,
         title=title,
         settings_applied=settings_applied,
-        channel=channel if live_channel else None,
+        channel=channel,
     )
