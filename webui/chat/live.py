@@ -15,6 +15,7 @@ tab's script appends to the last bubble the same way.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -31,22 +32,12 @@ def live_events(texts: Iterable[str]) -> Iterator[str]:
     for text in texts:
         if text == sent:
             continue
-        at = _shared_start(sent, text)
+        at = len(sent) if text.startswith(sent) else len(os.path.commonprefix([sent, text]))  # usually: it grew
         # the page counts in UTF-16 code units (JavaScript strings): an emoji is two there, one here
         units = len(text[:at].encode("utf-16-le", errors="surrogatepass")) // 2
         yield f"data: {json.dumps({'at': units, 'text': text[at:]})}\n\n"
         sent = text
     yield "event: end\ndata: {}\n\n"
-
-
-def _shared_start(a: str, b: str) -> int:
-    if b.startswith(a):  # the usual case: the reply grew
-        return len(a)
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def reply_only(before: list[dict] | None, chat: list[dict]) -> str | None:
