@@ -137,7 +137,8 @@ def _client(scope: Scope) -> str:
 class Guard:
     """ASGI middleware, for every path: the Host check; foreign browser origins (not ours, not --cors-origin)
     may only read (GET/HEAD, with any CORS grant stripped), never preflight, post or open a websocket; the API
-    key (or, for extension routes, a UI login) with a per-client slow-down after failures; the body limit."""
+    key (or, for extension routes and the page's own, a UI login) with a per-client slow-down after failures;
+    the body limit."""
 
     def __init__(self, app: ASGIApp, settings: Settings, ui_user: UiUser | None = None) -> None:
         self.app = app
@@ -170,8 +171,8 @@ class Guard:
             await self._login(scope, receive, send)
             return
         api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
-        extension = any(path == p or path.startswith(p + "/") for p in (EXTENSIONS_PREFIX, PAGE_PREFIX))
-        if scope["type"] != "http" or not (api or extension):
+        ours = any(path == p or path.startswith(p + "/") for p in (EXTENSIONS_PREFIX, PAGE_PREFIX))
+        if scope["type"] != "http" or not (api or ours):
             await self.app(scope, receive, send)
             return
         if method != "OPTIONS" and not await self._allowed(scope, send, headers, api):
@@ -183,7 +184,7 @@ class Guard:
         await self.app(scope, receive, send)
 
     async def _allowed(self, scope: Scope, send: Send, headers: dict[str, str], api: bool) -> bool:
-        """The API key for /v1 (when set); the key or a UI login for extension routes (when either is set).
+        """The API key for /v1 (when set); the key or a UI login for extension and page routes (when either is set).
         Replies and returns False when refused."""
         key, logins = self.settings.api_key, logins_configured(self.settings)
         if not key and (api or not logins):
