@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from webui.app import App
-from webui.bench.page import CHROMIUM, CHROMIUM_ARGS, RECORD_JS, STATS, write_greedy_preset
+from webui.bench.page import RECORD_JS, STATS, open_chat_page, write_greedy_preset
 from webui.models.folder import resolve_model
 from webui.serve import thread_server
 from webui.server import build_server
@@ -64,13 +64,7 @@ def main() -> None:
         workers = me.children(recursive=True)  # the model's worker process, before Chromium starts
         try:
             with thread_server(build_server(app)) as url, sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(url)
-                page.wait_for_function(
-                    "() => (document.querySelector('#prompt-tokens') || {}).innerText?.includes('tokens')",
-                    timeout=60_000,
-                )
+                browser, page = open_chat_page(playwright, url)
                 cdp = page.context.new_cdp_session(page)
                 cdp.send("Performance.enable")
 

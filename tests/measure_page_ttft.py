@@ -3,8 +3,9 @@ gemma, a message sent with Enter, timed on the machine's one clock at each hop u
 first word of the reply:
 
 Enter (the page's ``performance.now()``) → the POST to Gradio's queue arrives → the queue starts the event →
-our handler (``ChatSessions.send``) → the engine is asked → its first text → our handler passes it on → the
-page shows it (a MutationObserver, as ``inglenook bench``'s page row).
+our handler (``ChatSessions.send``) → the engine is asked → its first text → the page's live channel sends
+it (``ChatSessions.reply_texts``, webui.chat.live) → the page shows it (a MutationObserver, as
+``inglenook bench``'s page row).
 
 It wraps a few functions of a server running in this process (timing only; nothing else changes) and prints
 each run and the medians. Run: ``PYTHONPATH=. python tests/measure_page_ttft.py [--runs 8]``.
@@ -22,7 +23,7 @@ import gradio.queueing
 
 import webui.chat.session as session_module
 from webui.app import App
-from webui.bench.page import CHROMIUM, CHROMIUM_ARGS, RECORD_JS, write_greedy_preset
+from webui.bench.page import RECORD_JS, open_chat_page, write_greedy_preset
 from webui.models.folder import resolve_model
 from webui.serve import thread_server
 from webui.server import build_server
@@ -55,13 +56,18 @@ def instrument(app: App, marks: Marks):
 
     def timed_send(self, *args, **kwargs):
         marks.hit("handler")
-        for update in send(self, *args, **kwargs):
-            last = update.chat[-1] if update.chat else {}
-            if last.get("role") == "assistant" and last.get("content") not in (None, "", "…"):  # not the placeholder
-                marks.hit("passed_on")
-            yield update
+        yield from send(self, *args, **kwargs)
 
     session_module.ChatSessions.send = timed_send
+    reply_texts = session_module.ChatSessions.reply_texts
+
+    def timed_reply_texts(self, *args, **kwargs):  # what the page's live channel sends (webui.chat.live)
+        for text in reply_texts(self, *args, **kwargs):
+            if text:
+                marks.hit("passed_on")
+            yield text
+
+    session_module.ChatSessions.reply_texts = timed_reply_texts
     process = gradio.queueing.Queue.process_events
 
     async def timed_process(self, *args, **kwargs):
@@ -93,13 +99,7 @@ def main() -> None:
         rows = []
         try:
             with thread_server(instrument(app, marks)) as url, sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(url)
-                page.wait_for_function(
-                    "() => (document.querySelector('#prompt-tokens') || {}).innerText?.includes('tokens')",
-                    timeout=60_000,
-                )
+                browser, page = open_chat_page(playwright, url)
                 for run in range(args.runs + 1):  # the first one warms up
                     page.click("#new-chat")
                     page.wait_for_function("() => !document.querySelector('#chatbot [data-testid=\"user\"]')")

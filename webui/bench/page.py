@@ -57,6 +57,26 @@ RECORD_JS = """(prompt) => {
 }"""
 
 
+def open_chat_page(playwright, url: str, timeout_s: float = SERVER_START_S):
+    """Headless Chromium (Debian's when there) on our page at ``url``, 1280×1000, once the page's load event
+    has restored its conversation (it shows the prompt's size last): (browser, page). The browser is closed
+    again if the page does not come."""
+    path = str(CHROMIUM) if CHROMIUM.exists() else None
+    browser = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#chat-input textarea", timeout=timeout_s * 1000)
+        page.wait_for_function(
+            "() => (document.querySelector('#prompt-tokens') || {}).innerText?.includes('tokens')",
+            timeout=timeout_s * 1000,
+        )
+    except Exception:
+        browser.close()
+        raise
+    return browser, page
+
+
 def write_greedy_preset(user_data: Path, tokens: int) -> None:
     """The page's default preset, greedy and ``tokens`` long, in the bench's scratch user data (never the user's)."""
     folder = user_data / "presets"
@@ -78,16 +98,7 @@ class PageContender(Contender):
             raise BenchError("the page contender needs playwright (pip install playwright)") from None
         self._playwright = sync_playwright().start()
         try:
-            path = str(CHROMIUM) if CHROMIUM.exists() else None
-            self.browser = self._playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-            self.page = self.browser.new_page(viewport={"width": 1280, "height": 1000})
-            self.page.goto(self.url)
-            self.page.wait_for_selector("#chat-input textarea", timeout=SERVER_START_S * 1000)
-            # the page's load event has restored its conversation once it shows the prompt's size
-            self.page.wait_for_function(
-                "() => (document.querySelector('#prompt-tokens') || {}).innerText?.includes('tokens')",
-                timeout=SERVER_START_S * 1000,
-            )
+            self.browser, self.page = open_chat_page(self._playwright, self.url)
         except Exception as exc:
             self.close()
             raise BenchError(f"Chromium could not open our page: {type(exc).__name__}: {exc}") from exc
