@@ -826,12 +826,12 @@ def build_chat_tab(
     chatbot.undo(remove_exchange, remove_inputs, [message, *shown], api_name=False)
     prev_version.click(page(-1), [conversation_id, *ctx], shown, api_name=False)
     next_version.click(page(+1), [conversation_id, *ctx], shown, api_name=False)
-    new.click(new_chat, ctx, shown, api_name=False)
-    # The chatbot's own bin icon starts afresh too: at once in the page (the id emptied: a message sent
-    # before new_chat answers starts a conversation of its own, never the one just cleared), then on the
-    # server. In this order: the page runs an event's handlers one after another, each to its end.
-    chatbot.clear(None, None, conversation_id, js="() => ''", api_name=False, queue=False)
-    chatbot.clear(new_chat, ctx, shown, api_name=False)
+    # New chat, and the chatbot's own bin icon, start afresh at once in the page (the id emptied: a message sent
+    # before new_chat answers starts a conversation of its own, never the one left), then on the server. In
+    # this order: the page runs an event's handlers one after another, each to its end.
+    for fresh in (new.click, chatbot.clear):
+        fresh(None, None, conversation_id, js="() => ''", api_name=False, queue=False)
+        fresh(new_chat, ctx, shown, api_name=False)
     # .select, not .input: a dropdown's blur sends .input with its value, and after New chat that value (no
     # saved conversation yet) opened the newest old one (issue 13, bug 1)
     settings_outputs = [*([preset] if preset is not None else []), system, *(params_inputs[n] for n in rule_knobs)]
